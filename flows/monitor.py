@@ -1,0 +1,41 @@
+"""The monitoring flow: one tasksim cycle, each stage a Prefect task.
+
+Orchestration only: retries, timeouts and names live here; every stage is a method of
+``tasksim.cycle.Cycle``. Results go to the state store, never through Prefect's result storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+__all__ = ["FLOW_NAME", "monitor_cycle"]
+
+FLOW_NAME = "tasksim-cycle"
+
+
+@task(name="stage", cache_policy=NONE, persist_result=False, retries=2, retry_delay_seconds=5,
+      timeout_seconds=1800)
+def run_stage(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def _as_task(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    return run_stage.with_options(name=name, task_run_name=name)(fn, *args)
+
+
+@flow(name=FLOW_NAME, persist_result=False, timeout_seconds=3600, log_prints=True)
+def monitor_cycle(config_path: str) -> dict[str, Any]:
+    """Run one monitoring cycle for the config at ``config_path``; returns its summary."""
+    from tasksim.cycle import Cycle
+
+    cycle = Cycle.open(config_path)
+    try:
+        result = cycle.run(step=_as_task)
+    finally:
+        cycle.store.close()
+    summary = result.to_dict()
+    return {k: summary[k] for k in ("cycle_id", "status", "duration_seconds", "recommendation")}

@@ -1,0 +1,240 @@
+"""The front door: ``tasksim serve | run | trigger | demo | history | validate``.
+
+Bad input (a config, data or state problem) prints one line to stderr and exits with code 2;
+an unexpected error exits with code 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tasksim import __version__
+from tasksim.config import load_config
+from tasksim.errors import TasksimError
+
+__all__ = ["format_cycle", "main"]
+
+EXIT_BAD_INPUT = 2
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_cycle(summary: dict[str, Any]) -> str:
+    """A readable report of one cycle (the JSON of ``tasksim run --format json`` in words)."""
+    lines = []
+    window = summary["window"]
+    lines.append(f"cycle {summary.get('cycle_id')}: {summary['status']} in {summary['duration_seconds']:.1f}s"
+                 f" on {summary.get('device')}")
+    lines.append(f"window {window['start']} .. {window['end']}: {window['rows_sampled']} rows sampled of "
+                 f"{window['rows_total']}, {window['rows_dropped_invalid']} invalid rows dropped")
+    if summary.get("error"):
+        lines.append(f"note: {summary['error']}")
+    drift = summary.get("drift")
+    if drift:
+        drifted = [c["column"] for c in drift.get("columns", []) if c.get("drifted")]
+        verdict = "DRIFT" if drift.get("detected") else "no drift"
+        lines.append(f"drift: {verdict} ({len(drifted)}/{len(drift.get('columns', []))} columns, share "
+                     f"{drift.get('share', 0):.2f}, method {drift.get('method')})"
+                     + (f": {', '.join(drifted[:10])}" if drifted else ""))
+    ranking = summary.get("ranking")
+    sources = {s["source"]: s for s in summary.get("sources", [])}
+    if ranking:
+        keys = ["logme", "knn_accuracy", "mmd2", "frechet", "otdd", "label_shift"]
+        keys = [k for k in keys if any(k in sources[r["source"]]["measures"] for r in ranking)]
+        header = f"{'rank':>4}  {'source':<24} {'score':>6}  " + "  ".join(f"{k:>12}" for k in keys)
+        lines.append("ranking:")
+        lines.append(header)
+        for r in ranking:
+            m = sources[r["source"]]["measures"]
+            lines.append(f"{r['rank']:>4}  {r['source']:<24} {r['score']:>6.3f}  "
+                         + "  ".join(f"{_fmt(m[k]) if k in m else '-':>12}" for k in keys))
+    for name, s in sources.items():
+        if s["status"] != "ok":
+            lines.append(f"source {name}: {s['status'].upper()}: {s['error']}")
+    for name, why in (summary.get("excluded") or {}).items():
+        if name not in sources or sources[name]["status"] == "ok":
+            lines.append(f"source {name}: EXCLUDED: {why}")
+    rec = summary.get("recommendation")
+    if rec:
+        lines.append(f"recommendation: {rec['action'].upper()} "
+                     f"(deployed {rec['deployed_source']}, recommended {rec['recommended_source']})")
+        lines.append(f"  why: {rec['rationale']}")
+        plan = rec.get("fine_tune")
+        if plan:
+            lines.append(f"  fine-tune: {plan['strategy']} ({plan['trainable']}), lr {plan['learning_rate']:g}, "
+                         f"weight decay {plan['weight_decay']:g}, {plan['regularisation']}"
+                         + (", adapters" if plan["adapters"] else ""))
+            for reason in plan["reasons"]:
+                lines.append(f"    - {reason}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasksim.cycle import run_cycle
+
+    config = load_config(args.config)
+    now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
+    result = run_cycle(config, now=now)
+    summary = result.to_dict()
+    print(json.dumps(summary, indent=2, default=str) if args.format == "json" else format_cycle(summary))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tasksim.daemon import serve
+
+    serve(load_config(args.config), cycles=args.cycles, run_now=not args.no_run_now)
+    return 0
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    from tasksim.daemon import trigger
+
+    outcome = trigger(load_config(args.config), wait=args.wait)
+    if args.format == "json":
+        print(json.dumps(outcome, indent=2))
+    else:
+        print(f"flow run {outcome['flow_run_name']} ({outcome['flow_run_id']}) of {outcome['deployment']}: "
+              f"{outcome['state_name']}")
+    return 0 if outcome["state"] in ("COMPLETED", "SCHEDULED", "PENDING", "RUNNING") else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tasksim.daemon import serve
+    from tasksim.demo import build_demo_workspace
+
+    workspace = Path(args.workspace).resolve()
+    config_path = workspace / "tasksim.yaml"
+    if not config_path.exists() or args.rebuild:
+        print(f"building the demo workspace in {workspace} ...", file=sys.stderr)
+        config_path = build_demo_workspace(workspace, small=args.small)
+    config = load_config(config_path)
+    overrides: dict[str, Any] = {}
+    if args.interval:
+        overrides["schedule"] = config.schedule.model_copy(update={"interval": _duration(args.interval)})
+    if args.metrics_port is not None:
+        overrides["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
+    if args.prefect_port is not None:
+        overrides["prefect"] = config.prefect.model_copy(update={"port": args.prefect_port})
+    if overrides:
+        config = config.model_copy(update=overrides)
+    print(f"demo config: {config_path}\nmetrics: http://{config.metrics.host}:{config.metrics.port}/metrics",
+          file=sys.stderr)
+    serve(config, cycles=args.cycles)
+    return 0
+
+
+def _duration(text: str) -> Any:
+    from tasksim.config import parse_duration
+
+    return parse_duration(text)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from tasksim.store import Store
+
+    config = load_config(args.config)
+    with Store(config.state_dir) as store:
+        records = store.decisions(limit=args.limit)
+    if args.format == "json":
+        print(json.dumps(records, indent=2, default=str))
+        return 0
+    if not records:
+        print("no decisions recorded yet")
+    for r in records:
+        mark = "*" if r.get("changed") else " "
+        print(f"{mark} cycle {r['cycle_id']:>5}  {r.get('window_start')} .. {r.get('window_end')}  "
+              f"{r['action']:<17} recommended {r.get('recommended_source')}  ({r['rationale']})")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: ok ({len(config.sources)} sources, deployed {config.deployed_source})")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tasksim", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"tasksim {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--config", "-c", required=True, help="path to tasksim.yaml")
+        return sp
+
+    sp = with_config("run", "run one cycle now, in process, without a server")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.add_argument("--now", help="pretend the current time is this ISO timestamp (UTC)")
+    sp.set_defaults(func=_cmd_run)
+
+    sp = with_config("serve", "run the daemon: Prefect server, scheduled deployment, /metrics")
+    sp.add_argument("--cycles", type=int, default=None, help="exit after this many cycles")
+    sp.add_argument("--no-run-now", action="store_true", help="wait for the schedule instead of running at start")
+    sp.set_defaults(func=_cmd_serve)
+
+    sp = with_config("trigger", "ask the running daemon for an immediate cycle")
+    sp.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the run (0: do not wait)")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=_cmd_trigger)
+
+    sp = with_config("history", "show the decision log, newest first")
+    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=_cmd_history)
+
+    sp = with_config("validate", "check a config file and exit")
+    sp.set_defaults(func=_cmd_validate)
+
+    sp = sub.add_parser("demo", help="build a demo workspace on real packaged data and serve it")
+    sp.add_argument("--workspace", default="demo-workspace")
+    sp.add_argument("--cycles", type=int, default=None, help="exit after this many cycles")
+    sp.add_argument("--interval", default=None, help="schedule interval, e.g. 10s")
+    sp.add_argument("--metrics-port", type=int, default=None)
+    sp.add_argument("--prefect-port", type=int, default=None)
+    sp.add_argument("--small", action="store_true", help="a smaller, faster workspace")
+    sp.add_argument("--rebuild", action="store_true", help="rebuild the workspace even if it exists")
+    sp.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "filelock", "evidently"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    try:
+        return int(args.func(args))
+    except TasksimError as exc:
+        if args.debug:
+            raise
+        print(f"tasksim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"tasksim: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

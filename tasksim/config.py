@@ -1,0 +1,383 @@
+"""Configuration: frozen pydantic models loaded from one YAML file.
+
+Validation happens here, at the boundary. Every problem becomes one ``ConfigError`` line that
+names the file, the field path and what was expected, e.g.
+``tasksim.yaml: sources[2].path: Field required``.
+Relative paths are resolved against the directory of the YAML file, so a config can be moved
+together with its data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasksim.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DriftConfig",
+    "EncoderConfig",
+    "MetricsConfig",
+    "PrefectConfig",
+    "ProductionConfig",
+    "RankingConfig",
+    "ReferenceConfig",
+    "SamplingConfig",
+    "ScheduleConfig",
+    "SourceConfig",
+    "WindowConfig",
+    "config_hash",
+    "load_config",
+    "parse_duration",
+]
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+Modality = Literal["tabular", "text", "image", "embedding"]
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``90``, ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a timedelta -> timedelta (positive)."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=float(value))
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        result = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    else:
+        raise ValueError(f"expected a duration such as 90, '30s', '15m', '1h' or '7d', got {value!r}")
+    if result <= timedelta(0):
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return result
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EncoderConfig(_Frozen):
+    """How raw columns become feature vectors.
+
+    - ``identity``: numeric columns, or one fixed-size list column, used as they are.
+    - ``tabular``: numeric columns standardised, categoricals one-hot encoded.
+    - ``text``: a sentence-transformers model (default: the packaged offline all-MiniLM-L6-v2).
+    - ``torchscript``: a TorchScript or ``torch.export`` (.pt2) module over a tensor column.
+    - ``safetensors``: safetensors weights for an architecture registered in ``tasksim.embed``.
+    """
+
+    kind: Literal["identity", "tabular", "text", "torchscript", "safetensors"] = "identity"
+    path: Path | None = None
+    model: str | None = None
+    architecture: str | None = None
+    layers: tuple[str, ...] = ()
+    batch_size: int = Field(default=256, ge=1)
+    input_shape: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> EncoderConfig:
+        if self.kind in ("torchscript", "safetensors") and self.path is None:
+            raise ValueError(f"path: an encoder of kind {self.kind!r} needs a model file path")
+        if self.kind == "safetensors" and not self.architecture:
+            raise ValueError("architecture: safetensors weights need a registered architecture name")
+        return self
+
+
+class InputColumns(_Frozen):
+    """Columns that hold a dataset's inputs; which ones matter depends on the encoder."""
+
+    feature_columns: tuple[str, ...] = ()
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def input_columns(self) -> list[str]:
+        cols = list(self.feature_columns)
+        if self.text_column:
+            cols.append(self.text_column)
+        return cols
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> InputColumns:
+        if not self.feature_columns and not self.text_column:
+            raise ValueError("feature_columns or text_column: name at least one input column")
+        return self
+
+
+class ProductionConfig(InputColumns):
+    """Where production data lives: a Parquet file, directory (hive-partitioned or not), glob or fsspec URL."""
+
+    path: str
+    timestamp_column: str
+    partitioning: Literal["hive"] | None = "hive"
+
+
+class WindowConfig(_Frozen):
+    """Which slice of production data one cycle looks at.
+
+    ``latest``: the ``length`` ending now. ``sequential``: consecutive windows from ``start``
+    (default: the earliest timestamp), one per cycle, the cursor kept in the state store; this
+    replays history and catches up after downtime without skipping data.
+    """
+
+    mode: Literal["latest", "sequential"] = "latest"
+    length: timedelta = timedelta(hours=1)
+    start: datetime | None = None
+
+    _parse_length = field_validator("length", mode="before")(lambda cls, v: parse_duration(v))
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
+
+
+class ReferenceConfig(_Frozen):
+    """The reference window drift is measured against: a time range of the production data,
+    or a separate dataset (``path``) with the same columns."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    path: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=timezone.utc) if v is not None and v.tzinfo is None else v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReferenceConfig:
+        if self.path is None and self.end is None:
+            raise ValueError("reference: give either path (a reference dataset) or end (and optionally start)")
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"reference.start ({self.start}) must be before reference.end ({self.end})")
+        return self
+
+
+class SamplingConfig(_Frozen):
+    """Bounded, seeded sampling of each window and each source."""
+
+    max_rows: int = Field(default=5000, ge=10)
+    source_max_rows: int = Field(default=5000, ge=10)
+    seed: int = 0
+    stratify_by_label: bool = False
+
+
+class SourceConfig(InputColumns):
+    """One candidate source in the portfolio: its data, its model files and its metadata."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    path: str
+    modality: Modality = "tabular"
+    licence: str = "unknown"
+    access: Literal["public", "internal", "restricted", "unavailable"] = "public"
+    cost: float = Field(default=1.0, ge=0)
+    provenance: str | None = None
+    encoder: EncoderConfig | None = None
+    head: Path | None = None
+
+
+class ScheduleConfig(_Frozen):
+    """Exactly one of ``interval`` (a duration) or ``cron`` (five fields)."""
+
+    interval: timedelta | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _parse_interval(cls, v: Any) -> timedelta | None:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str | None) -> str | None:
+        if v is not None and len(v.split()) != 5:
+            raise ValueError(f"expected a cron expression with 5 fields, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleConfig:
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("schedule: give exactly one of interval or cron")
+        return self
+
+
+class DriftConfig(_Frozen):
+    """Per-column drift with Evidently.
+
+    ``method`` is an Evidently stattest name (``ks``, ``wasserstein``, ``psi``, ``jensenshannon``...)
+    or ``auto`` (Evidently's default choice). ``threshold``: the stattest threshold (a p-value for
+    tests, a distance for distances). ``drift_share``: the share of drifted columns that makes the
+    dataset drifted. High-dimensional features (embeddings) are monitored through their first
+    ``embedding_components`` principal components, fitted on the reference window.
+    """
+
+    method: str = "auto"
+    threshold: float | None = Field(default=None, gt=0)
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    columns: tuple[str, ...] | None = None
+    embedding_components: int = Field(default=8, ge=1, le=64)
+    max_columns: int = Field(default=32, ge=1)
+
+
+class RankingConfig(_Frozen):
+    """Multi-criteria ranking weights (criterion name -> weight) and switch policy."""
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    switch_margin: float = Field(default=0.05, ge=0)
+    min_confidence: float = Field(default=0.6, ge=0, le=1)
+    bootstrap_rounds: int = Field(default=50, ge=0, le=10000)
+    allowed_licences: tuple[str, ...] | None = None
+    excluded_access: tuple[str, ...] = ("unavailable",)
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if w < 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0, got {bad}")
+        return v
+
+
+class MetricsConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class PrefectConfig(_Frozen):
+    """The Prefect server the daemon starts (unless ``$PREFECT_API_URL`` already points at one)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4200, ge=1, le=65535)
+    flow_timeout: timedelta = timedelta(minutes=30)
+    retries: int = Field(default=1, ge=0, le=10)
+    startup_timeout: timedelta = timedelta(seconds=120)
+
+    _parse = field_validator("flow_timeout", "startup_timeout", mode="before")(lambda cls, v: parse_duration(v))
+
+
+class Config(_Frozen):
+    """The whole configuration of one tasksim deployment."""
+
+    name: str = Field(default="tasksim", pattern=_NAME_PATTERN)
+    state_dir: Path
+    production: ProductionConfig
+    window: WindowConfig = WindowConfig()
+    reference: ReferenceConfig
+    sampling: SamplingConfig = SamplingConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    sources: tuple[SourceConfig, ...] = Field(min_length=1)
+    deployed_source: str
+    schedule: ScheduleConfig = ScheduleConfig(interval=timedelta(minutes=5))
+    drift: DriftConfig = DriftConfig()
+    ranking: RankingConfig = RankingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    prefect: PrefectConfig = PrefectConfig()
+    device: str = "auto"
+    config_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sources: names must be unique, {dupes} appear more than once")
+        if self.deployed_source not in names:
+            raise ValueError(f"deployed_source: {self.deployed_source!r} is not one of the sources {names}")
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "_")):
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative local paths absolute against the config's directory (URLs stay as they are)."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            return str((base / value).resolve())
+        return value
+
+    raw = dict(raw)
+    if "state_dir" in raw:
+        raw["state_dir"] = fix(raw["state_dir"])
+    for section in ("production", "reference"):
+        if isinstance(raw.get(section), dict) and "path" in raw[section]:
+            raw[section] = {**raw[section], "path": fix(raw[section]["path"])}
+    if isinstance(raw.get("encoder"), dict) and "path" in raw["encoder"]:
+        raw["encoder"] = {**raw["encoder"], "path": fix(raw["encoder"]["path"])}
+    if isinstance(raw.get("sources"), list):
+        sources = []
+        for src in raw["sources"]:
+            if isinstance(src, dict):
+                src = dict(src)
+                for key in ("path", "head"):
+                    if key in src:
+                        src[key] = fix(src[key])
+                if isinstance(src.get("encoder"), dict) and "path" in src["encoder"]:
+                    src["encoder"] = {**src["encoder"], "path": fix(src["encoder"]["path"])}
+            sources.append(src)
+        raw["sources"] = sources
+    return raw
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the YAML config at ``path``; raise ``ConfigError`` with one clear line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(raw).__name__}")
+    raw = _resolve_paths(raw, path.resolve().parent)
+    raw["config_path"] = str(path.resolve())
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _format_location(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        received = ""
+        if (err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict)
+                and repr(err["input"]) not in message):
+            received = f" (received {err['input']!r})"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {where}: {message}{received}{more}") from None
+
+
+def config_hash(config: Config) -> str:
+    """A stable short hash of the effective configuration, recorded with every decision."""
+    payload = config.model_dump(mode="json", exclude={"config_path"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

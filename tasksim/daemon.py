@@ -1,0 +1,255 @@
+"""The daemon: a Prefect server, the monitoring deployment, and the metrics endpoint.
+
+``serve()`` starts (or reuses) a Prefect API, serves ``flows.monitor.monitor_cycle`` as a
+deployment on the configured schedule, and exposes ``/metrics`` read from the state store. It
+stops cleanly on SIGTERM/SIGINT: the runner stops (its schedule is NOT paused, so a restart
+resumes it), then the metrics server, then the Prefect server it started.
+
+Prefect's ephemeral API runs no scheduler (shared notes), so unless ``$PREFECT_API_URL`` points at
+a server, the daemon starts ``prefect server start`` on loopback with SQLite in the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasksim.config import Config
+from tasksim.errors import TasksimError
+from tasksim.export import build_registry, start_metrics_server
+from tasksim.store import Store
+
+__all__ = ["DAEMON_FILE", "PrefectServer", "daemon_info", "prefect_environment", "serve", "trigger"]
+
+log = logging.getLogger(__name__)
+
+DAEMON_FILE = "daemon.json"
+
+
+def prefect_environment(config: Config) -> dict[str, str]:
+    """Environment for Prefect processes of this deployment: its own home, DB and no telemetry."""
+    home = config.state_dir / "prefect"
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+    }
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class PrefectServer:
+    """A ``prefect server start`` child process on loopback, stopped with the daemon."""
+
+    api_url: str
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @classmethod
+    def start(cls, config: Config, env: dict[str, str]) -> PrefectServer:
+        host, port = config.prefect.host, config.prefect.port
+        api_url = f"http://{host}:{port}/api"
+        if _healthy(api_url):
+            raise TasksimError(f"prefect.port: a server already answers on {host}:{port}; stop it, pick another "
+                               "port, or point PREFECT_API_URL at it")
+        home = Path(env["PREFECT_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        log_path = home / "server.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+            env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        server = cls(api_url=api_url, process=process, log_path=log_path)
+        deadline = time.monotonic() + config.prefect.startup_timeout.total_seconds()
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+                raise TasksimError(f"the Prefect server exited with code {process.returncode} "
+                                   f"({tail[0] if tail else 'no output'}); see {log_path}")
+            if _healthy(api_url):
+                log.info("Prefect server ready at %s", api_url)
+                return server
+            time.sleep(0.5)
+        server.stop()
+        raise TasksimError(f"the Prefect server did not answer on {api_url} within "
+                           f"{config.prefect.startup_timeout.total_seconds():.0f}s; see {log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:  # the server runs uvicorn and services in its own process group
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def daemon_info(config: Config) -> dict[str, Any] | None:
+    """What a running daemon wrote about itself (its API URL, deployment, metrics address)."""
+    path = config.state_dir / DAEMON_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
+    """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store."""
+    if not cycles:
+        yield
+        return
+    with Store(config.state_dir) as store:
+        baseline = sum(store.snapshot().cycles_by_status.values())
+    done = threading.Event()
+
+    def watch() -> None:
+        with Store(config.state_dir) as watcher:
+            while not done.wait(1.0):
+                if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
+                    log.info("%d cycles done, stopping", cycles)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+    thread = threading.Thread(target=watch, name="tasksim-cycle-counter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or until ``cycles`` cycles have completed)."""
+    env = prefect_environment(config)
+    server: PrefectServer | None = None
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        api_url = external.rstrip("/")
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
+        log.info("using the Prefect API at %s", api_url)
+    else:
+        server = PrefectServer.start(config, env)
+        api_url = server.api_url
+    os.environ.update(env)
+    os.environ["PREFECT_API_URL"] = api_url
+
+    metrics_server = None
+    info_path = config.state_dir / DAEMON_FILE
+    # SIGTERM must unwind through the finally below even before the runner installs its handler
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        registry = build_registry(config.state_dir, sources=[s.name for s in config.sources])
+        metrics_server = start_metrics_server(registry, host=config.metrics.host, port=config.metrics.port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, config.metrics.port)
+        _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now)
+    except KeyboardInterrupt:
+        log.info("interrupted, shutting down")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if server is not None:
+            server.stop()
+        info_path.unlink(missing_ok=True)
+        log.info("daemon stopped")
+
+
+def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycles: int | None,
+                         run_now: bool) -> None:
+    import asyncio
+
+    from prefect.deployments.runner import EntrypointType
+    from prefect.runner import Runner
+
+    from flows.monitor import FLOW_NAME, monitor_cycle
+
+    flow = monitor_cycle.with_options(retries=config.prefect.retries,
+                                      timeout_seconds=config.prefect.flow_timeout.total_seconds())
+    schedule: dict[str, Any] = (
+        {"interval": config.schedule.interval} if config.schedule.interval else {"cron": config.schedule.cron})
+    # pause_on_shutdown=False: a restart must find the schedule still active; limit=1: no overlap
+    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=1)
+    runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},
+                    entrypoint_type=EntrypointType.MODULE_PATH, **schedule)
+    deployment = f"{FLOW_NAME}/{config.name}"
+    _write_json_atomic(info_path, {
+        "pid": os.getpid(), "api_url": api_url, "deployment": deployment,
+        "metrics_url": f"http://{config.metrics.host}:{config.metrics.port}/metrics",
+        "config_path": str(config.config_path), "started_at": time.time(),
+    })
+    log.info("serving deployment %s (%s)", deployment, schedule)
+    if run_now:
+        threading.Thread(target=_trigger_when_ready, args=(deployment,), daemon=True).start()
+    with _stop_after_cycles(config, cycles):
+        asyncio.run(runner.start())
+
+
+def _trigger_when_ready(deployment: str) -> None:
+    """Ask for one run at start-up so a new daemon reports without waiting a whole interval."""
+    from prefect.deployments import run_deployment
+
+    for _ in range(60):
+        try:
+            run_deployment(deployment, timeout=0, as_subflow=False)
+            return
+        except Exception as exc:  # the deployment may not be registered for a second or two
+            log.debug("start-up run not created yet: %s", exc)
+            time.sleep(1.0)
+
+
+def trigger(config: Config, *, wait: float | None = 600.0) -> dict[str, Any]:
+    """Ask the running daemon for an immediate cycle through its Prefect deployment."""
+    info = daemon_info(config)
+    api_url = os.environ.get("PREFECT_API_URL") or (info or {}).get("api_url")
+    if not api_url:
+        raise TasksimError(f"{config.state_dir / DAEMON_FILE}: no running daemon found for this config "
+                           "(start it with `tasksim serve`) and PREFECT_API_URL is not set")
+    if not _healthy(api_url.rstrip("/")):
+        raise TasksimError(f"the Prefect API at {api_url} does not answer; is `tasksim serve` running?")
+    os.environ.update({k: v for k, v in prefect_environment(config).items()
+                       if k not in ("PREFECT_API_DATABASE_CONNECTION_URL",)})
+    os.environ["PREFECT_API_URL"] = api_url
+    from prefect.deployments import run_deployment
+
+    from flows.monitor import FLOW_NAME
+
+    deployment = (info or {}).get("deployment") or f"{FLOW_NAME}/{config.name}"
+    flow_run = run_deployment(deployment, timeout=wait, poll_interval=1, as_subflow=False)
+    state = flow_run.state
+    return {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "deployment": deployment,
+            "state": state.type.value if state else None, "state_name": state.name if state else None}

@@ -1,0 +1,164 @@
+"""Prometheus exposition, read from the state store at scrape time.
+
+Flows run in subprocesses (Prefect ``serve``), so nothing a flow holds in memory reaches the
+daemon. The collector below reads the store's latest snapshot on every scrape instead: values
+survive restarts and are consistent (one read transaction). Labels are bounded: configured
+source names, measure names, monitored column names and a few fixed enums.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tasksim import __version__
+from tasksim.store import Snapshot, Store
+
+__all__ = ["METRIC_NAMES", "StoreCollector", "build_registry", "start_metrics_server"]
+
+log = logging.getLogger(__name__)
+
+# name (as exposed) -> (type, help). The single list dashboards and alert rules are tested against.
+METRIC_NAMES: dict[str, tuple[str, str]] = {
+    "tasksim_build_info": ("gauge", "tasksim version (value 1)."),
+    "tasksim_store_up": ("gauge", "1 if the state store could be read at this scrape."),
+    "tasksim_cycle_last_success_timestamp_seconds": ("gauge", "Unix time of the last successful cycle."),
+    "tasksim_cycle_duration_seconds": ("gauge", "Duration of the last cycle."),
+    "tasksim_cycles_total": ("counter", "Cycles run, by status (success, failed, no_data)."),
+    "tasksim_window_rows": ("gauge", "Rows of the last production window (kind: total, sampled, dropped_invalid)."),
+    "tasksim_drift_detected": ("gauge", "1 if the last window with data drifted from the reference."),
+    "tasksim_drift_share_ratio": ("gauge", "Share of monitored columns that drifted in the last window."),
+    "tasksim_drift_column_score": ("gauge", "Per-column drift statistic of the last window."),
+    "tasksim_drift_column_drifted": ("gauge", "1 if the column drifted in the last window."),
+    "tasksim_source_similarity": ("gauge", "Raw similarity/transferability measure of a source to the target."),
+    "tasksim_source_score": ("gauge", "Composite score of a source in [0, 1], higher is better."),
+    "tasksim_source_rank": ("gauge", "Rank of a source in the last ranking (1 = best)."),
+    "tasksim_source_top1_probability": ("gauge", "Bootstrap probability that the source is the best."),
+    "tasksim_source_failed": ("gauge", "1 if the source failed in the last cycle."),
+    "tasksim_source_errors_total": ("counter", "Cycles in which the source failed."),
+    "tasksim_recommendation_info": ("gauge", "The current recommendation (value 1)."),
+}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _family(name: str, labels: list[str] | None = None) -> GaugeMetricFamily | CounterMetricFamily:
+    kind, documentation = METRIC_NAMES[name]
+    if kind == "counter":
+        return CounterMetricFamily(name.removesuffix("_total"), documentation, labels=labels)
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+class StoreCollector(Collector):
+    """Collects tasksim metrics from the state store at ``state_dir`` on each scrape."""
+
+    def __init__(self, state_dir: str | Path, *, sources: list[str] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.sources = list(sources or [])
+
+    def describe(self) -> list[Metric]:  # avoid a store read at registration time
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        build = _family("tasksim_build_info", ["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+        up = _family("tasksim_store_up")
+        try:
+            with Store(self.state_dir) as store:
+                snap = store.snapshot()
+        except Exception as exc:  # a scrape must never fail because the store is busy or missing
+            log.warning("metrics: cannot read the state store in %s: %s", self.state_dir, exc)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from self._from_snapshot(snap)
+
+    def _from_snapshot(self, snap: Snapshot) -> Iterator[Metric]:
+        cycles = _family("tasksim_cycles_total", ["status"])
+        for status in ("success", "failed", "no_data"):
+            cycles.add_metric([status], float(snap.cycles_by_status.get(status, 0)))
+        yield cycles
+
+        if snap.last_success_at is not None:
+            last = _family("tasksim_cycle_last_success_timestamp_seconds")
+            last.add_metric([], float(snap.last_success_at))
+            yield last
+        if snap.last_cycle is not None:
+            duration = _family("tasksim_cycle_duration_seconds")
+            duration.add_metric([], float(snap.last_cycle["finished_at"] - snap.last_cycle["started_at"]))
+            yield duration
+            rows = _family("tasksim_window_rows", ["kind"])
+            rows.add_metric(["total"], float(snap.last_cycle["rows_total"]))
+            rows.add_metric(["sampled"], float(snap.last_cycle["rows_sampled"]))
+            rows.add_metric(["dropped_invalid"], float(snap.last_cycle["rows_dropped"]))
+            yield rows
+
+        if snap.last_drift is not None:
+            detected = _family("tasksim_drift_detected")
+            detected.add_metric([], 1.0 if snap.last_drift.get("detected") else 0.0)
+            share = _family("tasksim_drift_share_ratio")
+            share.add_metric([], float(snap.last_drift.get("share", 0.0)))
+            score = _family("tasksim_drift_column_score", ["column"])
+            drifted = _family("tasksim_drift_column_drifted", ["column"])
+            for col in snap.last_drift.get("columns", []):
+                if _finite(col.get("score")):
+                    score.add_metric([str(col["column"])], float(col["score"]))
+                drifted.add_metric([str(col["column"])], 1.0 if col.get("drifted") else 0.0)
+            yield from (detected, share, score, drifted)
+
+        similarity = _family("tasksim_source_similarity", ["source", "metric"])
+        composite = _family("tasksim_source_score", ["source"])
+        rank = _family("tasksim_source_rank", ["source"])
+        top1 = _family("tasksim_source_top1_probability", ["source"])
+        for rec in snap.last_sources:
+            for metric, value in sorted(rec.similarity.items()):
+                if _finite(value):
+                    similarity.add_metric([rec.source, metric], float(value))
+            if rec.status != "ok":
+                continue
+            if _finite(rec.score):
+                composite.add_metric([rec.source], float(rec.score))
+            if rec.rank is not None:
+                rank.add_metric([rec.source], float(rec.rank))
+            if _finite(rec.top1_probability):
+                top1.add_metric([rec.source], float(rec.top1_probability))
+        yield from (similarity, composite, rank, top1)
+
+        failed = _family("tasksim_source_failed", ["source"])
+        errors = _family("tasksim_source_errors_total", ["source"])
+        names = sorted(set(self.sources) | set(snap.errors_by_source) | {r.source for r in snap.last_sources})
+        for name in names:
+            failed.add_metric([name], 1.0 if name in snap.failed_sources else 0.0)
+            errors.add_metric([name], float(snap.errors_by_source.get(name, 0)))
+        yield from (failed, errors)
+
+        if snap.last_decision is not None:
+            d = snap.last_decision
+            info = _family("tasksim_recommendation_info", ["deployed_source", "recommended_source", "action"])
+            info.add_metric([d["deployed_source"], d.get("recommended_source") or "", d["action"]], 1.0)
+            yield info
+
+
+def build_registry(state_dir: str | Path, *, sources: list[str] | None = None) -> CollectorRegistry:
+    """A fresh registry (no process/GC collectors) holding only the store collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(state_dir, sources=sources))
+    return registry
+
+
+def start_metrics_server(registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 9108) -> Any:
+    """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns the server (``.shutdown()``)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -1,0 +1,80 @@
+"""Input handling shared by every measure: tensors, dtypes, labels, validation.
+
+Measures accept numpy arrays or torch tensors. Inputs keep their device; decompositions and
+covariances run in float64 (``ACCUM_DTYPE``) because float32 loses the small eigenvalues that
+LogME, H-score and TransRate depend on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasksim.errors import MetricInputError
+
+__all__ = [
+    "ACCUM_DTYPE",
+    "ArrayLike",
+    "as_features",
+    "as_labels",
+    "check_same_length",
+    "check_classes",
+]
+
+ACCUM_DTYPE = torch.float64
+ArrayLike = Any  # numpy.ndarray | torch.Tensor | nested sequences
+
+
+def as_features(x: ArrayLike, name: str = "features", *, dtype: torch.dtype = ACCUM_DTYPE,
+                device: torch.device | None = None, min_rows: int = 2) -> torch.Tensor:
+    """Return ``x`` as a 2-D finite tensor of ``dtype`` on its own device (or ``device``)."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim == 1:
+        t = t.unsqueeze(1)
+    if t.ndim != 2:
+        raise MetricInputError(f"{name}: expected a 2-D array (samples x dims), got shape {tuple(t.shape)}")
+    if t.shape[0] < min_rows:
+        raise MetricInputError(f"{name}: expected at least {min_rows} samples, got {t.shape[0]}")
+    t = t.to(device=device if device is not None else t.device, dtype=dtype)
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        raise MetricInputError(f"{name}: {bad} rows contain NaN or Inf")
+    return t
+
+
+def as_labels(y: ArrayLike, name: str = "labels", *, device: torch.device | None = None) -> tuple[torch.Tensor, int]:
+    """Remap arbitrary label ids (ints or strings) to contiguous ``0..C-1``; return (labels, C)."""
+    if isinstance(y, torch.Tensor):
+        arr = y.detach().cpu().numpy()
+    else:
+        arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise MetricInputError(f"{name}: expected a 1-D array of labels, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise MetricInputError(f"{name}: labels contain NaN or Inf")
+    _, inverse = np.unique(arr, return_inverse=True)
+    n_classes = int(inverse.max()) + 1 if inverse.size else 0
+    dev = device if device is not None else (y.device if isinstance(y, torch.Tensor) else None)
+    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=dev), n_classes
+
+
+def check_same_length(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise MetricInputError(
+            f"{names[0]} has {a.shape[0]} samples but {names[1]} has {b.shape[0]}: lengths must match"
+        )
+
+
+def check_classes(labels: torch.Tensor, n_classes: int, *, min_per_class: int = 1, name: str = "labels") -> torch.Tensor:
+    """Raise unless there are >= 2 classes and each has ``min_per_class`` samples; return class counts."""
+    if n_classes < 2:
+        raise MetricInputError(f"{name}: need at least 2 classes, got {n_classes}")
+    counts = torch.bincount(labels, minlength=n_classes)
+    if int(counts.min()) < min_per_class:
+        small = int((counts < min_per_class).sum())
+        raise MetricInputError(
+            f"{name}: {small} classes have fewer than {min_per_class} samples (each class needs {min_per_class})"
+        )
+    return counts

@@ -1,0 +1,134 @@
+"""Recommendation: keep or switch the source, and how to fine-tune from it.
+
+The rule, in order (docs/recommendation.md explains the thresholds and the literature):
+
+1. No ranking (no source could be profiled, or no data): ``insufficient_data``.
+2. Switch when the best source's composite score beats the deployed source's by at least
+   ``ranking.switch_margin`` (and, when bootstrap probabilities exist, the best source is best
+   with probability >= ``ranking.min_confidence``); a deployed source that failed or was excluded
+   is replaced by the best one. Otherwise keep.
+3. Fine-tuning plan for the recommended source, from its profile and the drift verdict:
+   - label marginals far apart (``label_shift`` >= 0.5) or few shared classes: the output layer must
+     change: LP-FT (train a new head with the body frozen, then fine-tune everything at a low
+     learning rate; Kumar et al., ICLR 2022);
+   - the source is close to the target (MMD^2 < 0.05) and its view separates the target's classes
+     (``knn_accuracy`` >= 0.8 when measured): linear probe only (body frozen);
+   - input-level drift in the production window (drift detected on raw input columns): surgical
+     fine-tuning of the first blocks (Lee et al., ICLR 2023);
+   - large distribution gap (MMD^2 >= 0.2): full fine-tuning with L2-SP regularisation towards the
+     source weights;
+   - otherwise: fine-tune the last blocks (feature-level shift, Lee et al.) with the rest frozen.
+   Few labelled target samples (< 1000) add adapters (LoRA) instead of updating full weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tasksim.config import RankingConfig
+from tasksim.rank import Ranking
+
+__all__ = ["FineTunePlan", "Recommendation", "recommend", "SMALL_GAP_MMD2", "LARGE_GAP_MMD2"]
+
+SMALL_GAP_MMD2 = 0.05
+LARGE_GAP_MMD2 = 0.2
+LABEL_SHIFT_NEW_HEAD = 0.5
+FEW_LABELS = 1000
+
+
+@dataclass(frozen=True)
+class FineTunePlan:
+    strategy: str  # linear_probe | lp_ft | surgical_first | surgical_last | full
+    trainable: str
+    learning_rate: float
+    weight_decay: float
+    regularisation: str
+    adapters: bool
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    deployed_source: str
+    recommended_source: str | None
+    action: str  # keep | switch | insufficient_data
+    rationale: str
+    fine_tune: FineTunePlan | None = None
+    score_gap: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_rows: int) -> FineTunePlan:
+    """The documented rule (module docstring) from one source's profile and the drift verdict."""
+    mmd2 = measures.get("mmd2")
+    label_shift = measures.get("label_shift")
+    knn = measures.get("knn_accuracy")
+    adapters = 0 < labelled_rows < FEW_LABELS
+    reasons: list[str] = []
+    if label_shift is not None and label_shift >= LABEL_SHIFT_NEW_HEAD:
+        reasons.append(f"label marginals differ (JS divergence {label_shift:.2f} >= {LABEL_SHIFT_NEW_HEAD}): "
+                       "a new head is needed, trained before the body is unfrozen")
+        plan = ("lp_ft", "head first, then all layers", 1e-5, 0.01, "early stopping on target validation")
+    elif mmd2 is not None and mmd2 < SMALL_GAP_MMD2 and (knn is None or knn >= 0.8):
+        reasons.append(f"source is close to the target (MMD^2 {mmd2:.3f} < {SMALL_GAP_MMD2})"
+                       + (f" and its features separate the target classes (kNN accuracy {knn:.2f})" if knn else ""))
+        plan = ("linear_probe", "head only (body frozen)", 1e-3, 1e-4, "none needed")
+    elif input_drift:
+        reasons.append("input-level drift in production: adapt the first blocks (surgical fine-tuning)")
+        plan = ("surgical_first", "first blocks + head", 1e-4, 0.01, "freeze the remaining blocks")
+    elif mmd2 is not None and mmd2 >= LARGE_GAP_MMD2:
+        reasons.append(f"large distribution gap (MMD^2 {mmd2:.3f} >= {LARGE_GAP_MMD2}): every layer must move")
+        plan = ("full", "all layers", 3e-5, 0.01, "L2-SP towards the source weights")
+    else:
+        reasons.append("moderate feature-level gap: adapt the last blocks (surgical fine-tuning)")
+        plan = ("surgical_last", "last blocks + head", 5e-5, 0.01, "freeze the earlier blocks")
+    if adapters:
+        reasons.append(f"few labelled target rows ({labelled_rows} < {FEW_LABELS}): use adapters (LoRA r=8) "
+                       "on the trainable blocks instead of updating full weights")
+    strategy, trainable, lr, wd, reg = plan
+    return FineTunePlan(strategy=strategy, trainable=trainable, learning_rate=lr, weight_decay=wd,
+                        regularisation=reg, adapters=adapters, reasons=tuple(reasons))
+
+
+def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConfig, *,
+              measures: dict[str, dict[str, float]], top1_probability: dict[str, float] | None = None,
+              input_drift: bool = False, labelled_rows: int = 0, failed: dict[str, str] | None = None,
+              ) -> Recommendation:
+    """Decide keep / switch / insufficient_data and plan fine-tuning for the recommended source."""
+    failed = failed or {}
+    best = ranking.best() if ranking else None
+    if ranking is None or best is None:
+        return Recommendation(deployed_source, None, "insufficient_data",
+                              "no source could be ranked this cycle; the last good ranking stands")
+    deployed = ranking.entry(deployed_source)
+    plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), input_drift=input_drift,  # noqa: E731
+                                             labelled_rows=labelled_rows)
+    if deployed is None:
+        why = failed.get(deployed_source) or ranking.excluded.get(deployed_source) or "it was not ranked"
+        return Recommendation(deployed_source, best.source, "switch",
+                              f"the deployed source {deployed_source!r} cannot be used ({why}); "
+                              f"{best.source!r} ranks first with score {best.score:.3f}",
+                              fine_tune=plan_for(best.source))
+    gap = best.score - deployed.score
+    confidence = (top1_probability or {}).get(best.source)
+    if best.source != deployed_source and gap >= config.switch_margin and (
+            confidence is None or confidence >= config.min_confidence):
+        conf = f", best with probability {confidence:.2f}" if confidence is not None else ""
+        return Recommendation(deployed_source, best.source, "switch",
+                              f"{best.source!r} scores {best.score:.3f} against {deployed.score:.3f} for the deployed "
+                              f"{deployed_source!r} (gap {gap:.3f} >= margin {config.switch_margin}{conf})",
+                              fine_tune=plan_for(best.source), score_gap=gap)
+    if best.source == deployed_source:
+        why = f"the deployed source ranks first (score {deployed.score:.3f})"
+    elif gap < config.switch_margin:
+        why = (f"{best.source!r} leads by {gap:.3f}, below the switch margin {config.switch_margin}; "
+               f"the deployed {deployed_source!r} ranks {deployed.rank}")
+    else:
+        why = (f"{best.source!r} leads by {gap:.3f} but is best with probability only {confidence:.2f} "
+               f"< {config.min_confidence}")
+    return Recommendation(deployed_source, deployed_source, "keep", why, fine_tune=plan_for(deployed_source),
+                          score_gap=gap)
