@@ -82,9 +82,9 @@ def format_cycle(summary: dict[str, Any]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)  # before the heavy imports: a bad config fails fast
     from tasksim.cycle import run_cycle
 
-    config = load_config(args.config)
     now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
     result = run_cycle(config, now=now)
     summary = result.to_dict()

@@ -374,7 +374,9 @@ def load_config(path: str | Path) -> Config:
                 and repr(err["input"]) not in message):
             received = f" (received {err['input']!r})"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {where}: {message}{received}{more}") from None
+        # model-level validators name their own field ("deployed_source: ...")
+        prefix = "" if where == "(top level)" and re.match(r"^[\w.\[\]]+: ", message) else f"{where}: "
+        raise ConfigError(f"{path}: {prefix}{message}{received}{more}") from None
 
 
 def config_hash(config: Config) -> str:

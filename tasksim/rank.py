@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tasksim.config import RankingConfig, SourceConfig
-from tasksim.profile import SourceProfile
+
+if TYPE_CHECKING:  # profile.py pulls in the data plane; ranking needs only the dataclass shape
+    from tasksim.profile import SourceProfile
 
 __all__ = ["DEFAULT_WEIGHTS", "MEASURE_DIRECTIONS", "RankEntry", "Ranking", "rank_sources"]
 

@@ -1,0 +1,111 @@
+"""Ranking (composite of normalised criteria) and the documented recommendation rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasksim.config import RankingConfig, SourceConfig
+from tasksim.profile import SourceProfile  # noqa: E402
+from tasksim.rank import MEASURE_DIRECTIONS, rank_sources
+from tasksim.recommend import LARGE_GAP_MMD2, plan_fine_tuning, recommend
+
+
+def src(name: str, **kw: object) -> SourceConfig:
+    return SourceConfig(name=name, path=f"/data/{name}.parquet", feature_columns=("x",), **kw)
+
+
+SOURCES = [src("a", cost=1), src("b", cost=1), src("c", cost=5, licence="proprietary")]
+
+
+def prof(name: str, **measures: float) -> SourceProfile:
+    return SourceProfile(name, "ok", measures=measures)
+
+
+def test_better_on_every_criterion_ranks_first() -> None:
+    profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3), prof("c", logme=0.5, mmd2=0.1)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    assert [e.source for e in ranking.entries] == ["a", "c", "b"]
+    assert [e.rank for e in ranking.entries] == [1, 2, 3]
+    assert ranking.entries[0].score == pytest.approx(1.0 - 0.25 / (2 + 1 + 0.25))  # worst on cost only
+    assert all(0 <= e.score <= 1 for e in ranking.entries)
+
+
+def test_scale_invariance_of_criteria() -> None:
+    """Multiplying a criterion by a constant (a unit change) does not change the ranking."""
+    base = [prof("a", logme=1.0, frechet=3.0), prof("b", logme=0.5, frechet=1.0), prof("c", logme=0.1, frechet=2.0)]
+    scaled = [prof(p.source, logme=p.measures["logme"] * 1000, frechet=p.measures["frechet"] * 1e-3) for p in base]
+    r1 = rank_sources(base, SOURCES, RankingConfig())
+    r2 = rank_sources(scaled, SOURCES, RankingConfig())
+    assert [e.source for e in r1.entries] == [e.source for e in r2.entries]
+    assert [e.score for e in r1.entries] == pytest.approx([e.score for e in r2.entries])
+
+
+def test_weights_steer_the_ranking() -> None:
+    profiles = [prof("a", logme=1.0, mmd2=0.5), prof("b", logme=0.0, mmd2=0.0)]
+    only_logme = RankingConfig(weights={"mmd2": 0, "cost": 0})
+    only_mmd = RankingConfig(weights={"logme": 0, "cost": 0})
+    assert rank_sources(profiles, SOURCES, only_logme).best().source == "a"
+    assert rank_sources(profiles, SOURCES, only_mmd).best().source == "b"
+
+
+def test_failed_and_licence_excluded_sources_are_not_ranked() -> None:
+    profiles = [prof("a", logme=0.1), SourceProfile("b", "failed", error="boom"), prof("c", logme=9.0)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(allowed_licences=("mit", "unknown")))
+    assert [e.source for e in ranking.entries] == ["a"]
+    assert "licence 'proprietary'" in ranking.excluded["c"]
+
+
+def test_criterion_missing_for_some_sources_is_not_used() -> None:
+    profiles = [prof("a", logme=1.0, mmd2=0.2), prof("b", mmd2=0.1)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"cost": 0}))
+    assert "logme" not in ranking.weights
+    assert ranking.best().source == "b"
+
+
+def test_every_direction_is_known() -> None:
+    assert set(MEASURE_DIRECTIONS.values()) <= {-1, 1}
+
+
+def test_recommend_switch_keep_and_margin() -> None:
+    profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    measures = {p.source: p.measures for p in profiles}
+    switch = recommend(ranking, "b", RankingConfig(), measures=measures)
+    assert switch.action == "switch" and switch.recommended_source == "a"
+    assert "gap" in switch.rationale
+    keep = recommend(ranking, "a", RankingConfig(), measures=measures)
+    assert keep.action == "keep" and keep.recommended_source == "a"
+    cautious = recommend(ranking, "b", RankingConfig(switch_margin=2.0), measures=measures)
+    assert cautious.action == "keep" and "below the switch margin" in cautious.rationale
+    unsure = recommend(ranking, "b", RankingConfig(min_confidence=0.9), measures=measures,
+                       top1_probability={"a": 0.55})
+    assert unsure.action == "keep" and "probability only 0.55" in unsure.rationale
+
+
+def test_recommend_replaces_a_failed_deployed_source() -> None:
+    profiles = [prof("a", logme=1.0)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    rec = recommend(ranking, "b", RankingConfig(), measures={}, failed={"b": "file missing"})
+    assert rec.action == "switch" and "file missing" in rec.rationale
+
+
+def test_recommend_without_ranking() -> None:
+    rec = recommend(None, "a", RankingConfig(), measures={})
+    assert rec.action == "insufficient_data" and rec.recommended_source is None
+
+
+@pytest.mark.parametrize(
+    ("measures", "input_drift", "rows", "strategy", "adapters"),
+    [
+        ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "lp_ft", False),
+        ({"mmd2": 0.01, "knn_accuracy": 0.95}, False, 5000, "linear_probe", False),
+        ({"mmd2": 0.01, "knn_accuracy": 0.4}, True, 5000, "surgical_first", False),
+        ({"mmd2": LARGE_GAP_MMD2 + 0.1}, False, 5000, "full", False),
+        ({"mmd2": 0.1}, False, 200, "surgical_last", True),
+    ],
+)
+def test_fine_tuning_rule(measures: dict, input_drift: bool, rows: int, strategy: str, adapters: bool) -> None:
+    plan = plan_fine_tuning(measures, input_drift=input_drift, labelled_rows=rows)
+    assert plan.strategy == strategy
+    assert plan.adapters is adapters
+    assert plan.reasons and plan.learning_rate > 0
