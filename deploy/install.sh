@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq prometheus >/dev/null
+        apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
     else
         echo "install.sh: Debian's 'prometheus' package is missing (needs root: apt-get install prometheus)" >&2
     fi
