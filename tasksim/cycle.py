@@ -165,7 +165,9 @@ class Cycle:
             bounds = production_time_range(self.config.production)
             if bounds is None:
                 return None, now, None
-            start = bounds[0]
+            # align to whole windows since the epoch: 1h windows start on the hour
+            epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+            start = epoch + ((bounds[0] - epoch) // length) * length
         end = start + length
         if end > now:  # the window is not complete yet: look at it, but do not move the cursor
             return start, end, None

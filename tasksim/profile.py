@@ -113,7 +113,8 @@ class _Profiler:
         """The target as the source's model represents it: (features, class probabilities or None)."""
         t = self.target
         if source.encoder is not None:
-            own = build_encoder(source.encoder, device=self.device)
+            own = build_encoder(source.encoder, device=self.device, source=source.name)
+            own.fit(table, source)  # a tabular encoder standardises with the source's own statistics
             target_view = own.encode(t.table, self.config.production).to(self.device)
             source_view = self.cache.get_or_compute(
                 data_fingerprint=table_fingerprint(table), encoder_fingerprint=own.fingerprint, layer="output",

@@ -1,0 +1,779 @@
+"""Bounded, seeded sampling of production windows, the reference and portfolio sources.
+
+Production data can be far larger than memory, so nothing here materialises a whole window:
+record batches stream out of a ``pyarrow.dataset`` scan that reads only the needed columns,
+with the time filter pushed down (row groups whose timestamp statistics miss the window are
+never decoded), into a bounded reservoir. The reservoir is "bottom-k": every row gets an iid
+uniform key from a seeded generator and the ``max_rows`` smallest keys are kept, which is a
+uniformly random subset (the same distribution as Algorithm R), computed vectorised per
+batch. Label-stratified sampling keeps one reservoir per class and allocates the final rows
+in proportion to the class counts of the whole window.
+
+Rows whose input columns hold null, NaN or Inf (or a list of the wrong length) are dropped
+and counted, never passed on. Problems with production data raise ``DataError``; problems
+with a source raise ``SourceError``; each is one line naming the file or column.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from tasksim.config import Config, ProductionConfig, SamplingConfig, SourceConfig
+from tasksim.errors import DataError, SourceError
+
+__all__ = [
+    "Window",
+    "dataset_fingerprint",
+    "load_reference",
+    "load_source",
+    "production_time_range",
+    "sample_window",
+    "table_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+_BATCH_ROWS = 65_536
+# Batches decoded ahead within one row group (pyarrow's default is 16).
+_BATCH_READAHEAD = 2
+# Above this many distinct labels, stratified sampling falls back to one uniform reservoir
+# (which keeps class proportions in expectation) so memory stays bounded by max_rows x this.
+_MAX_STRATA = 100
+_GLOB_CHARS = frozenset("*?[")
+# Mixed into the user's seed so sample keys are not the very stream a user's own
+# ``default_rng(seed)`` produced the data with (seed 0 for both correlated keys with labels).
+_SEED_SALT = 0x7A5C_5A3D
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sampled window: the rows drift and profiling see, plus what was left out and why."""
+
+    start: datetime | None
+    end: datetime | None
+    table: pa.Table
+    total_rows: int
+    dropped_invalid: int
+
+
+# ----------------------------------------------------------------------------------------
+# Locating files
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FileEntry:
+    path: str
+    size: int
+    mtime: str
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """The files behind a path, URL or glob, sorted, with the filesystem to read them."""
+
+    location: str
+    filesystem: pafs.FileSystem
+    files: tuple[_FileEntry, ...]
+    base_dir: str | None
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in _GLOB_CHARS for ch in path)
+
+
+def _glob_base(path: str, sep: str = "/") -> str:
+    """The directory part of a glob before its first wildcard (the hive partition root)."""
+    parts = path.split(sep)
+    keep: list[str] = []
+    for part in parts[:-1]:
+        if _has_glob(part):
+            break
+        keep.append(part)
+    return sep.join(keep) or sep
+
+
+def _hidden(rel: str) -> bool:
+    """Same rule as pyarrow's discovery: files or directories starting with '.' or '_'."""
+    return any(part.startswith((".", "_")) for part in rel.replace(os.sep, "/").split("/") if part)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _list_local(path: str) -> _Listing:
+    path = path.removeprefix("file://")
+    fs = pafs.LocalFileSystem()
+    if _has_glob(path):
+        matches = sorted(p for p in _glob.glob(path, recursive=True) if os.path.isfile(p))
+        base = _glob_base(path, os.sep)
+        matches = [p for p in matches if not _hidden(os.path.relpath(p, base))]
+        if not matches:
+            raise DataError(f"{path}: no Parquet files match this pattern")
+        return _Listing(path, fs, tuple(_stat(p) for p in matches), base)
+    if os.path.isdir(path):
+        found: list[str] = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            found.extend(os.path.join(root, f) for f in files if not f.startswith((".", "_")))
+        if not found:
+            raise DataError(f"{path}: directory contains no Parquet files")
+        return _Listing(path, fs, tuple(_stat(p) for p in sorted(found)), path)
+    if os.path.isfile(path):
+        return _Listing(path, fs, (_stat(path),), None)
+    if os.path.exists(path):
+        raise DataError(f"{path}: not a regular file or directory")
+    raise DataError(f"{path}: no such file or directory")
+
+
+def _stat(path: str) -> _FileEntry:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied (file is not readable)")
+    return _FileEntry(os.path.abspath(path), int(st.st_size), str(st.st_mtime_ns))
+
+
+def _fsspec_mtime(info: dict) -> str:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created", "ETag", "etag"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
+
+
+def _list_url(url: str) -> _Listing:
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec is a dependency
+        raise DataError(f"{url}: reading URLs needs fsspec (pip install fsspec)") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as exc:
+        raise DataError(f"{url}: cannot open this URL ({str(exc).splitlines()[0]})") from None
+    try:
+        if _has_glob(path):
+            infos = fs.glob(path, detail=True)
+            base = _glob_base(path)
+        elif fs.isdir(path):
+            infos = fs.find(path, detail=True)
+            base = path.rstrip("/")
+        elif fs.isfile(path):
+            infos = {path: fs.info(path)}
+            base = None
+        else:
+            raise DataError(f"{url}: no such file or directory")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - remote filesystems raise anything from OSError to ClientError
+        raise DataError(f"{url}: cannot list ({type(exc).__name__}: {_first_line(exc)})") from None
+    entries = []
+    for p, info in sorted(infos.items()):
+        if info.get("type", "file") != "file":
+            continue
+        if base is not None and _hidden(p[len(base):].lstrip("/")):
+            continue
+        entries.append(_FileEntry(p, int(info.get("size") or 0), _fsspec_mtime(info)))
+    if not entries:
+        raise DataError(f"{url}: no Parquet files found")
+    handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return _Listing(url, handler, tuple(entries), base)
+
+
+def _list_files(path: str) -> _Listing:
+    path = str(path)
+    if not path:
+        raise DataError("empty data path")
+    return _list_url(path) if _is_url(path) else _list_local(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_dataset(path: str, partitioning: str | None) -> tuple[ds.Dataset, _Listing]:
+    listing = _list_files(path)
+    part = ds.HivePartitioning.discover(infer_dictionary=False) if partitioning == "hive" else None
+    try:
+        dataset = ds.dataset(
+            [f.path for f in listing.files],
+            filesystem=listing.filesystem,
+            format="parquet",
+            partitioning=part,
+            partition_base_dir=listing.base_dir if part is not None else None,
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
+    return dataset, listing
+
+
+# ----------------------------------------------------------------------------------------
+# Column checks
+# ----------------------------------------------------------------------------------------
+
+
+def _kind(t: pa.DataType) -> str | None:
+    """Coarse kind of an Arrow type: float, int, bool, str, list (of numbers), ts, or None."""
+    if pa.types.is_dictionary(t):
+        inner = _kind(t.value_type)
+        return inner if inner in ("str", "int", "bool") else None
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t) or pa.types.is_decimal(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or (
+            hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)):
+        return "str"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = t.value_type
+        if pa.types.is_floating(inner) or pa.types.is_integer(inner):
+            return "list"
+        return None
+    if pa.types.is_timestamp(t):
+        return "ts"
+    return None
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What to read from one dataset and how strict to be about it."""
+
+    path: str
+    feature_columns: tuple[str, ...]
+    text_column: str | None
+    label_column: str | None
+    timestamp_column: str | None
+    partitioning: str | None = "hive"
+    categorical_features: bool = True
+    labels_required: bool = False
+
+    def columns(self) -> list[str]:
+        cols: list[str] = []
+        for c in (*self.feature_columns, self.text_column, self.label_column, self.timestamp_column):
+            if c and c not in cols:
+                cols.append(c)
+        return cols
+
+
+def _check_schema(schema: pa.Schema, spec: _Spec) -> dict[str, str]:
+    """Raise DataError unless every needed column is present with a usable type."""
+    available = schema.names
+    kinds: dict[str, str] = {}
+
+    def get(name: str, role: str) -> pa.DataType:
+        if name not in available:
+            shown = ", ".join(available[:20]) + (", ..." if len(available) > 20 else "")
+            raise DataError(f"{spec.path}: {role} column {name!r} not found (columns are: {shown})")
+        return schema.field(name).type
+
+    for name in spec.feature_columns:
+        t = get(name, "feature")
+        k = _kind(t)
+        ok = {"float", "int", "list"} | ({"str", "bool"} if spec.categorical_features else set())
+        if k not in ok:
+            expected = "numbers or a list of numbers"
+            if spec.categorical_features:
+                expected += " (or a string/bool category)"
+            raise DataError(f"{spec.path}: feature column {name!r} has type {t}; expected {expected}")
+        kinds[name] = k
+    if spec.text_column:
+        t = get(spec.text_column, "text")
+        if _kind(t) != "str":
+            raise DataError(f"{spec.path}: text column {spec.text_column!r} has type {t}; expected strings")
+        kinds[spec.text_column] = "str"
+    if spec.label_column:
+        t = get(spec.label_column, "label")
+        k = _kind(t)
+        if k not in ("int", "str", "bool", "float"):
+            raise DataError(f"{spec.path}: label column {spec.label_column!r} has type {t}; "
+                            "expected integer, string or boolean class labels")
+        kinds.setdefault(spec.label_column, "label:" + k)
+    if spec.timestamp_column:
+        t = get(spec.timestamp_column, "timestamp")
+        if not pa.types.is_timestamp(t):
+            raise DataError(f"{spec.path}: timestamp column {spec.timestamp_column!r} has type {t}; "
+                            "expected a timestamp (timezone-aware, or naive meaning UTC)")
+        kinds.setdefault(spec.timestamp_column, "ts")
+    return kinds
+
+
+def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _bool_np(arr: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+class _RowChecker:
+    """Vectorised per-batch validity: no null/NaN/Inf in inputs, uniform list lengths."""
+
+    def __init__(self, spec: _Spec, kinds: dict[str, str], schema: pa.Schema) -> None:
+        self.spec = spec
+        self.kinds = kinds
+        self.list_length: dict[str, int] = {}
+        for name, kind in kinds.items():
+            t = schema.field(name).type
+            if kind == "list" and pa.types.is_fixed_size_list(t):
+                self.list_length[name] = t.list_size
+        self.inputs = [c for c in (*spec.feature_columns, spec.text_column) if c]
+
+    def _list_ok(self, name: str, arr: pa.Array) -> np.ndarray:
+        n = len(arr)
+        lengths = np.asarray(pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False))
+        if name not in self.list_length:
+            seen = lengths[lengths >= 0]
+            if seen.size == 0:
+                return np.zeros(n, dtype=bool)
+            # The most common length in the first batch with data becomes the expected one.
+            values, counts = np.unique(seen, return_counts=True)
+            self.list_length[name] = int(values[np.argmax(counts)])
+        ok = lengths == self.list_length[name]
+        values = pc.list_flatten(arr)
+        if len(values):
+            bad = ~_bool_np(pc.is_valid(values))
+            if pa.types.is_floating(values.type):
+                bad |= ~_bool_np(pc.is_finite(values))
+            if bad.any():
+                parents = np.asarray(pc.list_parent_indices(arr).to_numpy(zero_copy_only=False))
+                ok &= np.bincount(parents[bad], minlength=n)[:n] == 0
+        return ok
+
+    def valid(self, batch: pa.RecordBatch) -> np.ndarray:
+        n = batch.num_rows
+        ok = np.ones(n, dtype=bool)
+        for name in self.inputs:
+            arr = _as_array(batch.column(name))
+            kind = self.kinds[name]
+            if kind == "list":
+                ok &= self._list_ok(name, arr)
+            elif kind == "float":
+                ok &= _bool_np(pc.is_finite(arr))
+            elif arr.null_count:
+                ok &= _bool_np(pc.is_valid(arr))
+        if self.spec.labels_required and self.spec.label_column:
+            arr = _as_array(batch.column(self.spec.label_column))
+            if pa.types.is_floating(arr.type):
+                ok &= _bool_np(pc.is_finite(arr))
+            elif arr.null_count:
+                ok &= _bool_np(pc.is_valid(arr))
+        return ok
+
+
+# ----------------------------------------------------------------------------------------
+# Time filter
+# ----------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _ts_scalar(value: datetime, t: pa.TimestampType) -> pa.Scalar:
+    """``value`` in the column's unit, rounded up so ``ts >= scalar`` means ``ts >= value``."""
+    delta = _utc(value) - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    per_second = _UNIT_PER_SECOND[t.unit]
+    if per_second >= 1_000_000:
+        ticks = micros * (per_second // 1_000_000)
+    else:
+        step = 1_000_000 // per_second
+        ticks = -((-micros) // step)  # ceiling division
+    return pa.scalar(ticks, type=t)
+
+
+def _time_filter(schema: pa.Schema, column: str, start: datetime | None, end: datetime | None) -> ds.Expression | None:
+    t = schema.field(column).type
+    expr: ds.Expression | None = None
+    if start is not None:
+        expr = ds.field(column) >= _ts_scalar(start, t)
+    if end is not None:
+        upper = ds.field(column) < _ts_scalar(end, t)
+        expr = upper if expr is None else expr & upper
+    return expr
+
+
+def _ticks_to_datetime(ticks: int, unit: str) -> datetime:
+    per_second = _UNIT_PER_SECOND[unit]
+    if per_second >= 1_000_000:
+        micros = ticks // (per_second // 1_000_000)
+    else:
+        micros = ticks * (1_000_000 // per_second)
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+# ----------------------------------------------------------------------------------------
+# Reservoirs
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reservoir:
+    """Bottom-k sample: keeps the ``k`` rows with the smallest iid uniform keys (a uniform k-subset)."""
+
+    k: int
+    seen: int = 0
+    threshold: float = np.inf
+    _tables: list[pa.Table] = field(default_factory=list)
+    _keys: list[np.ndarray] = field(default_factory=list)
+    _pos: list[np.ndarray] = field(default_factory=list)
+    _size: int = 0
+
+    def offer(self, batch: pa.RecordBatch | pa.Table | None, keys: np.ndarray, pos: np.ndarray, idx: np.ndarray,
+              *, seen: int | None = None) -> None:
+        """Consider rows ``idx`` of ``batch`` (``keys``/``pos`` are aligned with ``batch``).
+
+        ``seen`` counts the valid rows of this stratum in the batch when ``idx`` was pre-filtered.
+        """
+        self.seen += int(idx.size) if seen is None else seen
+        if self.k <= 0 or idx.size == 0 or batch is None:
+            return
+        sel = idx[keys[idx] < self.threshold]
+        if sel.size == 0:
+            return
+        part = batch.take(pa.array(sel))
+        self._tables.append(pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part)
+        self._keys.append(keys[sel])
+        self._pos.append(pos[sel])
+        self._size += int(sel.size)
+        if self._size > 2 * self.k + 1024:
+            self._compact()
+
+    def absorb(self, other: _Reservoir) -> None:
+        self.seen += other.seen
+        self._tables += other._tables
+        self._keys += other._keys
+        self._pos += other._pos
+        self._size += other._size
+        self._compact()
+
+    def _compact(self) -> None:
+        if not self._tables:
+            return
+        table = pa.concat_tables(self._tables)
+        keys = np.concatenate(self._keys)
+        pos = np.concatenate(self._pos)
+        if keys.size > self.k:
+            keep = np.argpartition(keys, self.k - 1)[: self.k]
+            table, keys, pos = table.take(pa.array(keep)), keys[keep], pos[keep]
+            self.threshold = float(keys.max())
+        self._tables, self._keys, self._pos, self._size = [table], [keys], [pos], int(keys.size)
+
+    def smallest(self, m: int) -> tuple[pa.Table | None, np.ndarray]:
+        """The ``m`` rows with the smallest keys (a uniform m-subset of everything seen)."""
+        self._compact()
+        if not self._tables or m <= 0:
+            return None, np.empty(0, dtype=np.int64)
+        table, keys, pos = self._tables[0], self._keys[0], self._pos[0]
+        if m < keys.size:
+            keep = np.argpartition(keys, m - 1)[:m]
+            table, pos = table.take(pa.array(keep)), pos[keep]
+        return table, pos
+
+
+def _label_keys(arr: pa.Array) -> tuple[np.ndarray, list[object]]:
+    """Per-row stratum ids (index into the returned label values; nulls get their own)."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    enc = pc.dictionary_encode(arr, null_encoding="encode")
+    values = enc.dictionary.to_pylist()
+    values = [None if isinstance(v, float) and np.isnan(v) else v for v in values]
+    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64), values
+
+
+def _allocate(counts: dict[object, int], total: int) -> dict[object, int]:
+    """Largest-remainder proportional quotas summing to ``total``; every class gets >= 1 if it can."""
+    n = sum(counts.values())
+    exact = {c: total * v / n for c, v in counts.items()}
+    quota = {c: int(np.floor(x)) for c, x in exact.items()}
+    order = sorted(counts, key=lambda c: (-(exact[c] - quota[c]), repr(c)))
+    for c in order[: total - sum(quota.values())]:
+        quota[c] += 1
+    if total >= len(counts):
+        for c in counts:
+            if quota[c] == 0:
+                donors = [d for d in quota if quota[d] > 1]
+                donor = max(donors, key=lambda d: (quota[d] - exact[d], quota[d], repr(d)))
+                quota[donor] -= 1
+                quota[c] = 1
+    return {c: min(q, counts[c]) for c, q in quota.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# The sampler
+# ----------------------------------------------------------------------------------------
+
+
+def _scan(dataset: ds.Dataset, columns: list[str], expr: ds.Expression | None) -> Iterator[pa.RecordBatch]:
+    """Batches of the filtered projection, one Parquet row group at a time, in file order.
+
+    Row groups whose min/max statistics miss the filter are skipped without being read. Going
+    row group by row group (rather than ``dataset.to_batches``, whose read-ahead grows while a
+    slow consumer works) keeps memory at about one decoded row group, however large the window.
+    """
+    for fragment in dataset.get_fragments(filter=expr):
+        pieces = fragment.split_by_row_group(filter=expr, schema=dataset.schema) \
+            if isinstance(fragment, ds.ParquetFileFragment) else [fragment]
+        for piece in pieces:
+            yield from piece.to_batches(
+                schema=dataset.schema,
+                columns=columns,
+                filter=expr,
+                batch_size=_BATCH_ROWS,
+                batch_readahead=_BATCH_READAHEAD,
+                use_threads=True,
+            )
+
+
+def _sample(spec: _Spec, start: datetime | None, end: datetime | None, *, max_rows: int, seed: int,
+            stratify: bool) -> Window:
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    start = _utc(start) if start is not None else None
+    end = _utc(end) if end is not None else None
+    dataset, _ = _open_dataset(spec.path, spec.partitioning)
+    kinds = _check_schema(dataset.schema, spec)
+    columns = spec.columns()
+    out_schema = pa.schema([dataset.schema.field(c) for c in columns])
+    expr = None
+    if spec.timestamp_column and (start is not None or end is not None):
+        expr = _time_filter(dataset.schema, spec.timestamp_column, start, end)
+    checker = _RowChecker(spec, kinds, dataset.schema)
+    stratify = stratify and spec.label_column is not None
+    rng = np.random.default_rng([seed, _SEED_SALT])
+    uniform = _Reservoir(max_rows)
+    strata: dict[object, _Reservoir] | None = {} if stratify else None
+    total = dropped = 0
+    try:
+        for batch in _scan(dataset, columns, expr):
+            n = batch.num_rows
+            if n == 0:
+                continue
+            keys = rng.random(n)
+            pos = np.arange(total, total + n, dtype=np.int64)
+            total += n
+            ok = checker.valid(batch)
+            dropped += int(n - ok.sum())
+            if strata is None:
+                uniform.offer(batch, keys, pos, np.flatnonzero(ok))
+                continue
+            ids, values = _label_keys(_as_array(batch.column(spec.label_column)))
+            counts = np.bincount(ids[ok], minlength=len(values))
+            # One take per batch for all classes: only rows under their class's current threshold.
+            thresholds = np.array([strata[v].threshold if v in strata else np.inf for v in values])
+            cand = np.flatnonzero(ok & (keys < thresholds[ids])) if len(values) else np.empty(0, np.int64)
+            sub = batch.take(pa.array(cand)) if cand.size else None
+            sub_ids, sub_keys, sub_pos = ids[cand], keys[cand], pos[cand]
+            for i, value in enumerate(values):
+                if counts[i]:
+                    strata.setdefault(value, _Reservoir(max_rows)).offer(
+                        sub, sub_keys, sub_pos, np.flatnonzero(sub_ids == i), seen=int(counts[i]))
+            if len(strata) > _MAX_STRATA:
+                logger.warning("%s: label column %r has more than %d classes; sampling uniformly instead "
+                               "of per class", spec.path, spec.label_column, _MAX_STRATA)
+                for res in strata.values():
+                    uniform.absorb(res)
+                strata = None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise DataError(f"{spec.path}: cannot read Parquet data ({_first_line(exc)})") from None
+
+    parts: list[tuple[pa.Table | None, np.ndarray]] = []
+    if strata is None:
+        parts.append(uniform.smallest(max_rows))
+    elif strata:
+        quotas = _allocate({v: r.seen for v, r in strata.items()}, max_rows)
+        parts.extend(strata[v].smallest(q) for v, q in quotas.items())
+    tables = [t for t, _ in parts if t is not None and t.num_rows]
+    if tables:
+        table = pa.concat_tables(tables)
+        order = np.argsort(np.concatenate([p for t, p in parts if t is not None and t.num_rows]), kind="stable")
+        table = table.take(pa.array(order)).combine_chunks()
+    else:
+        table = out_schema.empty_table()
+    if dropped:
+        logger.info("%s: dropped %d of %d rows with null/NaN/Inf inputs or wrong list lengths",
+                    spec.path, dropped, total)
+    return Window(start=start, end=end, table=table, total_rows=total, dropped_invalid=dropped)
+
+
+def _production_spec(production: ProductionConfig, *, path: str | None = None,
+                     with_timestamp: bool = True) -> _Spec:
+    return _Spec(
+        path=str(path or production.path),
+        feature_columns=tuple(production.feature_columns),
+        text_column=production.text_column,
+        label_column=production.label_column,
+        timestamp_column=production.timestamp_column if with_timestamp else None,
+        partitioning=production.partitioning,
+    )
+
+
+def sample_window(production: ProductionConfig, start: datetime | None, end: datetime | None, *,
+                  max_rows: int, seed: int, stratify_by_label: bool = False) -> Window:
+    """Uniform (or label-stratified) sample of at most ``max_rows`` valid rows with start <= ts < end.
+
+    Streams the window in bounded memory; an empty window gives an empty table, not an error.
+    Naive ``start``/``end`` mean UTC. Raises ``DataError`` naming the path or column.
+    """
+    return _sample(_production_spec(production), start, end, max_rows=max_rows, seed=seed,
+                   stratify=stratify_by_label)
+
+
+def production_time_range(production: ProductionConfig) -> tuple[datetime, datetime] | None:
+    """(min, max) timestamp over all production data as aware UTC datetimes; None when empty.
+
+    Streams only the timestamp column. Sub-microsecond precision is truncated.
+    """
+    spec = _Spec(path=str(production.path), feature_columns=(), text_column=None, label_column=None,
+                 timestamp_column=production.timestamp_column, partitioning=production.partitioning)
+    dataset, _ = _open_dataset(spec.path, spec.partitioning)
+    _check_schema(dataset.schema, spec)
+    t = dataset.schema.field(spec.timestamp_column).type
+    low: int | None = None
+    high: int | None = None
+    try:
+        for batch in _scan(dataset, [spec.timestamp_column], None):
+            if batch.num_rows == 0:
+                continue
+            mm = pc.min_max(batch.column(0))
+            if not mm["min"].is_valid:
+                continue
+            lo, hi = mm["min"].value, mm["max"].value
+            low = lo if low is None else min(low, lo)
+            high = hi if high is None else max(high, hi)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DataError(f"{spec.path}: cannot read Parquet data ({_first_line(exc)})") from None
+    if low is None or high is None:
+        return None
+    return _ticks_to_datetime(low, t.unit), _ticks_to_datetime(high, t.unit)
+
+
+def load_reference(config: Config) -> Window:
+    """The reference window: a time range of production data, or the separate reference dataset."""
+    ref = config.reference
+    sampling = config.sampling
+    if ref.path:
+        with_ts = ref.start is not None or ref.end is not None
+        spec = _production_spec(config.production, path=ref.path, with_timestamp=with_ts)
+    else:
+        spec = _production_spec(config.production)
+    return _sample(spec, ref.start, ref.end, max_rows=sampling.max_rows, seed=sampling.seed,
+                   stratify=sampling.stratify_by_label)
+
+
+def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:
+    """A source's data, checked and sampled; any problem raises ``SourceError`` with one line."""
+    kind = source.encoder.kind if source.encoder is not None else None
+    spec = _Spec(
+        path=str(source.path),
+        feature_columns=tuple(source.feature_columns),
+        text_column=source.text_column,
+        label_column=source.label_column,
+        timestamp_column=None,
+        partitioning="hive",
+        # Strings as features only make sense for the tabular encoder (one-hot categories).
+        categorical_features=kind in (None, "tabular"),
+        labels_required=True,
+    )
+    try:
+        window = _sample(spec, None, None, max_rows=sampling.source_max_rows, seed=sampling.seed,
+                         stratify=sampling.stratify_by_label)
+    except DataError as exc:
+        raise SourceError(source.name, str(exc)) from None
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything unexpected still becomes one line for this source
+        raise SourceError(source.name, f"{source.path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    if window.table.num_rows == 0:
+        if window.total_rows == 0:
+            raise SourceError(source.name, f"{source.path}: contains no rows")
+        raise SourceError(source.name, f"{source.path}: no usable rows: all {window.total_rows} rows have "
+                                       "null/NaN/Inf inputs or labels, or lists of the wrong length")
+    return window.table
+
+
+# ----------------------------------------------------------------------------------------
+# Fingerprints
+# ----------------------------------------------------------------------------------------
+
+
+def _hash_array(h: hashlib._Hash, arr: pa.Array) -> None:
+    """Feed a canonical encoding of ``arr`` (independent of chunking, offsets, bytes under nulls)."""
+    t = arr.type
+    h.update(f"|{t}|{len(arr)}|".encode())
+    if pa.types.is_dictionary(t):
+        _hash_array(h, arr.cast(t.value_type))
+        return
+    if arr.null_count:
+        h.update(np.packbits(_bool_np(pc.is_valid(arr))).tobytes())
+    if pa.types.is_null(t):
+        return
+    if pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            _hash_array(h, arr.field(i))
+        return
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+        _hash_array(h, pc.list_flatten(arr))
+        return
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        arr = pc.fill_null(arr, "" if pa.types.is_string(t) or pa.types.is_large_string(t) else b"")
+        width = np.int64 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else np.int32
+        bufs = arr.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+        h.update((offsets - offsets[0]).astype(np.int64).tobytes())
+        if bufs[2] is not None and len(arr):
+            h.update(memoryview(bufs[2])[int(offsets[0]): int(offsets[-1])])
+        return
+    try:
+        values = arr.to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        h.update(repr(arr.to_pylist()).encode())
+        return
+    if values.dtype == object:
+        h.update(repr(values.tolist()).encode())
+        return
+    if arr.null_count:
+        values = values.copy()
+        valid = _bool_np(pc.is_valid(arr))
+        values[~valid] = np.zeros(1, dtype=values.dtype)[0]
+    h.update(np.ascontiguousarray(values).view(np.uint8).tobytes())
+
+
+def table_fingerprint(table: pa.Table) -> str:
+    """Content hash of a table (names, types, values): stable across runs and chunk layouts."""
+    h = hashlib.sha256(b"tasksim-table-v1")
+    h.update(str(table.num_rows).encode())
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        h.update(f"|col:{name}|".encode())
+        _hash_array(h, _as_array(column) if column.num_chunks != 1 else column.chunk(0))
+    return h.hexdigest()[:32]
+
+
+def dataset_fingerprint(path: str) -> str:
+    """Cheap fingerprint of a dataset from its file paths, sizes and modification times."""
+    listing = _list_files(str(path))
+    h = hashlib.sha256(b"tasksim-dataset-v1|" + listing.location.encode())
+    for f in listing.files:
+        h.update(f"|{f.path}|{f.size}|{f.mtime}".encode())
+    return h.hexdigest()[:32]

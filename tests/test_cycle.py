@@ -1,0 +1,135 @@
+"""One cycle in process on a synthetic stream whose domain moves from one source to another."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasksim.config import load_config
+from tasksim.cycle import run_cycle
+from tasksim.store import Store
+
+from .conftest import make_tabular_workspace
+
+
+def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path) -> None:
+    config = load_config(tabular_workspace)
+    results = [run_cycle(config) for _ in range(4)]
+    assert [r.status for r in results] == ["success"] * 4
+    # sequential windows: consecutive, one hour each
+    assert results[1].window_start == results[0].window_end
+
+    before, after = results[0], results[2]
+    assert before.drift is not None and not before.drift["detected"]
+    assert after.drift is not None and after.drift["detected"]
+    assert before.ranking.best().source == "near"
+    assert after.ranking.best().source == "moved"
+    assert before.recommendation.action == "keep"
+    assert after.recommendation.action == "switch" and after.recommendation.recommended_source == "moved"
+    assert after.recommendation.fine_tune is not None
+
+    # the transferability score depends on the source (each source's own view of the target)
+    logme = {p.source: p.measures["logme"] for p in after.profiles}
+    assert len({round(v, 6) for v in logme.values()}) == len(logme)
+    for p in after.profiles:
+        assert {"mmd2", "frechet", "logme", "label_shift"} <= set(p.measures)
+
+    with Store(config.state_dir) as store:
+        decisions = store.decisions()
+        assert len(decisions) == 4
+        assert decisions[1]["action"] == "switch" and decisions[1]["changed"] is True
+        assert decisions[0]["previous"]["action"] == "switch"
+        snap = store.snapshot()
+    assert snap.cycles_by_status == {"success": 4}
+    assert snap.last_decision["recommended_source"] == "moved"
+
+
+def test_bad_sources_are_isolated(tmp_path: Path) -> None:
+    path = make_tabular_workspace(tmp_path / "ws", extra_sources={
+        "missing": {"path": "sources/does-not-exist.parquet"},
+        "renamed": {"path": "sources/renamed.parquet"},
+        "corrupt": {"path": "sources/corrupt.parquet"},
+    })
+    ws = path.parent
+    frame = pd.read_parquet(ws / "sources" / "near.parquet").rename(columns={"f3": "feature3"})
+    frame.to_parquet(ws / "sources" / "renamed.parquet")
+    (ws / "sources" / "corrupt.parquet").write_bytes(b"PAR1 not really parquet")
+    result = run_cycle(load_config(path))
+    assert result.status == "success"
+    status = {p.source: p for p in result.profiles}
+    for name in ("missing", "renamed", "corrupt"):
+        assert status[name].status == "failed"
+        assert status[name].error and "\n" not in status[name].error
+    assert "f3" in status["renamed"].error
+    assert {e.source for e in result.ranking.entries} == {"near", "moved", "far"}
+    with Store(load_config(path).state_dir) as store:
+        assert store.snapshot().errors_by_source == {"missing": 1, "renamed": 1, "corrupt": 1}
+
+
+def test_empty_window_records_no_data_and_keeps_ranking(tabular_workspace: Path) -> None:
+    config = load_config(tabular_workspace)
+    results = [run_cycle(config) for _ in range(5)]  # the 5th window is past the end of the data
+    assert results[-1].status == "no_data"
+    with Store(config.state_dir) as store:
+        snap = store.snapshot()
+    assert snap.cycles_by_status == {"success": 4, "no_data": 1}
+    assert [s.source for s in snap.last_sources if s.rank == 1] == ["moved"]
+
+
+def test_nan_rows_are_dropped_and_counted(tmp_path: Path) -> None:
+    path = make_tabular_workspace(tmp_path / "ws")
+    prod = pd.read_parquet(path.parent / "production.parquet")
+    prod.loc[:9, "f0"] = np.nan
+    prod.loc[10:14, "f1"] = np.inf
+    prod.to_parquet(path.parent / "production.parquet", index=False)
+    result = run_cycle(load_config(path))
+    assert result.status == "success"
+    assert result.rows_dropped == 15
+    assert result.rows_sampled == result.rows_total - 15
+
+
+def test_cli_run_json(tabular_workspace: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "run", "--config", str(tabular_workspace),
+                           "--format", "json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "success"
+    assert [r["rank"] for r in summary["ranking"]] == [1, 2, 3]
+    assert summary["recommendation"]["action"] in ("keep", "switch")
+    text = subprocess.run([sys.executable, "-m", "tasksim.cli", "run", "--config", str(tabular_workspace)],
+                          capture_output=True, text=True, timeout=600)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "ranking:" in text.stdout and "recommendation:" in text.stdout and "drift:" in text.stdout
+
+
+def test_unreadable_production_data_fails_the_cycle_cleanly(tabular_workspace: Path) -> None:
+    (tabular_workspace.parent / "production.parquet").write_bytes(b"garbage")
+    proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "run", "--config", str(tabular_workspace)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tasksim: error:")]
+    assert len(errors) == 1 and "production.parquet" in errors[0]
+    assert "Traceback" not in proc.stderr
+    with Store(load_config(tabular_workspace).state_dir) as store:
+        assert store.snapshot().cycles_by_status == {"failed": 1}
+
+
+@pytest.mark.parametrize("mode", ["latest"])
+def test_latest_window_mode_with_fixed_now(tmp_path: Path, mode: str) -> None:
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws")
+    raw = yaml.safe_load(path.read_text())
+    raw["window"] = {"mode": mode, "length": "1h"}
+    path.write_text(yaml.safe_dump(raw))
+    from datetime import datetime, timezone
+
+    result = run_cycle(load_config(path), now=datetime(2026, 1, 1, 3, 30, tzinfo=timezone.utc))
+    assert result.status == "success"
+    assert result.window_start.isoformat() == "2026-01-01T02:30:00+00:00"

@@ -1,0 +1,66 @@
+"""The Prefect flow: stages run as tasks, results land in the store, failures are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasksim.config import load_config
+from tasksim.store import Store
+
+
+@pytest.fixture(scope="module")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+def _task_names(flow_run_id: object) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def fetch() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return sorted(r.name for r in runs)
+
+    return asyncio.run(fetch())
+
+
+def test_flow_runs_each_stage_as_a_task(prefect_harness: None, tabular_workspace: Path) -> None:
+    from flows.monitor import monitor_cycle
+
+    state = monitor_cycle(str(tabular_workspace), return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["status"] == "success"
+    names = _task_names(state.state_details.flow_run_id)
+    assert names == sorted(["sample", "embed", "drift", "profile", "rank", "recommend"])
+    with Store(load_config(tabular_workspace).state_dir) as store:
+        assert store.snapshot().cycles_by_status == {"success": 1}
+
+
+def test_flow_failure_is_recorded_in_the_store(prefect_harness: None, tabular_workspace: Path) -> None:
+    from flows.monitor import monitor_cycle, run_stage
+
+    (tabular_workspace.parent / "production.parquet").write_bytes(b"garbage")
+    fast = monitor_cycle.with_options(retries=0)
+    original = run_stage.retry_delay_seconds
+    run_stage.retry_delay_seconds = 0
+    try:
+        state = fast(str(tabular_workspace), return_state=True)
+    finally:
+        run_stage.retry_delay_seconds = original
+    assert state.is_failed()
+    with Store(load_config(tabular_workspace).state_dir) as store:
+        cycles = store.cycles()
+    assert [c["status"] for c in cycles] == ["failed"]
+    assert "production.parquet" in cycles[0]["error"]
