@@ -1,4 +1,4 @@
-"""The front door: ``tasksim serve | run | trigger | demo | history | validate``.
+"""The front door: ``tasksim serve | run | trigger | rank | history | explain | demo | validate``.
 
 Bad input (a config, data or state problem) prints one line to stderr and exits with code 2;
 an unexpected error exits with code 1 (``--debug`` shows the traceback).
@@ -18,7 +18,7 @@ from typing import Any
 
 from tasksim import __version__
 from tasksim.config import load_config
-from tasksim.errors import TasksimError
+from tasksim.errors import ConfigError, DataError, TasksimError
 
 __all__ = ["format_cycle", "main"]
 
@@ -160,6 +160,98 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rank(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from tasksim.cycle import Cycle
+
+    cycle = Cycle(config)
+    try:
+        sampled = cycle.sample()
+        if sampled.empty:
+            raise DataError(f"{config.production.path}: the current production window "
+                            f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
+        features = cycle.embed(sampled)
+        profiles = cycle.profile(sampled, features)
+        ranking = cycle.rank(profiles, sampled)
+    finally:
+        cycle.store.close()
+    rows = []
+    for p in profiles:
+        entry = ranking.entry(p.source) if ranking else None
+        rows.append({"source": p.source, "status": p.status, "error": p.error,
+                     "rank": entry.rank if entry else None, "score": entry.score if entry else None,
+                     "top1_probability": entry.top1_probability if entry else None,
+                     "flags": list(entry.flags) if entry else [],
+                     "pareto": bool(ranking and p.source in ranking.pareto_front), "measures": p.measures})
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["source"]))
+    if args.format == "json":
+        print(json.dumps({"window": {"start": str(sampled.start), "end": str(sampled.end)},
+                          "weights": ranking.weights if ranking else {}, "sources": rows}, indent=2, default=str))
+        return 0
+    measures = sorted({k for r in rows for k in r["measures"]})
+    print(f"window {sampled.start} .. {sampled.end}, {sampled.window.table.num_rows} rows")
+    print(f"{'rank':>4} {'source':<22} {'score':>6} {'p(top1)':>7}  flags")
+    for r in rows:
+        rank = "-" if r["rank"] is None else str(r["rank"])
+        score = "-" if r["score"] is None else f"{r['score']:.3f}"
+        top1 = "-" if r["top1_probability"] is None else f"{r['top1_probability']:.2f}"
+        flags = ",".join(r["flags"] + (["pareto"] if r["pareto"] else [])) or ("" if r["status"] == "ok"
+                                                                               else f"{r['status']}: {r['error']}")
+        print(f"{rank:>4} {r['source']:<22} {score:>6} {top1:>7}  {flags}")
+    print("\nprofile (raw measures):")
+    print(f"{'measure':<24}" + "".join(f"{r['source'][:14]:>15}" for r in rows))
+    for m in measures:
+        print(f"{m:<24}" + "".join(f"{_fmt(r['measures'][m]) if m in r['measures'] else '-':>15}" for r in rows))
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from tasksim.store import Store
+
+    config = load_config(args.config)
+    if args.source not in {s.name for s in config.sources}:
+        raise ConfigError(f"{args.config}: source {args.source!r} is not in the portfolio "
+                          f"{[s.name for s in config.sources]}")
+    with Store(config.state_dir) as store:
+        decisions = store.decisions(limit=1)
+        history = store.source_history(args.source, limit=args.limit)
+    if args.format == "json":
+        print(json.dumps({"source": args.source, "last_decision": decisions[0] if decisions else None,
+                          "history": history}, indent=2, default=str))
+        return 0
+    if not history:
+        print(f"{args.source}: no cycle has profiled this source yet")
+        return 0
+    last = history[0]
+    print(f"{args.source} in cycle {last['cycle_id']} (window {last['window_start']} .. {last['window_end']}): "
+          f"{last['status']}" + (f": {last['error']}" if last["error"] else ""))
+    if decisions:
+        d = decisions[0]
+        entry = next((e for e in d.get("ranking", []) if e["source"] == args.source), None)
+        if entry:
+            interval = entry.get("rank_interval")
+            print(f"rank {entry['rank']} of {len(d['ranking'])}, score {entry['score']:.3f}"
+                  + (f", best with probability {entry['top1_probability']:.2f}"
+                     if entry.get("top1_probability") is not None else "")
+                  + (f", 90% rank interval {interval[0]}-{interval[1]}" if interval else "")
+                  + (f", flags: {', '.join(entry['flags'])}" if entry.get("flags") else ""))
+            weights = d.get("weights", {})
+            total = sum(weights.values()) or 1.0
+            print("criterion contributions (normalised value x weight share; 1 = best among the sources):")
+            for criterion, value in sorted(entry.get("contributions", {}).items(),
+                                           key=lambda kv: -weights.get(kv[0], 0) * kv[1]):
+                raw = last["similarity"].get(criterion)
+                raw_text = f"raw {_fmt(raw)}" if raw is not None else ""
+                print(f"  {criterion:<22} {value:5.2f} x {weights.get(criterion, 0) / total:4.2f}  {raw_text}")
+        print(f"decision: {d['action']} (recommended {d.get('recommended_source')}): {d['rationale']}")
+    print("history (newest first):")
+    for h in history:
+        rank = "-" if h["rank"] is None else h["rank"]
+        score = "-" if h["score"] is None else f"{h['score']:.3f}"
+        print(f"  cycle {h['cycle_id']:>5} {h['window_start']}  rank {rank:>2}  score {score}  {h['status']}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{args.config}: ok ({len(config.sources)} sources, deployed {config.deployed_source})")
@@ -196,6 +288,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=20)
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.set_defaults(func=_cmd_history)
+
+    sp = with_config("rank", "rank the sources now against the current window, with the full profile table")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=_cmd_rank)
+
+    sp = with_config("explain", "why a source ranks where it does: contributions, flags, history")
+    sp.add_argument("source")
+    sp.add_argument("--limit", type=int, default=10)
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=_cmd_explain)
 
     sp = with_config("validate", "check a config file and exit")
     sp.set_defaults(func=_cmd_validate)

@@ -230,12 +230,21 @@ class DriftConfig(_Frozen):
 
 
 class RankingConfig(_Frozen):
-    """Multi-criteria ranking weights (criterion name -> weight) and switch policy."""
+    """Multi-criteria ranking and switch policy.
+
+    ``weights`` (criterion -> weight) are merged over ``tasksim.rank.DEFAULT_WEIGHTS``; each criterion
+    is normalised across sources (``normalization``) and aggregated by ``method``.
+    ``bootstrap_rounds`` resamples the target rows to give each source a probability of being best;
+    a switch needs the new best to lead by ``switch_margin`` with probability >= ``min_confidence``.
+    """
 
     weights: dict[str, float] = Field(default_factory=dict)
+    method: Literal["weighted_sum", "topsis"] = "weighted_sum"
+    normalization: Literal["minmax", "rank", "robust_z"] = "minmax"
+    negative_transfer_guard: bool = True
     switch_margin: float = Field(default=0.05, ge=0)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
-    bootstrap_rounds: int = Field(default=50, ge=0, le=10000)
+    bootstrap_rounds: int = Field(default=30, ge=0, le=10000)
     allowed_licences: tuple[str, ...] | None = None
     excluded_access: tuple[str, ...] = ("unavailable",)
 

@@ -102,8 +102,12 @@ class CycleResult:
             "drift": self.drift,
             "sources": profiles_to_dict(self.profiles),
             "ranking": None if self.ranking is None else [
-                {"rank": e.rank, "source": e.source, "score": round(e.score, 6), "contributions": e.contributions}
+                {"rank": e.rank, "source": e.source, "score": round(e.score, 6),
+                 "top1_probability": e.top1_probability, "rank_interval": e.rank_interval, "flags": list(e.flags),
+                 "pareto": e.source in self.ranking.pareto_front, "contributions": e.contributions}
                 for e in self.ranking.entries],
+            "ranking_method": None if self.ranking is None else self.ranking.method,
+            "weights": None if self.ranking is None else self.ranking.weights,
             "excluded": None if self.ranking is None else self.ranking.excluded,
             "recommendation": None if self.recommendation is None else self.recommendation.to_dict(),
         }
@@ -216,10 +220,14 @@ class Cycle:
         self._timed("profile", t0)
         return profiles
 
-    def rank(self, profiles: list[SourceProfile]) -> Ranking | None:
+    def rank(self, profiles: list[SourceProfile], sampled: SampledWindow) -> Ranking | None:
+        t0 = time.perf_counter()
         if not any(p.status == "ok" for p in profiles):
             return None
-        return rank_sources(profiles, self.config.sources, self.config.ranking)
+        labels = _labels_of(sampled.window, self.config.production.label_column)
+        ranking = rank_sources(profiles, self.config.sources, self.config.ranking, target_labels=labels)
+        self._timed("rank", t0)
+        return ranking
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
                   drift: dict[str, Any] | None) -> Recommendation:
@@ -245,6 +253,7 @@ class Cycle:
             error = ranking.excluded[p.source] if ranking and p.source in ranking.excluded else p.error
             records.append(SourceRecord(source=p.source, status=status, error=error,
                                         score=entry.score if entry else None, rank=entry.rank if entry else None,
+                                        top1_probability=entry.top1_probability if entry else None,
                                         similarity=p.measures))
         decision = None
         if result.recommendation is not None and result.status == "success":
@@ -270,8 +279,13 @@ class Cycle:
         return {
             **rec.to_dict(),
             "config_hash": config_hash(self.config),
-            "ranking": [{"source": e.source, "rank": e.rank, "score": e.score} for e in result.ranking.entries]
-            if result.ranking else [],
+            "window": {"start": _iso(result.window_start), "end": _iso(result.window_end)},
+            "ranking": [{"source": e.source, "rank": e.rank, "score": e.score, "top1_probability": e.top1_probability,
+                         "rank_interval": e.rank_interval, "flags": list(e.flags), "contributions": e.contributions}
+                        for e in result.ranking.entries] if result.ranking else [],
+            "pareto_front": list(result.ranking.pareto_front) if result.ranking else [],
+            "profile": {p.source: {"status": p.status, "error": p.error, "measures": p.measures}
+                        for p in result.profiles},
             "weights": result.ranking.weights if result.ranking else {},
             "drift_detected": bool(result.drift and result.drift.get("detected")),
             "previous": None if prev is None else {
@@ -302,7 +316,7 @@ class Cycle:
             features = step("embed", self.embed, sampled)
             result.drift = step("drift", self.drift, sampled, features)
             result.profiles = step("profile", self.profile, sampled, features)
-            result.ranking = step("rank", self.rank, result.profiles)
+            result.ranking = step("rank", self.rank, result.profiles, sampled)
             result.recommendation = step("recommend", self.recommend, result.ranking, result.profiles, sampled,
                                          result.drift)
             return self.finish(result, next_cursor)

@@ -1,13 +1,21 @@
 """Similarity profiles of the target window against every source in the portfolio.
 
-For each source this stage measures, with ``tasksim.metrics``:
+A profile is a composite, never one scalar. Per source, with ``tasksim.metrics`` and
+``tasksim.criteria``:
 
 - distribution alignment in the shared feature space (the deployed encoder's): MMD^2, Frechet
-  distance, and OTDD when both sides carry labels;
-- class balance: the Jensen-Shannon divergence of the label marginals;
+  distance, OTDD when both sides carry labels, and coverage (share of target samples with a close
+  source neighbour);
+- label semantics and class balance: exact (and, with a text encoder, semantic) overlap of the
+  class names, the granularity ratio, the Jensen-Shannon divergence of the label marginals;
+- source data quality: estimated label-noise rate, duplicate rate, missing values;
 - transferability of the target's labels through the *source's* view of the target: the source's
   own encoder when it ships one, else a head fitted on the source's data (``tasksim.heads``),
-  whose hidden layer and class probabilities feed LogME, H-score, LEEP, NCE, kNN...
+  whose hidden layer and class probabilities feed LogME, H-score, GBC, TransRate, LEEP, NCE, kNN.
+  All sources' views are scored in one batched ``metrics.profile_many`` call;
+- a no-transfer baseline: the same measures on the target's own features; ``logme_gain`` and
+  ``knn_gain`` compare each source against it, and ``negative_transfer`` flags a source predicted
+  to do worse than no transfer on both.
 
 Each source is isolated: an unreadable file, a schema mismatch or a failing measure marks that
 source failed with a one-line reason and the others go on.
@@ -23,20 +31,31 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from tasksim import metrics
+from tasksim import criteria, metrics
 from tasksim.cache import EmbeddingCache
-from tasksim.config import Config, SourceConfig
+from tasksim.config import Config, InputColumns, SourceConfig
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import SourceError, TasksimError
 from tasksim.heads import load_or_fit_head
 from tasksim.sample import load_source, table_fingerprint
 
-__all__ = ["SourceProfile", "Target", "profile_sources", "DISTANCE_SAMPLE_ROWS"]
+__all__ = [
+    "DISTANCE_SAMPLE_ROWS",
+    "TRANSFER_MEASURES",
+    "SourceProfile",
+    "SourceView",
+    "Target",
+    "profile_sources",
+    "profiles_to_dict",
+    "score_views",
+]
 
 log = logging.getLogger(__name__)
 
-# MMD and OTDD are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
+# MMD, OTDD and coverage are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
 DISTANCE_SAMPLE_ROWS = 2000
+# Measures computed on each source's view of the target (and on the no-transfer baseline).
+TRANSFER_MEASURES = ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "leep", "nce")
 
 
 @dataclass(frozen=True)
@@ -49,12 +68,21 @@ class Target:
 
 
 @dataclass(frozen=True)
+class SourceView:
+    """The target as one source's model represents it (kept in memory for the bootstrap)."""
+
+    features: torch.Tensor  # (N, D_view)
+    probs: torch.Tensor | None  # (N, C_source) or None without a head
+
+
+@dataclass(frozen=True)
 class SourceProfile:
     source: str
     status: str  # ok | failed | excluded
     measures: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    view: SourceView | None = field(default=None, repr=False, compare=False)
 
 
 def _labels(table: pa.Table, column: str | None) -> list[str] | None:
@@ -86,6 +114,37 @@ def _take_list(values: list[str], idx: torch.Tensor | None) -> list[str]:
     return values if idx is None else [values[i] for i in idx.tolist()]
 
 
+def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple[str, ...] = TRANSFER_MEASURES,
+                *, seed: int = 0) -> dict[str, dict[str, float] | Exception]:
+    """Transferability of ``labels`` through every source's view, batched where shapes allow.
+
+    Views of equal width are scored together with ``metrics.profile_many`` (one batched
+    eigendecomposition); if a batch fails, its sources are scored one by one so that one bad
+    view only fails its own source.
+    """
+    out: dict[str, dict[str, float] | Exception] = {}
+    groups: dict[tuple[int, bool], list[str]] = {}
+    for name, view in views.items():
+        groups.setdefault((view.features.shape[1], view.probs is not None), []).append(name)
+    for (_, has_probs), names in groups.items():
+        wanted = tuple(m for m in measures if has_probs or m not in ("leep", "nce"))
+        feats = [views[n].features for n in names]
+        probs = [views[n].probs for n in names] if has_probs else None
+        try:
+            results = metrics.profile_many(feats, labels, source_probs=probs, measures=wanted, seed=seed)
+            out.update(zip(names, results))
+            continue
+        except Exception as exc:  # isolate: retry each source alone below
+            log.debug("batched profile failed (%s); scoring sources one by one", exc)
+        for n in names:
+            try:
+                out[n] = metrics.transferability_profile(
+                    views[n].features, labels, source_probs=views[n].probs, measures=wanted, seed=seed)
+            except Exception as exc:
+                out[n] = exc
+    return out
+
+
 class _Profiler:
     def __init__(self, config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
                  device: torch.device) -> None:
@@ -96,21 +155,27 @@ class _Profiler:
         self.device = device
         self.seed = config.sampling.seed
         self.heads_dir = config.state_dir / "heads"
+        self._label_embeddings: dict[str, torch.Tensor] = {}
 
     def encode_source(self, source: SourceConfig, table: pa.Table) -> torch.Tensor:
-        def compute() -> torch.Tensor:
-            return self.encoder.encode(table, source)
-
         try:
             return self.cache.get_or_compute(
                 data_fingerprint=table_fingerprint(table), encoder_fingerprint=self.encoder.fingerprint,
-                layer="output", compute=compute)
+                layer="output", compute=lambda: self.encoder.encode(table, source))
         except TasksimError as exc:
             raise SourceError(source.name, f"cannot embed its data with the shared encoder: {exc}") from exc
 
+    def embed_label_names(self, names: list[str]) -> torch.Tensor:
+        """Label names through the shared text encoder (label semantics); memoised per name."""
+        missing = [n for n in names if n not in self._label_embeddings]
+        if missing:
+            column = InputColumns(text_column="label_name")
+            vectors = self.encoder.encode(pa.table({"label_name": missing}), column)
+            self._label_embeddings.update(zip(missing, vectors))
+        return torch.stack([self._label_embeddings[n] for n in names])
+
     def source_view(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
-                    labels: list[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The target as the source's model represents it: (features, class probabilities or None)."""
+                    labels: list[str] | None) -> SourceView:
         t = self.target
         if source.encoder is not None:
             own = build_encoder(source.encoder, device=self.device, source=source.name)
@@ -121,20 +186,21 @@ class _Profiler:
                 compute=lambda: own.encode(table, source)).to(self.device)
         else:
             target_view = t.features.to(self.device)
-            source_view = shared.to(self.device)
+            source_view = shared
         if not labels:
-            return target_view, None
+            return SourceView(target_view, None)
         key = f"{source.name}|{table_fingerprint(table)}|{self.encoder.fingerprint}|{source.encoder}"
         head = load_or_fit_head(self.heads_dir, key, source_view, labels, seed=self.seed)
         if source.encoder is not None:
             # the source's own encoder is its representation; the head only supplies probabilities
-            return target_view, head.probs(target_view)
-        return head.hidden(target_view), head.probs(target_view)
+            return SourceView(target_view, head.probs(target_view))
+        return SourceView(head.hidden(target_view), head.probs(target_view))
 
-    def profile(self, source: SourceConfig) -> SourceProfile:
+    def describe(self, source: SourceConfig) -> tuple[SourceProfile, SourceView | None]:
+        """Everything but the batched transferability scores; isolated per source."""
         started = time.perf_counter()
         if source.access in self.config.ranking.excluded_access:
-            return SourceProfile(source.name, "excluded", error=f"access is {source.access!r}")
+            return SourceProfile(source.name, "excluded", error=f"access is {source.access!r}"), None
         try:
             table = load_source(source, self.config.sampling)
             shared = self.encode_source(source, table).to(self.device)
@@ -142,22 +208,22 @@ class _Profiler:
             if shared.shape[1] != tgt.shape[1]:
                 raise SourceError(source.name, f"features have {shared.shape[1]} dimensions, the target's have "
                                   f"{tgt.shape[1]}: source and production must use the same input columns")
-            measures = self.measures(source, table, shared, tgt)
+            measures, view = self.measures(source, table, shared, tgt)
         except SourceError as exc:
-            return self._failed(source, exc.reason, started)
+            return self._failed(source, exc.reason, started), None
         except TasksimError as exc:
-            return self._failed(source, str(exc), started)
+            return self._failed(source, str(exc), started), None
         except Exception as exc:  # isolation: one broken source must not stop the cycle
             log.exception("source %s: unexpected error", source.name)
-            return self._failed(source, f"{type(exc).__name__}: {exc}", started)
-        return SourceProfile(source.name, "ok", measures=measures, seconds=time.perf_counter() - started)
+            return self._failed(source, f"{type(exc).__name__}: {exc}", started), None
+        return SourceProfile(source.name, "ok", measures=measures, seconds=time.perf_counter() - started), view
 
     def _failed(self, source: SourceConfig, reason: str, started: float) -> SourceProfile:
         log.warning("source %s failed: %s", source.name, reason)
         return SourceProfile(source.name, "failed", error=reason, seconds=time.perf_counter() - started)
 
     def measures(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
-                 tgt: torch.Tensor) -> dict[str, float]:
+                 tgt: torch.Tensor) -> tuple[dict[str, float], SourceView | None]:
         out: dict[str, float] = {}
         src_labels = _labels(table, source.label_column)
         tgt_labels = self.target.labels
@@ -166,25 +232,55 @@ class _Profiler:
         xs, xt = _take(shared, s_idx), _take(tgt, t_idx)
         out["mmd2"] = metrics.mmd2(xs, xt)
         out["frechet"] = metrics.frechet_distance(shared, tgt)
+        out["coverage"] = criteria.coverage(xs, xt)
+        out["duplicate_rate"] = criteria.duplicate_rate(shared)
+        out["missing_rate"] = criteria.missing_rate(table, source.input_columns())
+        if src_labels is not None and _labelled(src_labels):
+            out["label_noise_rate"] = criteria.label_noise_rate(xs, _take_list(src_labels, s_idx), seed=self.seed)
         if src_labels is not None and tgt_labels is not None:
             out["label_shift"] = metrics.label_shift(src_labels, tgt_labels)
+            embed = self.embed_label_names if self.config.encoder.kind == "text" else None
+            out.update(criteria.label_overlap(sorted(set(src_labels)), sorted(set(tgt_labels)), embed=embed))
             ys, yt = _take_list(src_labels, s_idx), _take_list(tgt_labels, t_idx)
             if _labelled(ys) and _labelled(yt):
                 out["otdd"] = metrics.otdd(xs, ys, xt, yt)
+        view = None
         if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
-            features, probs = self.source_view(source, table, shared, src_labels)
-            out.update(metrics.transferability_profile(features, tgt_labels, source_probs=probs))
-        return {k: float(v) for k, v in out.items()}
+            view = self.source_view(source, table, shared, src_labels)
+        return {k: float(v) for k, v in out.items()}, view
 
 
 def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
                     device: torch.device) -> list[SourceProfile]:
     """Profile every configured source against ``target``; failures are isolated per source."""
     profiler = _Profiler(config, target, encoder, cache, device)
+    described = [profiler.describe(source) for source in config.sources]
+    views = {p.source: v for p, v in described if p.status == "ok" and v is not None}
+    scores: dict[str, dict[str, float] | Exception] = {}
+    baseline: dict[str, float] = {}
+    if views and target.labels is not None:
+        scores = score_views(views, target.labels, seed=profiler.seed)
+        try:  # the no-transfer baseline: the target's own features, no source in between
+            baseline = metrics.transferability_profile(
+                target.features.to(device), target.labels, measures=("logme", "knn_accuracy"), seed=profiler.seed)
+        except Exception as exc:
+            log.warning("no-transfer baseline not computed: %s", exc)
     profiles = []
-    for source in config.sources:
-        profile = profiler.profile(source)
-        log.info("source %s: %s in %.2fs", source.name, profile.status, profile.seconds)
+    for profile, _ in described:
+        result = scores.get(profile.source)
+        if isinstance(result, Exception):
+            profile = SourceProfile(profile.source, "failed", error=f"transferability: {result}",
+                                    seconds=profile.seconds)
+        elif result is not None:
+            measures = {**profile.measures, **{k: float(v) for k, v in result.items()}}
+            for name in ("logme", "knn_accuracy"):
+                if name in baseline and name in measures:
+                    measures[f"{name.split('_')[0]}_gain"] = measures[name] - float(baseline[name])
+            if "logme_gain" in measures and "knn_gain" in measures:
+                measures["negative_transfer"] = float(measures["logme_gain"] < 0 and measures["knn_gain"] < 0)
+            profile = SourceProfile(profile.source, "ok", measures=measures, seconds=profile.seconds,
+                                    view=views[profile.source])
+        log.info("source %s: %s in %.2fs", profile.source, profile.status, profile.seconds)
         profiles.append(profile)
     return profiles
 

@@ -1,41 +1,62 @@
 """Multi-criteria ranking of the sources from their similarity profiles.
 
 Each measure is a criterion with a direction (``MEASURE_DIRECTIONS``). Per criterion, values are
-normalised across the sources of this cycle to [0, 1] (1 = best), so criteria on different scales
-(LogME in nats, Frechet in squared feature units) can be weighed together; the composite score
-is the weighted mean of the normalised criteria. Hard constraints (licence policy, access)
-exclude a source before ranking.
+normalised across this cycle's sources to [0, 1] (1 = best; min-max, ranks or robust z-scores), so
+criteria on different scales (LogME in nats, Frechet in squared feature units) can be weighed
+together; the composite is their weighted sum or TOPSIS closeness (``tasksim.mcda``).
+
+- Hard constraints (licence policy, access) exclude a source before ranking.
+- The Pareto front of transfer potential (the composite without cost) against cost is reported.
+- The negative-transfer guard flags a source whose view of the target scores below the
+  no-transfer baseline on both LogME and kNN (``profile.py``).
+- Confidence: a bootstrap over target rows re-scores the transferability measures of every
+  source's view (distances stay at their full-sample values) and gives each source its
+  probability of ranking first and a 90% rank interval.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
+from tasksim import mcda
 from tasksim.config import RankingConfig, SourceConfig
 
 if TYPE_CHECKING:  # profile.py pulls in the data plane; ranking needs only the dataclass shape
     from tasksim.profile import SourceProfile
 
-__all__ = ["DEFAULT_WEIGHTS", "MEASURE_DIRECTIONS", "RankEntry", "Ranking", "rank_sources"]
+__all__ = ["BOOTSTRAP_MEASURES", "DEFAULT_WEIGHTS", "MEASURE_DIRECTIONS", "RankEntry", "Ranking", "rank_sources"]
+
+log = logging.getLogger(__name__)
 
 # +1: higher is better; -1: lower is better.
 MEASURE_DIRECTIONS: dict[str, int] = {
     "mmd2": -1, "frechet": -1, "otdd": -1, "label_shift": -1, "domain_classifier_auc": -1,
     "logme": 1, "leep": 1, "nleep": 1, "nce": 1, "hscore": 1, "hscore_regularized": 1, "gbc": 1,
     "transrate": 1, "sfda": 1, "parc": 1, "knn_accuracy": 1, "linear_probe_accuracy": 1,
+    "logme_gain": 1, "knn_gain": 1,
+    "coverage": 1, "label_exact_overlap": 1, "label_semantic_overlap": 1,
+    "label_noise_rate": -1, "duplicate_rate": -1, "missing_rate": -1,
     "cost": -1,
 }
 
 # Transferability carries most weight: it scores the target's labels through the source's view.
-# Distribution alignment and class balance refine it; cost breaks near-ties.
+# Distribution alignment, coverage and class balance refine it; data quality and cost break near-ties.
 DEFAULT_WEIGHTS: dict[str, float] = {
     "logme": 2.0, "hscore_regularized": 1.0, "knn_accuracy": 1.0, "leep": 1.0, "nce": 0.5, "gbc": 0.5,
-    "mmd2": 1.0, "frechet": 0.5, "otdd": 1.0, "label_shift": 0.5,
+    "mmd2": 1.0, "frechet": 0.5, "otdd": 1.0, "coverage": 0.5, "label_shift": 0.5,
+    "label_noise_rate": 0.25, "duplicate_rate": 0.1, "missing_rate": 0.1,
     "cost": 0.25,
 }
+
+# Re-scored on every bootstrap round (cheap and per-sample); kNN is not: resampled duplicates
+# would be each other's nearest neighbours.
+BOOTSTRAP_MEASURES = ("logme", "hscore_regularized", "gbc", "leep", "nce")
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,9 @@ class RankEntry:
     score: float
     rank: int
     contributions: dict[str, float] = field(default_factory=dict)  # criterion -> normalised value
+    top1_probability: float | None = None
+    rank_interval: tuple[int, int] | None = None
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,12 +75,17 @@ class Ranking:
     entries: tuple[RankEntry, ...]
     weights: dict[str, float]
     excluded: dict[str, str]  # source -> reason
+    method: str = "weighted_sum"
+    pareto_front: tuple[str, ...] = ()
 
     def best(self) -> RankEntry | None:
         return self.entries[0] if self.entries else None
 
     def entry(self, source: str) -> RankEntry | None:
         return next((e for e in self.entries if e.source == source), None)
+
+    def top1_probabilities(self) -> dict[str, float]:
+        return {e.source: e.top1_probability for e in self.entries if e.top1_probability is not None}
 
 
 def _constraint_violation(source: SourceConfig, config: RankingConfig) -> str | None:
@@ -67,20 +96,33 @@ def _constraint_violation(source: SourceConfig, config: RankingConfig) -> str | 
     return None
 
 
-def _normalise(values: Mapping[str, float], direction: int) -> dict[str, float]:
-    """Min-max to [0, 1] with 1 = best; all-equal values carry no information (0.5 each)."""
-    lo, hi = min(values.values()), max(values.values())
-    if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)):
-        return {k: 0.5 for k in values}
-    return {k: ((v - lo) / (hi - lo) if direction > 0 else (hi - v) / (hi - lo)) for k, v in values.items()}
+def _usable_criteria(candidates: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]) -> dict[str, float]:
+    """Criteria with a weight and a direction that every candidate has (a criterion only some
+    sources have would reward the ones it is missing for)."""
+    return {c: w for c, w in weights.items()
+            if w > 0 and c in MEASURE_DIRECTIONS and candidates
+            and all(c in vals and math.isfinite(vals[c]) for vals in candidates.values())}
 
 
-def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConfig],
-                 config: RankingConfig) -> Ranking:
+def _composite(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str, float],
+               config: RankingConfig) -> dict[str, float]:
+    if not used:
+        return {name: 0.5 for name in candidates}
+    directions = {c: MEASURE_DIRECTIONS[c] for c in used}
+    if config.method == "topsis":
+        return mcda.topsis(candidates, used, directions)
+    return mcda.weighted_sum(candidates, used, directions, method=config.normalization)
+
+
+def _order(scores: Mapping[str, float], by_name: Mapping[str, SourceConfig]) -> list[str]:
+    return sorted(scores, key=lambda n: (-scores[n], by_name[n].cost, n))
+
+
+def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConfig], config: RankingConfig,
+                 *, target_labels: list[str] | None = None) -> Ranking:
     """Rank the sources whose profile is ``ok`` and that satisfy the hard constraints."""
     by_name = {s.name: s for s in sources}
-    weights = dict(DEFAULT_WEIGHTS)
-    weights.update(config.weights)
+    weights = {**DEFAULT_WEIGHTS, **config.weights}
     excluded: dict[str, str] = {}
     candidates: dict[str, dict[str, float]] = {}
     for p in profiles:
@@ -90,27 +132,63 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
         if reason:
             excluded[p.source] = reason
             continue
-        values = {k: v for k, v in p.measures.items() if math.isfinite(v)}
-        values["cost"] = by_name[p.source].cost
-        candidates[p.source] = values
+        candidates[p.source] = {**{k: v for k, v in p.measures.items() if math.isfinite(v)},
+                                "cost": by_name[p.source].cost}
+    if not candidates:
+        return Ranking(entries=(), weights={}, excluded=excluded, method=config.method)
 
-    used: dict[str, float] = {}
-    normalised: dict[str, dict[str, float]] = {name: {} for name in candidates}
-    for criterion, weight in weights.items():
-        if weight <= 0 or criterion not in MEASURE_DIRECTIONS:
-            continue
-        present = {name: vals[criterion] for name, vals in candidates.items() if criterion in vals}
-        # a criterion only some sources have would reward the ones it is missing for; skip it
-        if not present or len(present) != len(candidates):
-            continue
-        used[criterion] = weight
-        for name, u in _normalise(present, MEASURE_DIRECTIONS[criterion]).items():
+    used = _usable_criteria(candidates, weights)
+    scores = _composite(candidates, used, config)
+    directions = {c: MEASURE_DIRECTIONS[c] for c in used}
+    normalised = {name: {} for name in candidates}
+    for criterion in used:
+        values = {name: vals[criterion] for name, vals in candidates.items()}
+        for name, u in mcda.normalize(values, directions[criterion], config.normalization).items():
             normalised[name][criterion] = u
 
-    total = sum(used.values())
-    scores = {name: (sum(used[c] * u for c, u in contrib.items()) / total if total else 0.5)
-              for name, contrib in normalised.items()}
-    order = sorted(scores, key=lambda n: (-scores[n], by_name[n].cost, n))
-    entries = tuple(RankEntry(source=n, score=scores[n], rank=i + 1, contributions=normalised[n])
-                    for i, n in enumerate(order))
-    return Ranking(entries=entries, weights=used, excluded=excluded)
+    potential_used = {c: w for c, w in used.items() if c != "cost"}
+    potential = _composite(candidates, potential_used, config)
+    front = mcda.pareto_front({n: (potential[n], by_name[n].cost) for n in candidates}, (1, -1))
+
+    top1: dict[str, float] = {}
+    intervals: dict[str, tuple[int, int]] = {}
+    views = {p.source: p.view for p in profiles if p.source in candidates and p.view is not None}
+    if config.bootstrap_rounds > 0 and target_labels and len(candidates) >= 2 and len(views) == len(candidates):
+        try:
+            top1, intervals = _bootstrap(candidates, views, target_labels, used, config)
+        except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the ranking
+            log.warning("bootstrap of the ranking failed: %s", exc)
+
+    order = _order(scores, by_name)
+    entries = []
+    for i, name in enumerate(order):
+        flags = ("negative_transfer",) if (config.negative_transfer_guard
+                                           and candidates[name].get("negative_transfer", 0.0) >= 1.0) else ()
+        entries.append(RankEntry(source=name, score=float(scores[name]), rank=i + 1, contributions=normalised[name],
+                                 top1_probability=top1.get(name), rank_interval=intervals.get(name), flags=flags))
+    return Ranking(entries=tuple(entries), weights=dict(used), excluded=excluded, method=config.method,
+                   pareto_front=tuple(sorted(front)))
+
+
+def _bootstrap(candidates: dict[str, dict[str, float]], views: Mapping[str, object], labels: list[str],
+               used: Mapping[str, float], config: RankingConfig) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
+    from tasksim.profile import SourceView, score_views
+
+    measures = tuple(m for m in BOOTSTRAP_MEASURES if m in used)
+    if not measures:
+        return {}, {}
+
+    def score_fn(idx: torch.Tensor) -> dict[str, float]:
+        picked = [labels[i] for i in idx.tolist()]
+        resampled = {}
+        for name, view in views.items():
+            rows = idx.to(view.features.device)
+            resampled[name] = SourceView(view.features[rows], None if view.probs is None else view.probs[rows])
+        rescored = score_views(resampled, picked, measures)
+        round_values = {}
+        for name, vals in candidates.items():
+            fresh = rescored.get(name)
+            round_values[name] = {**vals, **fresh} if isinstance(fresh, dict) else vals
+        return _composite(round_values, used, config)
+
+    return mcda.bootstrap_top1(score_fn, len(labels), config.bootstrap_rounds, seed=0)

@@ -3,7 +3,8 @@
 The rule, in order (docs/recommendation.md explains the thresholds and the literature):
 
 1. No ranking (no source could be profiled, or no data): ``insufficient_data``.
-2. Switch when the best source's composite score beats the deployed source's by at least
+2. Never switch to a source flagged by the negative-transfer guard. Switch when the best source's
+   composite score beats the deployed source's by at least
    ``ranking.switch_margin`` (and, when bootstrap probabilities exist, the best source is best
    with probability >= ``ranking.min_confidence``); a deployed source that failed or was excluded
    is replaced by the best one. Otherwise keep.
@@ -101,6 +102,8 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
     """Decide keep / switch / insufficient_data and plan fine-tuning for the recommended source."""
     failed = failed or {}
     best = ranking.best() if ranking else None
+    if top1_probability is None and ranking is not None:
+        top1_probability = ranking.top1_probabilities() or None
     if ranking is None or best is None:
         return Recommendation(deployed_source, None, "insufficient_data",
                               "no source could be ranked this cycle; the last good ranking stands")
@@ -115,6 +118,11 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
                               fine_tune=plan_for(best.source))
     gap = best.score - deployed.score
     confidence = (top1_probability or {}).get(best.source)
+    if best.source != deployed_source and "negative_transfer" in best.flags:
+        return Recommendation(deployed_source, deployed_source, "keep",
+                              f"{best.source!r} ranks first but is predicted to transfer worse than no transfer "
+                              "(its view of the target scores below the target's own features on LogME and kNN); "
+                              "no switch", fine_tune=plan_for(deployed_source), score_gap=gap)
     if best.source != deployed_source and gap >= config.switch_margin and (
             confidence is None or confidence >= config.min_confidence):
         conf = f", best with probability {confidence:.2f}" if confidence is not None else ""

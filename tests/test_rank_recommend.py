@@ -26,7 +26,10 @@ def test_better_on_every_criterion_ranks_first() -> None:
     ranking = rank_sources(profiles, SOURCES, RankingConfig())
     assert [e.source for e in ranking.entries] == ["a", "c", "b"]
     assert [e.rank for e in ranking.entries] == [1, 2, 3]
-    assert ranking.entries[0].score == pytest.approx(1.0 - 0.25 / (2 + 1 + 0.25))  # worst on cost only
+    assert ranking.entries[0].score == pytest.approx(1.0)  # best on every criterion, cost included
+    # c: logme (0.5-0.2)/0.8, mmd2 (0.3-0.1)/0.29, cost the worst; weights 2, 1, 0.25
+    expected_c = (2 * 0.3 / 0.8 + 1 * 0.2 / 0.29 + 0.25 * 0) / (2 + 1 + 0.25)
+    assert ranking.entries[1].score == pytest.approx(expected_c)
     assert all(0 <= e.score <= 1 for e in ranking.entries)
 
 
@@ -109,3 +112,52 @@ def test_fine_tuning_rule(measures: dict, input_drift: bool, rows: int, strategy
     assert plan.strategy == strategy
     assert plan.adapters is adapters
     assert plan.reasons and plan.learning_rate > 0
+
+
+def test_topsis_and_rank_normalisation_agree_on_a_dominating_source() -> None:
+    profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3), prof("c", logme=0.5, mmd2=0.1)]
+    for config in (RankingConfig(method="topsis"), RankingConfig(normalization="rank"),
+                   RankingConfig(normalization="robust_z")):
+        ranking = rank_sources(profiles, SOURCES, config)
+        assert ranking.best().source == "a", config
+        assert all(0 <= e.score <= 1 for e in ranking.entries)
+
+
+def test_pareto_front_of_potential_against_cost() -> None:
+    profiles = [prof("a", logme=0.5), prof("b", logme=0.2), prof("c", logme=1.0)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    # c is the most promising but costs 5; a is cheaper than c and better than b at the same cost
+    assert set(ranking.pareto_front) == {"a", "c"}
+
+
+def test_negative_transfer_guard_blocks_a_switch() -> None:
+    profiles = [prof("a", logme=1.0, negative_transfer=1.0), prof("b", logme=0.2, negative_transfer=0.0)]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    assert ranking.best().source == "a" and ranking.best().flags == ("negative_transfer",)
+    rec = recommend(ranking, "b", RankingConfig(), measures={})
+    assert rec.action == "keep" and "worse than no transfer" in rec.rationale
+
+
+def test_bootstrap_gives_top1_probabilities_and_intervals() -> None:
+    import torch
+
+    from tasksim.profile import SourceView
+
+    g = torch.Generator().manual_seed(0)
+    labels = [f"c{i % 3}" for i in range(240)]
+    y = torch.tensor([i % 3 for i in range(240)])
+    onehot = torch.nn.functional.one_hot(y, 3).double()
+    strong = SourceView(torch.randn(240, 8, generator=g, dtype=torch.float64) + 4 * onehot @ torch.eye(3, 8,
+                        dtype=torch.float64), None)
+    weak = SourceView(torch.randn(240, 8, generator=g, dtype=torch.float64) + 0.3 * onehot @ torch.eye(3, 8,
+                      dtype=torch.float64), None)
+    profiles = [SourceProfile("a", "ok", measures={"logme": 1.0}, view=strong),
+                SourceProfile("b", "ok", measures={"logme": 0.0}, view=weak)]
+    config = RankingConfig(bootstrap_rounds=20, weights={"cost": 0})
+    ranking = rank_sources(profiles, SOURCES, config, target_labels=labels)
+    top1 = ranking.top1_probabilities()
+    assert top1["a"] == pytest.approx(1.0) and top1["b"] == pytest.approx(0.0)
+    assert ranking.entry("a").rank_interval == (1, 1)
+    assert ranking.entry("b").rank_interval == (2, 2)
+    no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0), target_labels=labels)
+    assert no_boot.top1_probabilities() == {}
