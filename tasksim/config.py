@@ -219,6 +219,12 @@ class DriftConfig(_Frozen):
     tests, a distance for distances). ``drift_share``: the share of drifted columns that makes the
     dataset drifted. High-dimensional features (embeddings) are monitored through their first
     ``embedding_components`` principal components, fitted on the reference window.
+
+    ``calibrate`` (default on): Evidently's default thresholds raise false alarms on most small
+    windows against a large reference and do not correct for many columns, so per-column thresholds
+    are calibrated by bootstrapping the reference against itself at the real window size, for a
+    ``false_alarm_rate`` per cycle (``calibration_control``: of the dataset verdict, or of any
+    column). Thresholds are cached in the store per reference sample and window-size bucket.
     """
 
     method: str = "auto"
@@ -227,6 +233,11 @@ class DriftConfig(_Frozen):
     columns: tuple[str, ...] | None = None
     embedding_components: int = Field(default=8, ge=1, le=64)
     max_columns: int = Field(default=32, ge=1)
+    calibrate: bool = True
+    false_alarm_rate: float = Field(default=0.05, gt=0, lt=1)
+    calibration_rounds: int = Field(default=100, ge=20, le=10000)
+    calibration_control: Literal["any_column", "dataset"] = "dataset"
+    calibration_max_reference_rows: int | None = Field(default=20000, ge=100)
 
 
 class RankingConfig(_Frozen):

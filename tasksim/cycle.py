@@ -15,6 +15,7 @@ the exporter, ``tasksim history`` and the next cycle read it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -208,9 +209,34 @@ class Cycle:
         ref_frame, cur_frame = monitored_frames(
             features.reference.table, sampled.window.table, features.reference_features,
             features.current_features, self.config.production, self.config.drift)
-        result = detect_drift(ref_frame, cur_frame, self.config.drift).to_dict()
+        thresholds = self._drift_thresholds(ref_frame, len(cur_frame), features) if self.config.drift.calibrate else None
+        result = detect_drift(ref_frame, cur_frame, self.config.drift, thresholds=thresholds).to_dict()
+        result["calibrated"] = thresholds is not None
         self._timed("drift", t0)
         return result
+
+    def _drift_thresholds(self, reference: Any, window_rows: int, features: Features) -> dict[str, float] | None:
+        """Calibrated thresholds for this window size, cached per reference sample and size bucket."""
+        from tasksim.drift import calibrate_thresholds
+
+        cfg = self.config.drift
+        bucket = 1 << max(4, (max(window_rows, 1) - 1).bit_length())  # next power of two
+        if bucket * 2 > len(reference):  # too small a reference to split: fall back to fixed thresholds
+            log.warning("drift calibration skipped: reference (%d rows) too small for windows of %d rows",
+                        len(reference), window_rows)
+            return None
+        key = "drift_thresholds:" + json.dumps([table_fingerprint(features.reference.table), bucket, cfg.method,
+                                                 cfg.false_alarm_rate, cfg.calibration_control, cfg.drift_share,
+                                                 cfg.calibration_rounds, sorted(reference.columns)])
+        cached = self.store.get_state(key)
+        if cached:
+            return json.loads(cached)
+        thresholds = calibrate_thresholds(
+            reference, bucket, cfg, rounds=cfg.calibration_rounds, seed=self.config.sampling.seed,
+            false_alarm_rate=cfg.false_alarm_rate, control=cfg.calibration_control,
+            max_reference_rows=cfg.calibration_max_reference_rows)
+        self.store.set_state(key, json.dumps(thresholds))
+        return thresholds
 
     def profile(self, sampled: SampledWindow, features: Features) -> list[SourceProfile]:
         t0 = time.perf_counter()

@@ -206,6 +206,15 @@ class Store:
         row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row["value"])
 
+    def set_state(self, key: str, value: str) -> None:
+        """Store a derived value (a cache entry such as calibrated thresholds) outside any cycle."""
+        try:
+            with self._transaction() as cur:
+                cur.execute("INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
+                            " value = excluded.value", (key, value))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot write state ({exc})") from None
+
     def snapshot(self) -> Snapshot:
         """The latest state for the exporter, read in one transaction so it is consistent."""
         conn = self._conn
