@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -119,6 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config_path = workspace / "tasksim.yaml"
     if not config_path.exists() or args.rebuild:
         print(f"building the demo workspace in {workspace} ...", file=sys.stderr)
+        shutil.rmtree(workspace / "state", ignore_errors=True)  # a rebuilt stream starts a new history
         config_path = build_demo_workspace(workspace, small=args.small)
     config = load_config(config_path)
     overrides: dict[str, Any] = {}

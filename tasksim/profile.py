@@ -4,8 +4,8 @@ A profile is a composite, never one scalar. Per source, with ``tasksim.metrics``
 ``tasksim.criteria``:
 
 - distribution alignment in the shared feature space (the deployed encoder's): MMD^2, Frechet
-  distance, OTDD when both sides carry labels, and coverage (share of target samples with a close
-  source neighbour);
+  distance, OTDD when both sides carry labels (in the target's top principal components), and
+  coverage (share of target samples with a close source neighbour);
 - label semantics and class balance: exact (and, with a text encoder, semantic) overlap of the
   class names, the granularity ratio, the Jensen-Shannon divergence of the label marginals;
 - source data quality: estimated label-noise rate, duplicate rate, missing values;
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # MMD, OTDD and coverage are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
 DISTANCE_SAMPLE_ROWS = 2000
+# OTDD runs in the target's leading principal components (see _Profiler.otdd_basis).
+OTDD_COMPONENTS = 32
 # Measures computed on each source's view of the target (and on the no-transfer baseline).
 TRANSFER_MEASURES = ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "leep", "nce")
 
@@ -156,6 +158,7 @@ class _Profiler:
         self.seed = config.sampling.seed
         self.heads_dir = config.state_dir / "heads"
         self._label_embeddings: dict[str, torch.Tensor] = {}
+        self._otdd_basis: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def encode_source(self, source: SourceConfig, table: pa.Table) -> torch.Tensor:
         try:
@@ -164,6 +167,22 @@ class _Profiler:
                 layer="output", compute=lambda: self.encoder.encode(table, source))
         except TasksimError as exc:
             raise SourceError(source.name, f"cannot embed its data with the shared encoder: {exc}") from exc
+
+    def otdd_basis(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, D x k axes) of the target's top principal components, fitted once per cycle.
+
+        OTDD's inner cost is a Bures distance between class-conditional Gaussians; in the full
+        embedding space those are estimated from tens of samples per class (rank-deficient) and
+        cost one D x D eigendecomposition per class. Both are fixed by working in the target's
+        leading ``OTDD_COMPONENTS`` principal components.
+        """
+        if self._otdd_basis is None:
+            x = self.target.features.to(self.device, torch.float64)
+            mean = x.mean(0)
+            k = min(OTDD_COMPONENTS, x.shape[1], max(1, x.shape[0] - 1))
+            _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+            self._otdd_basis = (mean, vh[:k].T.contiguous())
+        return self._otdd_basis
 
     def embed_label_names(self, names: list[str]) -> torch.Tensor:
         """Label names through the shared text encoder (label semantics); memoised per name."""
@@ -176,6 +195,8 @@ class _Profiler:
 
     def source_view(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
                     labels: list[str] | None) -> SourceView:
+        """The source's encoder (or a head fitted on its data) applied to the target; its probabilities
+        come from its shipped head, else from the fitted head."""
         t = self.target
         if source.encoder is not None:
             own = build_encoder(source.encoder, device=self.device, source=source.name)
@@ -187,6 +208,8 @@ class _Profiler:
         else:
             target_view = t.features.to(self.device)
             source_view = shared
+        if source.head is not None:
+            return SourceView(target_view, self.shipped_head_probs(source, target_view))
         if not labels:
             return SourceView(target_view, None)
         key = f"{source.name}|{table_fingerprint(table)}|{self.encoder.fingerprint}|{source.encoder}"
@@ -195,6 +218,24 @@ class _Profiler:
             # the source's own encoder is its representation; the head only supplies probabilities
             return SourceView(target_view, head.probs(target_view))
         return SourceView(head.hidden(target_view), head.probs(target_view))
+
+    def shipped_head_probs(self, source: SourceConfig, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from the source's own linear head (safetensors ``weight`` C x D, ``bias`` C)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(source.head))
+        except (OSError, SafetensorError) as exc:
+            raise SourceError(source.name, f"{source.head}: cannot load the head as safetensors ({exc})") from exc
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
+            shape = None if weight is None else tuple(weight.shape)
+            raise SourceError(source.name, f"{source.head}: expected a 'weight' tensor of shape (classes, "
+                              f"{features.shape[1]}), got {shape}")
+        weight = weight.to(features.device, torch.float32)
+        bias = torch.zeros(weight.shape[0]) if bias is None else bias
+        return torch.softmax(features.float() @ weight.T + bias.to(features.device, torch.float32), dim=1)
 
     def describe(self, source: SourceConfig) -> tuple[SourceProfile, SourceView | None]:
         """Everything but the batched transferability scores; isolated per source."""
@@ -243,11 +284,26 @@ class _Profiler:
             out.update(criteria.label_overlap(sorted(set(src_labels)), sorted(set(tgt_labels)), embed=embed))
             ys, yt = _take_list(src_labels, s_idx), _take_list(tgt_labels, t_idx)
             if _labelled(ys) and _labelled(yt):
-                out["otdd"] = metrics.otdd(xs, ys, xt, yt)
+                basis = self.otdd_basis()
+                out["otdd"] = metrics.otdd((xs - basis[0]) @ basis[1], ys, (xt - basis[0]) @ basis[1], yt)
         view = None
         if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
             view = self.source_view(source, table, shared, src_labels)
         return {k: float(v) for k, v in out.items()}, view
+
+
+def _frequent_class_rows(labels: list[str], min_count: int = 2) -> torch.Tensor | None:
+    """Rows whose class has at least ``min_count`` samples (None when all do).
+
+    Class-conditional measures need two samples per class; a class seen once in a window says
+    nothing about transfer and must not fail every source.
+    """
+    counts: dict[str, int] = {}
+    for v in labels:
+        counts[v] = counts.get(v, 0) + 1
+    if all(c >= min_count for c in counts.values()):
+        return None
+    return torch.tensor([i for i, v in enumerate(labels) if counts[v] >= min_count], dtype=torch.long)
 
 
 def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
@@ -259,10 +315,18 @@ def profile_sources(config: Config, target: Target, encoder: Encoder, cache: Emb
     scores: dict[str, dict[str, float] | Exception] = {}
     baseline: dict[str, float] = {}
     if views and target.labels is not None:
-        scores = score_views(views, target.labels, seed=profiler.seed)
+        rows = _frequent_class_rows(target.labels)
+        labels = _take_list(target.labels, rows)
+        if rows is not None:
+            log.info("transferability: %d target rows of classes seen once are left out",
+                     len(target.labels) - len(labels))
+            views = {n: SourceView(_take(v.features, rows), None if v.probs is None else _take(v.probs, rows))
+                     for n, v in views.items()}
+        scores = score_views(views, labels, seed=profiler.seed)
         try:  # the no-transfer baseline: the target's own features, no source in between
             baseline = metrics.transferability_profile(
-                target.features.to(device), target.labels, measures=("logme", "knn_accuracy"), seed=profiler.seed)
+                _take(target.features.to(device), rows), labels, measures=("logme", "knn_accuracy"),
+                seed=profiler.seed)
         except Exception as exc:
             log.warning("no-transfer baseline not computed: %s", exc)
     profiles = []
