@@ -1,0 +1,698 @@
+"""Do tasksim's similarity / transferability measures predict real transfer outcomes?
+
+    python bench/transfer_benchmark.py                       # full run (5 targets x 15 sources)
+    python bench/transfer_benchmark.py --quick               # reduced sizes, 1 fine-tune seed
+    python bench/transfer_benchmark.py --json out.json       # also save every raw number
+
+Data: real corpora that ship in packages (see ``bench/transfer_data.py``), embedded once with the
+packaged all-MiniLM-L6-v2 and cached in ``bench/.cache/``.
+
+For each (target, source) pair, exactly what the product computes (``tasksim.profile``):
+- the source's model is ``tasksim.heads.fit_source_head`` on the source's MiniLM embeddings;
+- transferability measures (``tasksim.profile.score_views``) on the target's small labelled train
+  split seen through the head (``head.hidden``; ``head.probs`` for LEEP / NCE), and the gains over
+  the no-transfer baseline (``logme_gain``, ``knn_gain``);
+- distribution, label and data-quality criteria (MMD^2, Frechet, OTDD, coverage, label shift,
+  exact / semantic label overlap, label noise, duplicates, missing values) between the source's
+  and the target train split's MiniLM embeddings, as ``tasksim.profile._Profiler.measures`` does;
+- the composite: ``tasksim.rank.rank_sources`` over ``SourceProfile`` objects (default weights).
+Extra single measures the profile does not compute (H-score, linear probe, SFDA, PARC, NLEEP)
+are reported alone.
+
+Ground truth, measured on a held-out target test split:
+- (a) ``lp``: logistic regression on the target train split in the source's view
+  (``head.hidden``), test accuracy;
+- (b) ``ft``: an MLP whose first layer is the source head's (new output layer), fine-tuned
+  entirely on the target train split (Adam, fixed seeds), test accuracy averaged over seeds.
+
+Reports Kendall tau and weighted tau of every measure, the kNN and linear-probe baselines and the
+composite against each ground truth, per target and averaged, and a leave-one-target-out fit of
+composite weights (fitted on the other targets, reported on the held-out one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pyarrow as pa
+
+from tasksim import criteria, metrics
+from tasksim.config import RankingConfig, SourceConfig
+from tasksim.heads import SourceHead, fit_source_head
+from tasksim.profile import DISTANCE_SAMPLE_ROWS, SourceProfile, SourceView, score_views
+from tasksim.profile import TRANSFER_MEASURES as PROFILE_TRANSFER
+from tasksim.rank import DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, rank_sources
+
+# What tasksim.profile (commit 239b67a: _Profiler.measures + profile_sources) computes for a
+# labelled data-only source with a text encoder; the composite sees exactly these.
+PROFILE_DESCRIBE = ("mmd2", "frechet", "coverage", "duplicate_rate", "missing_rate", "label_noise_rate",
+                    "label_shift", "label_exact_overlap", "label_semantic_overlap", "granularity_ratio", "otdd")
+TRANSFER_MEASURES = tuple(PROFILE_TRANSFER)  # logme, hscore_regularized, gbc, transrate, knn, leep, nce
+PRODUCT_MEASURES = PROFILE_DESCRIBE + TRANSFER_MEASURES + ("logme_gain", "knn_gain", "negative_transfer")
+# the profile's measures that are ranking criteria (have a direction): the single-measure rows
+PRODUCT_CRITERIA = tuple(m for m in PRODUCT_MEASURES if m in MEASURE_DIRECTIONS)
+# measures tasksim.metrics has but the profile stage does not compute today (reported alone)
+EXTRA_MEASURES = tuple(m for m in ("hscore", "linear_probe_accuracy", "sfda", "parc", "nleep")
+                       if m not in TRANSFER_MEASURES)
+BASELINES = ("knn_accuracy", "linear_probe_accuracy")
+GROUND_TRUTHS = ("lp", "ft")
+
+HEAD_SEED = 0  # tasksim.config.SamplingConfig.seed default: the seed the product fits heads with
+
+
+@dataclass(frozen=True)
+class Protocol:
+    ft_seeds: tuple[int, ...] = (0, 1, 2)
+    ft_epochs: int = 30
+    ft_lr: float = 1e-3
+    ft_batch: int = 32
+    ft_weight_decay: float = 1e-4
+    lp_c: float = 1.0
+    search_candidates: int = 3000
+    search_seed: int = 0
+
+
+# =============================================================================================
+# ground truth
+# =============================================================================================
+
+def linear_probe_test_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                               c: float = 1.0) -> float:
+    """Standardise on train, fit scikit-learn's multinomial logistic regression, test accuracy."""
+    return float(linear_probe_test_correct(xtr, ytr, xte, yte, c).mean())
+
+
+def linear_probe_test_correct(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                              c: float = 1.0) -> np.ndarray:
+    """Per test example: does the probe (see :func:`linear_probe_test_accuracy`) get it right."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegression(C=c, max_iter=3000)
+    clf.fit(scaler.transform(xtr), ytr)
+    return clf.predict(scaler.transform(xte)) == yte
+
+
+def random_head(x: torch.Tensor, hidden: int, seed: int) -> dict[str, torch.Tensor]:
+    """First layer as ``fit_source_head`` initialises it (no training), standardised on ``x``."""
+    d = x.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(hidden, d, generator=gen) * (2.0 / d) ** 0.5
+    return {"mean": x.mean(0), "scale": x.std(0).clamp_min(1e-6), "w1": w1, "b1": torch.zeros(hidden)}
+
+
+def finetune_test_accuracy(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, ytr: torch.Tensor,
+                           xte: torch.Tensor, yte: torch.Tensor, n_classes: int, seed: int,
+                           p: Protocol) -> float:
+    """MLP ``relu((x - mean) / scale @ W1' + b1) @ W2' + b2``: W1, b1 from ``init``, a new output
+    layer; every weight fine-tuned with Adam on minibatches; test accuracy after ``ft_epochs``."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mean, scale = init["mean"].float(), init["scale"].float()
+    w1 = init["w1"].detach().clone().float().requires_grad_()
+    b1 = init["b1"].detach().clone().float().requires_grad_()
+    hidden = w1.shape[0]
+    w2 = (torch.randn(n_classes, hidden, generator=gen) * (1.0 / hidden) ** 0.5).requires_grad_()
+    b2 = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w1, b1, w2, b2], lr=p.ft_lr, weight_decay=p.ft_weight_decay)
+    xs = (xtr.float() - mean) / scale
+    n = xs.shape[0]
+    with torch.enable_grad():
+        for _ in range(p.ft_epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, p.ft_batch):
+                idx = order[start:start + p.ft_batch]
+                logits = torch.relu(xs[idx] @ w1.T + b1) @ w2.T + b2
+                loss = torch.nn.functional.cross_entropy(logits, ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        pred = (torch.relu((xte.float() - mean) / scale @ w1.T + b1) @ w2.T + b2).argmax(1)
+    return float((pred == yte).float().mean())
+
+
+# =============================================================================================
+# scores: what the product computes for one (target, source) pair
+# =============================================================================================
+
+def _subsample(n: int, k: int, seed: int) -> torch.Tensor | None:
+    """tasksim.profile._subsample: a seeded torch permutation when there are more than k rows."""
+    if n <= k:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
+
+
+def _labelled(labels: Sequence[str], min_classes: int = 2) -> bool:
+    """tasksim.profile._labelled: at least two classes with two samples each."""
+    counts: dict[str, int] = {}
+    for v in labels:
+        counts[v] = counts.get(v, 0) + 1
+    return sum(1 for c in counts.values() if c >= 2) >= min_classes
+
+
+def describe_pair(src_x: torch.Tensor, src_y: Sequence[str], src_texts: Sequence[str], tgt_x: torch.Tensor,
+                  tgt_y: Sequence[str], embed_labels=None, seed: int = HEAD_SEED) -> dict[str, float]:
+    """``tasksim.profile._Profiler.measures`` for a data-only text source, on precomputed embeddings."""
+    out: dict[str, float] = {}
+    s_idx = _subsample(src_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
+    t_idx = _subsample(tgt_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)
+    xs = src_x if s_idx is None else src_x[s_idx]
+    xt = tgt_x if t_idx is None else tgt_x[t_idx]
+    ys = list(src_y) if s_idx is None else [src_y[i] for i in s_idx.tolist()]
+    yt = list(tgt_y) if t_idx is None else [tgt_y[i] for i in t_idx.tolist()]
+    out["mmd2"] = metrics.mmd2(xs, xt)
+    out["frechet"] = metrics.frechet_distance(src_x, tgt_x)
+    out["coverage"] = criteria.coverage(xs, xt)
+    out["duplicate_rate"] = criteria.duplicate_rate(src_x)
+    out["missing_rate"] = criteria.missing_rate(pa.table({"text": list(src_texts)}), ["text"])
+    if _labelled(src_y):
+        out["label_noise_rate"] = criteria.label_noise_rate(xs, ys, seed=seed)
+    out["label_shift"] = metrics.label_shift(list(src_y), list(tgt_y))
+    out.update(criteria.label_overlap(sorted(set(src_y)), sorted(set(tgt_y)), embed=embed_labels))
+    if _labelled(ys) and _labelled(yt):
+        out["otdd"] = metrics.otdd(xs, ys, xt, yt)
+    return {k: float(v) for k, v in out.items()}
+
+
+def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch.Tensor],
+                   source_y: Mapping[str, Sequence[str]], source_texts: Mapping[str, Sequence[str]],
+                   tgt_x: torch.Tensor, tgt_y: Sequence[str], embed_labels=None, extras: bool = True,
+                   seed: int = HEAD_SEED) -> dict[str, dict[str, float]]:
+    """Every source's profile of one labelled target, as ``tasksim.profile.profile_sources`` builds it
+    (describe, batched ``score_views``, no-transfer baseline and gains), plus ``EXTRA_MEASURES``."""
+    labels = list(tgt_y)
+    out = {name: describe_pair(source_x[name], source_y[name], source_texts[name], tgt_x, labels, embed_labels,
+                               seed) for name in heads}
+    views = {name: SourceView(h.hidden(tgt_x), h.probs(tgt_x)) for name, h in heads.items()}
+    scores = score_views(views, labels, seed=seed)
+    baseline = metrics.transferability_profile(tgt_x, labels, measures=("logme", "knn_accuracy"), seed=seed)
+    failed = {n: r for n, r in scores.items() if isinstance(r, Exception)}
+    if failed:
+        raise RuntimeError(f"transferability failed: {failed}")
+    for name in heads:
+        result = scores[name]
+        m = out[name]
+        m.update({k: float(v) for k, v in result.items()})
+        for key in ("logme", "knn_accuracy"):
+            m[f"{key.split('_')[0]}_gain"] = m[key] - float(baseline[key])
+        m["negative_transfer"] = float(m["logme_gain"] < 0 and m["knn_gain"] < 0)
+        if extras and EXTRA_MEASURES:
+            m.update(metrics.transferability_profile(views[name].features, labels, source_probs=views[name].probs,
+                                                     measures=list(EXTRA_MEASURES), seed=seed))
+    return out
+
+
+def composite_scores(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None,
+                     include: Sequence[str] = PRODUCT_MEASURES) -> dict[str, float]:
+    """``rank_sources`` on one target's profiles holding the ``include`` measures (by default what
+    the profile stage computes), equal costs.
+
+    ``weights=None``: the product's defaults. Otherwise the given weights replace the defaults
+    entirely (every other criterion weighs 0)."""
+    profiles = [SourceProfile(name, "ok", measures={k: v for k, v in m.items() if k in include})
+                for name, m in measures.items()]  # no views: bootstrap_rounds=0 (scores do not use it)
+    sources = [SourceConfig(name=name, path=f"bench/{name}", modality="text", text_column="text",
+                            label_column="label", cost=1.0) for name in measures]
+    if weights is None:
+        config = RankingConfig(bootstrap_rounds=0)
+    else:
+        full = {k: 0.0 for k in set(DEFAULT_WEIGHTS) | set(MEASURE_DIRECTIONS)}
+        full.update(weights)
+        config = RankingConfig(weights=full, bootstrap_rounds=0)
+    ranking = rank_sources(profiles, sources, config)
+    return {e.source: e.score for e in ranking.entries}
+
+
+# =============================================================================================
+# evaluation
+# =============================================================================================
+
+def taus(score: Mapping[str, float], truth: Mapping[str, float]) -> tuple[float, float]:
+    """(Kendall tau-b, weighted tau) of higher-is-better ``score`` against ``truth``."""
+    names = sorted(truth)
+    a = np.array([score[n] for n in names], dtype=float)
+    b = np.array([truth[n] for n in names], dtype=float)
+    if len(names) < 2 or not np.all(np.isfinite(a)) or np.ptp(a) == 0:
+        return float("nan"), float("nan")
+    return float(stats.kendalltau(a, b).statistic), float(stats.weightedtau(a, b).statistic)
+
+
+def oriented(measures: Mapping[str, Mapping[str, float]], name: str) -> dict[str, float]:
+    """One measure over the sources, signed so that higher means "predicted better"."""
+    d = MEASURE_DIRECTIONS.get(name, 1)
+    return {s: d * m.get(name, float("nan")) for s, m in measures.items()}
+
+
+def _normalised_matrix(measures: Mapping[str, Mapping[str, float]], names: Sequence[str],
+                       sources: Sequence[str]) -> np.ndarray:
+    """Sources x criteria, min-max normalised per criterion with 1 = best (as ``rank._normalise``)."""
+    out = np.full((len(sources), len(names)), 0.5)
+    for j, name in enumerate(names):
+        v = np.array([MEASURE_DIRECTIONS[name] * measures[s][name] for s in sources], dtype=float)
+        lo, hi = v.min(), v.max()
+        if hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):
+            out[:, j] = (v - lo) / (hi - lo)
+    return out
+
+
+def _candidate_weights(names: Sequence[str], n: int, seed: int) -> list[dict[str, float]]:
+    """Every single criterion, then ``n`` seeded sparse candidates (1-5 criteria, weights 0.5/1/2)."""
+    rng = np.random.default_rng(seed)
+    cands = [{m: 1.0} for m in names]
+    for _ in range(n):
+        k = int(rng.integers(1, min(5, len(names)) + 1))
+        chosen = rng.choice(len(names), size=k, replace=False)
+        cands.append({names[i]: float(rng.choice([0.5, 1.0, 2.0])) for i in sorted(chosen)})
+    return cands
+
+
+def fit_weights(results: Mapping[str, TargetResult], train_targets: Sequence[str], names: Sequence[str],
+                p: Protocol, candidates: Sequence[Mapping[str, float]] | None = None,
+                ) -> tuple[dict[str, float], float]:
+    """Weights maximising the mean weighted tau (over ``train_targets`` and both ground truths), among
+    ``candidates`` (default: the seeded random search of :func:`_candidate_weights`)."""
+    # criteria that are constant (or missing) on every training target carry no information
+    names = [m for m in names if any(
+        len({r.measures[s].get(m) for s in r.measures}) > 1
+        and all(math.isfinite(r.measures[s].get(m, float("nan"))) for s in r.measures)
+        for r in (results[t] for t in train_targets))]
+    mats = {}
+    for t in train_targets:
+        r = results[t]
+        srcs = sorted(r.measures)
+        mats[t] = (srcs, _normalised_matrix(r.measures, names, srcs))
+    best, best_obj = {}, -math.inf
+    if candidates is None:
+        candidates = _candidate_weights(names, p.search_candidates, p.search_seed)
+    for cand in candidates:
+        w = np.array([cand.get(m, 0.0) for m in names])
+        objs = []
+        for t in train_targets:
+            srcs, u = mats[t]
+            comp = u @ w / w.sum()
+            for g in GROUND_TRUTHS:
+                truth = np.array([results[t].truth[g][s] for s in srcs])
+                objs.append(stats.weightedtau(comp, truth).statistic)
+        obj = float(np.mean(objs))
+        if obj > best_obj + 1e-12:
+            best, best_obj = dict(cand), obj
+    return best, best_obj
+
+
+LABEL_NAME_CRITERIA = ("label_shift", "label_exact_overlap", "label_semantic_overlap")
+
+
+
+
+# =============================================================================================
+# the run
+# =============================================================================================
+
+@dataclass
+class TargetResult:
+    name: str
+    classes: tuple[str, ...]
+    n_train: int
+    n_test: int
+    measures: dict[str, dict[str, float]] = field(default_factory=dict)  # source -> measure -> value
+    truth: dict[str, dict[str, float]] = field(default_factory=dict)  # "lp"/"ft" -> source -> accuracy
+    ft_per_seed: dict[str, list[float]] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)  # no-transfer accuracies
+    lp_correct: dict[str, np.ndarray] = field(default_factory=dict)  # source -> per test example
+
+
+def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xte: np.ndarray, yte: Sequence[str],
+               heads: Mapping[str, SourceHead], source_x: Mapping[str, np.ndarray],
+               source_y: Mapping[str, Sequence[str]], p: Protocol, extras: bool = True,
+               log=print, source_texts: Mapping[str, Sequence[str]] | None = None,
+               embed_labels=None) -> TargetResult:
+    """Profiles (the product's measures) and both ground truths of every source for one target."""
+    classes = tuple(sorted(set(ytr)))
+    idx = {c: i for i, c in enumerate(classes)}
+    ytr_i = np.array([idx[c] for c in ytr])
+    yte_i = np.array([idx[c] for c in yte])
+    xtr_t, xte_t = torch.from_numpy(np.asarray(xtr, np.float32)), torch.from_numpy(np.asarray(xte, np.float32))
+    ytr_t, yte_t = torch.from_numpy(ytr_i), torch.from_numpy(yte_i)
+    res = TargetResult(name, classes, len(ytr), len(yte))
+    res.truth = {g: {} for g in GROUND_TRUTHS}
+    # no-transfer baselines
+    res.baselines["lp_minilm"] = linear_probe_test_accuracy(xtr, ytr_i, xte, yte_i, p.lp_c)
+    lp_rand, ft_rand = [], []
+    for seed in p.ft_seeds:
+        init = random_head(xtr_t, 128, seed)
+        view = lambda x, w=init: torch.relu((x - w["mean"]) / w["scale"] @ w["w1"].T + w["b1"]).numpy()
+        lp_rand.append(linear_probe_test_accuracy(view(xtr_t), ytr_i, view(xte_t), yte_i, p.lp_c))
+        ft_rand.append(finetune_test_accuracy(init, xtr_t, ytr_t, xte_t, yte_t, len(classes), seed, p))
+    res.baselines["lp_random_head"] = float(np.mean(lp_rand))
+    res.baselines["ft_scratch"] = float(np.mean(ft_rand))
+    started = time.perf_counter()
+    sx = {n: torch.from_numpy(np.asarray(source_x[n], np.float32)) for n in heads}
+    texts = source_texts or {n: [f"row {i}" for i in range(len(source_y[n]))] for n in heads}
+    res.measures = profile_target(heads, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras)
+    log(f"  {name:9s} profiles of {len(heads)} sources ({time.perf_counter() - started:.1f}s)")
+    for src, head in heads.items():
+        started = time.perf_counter()
+        w = head.weights
+        correct = linear_probe_test_correct(head.hidden(xtr_t).numpy(), ytr_i, head.hidden(xte_t).numpy(),
+                                            yte_i, p.lp_c)
+        res.lp_correct[src] = correct
+        res.truth["lp"][src] = float(correct.mean())
+        init = {k: w[k] for k in ("mean", "scale", "w1", "b1")}
+        accs = [finetune_test_accuracy(init, xtr_t, ytr_t, xte_t, yte_t, len(classes), s, p) for s in p.ft_seeds]
+        res.ft_per_seed[src] = accs
+        res.truth["ft"][src] = float(np.mean(accs))
+        log(f"  {name:9s} {src:22s} lp={res.truth['lp'][src]:.3f} ft={res.truth['ft'][src]:.3f} "
+            f"({time.perf_counter() - started:.1f}s)")
+    return res
+
+
+def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = True) -> dict:
+    """Taus of every single measure, the composites (default and leave-one-target-out fitted)."""
+    singles = list(PRODUCT_CRITERIA) + (list(EXTRA_MEASURES) if extras else [])
+    targets = list(results)
+    rows: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}  # row -> target -> gt -> (tau, wtau)
+    scores: dict[str, dict[str, Mapping[str, float]]] = {}  # row -> target -> source -> score
+
+    def add(row: str, target: str, score: Mapping[str, float]) -> None:
+        rows.setdefault(row, {})[target] = {g: taus(score, results[target].truth[g]) for g in GROUND_TRUTHS}
+        scores.setdefault(row, {})[target] = score
+
+    for t in targets:
+        r = results[t]
+        for m in singles:
+            add(m, t, oriented(r.measures, m))
+        add("composite (default weights)", t, composite_scores(r.measures, None))
+        add("transferability-only composite (equal weights)", t,
+            composite_scores(r.measures, {m: 1.0 for m in TRANSFER_MEASURES}))
+        # ground-truth agreement: how well one ground truth ranks by the other
+        add("[other ground truth]", t, {s: r.truth["ft"][s] for s in r.measures})
+        rows["[other ground truth]"][t]["ft"] = taus(r.truth["lp"], r.truth["ft"])
+    fits: dict[str, dict] = {}
+    for label, names, cands in (
+            ("product measures", list(PRODUCT_CRITERIA), None),
+            ("product + linear probe", list(PRODUCT_CRITERIA) + ["linear_probe_accuracy"], None),
+            # the label-name criteria only tell "shares class names with the target": a portfolio
+            # whose sources all use other names gets no information from them
+            ("product measures without label-name criteria",
+             [m for m in PRODUCT_CRITERIA if m not in LABEL_NAME_CRITERIA], None)):
+        if label == "product + linear probe" and not extras:
+            continue
+        row = f"composite, LOTO-fitted weights ({label})"
+        fits[label] = {"loto": {}, "all_targets": None}
+        if len(targets) >= 2:
+            for held in targets:
+                train = [t for t in targets if t != held]
+                w, obj = fit_weights(results, train, names, p, cands)
+                fits[label]["loto"][held] = {"weights": w, "train_objective": obj}
+                add(row, held, composite_scores(results[held].measures, w, include=names))
+        w, obj = fit_weights(results, targets, names, p, cands)
+        fits[label]["all_targets"] = {"weights": w, "in_sample_objective": obj}
+    scores.pop("[other ground truth]", None)
+    # the hard part of the ranking: sources that share no class name with the target
+    no_overlap: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    subset_sizes = {}
+    for t in targets:
+        r = results[t]
+        keep = [s for s, m in r.measures.items() if m.get("label_exact_overlap", 0.0) == 0.0]
+        subset_sizes[t] = len(keep)
+        for row, per in scores.items():
+            if t in per:
+                no_overlap.setdefault(row, {})[t] = {
+                    g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
+    boot = _bootstrap_lp(results, scores, p) if all(results[t].lp_correct for t in targets) else {}
+    # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
+    reliability = {}
+    for t in targets:
+        per_seed = results[t].ft_per_seed
+        n_seeds = len(next(iter(per_seed.values())))
+        pairs = [(a, b) for a in range(n_seeds) for b in range(a + 1, n_seeds)]
+        reliability[t] = {
+            "ft_seed_vs_seed_tau": _mean([taus({s: v[a] for s, v in per_seed.items()},
+                                               {s: v[b] for s, v in per_seed.items()})[0] for a, b in pairs]),
+            "ft_seed_sd": float(np.mean([np.std(v) for v in per_seed.values()])) if n_seeds > 1 else float("nan"),
+            "ft_source_sd": float(np.std(list(results[t].truth["ft"].values()))),
+            "lp_split_half_tau": _split_half_tau(results[t].lp_correct, p.search_seed),
+            "lp_source_sd": float(np.std(list(results[t].truth["lp"].values()))),
+        }
+    return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
+            "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes}
+
+
+def _bootstrap_lp(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  p: Protocol, rounds: int = 200) -> dict[str, dict[str, float]]:
+    """Resample every target's test examples (the scores stay fixed): the spread of each row's mean
+    weighted tau against the probe ground truth, and how often it is >= the default composite's."""
+    rng = np.random.default_rng(p.search_seed)
+    targets = list(results)
+    ref = "composite (default weights)"
+    draws: dict[str, list[float]] = {row: [] for row in scores}
+    for _ in range(rounds):
+        truth = {}
+        for t in targets:
+            correct = results[t].lp_correct
+            n = len(next(iter(correct.values())))
+            idx = rng.integers(0, n, n)
+            truth[t] = {s: float(c[idx].mean()) for s, c in correct.items()}
+        for row, per in scores.items():
+            draws[row].append(_mean([taus(per[t], truth[t])[1] for t in targets if t in per]))
+    out = {}
+    for row, d in draws.items():
+        a = np.array(d, dtype=float)
+        ok = ~np.isnan(a)
+        if not ok.any():
+            out[row] = {"p05": float("nan"), "p95": float("nan"), "p_ge_default_composite": float("nan")}
+            continue
+        out[row] = {"p05": float(np.quantile(a[ok], 0.05)), "p95": float(np.quantile(a[ok], 0.95)),
+                    "p_ge_default_composite": float(np.mean(a[ok] >= np.array(draws[ref])[ok]))}
+    return out
+
+
+def _split_half_tau(correct: Mapping[str, np.ndarray], seed: int, rounds: int = 50) -> float:
+    """Mean Kendall tau between the sources' probe accuracies on two random halves of the test split."""
+    if not correct:
+        return float("nan")
+    n = len(next(iter(correct.values())))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        perm = rng.permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        out.append(taus({s: float(c[a].mean()) for s, c in correct.items()},
+                        {s: float(c[b].mean()) for s, c in correct.items()})[0])
+    return _mean(out)
+
+
+def _desc(v: float) -> float:
+    """Sort key: descending, nan last."""
+    return math.inf if math.isnan(v) else -v
+
+
+def _fmt(v: float, spec: str = "+.2f") -> str:
+    return "n/a" if math.isnan(v) else format(v, spec)
+
+
+def _mean(vals: Sequence[float]) -> float:
+    v = [x for x in vals if not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
+    targets = ev["targets"]
+    lines = []
+    for g, title in (("ft", "fine-tune accuracy"), ("lp", "linear-probe accuracy (source's view)")):
+        lines.append(f"\nGround truth: **{title}** (Kendall tau / weighted tau; higher = ranks sources better)\n")
+        head = "| measure | " + " | ".join(f"{t} tau | {t} wtau" for t in targets) + " | mean tau | mean wtau |"
+        lines += [head, "|" + "---|" * (1 + 2 * len(targets) + 2)]
+        order = sorted(ev["rows"], key=lambda r: (r.startswith("["), r.startswith("composite") is False,
+                                                  _desc(_mean([ev["rows"][r].get(t, {}).get(g, (np.nan,) * 2)[1]
+                                                               for t in targets]))))
+        for row in order:
+            if row == "[other ground truth]":
+                label = "[ground truth lp vs ft]"
+            else:
+                label = row + (" (baseline)" if row in BASELINES else "")
+            cells, ts, ws = [], [], []
+            for t in targets:
+                tau, wt = ev["rows"][row].get(t, {}).get(g, (float("nan"), float("nan")))
+                cells.append(" | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in (tau, wt)))
+                ts.append(tau)
+                ws.append(wt)
+            mt, mw = _mean(ts), _mean(ws)
+            lines.append(f"| {label} | " + " | ".join(cells) + " | " +
+                         " | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in (mt, mw)) + " |")
+    lines.append("\nGround-truth accuracies (test split) per source; no-transfer baselines last\n")
+    lines.append("| source | " + " | ".join(f"{t} lp | {t} ft" for t in targets) + " |")
+    lines.append("|" + "---|" * (1 + 2 * len(targets)))
+    sources = sorted(next(iter(results.values())).measures,
+                     key=lambda s: -np.mean([results[t].truth["ft"][s] for t in targets]))
+    for s in sources:
+        lines.append(f"| {s} | " + " | ".join(
+            f"{results[t].truth['lp'][s]:.3f} | {results[t].truth['ft'][s]:.3f}" for t in targets) + " |")
+    for b, label in (("lp_minilm", "no transfer: LP on MiniLM (384-d)"),
+                     ("lp_random_head", "no transfer: LP on untrained head"),
+                     ("ft_scratch", "no transfer: MLP from scratch")):
+        col = "lp" if b.startswith("lp") else "ft"
+        lines.append(f"| *{label}* | " + " | ".join(
+            (f"{results[t].baselines[b]:.3f} | " if col == "lp" else " | ") +
+            (f"{results[t].baselines[b]:.3f}" if col == "ft" else "") for t in targets) + " |")
+    sub = ev.get("rows_no_label_overlap", {})
+    if sub:
+        sizes = ", ".join(f"{t} {n}" for t, n in ev["no_label_overlap_sizes"].items())
+        lines.append(f"\nOnly the sources that share no class name with the target ({sizes} sources): "
+                     "mean over targets of Kendall tau / weighted tau, within that subset\n")
+        lines.append("| measure | lp tau | lp wtau | ft tau | ft wtau |")
+        lines.append("|---|---|---|---|---|")
+
+        def sub_mean(row: str, g: str, k: int) -> float:
+            return _mean([v[g][k] for v in sub[row].values()])
+
+        for row in sorted(sub, key=lambda r: (r.startswith("composite") is False, _desc(sub_mean(r, "lp", 1)))):
+            lines.append(f"| {row} | " + " | ".join(_fmt(sub_mean(row, g, k)) for g in ("lp", "ft") for k in (0, 1))
+                         + " |")
+    boot = ev.get("bootstrap_lp", {})
+    if boot:
+        lines.append("\nProbe ground truth, test examples resampled 200 times (measures fixed): mean weighted tau "
+                     "5-95% interval, and how often the row ranks at least as well as the default composite\n")
+        lines.append("| measure | mean wtau | 5% | 95% | P(>= default composite) |")
+        lines.append("|---|---|---|---|---|")
+        for row in sorted(boot, key=lambda r: _desc(_mean([ev["rows"][r][t]["lp"][1] for t in targets
+                                                             if t in ev["rows"][r]]))):
+            b = boot[row]
+            mw = _mean([ev["rows"][row][t]["lp"][1] for t in targets if t in ev["rows"][row]])
+            lines.append(f"| {row} | {_fmt(mw)} | {_fmt(b['p05'])} | {_fmt(b['p95'])} | "
+                         f"{_fmt(b['p_ge_default_composite'], '.2f')} |")
+    rel = ev.get("reliability", {})
+    if rel:
+        lines.append("\nGround-truth noise: spread of the accuracies across sources vs across fine-tune seeds\n")
+        lines.append("| target | sd of lp over sources | lp: Kendall tau, test half vs half | sd of ft over sources "
+                     "| mean sd of ft over seeds | ft: Kendall tau, seed vs seed |")
+        lines.append("|---|---|---|---|---|---|")
+        for t, r in rel.items():
+            lines.append(f"| {t} | {r['lp_source_sd']:.3f} | {r['lp_split_half_tau']:+.2f} | {r['ft_source_sd']:.3f} | "
+                         f"{r['ft_seed_sd']:.3f} | {r['ft_seed_vs_seed_tau']:+.2f} |")
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="reduced sizes and one fine-tune seed")
+    ap.add_argument("--json", type=Path, help="save every raw number here")
+    ap.add_argument("--targets", nargs="*", help="subset of targets (default: all)")
+    ap.add_argument("--no-cache", action="store_true", help="do not read or write bench/.cache")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch / BLAS threads (default 1: on the shared 2-core machine 2 threads ran "
+                         "the head fits ~6x slower through oversubscription)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+
+    from transfer_data import CACHE_DIR, EmbeddingStore, build_data, minilm_encoder
+
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
+    mode = "quick" if args.quick else "full"
+    p = Protocol(ft_seeds=(0,), search_candidates=500) if args.quick else Protocol()
+    data = build_data(mode, targets=args.targets)
+    t_data = time.perf_counter() - t0
+    print(f"[{t_data:6.1f}s] data: {len(data.targets)} targets, {len(data.sources)} sources, "
+          f"{len(data.all_texts())} unique texts", flush=True)
+    encode, model_id = minilm_encoder()
+    store = EmbeddingStore(encode, model_id, None if args.no_cache else CACHE_DIR)
+    store.ensure(data.all_texts())
+    t_embed = time.perf_counter() - t0
+    print(f"[{t_embed:6.1f}s] embeddings: {store.embedded} computed in {store.seconds:.1f}s "
+          f"({store.embedded / max(store.seconds, 1e-9):.0f} texts/s), the rest from the cache", flush=True)
+
+    source_x = {n: store.get(s.texts) for n, s in data.sources.items()}
+    source_y = {n: list(s.labels) for n, s in data.sources.items()}
+    heads = {n: fit_source_head(torch.from_numpy(source_x[n]), source_y[n], seed=HEAD_SEED) for n in data.sources}
+    print(f"[{time.perf_counter() - t0:6.1f}s] {len(heads)} source heads fitted", flush=True)
+
+    results: dict[str, TargetResult] = {}
+    for name, tgt in data.targets.items():
+        results[name] = run_target(name, store.get(tgt.train.texts), list(tgt.train.labels),
+                                   store.get(tgt.test.texts), list(tgt.test.labels), heads, source_x,
+                                   source_y, p, extras=True, log=lambda s: print(s, flush=True),
+                                   source_texts={n: src.texts for n, src in data.sources.items()},
+                                   embed_labels=lambda names: torch.from_numpy(store.get(names)))
+        print(f"[{time.perf_counter() - t0:6.1f}s] target {name} done", flush=True)
+    ev = evaluate(results, p)
+    total = time.perf_counter() - t0
+
+    print(f"\n## Transfer benchmark ({mode}): {len(results)} targets x {len(heads)} sources\n")
+    print(markdown_tables(ev, results))
+    print("\nComposite weights fitted by random search (mean weighted tau over both ground truths):")
+    def show(label: str, w: Mapping[str, float]) -> str:
+        return str(w)
+
+    for label, fit in ev["fits"].items():
+        for held, f in fit["loto"].items():
+            print(f"- {label}, fitted without {held}: {show(label, f['weights'])} "
+                  f"(train objective {f['train_objective']:.3f})")
+        a = fit["all_targets"]
+        print(f"- {label}, fitted on all targets (in-sample, not a result): {show(label, a['weights'])} "
+              f"(objective {a['in_sample_objective']:.3f})")
+    cpu = time.process_time() - c0
+    load1 = os.getloadavg()
+    print(f"\nruntime {total:.1f}s wall, {cpu:.1f}s CPU of this process (data {t_data:.1f}s, embedding {t_embed - t_data:.1f}s for "
+          f"{store.embedded} texts); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
+          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (other processes share the cores)")
+
+    if args.json:
+        payload = {
+            "mode": mode, "protocol": p.__dict__, "runtime_s": total, "cpu_s": cpu,
+            "loadavg_start": load0, "loadavg_end": load1, "reliability": ev["reliability"], "bootstrap_lp": ev["bootstrap_lp"],
+            "taus_no_label_overlap": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
+                                            for t, d in per.items()}
+                                      for row, per in ev["rows_no_label_overlap"].items()},
+            "no_label_overlap_sizes": ev["no_label_overlap_sizes"], "embedding_s": store.seconds,
+            "texts_embedded": store.embedded,
+            "sources": {n: {"rows": len(s), "classes": list(s.classes), "description": s.description}
+                        for n, s in data.sources.items()},
+            "targets": {n: {"train": len(t.train), "test": len(t.test), "classes": list(t.train.classes),
+                            "description": t.description} for n, t in data.targets.items()},
+            "results": {n: {"measures": r.measures, "truth": r.truth, "ft_per_seed": r.ft_per_seed,
+                            "baselines": r.baselines} for n, r in results.items()},
+            "taus": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()} for t, d in per.items()}
+                     for row, per in ev["rows"].items()},
+            "fits": ev["fits"],
+            "default_weights": DEFAULT_WEIGHTS,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_jsonable(payload), indent=1))
+        print(f"raw numbers saved to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

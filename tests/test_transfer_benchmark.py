@@ -1,0 +1,171 @@
+"""Smoke tests of the transfer benchmark's pieces (bench/transfer_benchmark.py) on tiny synthetic data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import transfer_benchmark as tb
+import transfer_data as td
+
+from tasksim.heads import fit_source_head
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread (on the shared 2-core machine two threads ran the head fits
+    ~80x slower through oversubscription)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _blobs(n: int, d: int, classes: int, seed: int, sep: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.normal(size=(n, d))
+    x[np.arange(n), y] += sep
+    return x.astype(np.float32), y
+
+
+def test_taus_and_orientation():
+    truth = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
+    assert tb.taus({"a": 4, "b": 3, "c": 2, "d": 1}, truth) == pytest.approx((1.0, 1.0))
+    assert tb.taus({"a": 1, "b": 2, "c": 3, "d": 4}, truth) == pytest.approx((-1.0, -1.0))
+    # a constant score carries no ranking: reported as nan, not as 0
+    assert all(np.isnan(v) for v in tb.taus({k: 1.0 for k in truth}, truth))
+    # distances are negated, transferability kept
+    m = {"a": {"mmd2": 0.1, "logme": 2.0}, "b": {"mmd2": 0.5, "logme": 1.0}}
+    assert tb.oriented(m, "mmd2") == {"a": -0.1, "b": -0.5}
+    assert tb.oriented(m, "logme") == {"a": 2.0, "b": 1.0}
+
+
+def test_ground_truth_protocols_learn_separable_data():
+    x, y = _blobs(120, 16, 3, seed=0)
+    xte, yte = _blobs(90, 16, 3, seed=1)
+    assert tb.linear_probe_test_accuracy(x, y, xte, yte) > 0.8
+    head = fit_source_head(torch.from_numpy(x), [str(v) for v in y], steps=50)
+    init = {k: head.weights[k] for k in ("mean", "scale", "w1", "b1")}
+    p = tb.Protocol(ft_epochs=20)
+    args = (torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xte), torch.from_numpy(yte), 3)
+    a = tb.finetune_test_accuracy(init, *args, seed=0, p=p)
+    assert a > 0.8
+    assert tb.finetune_test_accuracy(init, *args, seed=0, p=p) == a  # deterministic for a seed
+    scratch = tb.random_head(torch.from_numpy(x), 32, seed=0)
+    assert tb.finetune_test_accuracy(scratch, *args, seed=0, p=p) > 0.5
+    # fine-tuning must not modify the head it starts from
+    assert torch.equal(init["w1"], head.weights["w1"])
+
+
+def _embed_names(names):
+    """A stand-in text encoder for class names: (length, last character code)."""
+    return torch.tensor([[float(len(n)), float(ord(n[-1]))] for n in names])
+
+
+def _synthetic_results(n_targets: int = 2, n_sources: int = 5) -> dict[str, tb.TargetResult]:
+    xs_all, ys_all = _blobs(60 * n_sources, 12, 3, seed=3)
+    heads, sx, sy = {}, {}, {}
+    for i in range(n_sources):
+        x = xs_all[i * 60:(i + 1) * 60] + np.float32(i) * 0.5  # sources drift away from the target
+        y = [f"c{v}" for v in ys_all[i * 60:(i + 1) * 60]]
+        sx[f"s{i}"], sy[f"s{i}"] = x, y
+        heads[f"s{i}"] = fit_source_head(torch.from_numpy(x), y, hidden=16, steps=40)
+    results = {}
+    for t in range(n_targets):
+        xtr, ytr = _blobs(45, 12, 3, seed=10 + t)
+        xte, yte = _blobs(45, 12, 3, seed=20 + t)
+        results[f"t{t}"] = tb.run_target(f"t{t}", xtr, [f"c{v}" for v in ytr], xte, [f"c{v}" for v in yte],
+                                         heads, sx, sy, tb.Protocol(ft_seeds=(0,), ft_epochs=2), extras=False,
+                                         log=lambda s: None, embed_labels=_embed_names)
+    return results
+
+
+def test_run_target_and_evaluate_on_synthetic_data():
+    results = _synthetic_results()
+    r = results["t0"]
+    assert set(r.measures) == {f"s{i}" for i in range(5)}
+    for m in r.measures.values():
+        assert set(tb.PRODUCT_MEASURES) <= set(m)
+        assert all(np.isfinite(v) for v in m.values())
+    assert set(r.truth) == {"lp", "ft"} and all(0 <= v <= 1 for v in r.truth["ft"].values())
+    assert {"lp_minilm", "lp_random_head", "ft_scratch"} <= set(r.baselines)
+    ev = tb.evaluate(results, tb.Protocol(search_candidates=20), extras=False)
+    assert "composite (default weights)" in ev["rows"] and "logme" in ev["rows"]
+    assert set(ev["fits"]["product measures"]["loto"]) == {"t0", "t1"}
+    loto = ev["rows"]["composite, LOTO-fitted weights (product measures)"]
+    assert set(loto) == {"t0", "t1"}
+    table = tb.markdown_tables(ev, results)
+    assert "| composite (default weights) |" in table and "no transfer: MLP from scratch" in table
+
+
+def test_search_replica_matches_rank_sources():
+    """The vectorised composite used by the weight search orders sources exactly like rank_sources."""
+    rng = np.random.default_rng(0)
+    names = list(tb.PRODUCT_CRITERIA)
+    measures = {f"s{i}": {m: float(rng.normal()) for m in names} for i in range(8)}
+    srcs = sorted(measures)
+    u = tb._normalised_matrix(measures, names, srcs)
+    for _ in range(5):
+        w = {m: float(rng.choice([0.0, 0.5, 1.0, 2.0])) for m in names}
+        w[names[0]] = 1.0
+        vec = np.array([w[m] for m in names])
+        replica = dict(zip(srcs, u @ vec / vec.sum()))
+        product = tb.composite_scores(measures, w)
+        for s in srcs:
+            assert product[s] == pytest.approx(replica[s], abs=1e-9)
+
+
+def test_embedding_store_caches(tmp_path):
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+    store = td.EmbeddingStore(encode, "fake", tmp_path)
+    out = store.get(["aa", "b", "aa"])
+    assert out.tolist() == [[2, 2], [1, 0], [2, 2]] and calls == [["aa", "b"]]
+    again = td.EmbeddingStore(encode, "fake", tmp_path)
+    assert again.get(["b", "aa"]).tolist() == [[1, 0], [2, 2]] and again.embedded == 0
+    again.get(["ccc"])
+    assert calls[-1] == ["ccc"] and td.EmbeddingStore(encode, "fake", tmp_path).get(["ccc"]).tolist() == [[3, 0]]
+
+
+def test_embedding_store_keys_with_trailing_nul_bytes(tmp_path):
+    """SHA-1 keys ending in 0x00 must survive a save / load (an "S20" array would strip them)."""
+    import hashlib
+
+    texts = [f"t{i}" for i in range(5000) if hashlib.sha1(f"t{i}".encode()).digest()[-1] == 0][:3]
+    texts += ["plain", "other"]
+    assert len(texts) == 5
+
+    def encode(batch):
+        return np.array([[float(t.encode()[-1]), len(t)] for t in batch], dtype=np.float32)
+
+    store = td.EmbeddingStore(encode, "fake", tmp_path)
+    store.get(texts[:2])
+    store.get(texts)
+    reread = td.EmbeddingStore(encode, "fake", tmp_path)
+    assert reread.get(texts).tolist() == encode(texts).tolist() and reread.embedded == 0
+    reread.get(["new one"])
+    assert td.EmbeddingStore(encode, "fake", tmp_path).get(texts + ["new one"]).tolist() == \
+        encode(texts + ["new one"]).tolist()
+
+
+def test_splits_are_disjoint_and_stratified():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": [f"l{i % 4}" for i in range(100)]})
+    train, test = td.split_per_class(df, 5, 10, seed=0)
+    assert len(train) == 20 and len(test) == 40
+    assert not set(train["text"]) & set(test["text"])
+    assert train["label"].value_counts().to_dict() == {f"l{i}": 5 for i in range(4)}
+    take = td.stratified_take(df, 3, seed=1, cap=10)
+    assert len(take) == 10 and take["label"].value_counts().max() <= 3
