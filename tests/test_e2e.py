@@ -122,31 +122,37 @@ def test_demo_scraped_by_prometheus(workspace: Path, prometheus: tuple[int, int]
 
     config = load_config(ws / "tasksim.yaml")
     sources = {s.name for s in config.sources}
-    # give Prometheus' last scrape a moment to land in the head block
+    # the daemon has stopped, so its series are marked stale: read the last scraped values
+    def last(expr: str) -> str:
+        return f"last_over_time({expr}[15m])"
+
     deadline = time.monotonic() + 30
     while True:
-        ranks = {r["metric"]["source"]: float(r["value"][1]) for r in prom_query(prom_port, "tasksim_source_rank")}
-        cycles = prom_query(prom_port, "sum(tasksim_cycles_total)")
+        ranks = {r["metric"]["source"]: float(r["value"][1])
+                 for r in prom_query(prom_port, last("tasksim_source_rank"))}
+        cycles = prom_query(prom_port, f"sum({last('tasksim_cycles_total')})")
         if (set(ranks) == sources and cycles and float(cycles[0]["value"][1]) >= 2) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert set(ranks) == sources, (ranks, text[-3000:])
     assert sorted(ranks.values()) == [float(i) for i in range(1, len(sources) + 1)]
     assert float(cycles[0]["value"][1]) >= 2
-    share = prom_query(prom_port, "tasksim_drift_share_ratio")
+    share = prom_query(prom_port, last("tasksim_drift_share_ratio"))
     assert share and 0.0 <= float(share[0]["value"][1]) <= 1.0
-    detected = prom_query(prom_port, "tasksim_drift_detected")
+    detected = prom_query(prom_port, last("tasksim_drift_detected"))
     assert detected and float(detected[0]["value"][1]) in (0.0, 1.0)
-    columns = prom_query(prom_port, "tasksim_drift_column_score")
+    columns = prom_query(prom_port, last("tasksim_drift_column_score"))
     assert columns and all(r["metric"]["column"] for r in columns)
-    scores = prom_query(prom_port, "tasksim_source_score")
+    scores = prom_query(prom_port, last("tasksim_source_score"))
+    assert {r["metric"]["source"] for r in scores} == sources
     assert all(0.0 <= float(r["value"][1]) <= 1.0 for r in scores)
-    info = prom_query(prom_port, "tasksim_recommendation_info")
+    info = prom_query(prom_port, last("tasksim_recommendation_info"))
     assert info and info[0]["metric"]["action"] in ("keep", "switch")
-    similarity = prom_query(prom_port, 'count by (metric) (tasksim_source_similarity{metric=~"logme|mmd2|frechet"})')
+    similarity = prom_query(prom_port, "count by (metric) ("
+                            + last('tasksim_source_similarity{metric=~"logme|mmd2|frechet"}') + ")")
     assert {r["metric"]["metric"] for r in similarity} == {"logme", "mmd2", "frechet"}
-    up = prom_query(prom_port, 'up{job="tasksim"}')
-    assert up
+    up = prom_query(prom_port, 'max_over_time(up{job="tasksim"}[15m])')
+    assert up and float(up[0]["value"][1]) == 1.0
 
 
 def test_trigger_and_restart_resume(workspace: Path, tmp_path: Path) -> None:
