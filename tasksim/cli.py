@@ -323,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "filelock", "evidently"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # before torch loads: spinning OpenMP workers made small ops 5-10x slower on a busy 2-core host
+    # (docs/benchmarks.md, similarity engine section)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args))
     except TasksimError as exc:
