@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import torch
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics._common import ArrayLike, as_features, as_labels, check_same_length
+from tasksim.metrics._common import ArrayLike, as_features, as_labels, check_same_length, stratified_folds
 
 __all__ = [
     "CRITERIA_DIRECTIONS",
@@ -115,18 +115,6 @@ def _knn(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: bool =
     return out_d, out_i
 
 
-def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold id per sample: each class (ascending) is permuted with one ``default_rng(seed)`` and dealt
-    round-robin, so every fold gets ``floor`` or ``ceil`` of each class's count / ``folds``."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(labels.shape[0], dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(idx.shape[0])]
-        fold[idx] = np.arange(idx.shape[0]) % folds
-    return fold
-
-
 # --------------------------------------------------------------------------------------------
 # Label semantics
 # --------------------------------------------------------------------------------------------
@@ -205,7 +193,7 @@ def label_noise_rate(features: ArrayLike, labels: ArrayLike, folds: int = 5, see
                      max_samples: int | None = 5000) -> float:
     """Estimated share of wrong labels, from out-of-fold kNN predictions.
 
-    Out-of-fold class probabilities: stratified ``folds``-fold CV (:func:`_stratified_folds`:
+    Out-of-fold class probabilities: stratified ``folds``-fold CV (``stratified_folds``:
     each class, ascending, permuted by one ``np.random.default_rng(seed)`` and dealt
     round-robin); each held-out row gets the label shares among its ``k`` nearest training rows
     (Euclidean distance on the features as given: standardise first if columns have unrelated
@@ -247,7 +235,7 @@ def label_noise_rate(features: ArrayLike, labels: ArrayLike, folds: int = 5, see
     if n < 2 * folds:
         raise MetricInputError(f"label_noise_rate needs at least 2 * folds = {2 * folds} rows, got {n}")
     y_np = y.cpu().numpy()
-    fold = torch.as_tensor(_stratified_folds(y_np, folds, seed), device=x.device)
+    fold = torch.as_tensor(stratified_folds(y_np, folds, seed), device=x.device)
     probs = torch.zeros(n, n_classes, dtype=x.dtype, device=x.device)
     for f in range(folds):
         test = fold == f

@@ -21,6 +21,7 @@ __all__ = [
     "as_labels",
     "check_same_length",
     "check_classes",
+    "stratified_folds",
 ]
 
 ACCUM_DTYPE = torch.float64
@@ -78,3 +79,15 @@ def check_classes(labels: torch.Tensor, n_classes: int, *, min_per_class: int = 
             f"{name}: {small} classes have fewer than {min_per_class} samples (each class needs {min_per_class})"
         )
     return counts
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id per sample: each class (ascending) is permuted with one ``default_rng(seed)`` and dealt
+    round-robin, so every fold gets ``floor`` or ``ceil`` of each class's count / ``folds``."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(labels.shape[0], dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(idx.shape[0])]
+        fold[idx] = np.arange(idx.shape[0]) % folds
+    return fold

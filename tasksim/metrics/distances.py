@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics._common import ACCUM_DTYPE, ArrayLike, as_features, as_labels
+from tasksim.metrics._common import ACCUM_DTYPE, ArrayLike, as_features, as_labels, stratified_folds
 
 __all__ = [
     "domain_classifier_auc",
@@ -708,17 +708,6 @@ def otdd(xs: ArrayLike, ys: ArrayLike, xt: ArrayLike, yt: ArrayLike, *, epsilon:
 # Domain classifier
 # --------------------------------------------------------------------------------------------
 
-def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold id per sample: each class is shuffled (``default_rng(seed)``) and dealt round-robin."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(labels.shape[0], dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(idx.shape[0])]
-        fold[idx] = np.arange(idx.shape[0]) % folds
-    return fold
-
-
 def _fit_logistic(z: torch.Tensor, t: torch.Tensor, c: float, max_iter: int = 100, tol: float = 1e-10) -> torch.Tensor:
     """L2-regularised logistic regression by damped Newton; returns weights with the intercept last.
 
@@ -806,7 +795,7 @@ def domain_classifier_auc(x: ArrayLike, y: ArrayLike, folds: int = 5, seed: int 
         yt = yt[iy.to(yt.device)]
     z = torch.cat([xt, yt])
     lab_np = np.concatenate([np.zeros(xt.shape[0], dtype=np.int64), np.ones(yt.shape[0], dtype=np.int64)])
-    fold_np = _stratified_folds(lab_np, folds, seed)
+    fold_np = stratified_folds(lab_np, folds, seed)
     lab = torch.as_tensor(lab_np, device=z.device)
     fold = torch.as_tensor(fold_np, device=z.device)
     target = lab.to(ACCUM_DTYPE)
