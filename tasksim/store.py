@@ -228,11 +228,7 @@ class Store:
             last_success = conn.execute("SELECT MAX(finished_at) AS t FROM cycles WHERE status = 'success'").fetchone()
             drift_row = conn.execute(
                 "SELECT drift_json FROM cycles WHERE drift_json IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
-            ranked = conn.execute(
-                "SELECT MAX(cycle_id) AS c FROM source_results WHERE status = 'ok' AND rank IS NOT NULL").fetchone()
-            sources: tuple[SourceRecord, ...] = ()
-            if ranked["c"] is not None:
-                sources = tuple(self._source_rows(int(ranked["c"])))
+            _, sources = self.last_ranking()
             failed: tuple[str, ...] = ()
             if last is not None:
                 failed = tuple(r["source"] for r in conn.execute(
