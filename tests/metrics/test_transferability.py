@@ -102,6 +102,7 @@ def test_cpu_kernels_match_plain_linear_algebra():
     big, y = make_data(1200, 800, 3, seed=3)
     assert T.transrate(big, y) == pytest.approx(R.transrate(big, y), rel=1e-9)
     assert T.hscore(big, y) == pytest.approx(R.hscore(big, y), rel=1e-7)
+    assert T.logme(big, y) == pytest.approx(R.logme_svd(big, y), rel=1e-7)
 
 
 # =============================================================================================
