@@ -31,7 +31,7 @@ from tasksim.config import Config, config_hash, load_config
 from tasksim.device import resolve_device
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
-from tasksim.profile import SourceProfile, Target, profile_sources, profiles_to_dict
+from tasksim.profile import SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
 from tasksim.rank import Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import Window, load_reference, production_time_range, sample_window, table_fingerprint
@@ -118,13 +118,15 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _labels_of(window: Window, column: str | None) -> list[str] | None:
+def _labels_of(window: Window, column: str | None) -> list[str | None] | None:
+    """The window's labels, None for a row not labelled yet (labels arrive late in production);
+    None when there is no label column or no row is labelled."""
     if not column or column not in window.table.column_names:
         return None
     values = window.table.column(column).to_pylist()
-    if any(v is None for v in values):
+    if all(v is None for v in values):
         return None
-    return [str(v) for v in values]
+    return [None if v is None else str(v) for v in values]
 
 
 class Cycle:
@@ -250,14 +252,14 @@ class Cycle:
         t0 = time.perf_counter()
         if not any(p.status == "ok" for p in profiles):
             return None
-        labels = _labels_of(sampled.window, self.config.production.label_column)
+        _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
         ranking = rank_sources(profiles, self.config.sources, self.config.ranking, target_labels=labels)
         self._timed("rank", t0)
         return ranking
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
                   drift: dict[str, Any] | None) -> Recommendation:
-        labels = _labels_of(sampled.window, self.config.production.label_column)
+        _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
         input_drift = bool(drift and drift.get("detected") and not any(
             str(c.get("column", "")).startswith("pc") for c in drift.get("columns", [])))
         return recommend(ranking, self.config.deployed_source, self.config.ranking,

@@ -48,6 +48,7 @@ __all__ = [
     "profile_sources",
     "profiles_to_dict",
     "score_views",
+    "transfer_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,21 @@ class Target:
 
     table: pa.Table
     features: torch.Tensor  # (N, D) in the shared encoder's space
-    labels: list[str] | None  # None when the window has no usable labels
+    # None when the window has no label column; an entry is None for a row not labelled yet
+    # (production labels arrive late): label-aware measures use the labelled rows only.
+    labels: list[str | None] | None
+
+    def known_labels(self) -> tuple[torch.Tensor | None, list[str] | None]:
+        """(row indices, labels) of the labelled rows; indices None when every row is labelled,
+        labels None when none is."""
+        if self.labels is None:
+            return None, None
+        keep = [i for i, v in enumerate(self.labels) if v is not None]
+        if not keep:
+            return None, None
+        if len(keep) == len(self.labels):
+            return None, list(self.labels)  # type: ignore[arg-type]
+        return torch.tensor(keep, dtype=torch.long), [self.labels[i] for i in keep]  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -267,7 +282,7 @@ class _Profiler:
                  tgt: torch.Tensor) -> tuple[dict[str, float], SourceView | None]:
         out: dict[str, float] = {}
         src_labels = _labels(table, source.label_column)
-        tgt_labels = self.target.labels
+        tgt_rows, tgt_labels = self.target.known_labels()
         s_idx = _subsample(shared.shape[0], DISTANCE_SAMPLE_ROWS, self.seed)
         t_idx = _subsample(tgt.shape[0], DISTANCE_SAMPLE_ROWS, self.seed + 1)
         xs, xt = _take(shared, s_idx), _take(tgt, t_idx)
@@ -282,28 +297,38 @@ class _Profiler:
             out["label_shift"] = metrics.label_shift(src_labels, tgt_labels)
             embed = self.embed_label_names if self.config.encoder.kind == "text" else None
             out.update(criteria.label_overlap(sorted(set(src_labels)), sorted(set(tgt_labels)), embed=embed))
-            ys, yt = _take_list(src_labels, s_idx), _take_list(tgt_labels, t_idx)
+            tl_idx = _subsample(len(tgt_labels), DISTANCE_SAMPLE_ROWS, self.seed + 1)
+            ys, yt = _take_list(src_labels, s_idx), _take_list(tgt_labels, tl_idx)
             if _labelled(ys) and _labelled(yt):
                 basis = self.otdd_basis()
-                out["otdd"] = metrics.otdd((xs - basis[0]) @ basis[1], ys, (xt - basis[0]) @ basis[1], yt)
+                xtl = _take(_take(tgt, tgt_rows), tl_idx)
+                out["otdd"] = metrics.otdd((xs - basis[0]) @ basis[1], ys, (xtl - basis[0]) @ basis[1], yt)
         view = None
         if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
             view = self.source_view(source, table, shared, src_labels)
         return {k: float(v) for k, v in out.items()}, view
 
 
-def _frequent_class_rows(labels: list[str], min_count: int = 2) -> torch.Tensor | None:
-    """Rows whose class has at least ``min_count`` samples (None when all do).
+def transfer_rows(labels: list[str | None] | None) -> tuple[torch.Tensor | None, list[str] | None]:
+    """The target rows that transferability is scored on, and their labels: labelled rows (None is
+    a row not labelled yet) of classes seen at least twice. Rows None: all rows; labels None: no
+    labels at all.
 
     Class-conditional measures need two samples per class; a class seen once in a window says
     nothing about transfer and must not fail every source.
     """
+    if labels is None:
+        return None, None
     counts: dict[str, int] = {}
     for v in labels:
-        counts[v] = counts.get(v, 0) + 1
-    if all(c >= min_count for c in counts.values()):
-        return None
-    return torch.tensor([i for i, v in enumerate(labels) if counts[v] >= min_count], dtype=torch.long)
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    keep = [i for i, v in enumerate(labels) if v is not None and counts[v] >= 2]
+    if not keep:
+        return None, None
+    if len(keep) == len(labels):
+        return None, list(labels)  # type: ignore[arg-type]
+    return torch.tensor(keep, dtype=torch.long), [labels[i] for i in keep]  # type: ignore[misc]
 
 
 def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
@@ -314,12 +339,11 @@ def profile_sources(config: Config, target: Target, encoder: Encoder, cache: Emb
     views = {p.source: v for p, v in described if p.status == "ok" and v is not None}
     scores: dict[str, dict[str, float] | Exception] = {}
     baseline: dict[str, float] = {}
-    if views and target.labels is not None:
-        rows = _frequent_class_rows(target.labels)
-        labels = _take_list(target.labels, rows)
+    rows, labels = transfer_rows(target.labels)
+    if views and labels is not None:
         if rows is not None:
-            log.info("transferability: %d target rows of classes seen once are left out",
-                     len(target.labels) - len(labels))
+            log.info("transferability: %d of %d target rows are unlabelled or of a class seen once: left out",
+                     len(target.labels or []) - len(labels), len(target.labels or []))
             views = {n: SourceView(_take(v.features, rows), None if v.probs is None else _take(v.probs, rows))
                      for n, v in views.items()}
         scores = score_views(views, labels, seed=profiler.seed)

@@ -133,3 +133,25 @@ def test_latest_window_mode_with_fixed_now(tmp_path: Path, mode: str) -> None:
     result = run_cycle(load_config(path), now=datetime(2026, 1, 1, 3, 30, tzinfo=timezone.utc))
     assert result.status == "success"
     assert result.window_start.isoformat() == "2026-01-01T02:30:00+00:00"
+
+
+def test_late_labels_score_the_labelled_rows(tmp_path: Path) -> None:
+    """Production labels arrive late: a window where most rows have no label yet is still scored
+    for transferability and label shift, on its labelled rows only."""
+    path = make_tabular_workspace(tmp_path / "ws")
+    prod = pd.read_parquet(path.parent / "production.parquet")
+    prod["label"] = prod["label"].astype(object)
+    unlabelled = np.random.default_rng(12345).random(len(prod)) < 0.7
+    prod.loc[unlabelled, "label"] = None
+    prod.to_parquet(path.parent / "production.parquet", index=False)
+    result = run_cycle(load_config(path))
+    assert result.status == "success"
+    assert result.rows_dropped == 0  # an unlabelled row is a valid row
+    for p in result.profiles:
+        assert p.status == "ok", p.error
+        assert {"logme", "knn_accuracy", "label_shift", "otdd"} <= set(p.measures), p.source
+    assert result.ranking.best().source == "near"
+    # the view kept for the bootstrap holds the labelled rows only
+    labelled = sum(1 for v in prod.loc[prod["ts"] < prod["ts"].min().floor("h") + pd.Timedelta(hours=1), "label"]
+                   if v is not None)
+    assert {p.view.features.shape[0] for p in result.profiles} == {labelled}
