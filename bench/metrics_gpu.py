@@ -111,15 +111,17 @@ def section_agreement(dev: torch.device, small: bool) -> dict:
 def section_ratios(dev: torch.device, small: bool) -> dict:
     k, n, d, c = (4, 2000, 128, 10) if small else (8, 10_000, 1024, 10)
     x, y = features(k, n, d, c, dev, seed=2)
+    g = torch.Generator(device=dev).manual_seed(5)
+    probs = torch.softmax(torch.randn(k, n, 1000, device=dev, generator=g) * 2.0, -1)  # Z=1000 source classes
     big = 2**40
     t = interleaved({
         "logme": lambda: T.logme(x[0], y),
-        "profile": lambda: T.transferability_profile(x[0], y),
-        "separate": lambda: [T.transferability_profile(x[i], y) for i in range(k)],
-        "profile_many_in_memory": lambda: T.profile_many(x, y, max_memory_bytes=big),
-        "profile_many_streamed": lambda: T.profile_many(x, y, max_memory_bytes=1),
+        "profile": lambda: T.transferability_profile(x[0], y, probs[0]),
+        "separate": lambda: [T.transferability_profile(x[i], y, probs[i]) for i in range(k)],
+        "profile_many_in_memory": lambda: T.profile_many(x, y, probs, max_memory_bytes=big),
+        "profile_many_streamed": lambda: T.profile_many(x, y, probs, max_memory_bytes=1),
     }, dev, repeat=5)
-    return {"K": k, "N": n, "D": d, "C": c, "seconds_median": t,
+    return {"K": k, "N": n, "D": d, "C": c, "Z": 1000, "seconds_median": t,
             "a_profile_over_logme": t["profile"] / t["logme"],
             "c_separate_over_profile_many_in_memory": t["separate"] / t["profile_many_in_memory"],
             "c_separate_over_profile_many_streamed": t["separate"] / t["profile_many_streamed"]}

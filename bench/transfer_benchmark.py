@@ -19,11 +19,17 @@ For each (target, source) pair, exactly what the product computes (``tasksim.pro
 Extra single measures the profile does not compute (H-score, linear probe, SFDA, PARC, NLEEP)
 are reported alone.
 
-Ground truth, measured on a held-out target test split:
-- (a) ``lp``: logistic regression on the target train split in the source's view
-  (``head.hidden``), test accuracy;
-- (b) ``ft``: an MLP whose first layer is the source head's (new output layer), fine-tuned
-  entirely on the target train split (Adam, fixed seeds), test accuracy averaged over seeds.
+Ground truth, measured on a held-out target test split (the measures never see it, nor the
+ground-truth training pool):
+- (a) ``lp``: logistic regression on the target train split plus the ground-truth pool in the
+  source's view (``head.hidden``), test accuracy (the headline);
+- (b) ``lp_ll``: the same probe's mean test log-likelihood of the true class (lower variance than
+  accuracy: every example counts by how confident the probe is, not by a 0/1 outcome);
+- (c) ``ft``: an MLP whose first layer is the source head's (new output layer), fine-tuned
+  entirely on the target train split (Adam, fixed seeds), test accuracy averaged over seeds;
+- (d) ``lp_window``: the probe of (a) trained on the train split alone (the earlier definition).
+A noise ceiling (each ground truth on one random half of the test split as the predictor of the
+other half's) bounds what any measure can score.
 
 Reports Kendall tau and weighted tau of every measure, the kNN and linear-probe baselines and the
 composite against each ground truth, per target and averaged, and a leave-one-target-out fit of
@@ -52,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa
 
-from tasksim import criteria, metrics
+from tasksim import criteria, mcda, metrics
 from tasksim.config import RankingConfig, SourceConfig
 from tasksim.heads import SourceHead, fit_source_head
 from tasksim.profile import DISTANCE_SAMPLE_ROWS, SourceProfile, SourceView, score_views
@@ -71,7 +77,18 @@ PRODUCT_CRITERIA = tuple(m for m in PRODUCT_MEASURES if m in MEASURE_DIRECTIONS)
 EXTRA_MEASURES = tuple(m for m in ("hscore", "linear_probe_accuracy", "sfda", "parc", "nleep")
                        if m not in TRANSFER_MEASURES)
 BASELINES = ("knn_accuracy", "linear_probe_accuracy")
-GROUND_TRUTHS = ("lp", "ft")
+GROUND_TRUTHS = ("lp", "lp_ll", "ft", "lp_window")
+# the weight search's objective: the two probe ground truths (fine-tuning barely separates sources)
+FIT_GROUND_TRUTHS = ("lp", "lp_ll")
+GROUND_TRUTH_TITLES = {
+    "lp": "linear-probe accuracy (source's view, window + ground-truth pool)",
+    "lp_ll": "linear-probe test log-likelihood (same probe)",
+    "ft": "fine-tune accuracy (window only)",
+    "lp_window": "linear-probe accuracy trained on the window alone (earlier definition)",
+}
+CEILING_ROW = "[noise ceiling: test half A predicts half B]"
+LP_ROW = "[ground truth lp as the predictor]"
+NORMALIZATIONS = ("minmax", "rank", "robust_z")
 
 HEAD_SEED = 0  # tasksim.config.SamplingConfig.seed default: the seed the product fits heads with
 
@@ -95,19 +112,23 @@ class Protocol:
 def linear_probe_test_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
                                c: float = 1.0) -> float:
     """Standardise on train, fit scikit-learn's multinomial logistic regression, test accuracy."""
-    return float(linear_probe_test_correct(xtr, ytr, xte, yte, c).mean())
+    return float(linear_probe_test_scores(xtr, ytr, xte, yte, c)[0].mean())
 
 
-def linear_probe_test_correct(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                              c: float = 1.0) -> np.ndarray:
-    """Per test example: does the probe (see :func:`linear_probe_test_accuracy`) get it right."""
+def linear_probe_test_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                             c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per test example, for the probe of :func:`linear_probe_test_accuracy`: (is it right, log
+    probability of the true class). ``ytr`` must hold every class of ``yte``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(xtr)
     clf = LogisticRegression(C=c, max_iter=3000)
     clf.fit(scaler.transform(xtr), ytr)
-    return clf.predict(scaler.transform(xte)) == yte
+    proba = clf.predict_proba(scaler.transform(xte))
+    col = np.searchsorted(clf.classes_, yte)
+    correct = clf.classes_[proba.argmax(1)] == yte
+    return correct, np.log(np.clip(proba[np.arange(len(yte)), col], 1e-12, None))
 
 
 def random_head(x: torch.Tensor, hidden: int, seed: int) -> dict[str, torch.Tensor]:
@@ -123,6 +144,13 @@ def finetune_test_accuracy(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, 
                            p: Protocol) -> float:
     """MLP ``relu((x - mean) / scale @ W1' + b1) @ W2' + b2``: W1, b1 from ``init``, a new output
     layer; every weight fine-tuned with Adam on minibatches; test accuracy after ``ft_epochs``."""
+    return float(finetune_test_correct(init, xtr, ytr, xte, yte, n_classes, seed, p).mean())
+
+
+def finetune_test_correct(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, ytr: torch.Tensor,
+                          xte: torch.Tensor, yte: torch.Tensor, n_classes: int, seed: int,
+                          p: Protocol) -> np.ndarray:
+    """Per test example: does the fine-tuned MLP of :func:`finetune_test_accuracy` get it right."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     mean, scale = init["mean"].float(), init["scale"].float()
@@ -146,7 +174,7 @@ def finetune_test_accuracy(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, 
                 opt.step()
     with torch.no_grad():
         pred = (torch.relu((xte.float() - mean) / scale @ w1.T + b1) @ w2.T + b2).argmax(1)
-    return float((pred == yte).float().mean())
+    return (pred == yte).numpy()
 
 
 # =============================================================================================
@@ -221,22 +249,23 @@ def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch
 
 
 def composite_scores(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None,
-                     include: Sequence[str] = PRODUCT_MEASURES) -> dict[str, float]:
+                     include: Sequence[str] = PRODUCT_MEASURES, normalization: str | None = None) -> dict[str, float]:
     """``rank_sources`` on one target's profiles holding the ``include`` measures (by default what
     the profile stage computes), equal costs.
 
     ``weights=None``: the product's defaults. Otherwise the given weights replace the defaults
-    entirely (every other criterion weighs 0)."""
+    entirely (every other criterion weighs 0). ``normalization=None``: ``RankingConfig``'s default."""
     profiles = [SourceProfile(name, "ok", measures={k: v for k, v in m.items() if k in include})
                 for name, m in measures.items()]  # no views: bootstrap_rounds=0 (scores do not use it)
     sources = [SourceConfig(name=name, path=f"bench/{name}", modality="text", text_column="text",
                             label_column="label", cost=1.0) for name in measures]
+    extra = {} if normalization is None else {"normalization": normalization}
     if weights is None:
-        config = RankingConfig(bootstrap_rounds=0)
+        config = RankingConfig(bootstrap_rounds=0, **extra)
     else:
         full = {k: 0.0 for k in set(DEFAULT_WEIGHTS) | set(MEASURE_DIRECTIONS)}
         full.update(weights)
-        config = RankingConfig(weights=full, bootstrap_rounds=0)
+        config = RankingConfig(weights=full, bootstrap_rounds=0, **extra)
     ranking = rank_sources(profiles, sources, config)
     return {e.source: e.score for e in ranking.entries}
 
@@ -263,13 +292,13 @@ def oriented(measures: Mapping[str, Mapping[str, float]], name: str) -> dict[str
 
 def _normalised_matrix(measures: Mapping[str, Mapping[str, float]], names: Sequence[str],
                        sources: Sequence[str]) -> np.ndarray:
-    """Sources x criteria, min-max normalised per criterion with 1 = best (as ``rank._normalise``)."""
-    out = np.full((len(sources), len(names)), 0.5)
+    """Sources x criteria, normalised per criterion with 1 = best, exactly as ``rank_sources`` does
+    with ``RankingConfig``'s default normalisation."""
+    method = RankingConfig().normalization
+    out = np.empty((len(sources), len(names)))
     for j, name in enumerate(names):
-        v = np.array([MEASURE_DIRECTIONS[name] * measures[s][name] for s in sources], dtype=float)
-        lo, hi = v.min(), v.max()
-        if hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):
-            out[:, j] = (v - lo) / (hi - lo)
+        u = mcda.normalize({s: measures[s][name] for s in sources}, MEASURE_DIRECTIONS[name], method)
+        out[:, j] = [u[s] for s in sources]
     return out
 
 
@@ -287,7 +316,7 @@ def _candidate_weights(names: Sequence[str], n: int, seed: int) -> list[dict[str
 def fit_weights(results: Mapping[str, TargetResult], train_targets: Sequence[str], names: Sequence[str],
                 p: Protocol, candidates: Sequence[Mapping[str, float]] | None = None,
                 ) -> tuple[dict[str, float], float]:
-    """Weights maximising the mean weighted tau (over ``train_targets`` and both ground truths), among
+    """Weights maximising the mean weighted tau (over ``train_targets`` and ``FIT_GROUND_TRUTHS``), among
     ``candidates`` (default: the seeded random search of :func:`_candidate_weights`)."""
     # criteria that are constant (or missing) on every training target carry no information
     names = [m for m in names if any(
@@ -308,7 +337,7 @@ def fit_weights(results: Mapping[str, TargetResult], train_targets: Sequence[str
         for t in train_targets:
             srcs, u = mats[t]
             comp = u @ w / w.sum()
-            for g in GROUND_TRUTHS:
+            for g in FIT_GROUND_TRUTHS:
                 truth = np.array([results[t].truth[g][s] for s in srcs])
                 objs.append(stats.weightedtau(comp, truth).statistic)
         obj = float(np.mean(objs))
@@ -320,8 +349,6 @@ def fit_weights(results: Mapping[str, TargetResult], train_targets: Sequence[str
 LABEL_NAME_CRITERIA = ("label_shift", "label_exact_overlap", "label_semantic_overlap")
 
 
-
-
 # =============================================================================================
 # the run
 # =============================================================================================
@@ -331,35 +358,41 @@ class TargetResult:
     name: str
     classes: tuple[str, ...]
     n_train: int
+    n_gt_train: int
     n_test: int
     measures: dict[str, dict[str, float]] = field(default_factory=dict)  # source -> measure -> value
-    truth: dict[str, dict[str, float]] = field(default_factory=dict)  # "lp"/"ft" -> source -> accuracy
+    truth: dict[str, dict[str, float]] = field(default_factory=dict)  # ground truth -> source -> value
     ft_per_seed: dict[str, list[float]] = field(default_factory=dict)
-    baselines: dict[str, float] = field(default_factory=dict)  # no-transfer accuracies
-    lp_correct: dict[str, np.ndarray] = field(default_factory=dict)  # source -> per test example
+    baselines: dict[str, float] = field(default_factory=dict)  # no-transfer ground truths
+    # ground truth -> source -> per test example (correct, or log-likelihood); truth is its mean
+    per_example: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xte: np.ndarray, yte: Sequence[str],
-               heads: Mapping[str, SourceHead], source_x: Mapping[str, np.ndarray],
-               source_y: Mapping[str, Sequence[str]], p: Protocol, extras: bool = True,
-               log=print, source_texts: Mapping[str, Sequence[str]] | None = None,
+def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xgt: np.ndarray, ygt: Sequence[str],
+               xte: np.ndarray, yte: Sequence[str], heads: Mapping[str, SourceHead],
+               source_x: Mapping[str, np.ndarray], source_y: Mapping[str, Sequence[str]], p: Protocol,
+               extras: bool = True, log=print, source_texts: Mapping[str, Sequence[str]] | None = None,
                embed_labels=None) -> TargetResult:
-    """Profiles (the product's measures) and both ground truths of every source for one target."""
+    """Profiles (the product's measures, on the train split ``xtr`` only) and every ground truth of
+    every source for one target; the probes also train on the ground-truth pool ``xgt``."""
     classes = tuple(sorted(set(ytr)))
     idx = {c: i for i, c in enumerate(classes)}
     ytr_i = np.array([idx[c] for c in ytr])
+    ylp_i = np.concatenate([ytr_i, np.array([idx[c] for c in ygt], dtype=ytr_i.dtype)])
     yte_i = np.array([idx[c] for c in yte])
     xtr_t, xte_t = torch.from_numpy(np.asarray(xtr, np.float32)), torch.from_numpy(np.asarray(xte, np.float32))
+    xlp_t = torch.cat([xtr_t, torch.from_numpy(np.asarray(xgt, np.float32).reshape(-1, xtr_t.shape[1]))])
     ytr_t, yte_t = torch.from_numpy(ytr_i), torch.from_numpy(yte_i)
-    res = TargetResult(name, classes, len(ytr), len(yte))
+    res = TargetResult(name, classes, len(ytr), len(ygt), len(yte))
     res.truth = {g: {} for g in GROUND_TRUTHS}
-    # no-transfer baselines
-    res.baselines["lp_minilm"] = linear_probe_test_accuracy(xtr, ytr_i, xte, yte_i, p.lp_c)
+    res.per_example = {g: {} for g in GROUND_TRUTHS}
+    # no-transfer baselines (the probes on window + ground-truth pool, as "lp")
+    res.baselines["lp_minilm"] = linear_probe_test_accuracy(xlp_t.numpy(), ylp_i, xte, yte_i, p.lp_c)
     lp_rand, ft_rand = [], []
     for seed in p.ft_seeds:
         init = random_head(xtr_t, 128, seed)
         view = lambda x, w=init: torch.relu((x - w["mean"]) / w["scale"] @ w["w1"].T + w["b1"]).numpy()
-        lp_rand.append(linear_probe_test_accuracy(view(xtr_t), ytr_i, view(xte_t), yte_i, p.lp_c))
+        lp_rand.append(linear_probe_test_accuracy(view(xlp_t), ylp_i, view(xte_t), yte_i, p.lp_c))
         ft_rand.append(finetune_test_accuracy(init, xtr_t, ytr_t, xte_t, yte_t, len(classes), seed, p))
     res.baselines["lp_random_head"] = float(np.mean(lp_rand))
     res.baselines["ft_scratch"] = float(np.mean(ft_rand))
@@ -371,16 +404,18 @@ def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xte: np.ndarray, 
     for src, head in heads.items():
         started = time.perf_counter()
         w = head.weights
-        correct = linear_probe_test_correct(head.hidden(xtr_t).numpy(), ytr_i, head.hidden(xte_t).numpy(),
-                                            yte_i, p.lp_c)
-        res.lp_correct[src] = correct
-        res.truth["lp"][src] = float(correct.mean())
+        hte = head.hidden(xte_t).numpy()
+        correct, loglik = linear_probe_test_scores(head.hidden(xlp_t).numpy(), ylp_i, hte, yte_i, p.lp_c)
+        window_correct, _ = linear_probe_test_scores(head.hidden(xtr_t).numpy(), ytr_i, hte, yte_i, p.lp_c)
         init = {k: w[k] for k in ("mean", "scale", "w1", "b1")}
-        accs = [finetune_test_accuracy(init, xtr_t, ytr_t, xte_t, yte_t, len(classes), s, p) for s in p.ft_seeds]
-        res.ft_per_seed[src] = accs
-        res.truth["ft"][src] = float(np.mean(accs))
-        log(f"  {name:9s} {src:22s} lp={res.truth['lp'][src]:.3f} ft={res.truth['ft'][src]:.3f} "
-            f"({time.perf_counter() - started:.1f}s)")
+        ft = np.array([finetune_test_correct(init, xtr_t, ytr_t, xte_t, yte_t, len(classes), s, p)
+                       for s in p.ft_seeds], dtype=float)
+        res.ft_per_seed[src] = [float(v) for v in ft.mean(1)]
+        for g, per in (("lp", correct), ("lp_ll", loglik), ("ft", ft.mean(0)), ("lp_window", window_correct)):
+            res.per_example[g][src] = np.asarray(per, dtype=float)
+            res.truth[g][src] = float(np.mean(per))
+        log(f"  {name:9s} {src:22s} " + " ".join(f"{g}={res.truth[g][src]:.3f}" for g in GROUND_TRUTHS)
+            + f" ({time.perf_counter() - started:.1f}s)")
     return res
 
 
@@ -395,16 +430,24 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
         rows.setdefault(row, {})[target] = {g: taus(score, results[target].truth[g]) for g in GROUND_TRUTHS}
         scores.setdefault(row, {})[target] = score
 
+    default_norm = RankingConfig().normalization
     for t in targets:
         r = results[t]
         for m in singles:
             add(m, t, oriented(r.measures, m))
         add("composite (default weights)", t, composite_scores(r.measures, None))
+        # sensitivity to the normalisation: the default weights under the other methods
+        for method in NORMALIZATIONS:
+            if method != default_norm:
+                add(f"composite (default weights, {method} normalisation)", t,
+                    composite_scores(r.measures, None, normalization=method))
         add("transferability-only composite (equal weights)", t,
             composite_scores(r.measures, {m: 1.0 for m in TRANSFER_MEASURES}))
-        # ground-truth agreement: how well one ground truth ranks by the other
-        add("[other ground truth]", t, {s: r.truth["ft"][s] for s in r.measures})
-        rows["[other ground truth]"][t]["ft"] = taus(r.truth["lp"], r.truth["ft"])
+        # ground-truth agreement: how well the headline ground truth ranks by the others
+        rows.setdefault(LP_ROW, {})[t] = {g: (float("nan"),) * 2 if g == "lp" else taus(r.truth["lp"], r.truth[g])
+                                          for g in GROUND_TRUTHS}
+        rows.setdefault(CEILING_ROW, {})[t] = {g: _split_half_taus(r.per_example[g], p.search_seed)
+                                               for g in GROUND_TRUTHS}
     fits: dict[str, dict] = {}
     for label, names, cands in (
             ("product measures", list(PRODUCT_CRITERIA), None),
@@ -425,7 +468,6 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
                 add(row, held, composite_scores(results[held].measures, w, include=names))
         w, obj = fit_weights(results, targets, names, p, cands)
         fits[label]["all_targets"] = {"weights": w, "in_sample_objective": obj}
-    scores.pop("[other ground truth]", None)
     # the hard part of the ranking: sources that share no class name with the target
     no_overlap: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     subset_sizes = {}
@@ -437,7 +479,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             if t in per:
                 no_overlap.setdefault(row, {})[t] = {
                     g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
-    boot = _bootstrap_lp(results, scores, p) if all(results[t].lp_correct for t in targets) else {}
+    boot = _bootstrap_lp(results, scores, p)
     # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
     reliability = {}
     for t in targets:
@@ -449,8 +491,8 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
                                                {s: v[b] for s, v in per_seed.items()})[0] for a, b in pairs]),
             "ft_seed_sd": float(np.mean([np.std(v) for v in per_seed.values()])) if n_seeds > 1 else float("nan"),
             "ft_source_sd": float(np.std(list(results[t].truth["ft"].values()))),
-            "lp_split_half_tau": _split_half_tau(results[t].lp_correct, p.search_seed),
             "lp_source_sd": float(np.std(list(results[t].truth["lp"].values()))),
+            "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
             "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes}
@@ -467,7 +509,7 @@ def _bootstrap_lp(results: Mapping[str, TargetResult], scores: Mapping[str, Mapp
     for _ in range(rounds):
         truth = {}
         for t in targets:
-            correct = results[t].lp_correct
+            correct = results[t].per_example["lp"]
             n = len(next(iter(correct.values())))
             idx = rng.integers(0, n, n)
             truth[t] = {s: float(c[idx].mean()) for s, c in correct.items()}
@@ -485,19 +527,19 @@ def _bootstrap_lp(results: Mapping[str, TargetResult], scores: Mapping[str, Mapp
     return out
 
 
-def _split_half_tau(correct: Mapping[str, np.ndarray], seed: int, rounds: int = 50) -> float:
-    """Mean Kendall tau between the sources' probe accuracies on two random halves of the test split."""
-    if not correct:
-        return float("nan")
-    n = len(next(iter(correct.values())))
+def _split_half_taus(per_example: Mapping[str, np.ndarray], seed: int, rounds: int = 50) -> tuple[float, float]:
+    """Noise ceiling: mean (Kendall tau, weighted tau) of a ground truth measured on one random half
+    of the test split as the predictor of the same ground truth on the other half. Each half has
+    half the test rows, so this is a conservative (low) ceiling for the full-split ground truth."""
+    n = len(next(iter(per_example.values())))
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(rounds):
         perm = rng.permutation(n)
         a, b = perm[: n // 2], perm[n // 2:]
-        out.append(taus({s: float(c[a].mean()) for s, c in correct.items()},
-                        {s: float(c[b].mean()) for s, c in correct.items()})[0])
-    return _mean(out)
+        out.append(taus({s: float(v[a].mean()) for s, v in per_example.items()},
+                        {s: float(v[b].mean()) for s, v in per_example.items()}))
+    return _mean([o[0] for o in out]), _mean([o[1] for o in out])
 
 
 def _desc(v: float) -> float:
@@ -514,80 +556,92 @@ def _mean(vals: Sequence[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _row_label(row: str) -> str:
+    return row + (" (baseline)" if row in BASELINES else "")
+
+
+def _row_order(ev: dict, g: str) -> list[str]:
+    """Composites first, then single measures, by mean weighted tau against ``g``; bracketed rows last."""
+    targets = ev["targets"]
+    return sorted(ev["rows"], key=lambda r: (r.startswith("["), r.startswith("composite") is False,
+                                             _desc(_mean([ev["rows"][r].get(t, {}).get(g, (np.nan,) * 2)[1]
+                                                          for t in targets]))))
+
+
+def _mean_taus(ev: dict, row: str, g: str) -> tuple[float, float]:
+    per = [ev["rows"][row].get(t, {}).get(g, (float("nan"),) * 2) for t in ev["targets"]]
+    return _mean([v[0] for v in per]), _mean([v[1] for v in per])
+
+
 def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
     targets = ev["targets"]
-    lines = []
-    for g, title in (("ft", "fine-tune accuracy"), ("lp", "linear-probe accuracy (source's view)")):
-        lines.append(f"\nGround truth: **{title}** (Kendall tau / weighted tau; higher = ranks sources better)\n")
+    lines = ["\nSummary: mean over targets of Kendall tau / weighted tau against each ground truth "
+             "(higher = ranks sources better)\n",
+             "| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |",
+             "|" + "---|" * (1 + 2 * len(GROUND_TRUTHS))]
+    for row in _row_order(ev, "lp"):
+        lines.append(f"| {_row_label(row)} | " + " | ".join(_fmt(v) for g in GROUND_TRUTHS
+                                                           for v in _mean_taus(ev, row, g)) + " |")
+    for g in GROUND_TRUTHS:
+        lines.append(f"\nGround truth: **{GROUND_TRUTH_TITLES[g]}** (Kendall tau / weighted tau per target)\n")
         head = "| measure | " + " | ".join(f"{t} tau | {t} wtau" for t in targets) + " | mean tau | mean wtau |"
         lines += [head, "|" + "---|" * (1 + 2 * len(targets) + 2)]
-        order = sorted(ev["rows"], key=lambda r: (r.startswith("["), r.startswith("composite") is False,
-                                                  _desc(_mean([ev["rows"][r].get(t, {}).get(g, (np.nan,) * 2)[1]
-                                                               for t in targets]))))
-        for row in order:
-            if row == "[other ground truth]":
-                label = "[ground truth lp vs ft]"
-            else:
-                label = row + (" (baseline)" if row in BASELINES else "")
-            cells, ts, ws = [], [], []
-            for t in targets:
-                tau, wt = ev["rows"][row].get(t, {}).get(g, (float("nan"), float("nan")))
-                cells.append(" | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in (tau, wt)))
-                ts.append(tau)
-                ws.append(wt)
-            mt, mw = _mean(ts), _mean(ws)
-            lines.append(f"| {label} | " + " | ".join(cells) + " | " +
-                         " | ".join("n/a" if math.isnan(v) else f"{v:+.2f}" for v in (mt, mw)) + " |")
-    lines.append("\nGround-truth accuracies (test split) per source; no-transfer baselines last\n")
-    lines.append("| source | " + " | ".join(f"{t} lp | {t} ft" for t in targets) + " |")
-    lines.append("|" + "---|" * (1 + 2 * len(targets)))
+        for row in _row_order(ev, g):
+            cells = [_fmt(v) for t in targets for v in ev["rows"][row].get(t, {}).get(g, (float("nan"),) * 2)]
+            lines.append(f"| {_row_label(row)} | " + " | ".join(cells) + " | " +
+                         " | ".join(_fmt(v) for v in _mean_taus(ev, row, g)) + " |")
+    shown = ("lp", "lp_ll", "ft")
+    lines.append("\nGround truths (test split) per source: probe accuracy, probe mean log-likelihood, fine-tune "
+                 "accuracy; no-transfer baselines last\n")
+    lines.append("| source | " + " | ".join(f"{t} {g}" for t in targets for g in shown) + " |")
+    lines.append("|" + "---|" * (1 + len(shown) * len(targets)))
     sources = sorted(next(iter(results.values())).measures,
-                     key=lambda s: -np.mean([results[t].truth["ft"][s] for t in targets]))
+                     key=lambda s: -np.mean([results[t].truth["lp"][s] for t in targets]))
     for s in sources:
         lines.append(f"| {s} | " + " | ".join(
-            f"{results[t].truth['lp'][s]:.3f} | {results[t].truth['ft'][s]:.3f}" for t in targets) + " |")
-    for b, label in (("lp_minilm", "no transfer: LP on MiniLM (384-d)"),
-                     ("lp_random_head", "no transfer: LP on untrained head"),
-                     ("ft_scratch", "no transfer: MLP from scratch")):
-        col = "lp" if b.startswith("lp") else "ft"
+            f"{results[t].truth[g][s]:.3f}" for t in targets for g in shown) + " |")
+    for b, label, col in (("lp_minilm", "no transfer: LP on MiniLM (384-d)", "lp"),
+                          ("lp_random_head", "no transfer: LP on untrained head", "lp"),
+                          ("ft_scratch", "no transfer: MLP from scratch", "ft")):
         lines.append(f"| *{label}* | " + " | ".join(
-            (f"{results[t].baselines[b]:.3f} | " if col == "lp" else " | ") +
-            (f"{results[t].baselines[b]:.3f}" if col == "ft" else "") for t in targets) + " |")
+            f"{results[t].baselines[b]:.3f}" if g == col else "" for t in targets for g in shown) + " |")
     sub = ev.get("rows_no_label_overlap", {})
     if sub:
         sizes = ", ".join(f"{t} {n}" for t, n in ev["no_label_overlap_sizes"].items())
         lines.append(f"\nOnly the sources that share no class name with the target ({sizes} sources): "
                      "mean over targets of Kendall tau / weighted tau, within that subset\n")
-        lines.append("| measure | lp tau | lp wtau | ft tau | ft wtau |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |")
+        lines.append("|" + "---|" * (1 + 2 * len(GROUND_TRUTHS)))
 
         def sub_mean(row: str, g: str, k: int) -> float:
             return _mean([v[g][k] for v in sub[row].values()])
 
         for row in sorted(sub, key=lambda r: (r.startswith("composite") is False, _desc(sub_mean(r, "lp", 1)))):
-            lines.append(f"| {row} | " + " | ".join(_fmt(sub_mean(row, g, k)) for g in ("lp", "ft") for k in (0, 1))
+            lines.append(f"| {row} | " + " | ".join(_fmt(sub_mean(row, g, k)) for g in GROUND_TRUTHS for k in (0, 1))
                          + " |")
     boot = ev.get("bootstrap_lp", {})
     if boot:
-        lines.append("\nProbe ground truth, test examples resampled 200 times (measures fixed): mean weighted tau "
-                     "5-95% interval, and how often the row ranks at least as well as the default composite\n")
+        lines.append("\nProbe-accuracy ground truth, test examples resampled 200 times (measures fixed): mean "
+                     "weighted tau 5-95% interval, and how often the row ranks at least as well as the default "
+                     "composite\n")
         lines.append("| measure | mean wtau | 5% | 95% | P(>= default composite) |")
         lines.append("|---|---|---|---|---|")
-        for row in sorted(boot, key=lambda r: _desc(_mean([ev["rows"][r][t]["lp"][1] for t in targets
-                                                             if t in ev["rows"][r]]))):
+        for row in sorted(boot, key=lambda r: _desc(_mean_taus(ev, r, "lp")[1])):
             b = boot[row]
-            mw = _mean([ev["rows"][row][t]["lp"][1] for t in targets if t in ev["rows"][row]])
-            lines.append(f"| {row} | {_fmt(mw)} | {_fmt(b['p05'])} | {_fmt(b['p95'])} | "
+            lines.append(f"| {row} | {_fmt(_mean_taus(ev, row, 'lp')[1])} | {_fmt(b['p05'])} | {_fmt(b['p95'])} | "
                          f"{_fmt(b['p_ge_default_composite'], '.2f')} |")
     rel = ev.get("reliability", {})
     if rel:
-        lines.append("\nGround-truth noise: spread of the accuracies across sources vs across fine-tune seeds\n")
-        lines.append("| target | sd of lp over sources | lp: Kendall tau, test half vs half | sd of ft over sources "
-                     "| mean sd of ft over seeds | ft: Kendall tau, seed vs seed |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("\nGround-truth noise: spread across sources, noise ceiling (test half A predicts half B; "
+                     "Kendall tau / weighted tau) and fine-tune seed-to-seed agreement\n")
+        lines.append("| target | sd of lp over sources | lp ceiling | sd of lp_ll over sources | lp_ll ceiling | "
+                     "sd of ft over sources | mean sd of ft over seeds | ft ceiling | ft: Kendall tau, seed vs seed |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for t, r in rel.items():
-            lines.append(f"| {t} | {r['lp_source_sd']:.3f} | {r['lp_split_half_tau']:+.2f} | {r['ft_source_sd']:.3f} | "
-                         f"{r['ft_seed_sd']:.3f} | {r['ft_seed_vs_seed_tau']:+.2f} |")
+            ceil = {g: " / ".join(_fmt(v) for v in ev["rows"][CEILING_ROW][t][g]) for g in ("lp", "lp_ll", "ft")}
+            lines.append(f"| {t} | {r['lp_source_sd']:.3f} | {ceil['lp']} | {r['lp_ll_source_sd']:.3f} | "
+                         f"{ceil['lp_ll']} | {r['ft_source_sd']:.3f} | {_fmt(r['ft_seed_sd'], '.3f')} | {ceil['ft']} | "
+                         f"{_fmt(r['ft_seed_vs_seed_tau'])} |")
     return "\n".join(lines)
 
 
@@ -640,6 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, TargetResult] = {}
     for name, tgt in data.targets.items():
         results[name] = run_target(name, store.get(tgt.train.texts), list(tgt.train.labels),
+                                   store.get(tgt.gt_train.texts), list(tgt.gt_train.labels),
                                    store.get(tgt.test.texts), list(tgt.test.labels), heads, source_x,
                                    source_y, p, extras=True, log=lambda s: print(s, flush=True),
                                    source_texts={n: src.texts for n, src in data.sources.items()},
@@ -650,16 +705,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"\n## Transfer benchmark ({mode}): {len(results)} targets x {len(heads)} sources\n")
     print(markdown_tables(ev, results))
-    print("\nComposite weights fitted by random search (mean weighted tau over both ground truths):")
-    def show(label: str, w: Mapping[str, float]) -> str:
-        return str(w)
-
+    print(f"\nComposite weights fitted by random search (mean weighted tau over {', '.join(FIT_GROUND_TRUTHS)}; "
+          f"normalisation {RankingConfig().normalization}):")
     for label, fit in ev["fits"].items():
         for held, f in fit["loto"].items():
-            print(f"- {label}, fitted without {held}: {show(label, f['weights'])} "
-                  f"(train objective {f['train_objective']:.3f})")
+            print(f"- {label}, fitted without {held}: {f['weights']} (train objective {f['train_objective']:.3f})")
         a = fit["all_targets"]
-        print(f"- {label}, fitted on all targets (in-sample, not a result): {show(label, a['weights'])} "
+        print(f"- {label}, fitted on all targets (in-sample, not a result): {a['weights']} "
               f"(objective {a['in_sample_objective']:.3f})")
     cpu = time.process_time() - c0
     load1 = os.getloadavg()
@@ -679,14 +731,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "texts_embedded": store.embedded,
             "sources": {n: {"rows": len(s), "classes": list(s.classes), "description": s.description}
                         for n, s in data.sources.items()},
-            "targets": {n: {"train": len(t.train), "test": len(t.test), "classes": list(t.train.classes),
+            "targets": {n: {"train": len(t.train), "gt_train": len(t.gt_train), "test": len(t.test),
+                            "classes": list(t.train.classes),
                             "description": t.description} for n, t in data.targets.items()},
             "results": {n: {"measures": r.measures, "truth": r.truth, "ft_per_seed": r.ft_per_seed,
                             "baselines": r.baselines} for n, r in results.items()},
             "taus": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()} for t, d in per.items()}
                      for row, per in ev["rows"].items()},
             "fits": ev["fits"],
-            "default_weights": DEFAULT_WEIGHTS,
+            "default_weights": DEFAULT_WEIGHTS, "default_normalization": RankingConfig().normalization,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_jsonable(payload), indent=1))

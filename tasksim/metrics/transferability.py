@@ -895,15 +895,16 @@ def _probs(x: ArrayLike, n: int, name: str = "source_probs") -> torch.Tensor:
     return raw
 
 
-# Rows of a (K, rows, Z) probability block converted to float64 at a time (4 MiB at K=1, Z=1000).
-_PROB_CHUNK_ELEMS = 2**19
+# Elements of a (K, rows, Z) probability block converted to float64 at a time: 4 MiB on CPU
+# (cache-sized), 1 GiB on CUDA (few launches).
+_PROB_CHUNK_ELEMS = {"cpu": 2**19, "cuda": 2**27}
 
 
 def _leep_batched(theta: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     """theta (K, N, Z) probabilities (any float dtype), y (N,) -> (K,) LEEP, accumulated in float64
     over row chunks."""
     k, n, z = theta.shape
-    rows = max(1, _PROB_CHUNK_ELEMS // max(1, k * z))
+    rows = max(1, _PROB_CHUNK_ELEMS.get(theta.device.type, 2**19) // max(1, k * z))
     joint = torch.zeros(k, n_classes, z, dtype=ACCUM_DTYPE, device=theta.device)
     for s in range(0, n, rows):
         joint.index_add_(1, y[s:s + rows], theta[:, s:s + rows].to(ACCUM_DTYPE))
