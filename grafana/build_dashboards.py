@@ -329,8 +329,8 @@ def cycle_health_panels() -> list[Panel]:
                     instant=True,
                 )
             ],
-            description="Time since the last successful cycle. TasksimCycleStale fires above 15 minutes "
-            "(3x the default 5 minute schedule).",
+            description="Time since the last successful cycle. TasksimCycleStale fires above 3 schedule "
+            "intervals (tasksim_schedule_interval_seconds; colours assume the default 5 minute schedule).",
             unit="s",
             steps=((None, "green"), (600, "orange"), (900, "red")),
             no_value="never",

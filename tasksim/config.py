@@ -210,6 +210,21 @@ class ScheduleConfig(_Frozen):
             raise ValueError("schedule: give exactly one of interval or cron")
         return self
 
+    def longest_gap(self, firings: int = 50) -> timedelta:
+        """The longest expected time between two scheduled cycles: the interval, or for a cron
+        schedule the largest gap among its next ``firings`` fire times (what staleness alerts scale by)."""
+        if self.interval is not None:
+            return self.interval
+        from prefect.server.schemas.schedules import CronSchedule  # Prefect's own cron semantics
+
+        dates = CronSchedule(cron=self.cron, timezone=self.timezone).get_dates(firings)
+        if hasattr(dates, "__await__"):  # a coroutine in some Prefect versions
+            import asyncio
+
+            dates = asyncio.run(dates)
+        gaps = [(b - a).total_seconds() for a, b in zip(dates, dates[1:])]
+        return timedelta(seconds=max(gaps)) if gaps else timedelta(days=1)
+
 
 class DriftConfig(_Frozen):
     """Per-column drift with Evidently.

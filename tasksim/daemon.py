@@ -173,7 +173,8 @@ def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) ->
     # SIGTERM must unwind through the finally below even before the runner installs its handler
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        registry = build_registry(config.state_dir, sources=[s.name for s in config.sources])
+        registry = build_registry(config.state_dir, sources=[s.name for s in config.sources],
+                                  schedule_interval_seconds=config.schedule.longest_gap().total_seconds())
         metrics_server = start_metrics_server(registry, host=config.metrics.host, port=config.metrics.port)
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, config.metrics.port)
         _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 METRIC_NAMES: dict[str, tuple[str, str]] = {
     "tasksim_build_info": ("gauge", "tasksim version (value 1)."),
     "tasksim_store_up": ("gauge", "1 if the state store could be read at this scrape."),
+    "tasksim_schedule_interval_seconds": ("gauge", "Longest expected time between two scheduled cycles."),
     "tasksim_cycle_last_success_timestamp_seconds": ("gauge", "Unix time of the last successful cycle."),
     "tasksim_cycle_duration_seconds": ("gauge", "Duration of the last cycle."),
     "tasksim_cycles_total": ("counter", "Cycles run, by status (success, failed, no_data)."),
@@ -61,9 +62,11 @@ def _family(name: str, labels: list[str] | None = None) -> GaugeMetricFamily | C
 class StoreCollector(Collector):
     """Collects tasksim metrics from the state store at ``state_dir`` on each scrape."""
 
-    def __init__(self, state_dir: str | Path, *, sources: list[str] | None = None) -> None:
+    def __init__(self, state_dir: str | Path, *, sources: list[str] | None = None,
+                 schedule_interval_seconds: float | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.sources = list(sources or [])
+        self.schedule_interval_seconds = schedule_interval_seconds
 
     def describe(self) -> list[Metric]:  # avoid a store read at registration time
         return []
@@ -72,6 +75,11 @@ class StoreCollector(Collector):
         build = _family("tasksim_build_info", ["version"])
         build.add_metric([__version__], 1.0)
         yield build
+        if self.schedule_interval_seconds is not None:
+            # Staleness alerts compare the last success with a multiple of this (any schedule).
+            interval = _family("tasksim_schedule_interval_seconds")
+            interval.add_metric([], float(self.schedule_interval_seconds))
+            yield interval
         up = _family("tasksim_store_up")
         try:
             with Store(self.state_dir) as store:
@@ -151,10 +159,11 @@ class StoreCollector(Collector):
             yield info
 
 
-def build_registry(state_dir: str | Path, *, sources: list[str] | None = None) -> CollectorRegistry:
+def build_registry(state_dir: str | Path, *, sources: list[str] | None = None,
+                   schedule_interval_seconds: float | None = None) -> CollectorRegistry:
     """A fresh registry (no process/GC collectors) holding only the store collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(state_dir, sources=sources))
+    registry.register(StoreCollector(state_dir, sources=sources, schedule_interval_seconds=schedule_interval_seconds))
     return registry
 
 

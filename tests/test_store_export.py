@@ -55,7 +55,7 @@ def test_golden_exposition(tmp_path: Path) -> None:
 def test_exposition_names_follow_the_contract(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         _populate(store)
-    text = generate_latest(build_registry(tmp_path)).decode()
+    text = generate_latest(build_registry(tmp_path, schedule_interval_seconds=300.0)).decode()
     seen = set()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -137,3 +137,22 @@ def test_http_endpoint_binds_loopback(tmp_path: Path) -> None:
         assert 'tasksim_source_rank{source="news"} 1.0' in body
     finally:
         server.shutdown()
+
+
+def test_schedule_interval_is_exported_when_known(tmp_path: Path) -> None:
+    """Staleness alerts scale with the schedule: the daemon exports its longest expected gap."""
+    with Store(tmp_path) as store:
+        _populate(store)
+    text = generate_latest(build_registry(tmp_path, schedule_interval_seconds=3600.0)).decode()
+    assert "tasksim_schedule_interval_seconds 3600.0" in text
+    assert "tasksim_schedule_interval_seconds" not in generate_latest(build_registry(tmp_path)).decode()
+
+
+def test_cron_schedule_longest_gap() -> None:
+    from datetime import timedelta
+
+    from tasksim.config import ScheduleConfig
+
+    assert ScheduleConfig(interval="5m").longest_gap() == timedelta(minutes=5)
+    assert ScheduleConfig(cron="*/10 * * * *").longest_gap() == timedelta(minutes=10)
+    assert ScheduleConfig(cron="0 9 * * 1-5").longest_gap() == timedelta(days=3)  # Friday to Monday
