@@ -82,9 +82,10 @@ def _synthetic_results(n_targets: int = 2, n_sources: int = 5) -> dict[str, tb.T
     results = {}
     for t in range(n_targets):
         xtr, ytr = _blobs(45, 12, 3, seed=10 + t)
+        xgt, ygt = _blobs(30, 12, 3, seed=30 + t)
         xte, yte = _blobs(45, 12, 3, seed=20 + t)
-        results[f"t{t}"] = tb.run_target(f"t{t}", xtr, [f"c{v}" for v in ytr], xte, [f"c{v}" for v in yte],
-                                         heads, sx, sy, tb.Protocol(ft_seeds=(0,), ft_epochs=2), extras=False,
+        results[f"t{t}"] = tb.run_target(f"t{t}", xtr, [f"c{v}" for v in ytr], xgt, [f"c{v}" for v in ygt],
+                                         xte, [f"c{v}" for v in yte], heads, sx, sy, tb.Protocol(ft_seeds=(0,), ft_epochs=2), extras=False,
                                          log=lambda s: None, embed_labels=_embed_names)
     return results
 
@@ -96,15 +97,33 @@ def test_run_target_and_evaluate_on_synthetic_data():
     for m in r.measures.values():
         assert set(tb.PRODUCT_MEASURES) <= set(m)
         assert all(np.isfinite(v) for v in m.values())
-    assert set(r.truth) == {"lp", "ft"} and all(0 <= v <= 1 for v in r.truth["ft"].values())
+    assert set(r.truth) == set(tb.GROUND_TRUTHS) and r.n_gt_train == 30
+    for g in ("lp", "ft", "lp_window"):
+        assert all(0 <= v <= 1 for v in r.truth[g].values())
+    assert all(v <= 0 for v in r.truth["lp_ll"].values())  # a mean log-probability
+    for g in tb.GROUND_TRUTHS:  # every ground truth is the mean of its per-example values
+        assert all(len(v) == 45 and np.mean(v) == pytest.approx(r.truth[g][s]) for s, v in r.per_example[g].items())
     assert {"lp_minilm", "lp_random_head", "ft_scratch"} <= set(r.baselines)
     ev = tb.evaluate(results, tb.Protocol(search_candidates=20), extras=False)
     assert "composite (default weights)" in ev["rows"] and "logme" in ev["rows"]
     assert set(ev["fits"]["product measures"]["loto"]) == {"t0", "t1"}
     loto = ev["rows"]["composite, LOTO-fitted weights (product measures)"]
     assert set(loto) == {"t0", "t1"}
+    ceiling = ev["rows"][tb.CEILING_ROW]["t0"]
+    assert set(ceiling) == set(tb.GROUND_TRUTHS) and all(-1 <= v <= 1 for g in ("lp", "lp_ll") for v in ceiling[g])
     table = tb.markdown_tables(ev, results)
     assert "| composite (default weights) |" in table and "no transfer: MLP from scratch" in table
+    assert tb.CEILING_ROW in table and tb.BOOT_CEILING_ROW in ev["rows"]
+
+
+def test_noise_ceilings():
+    """Sources that differ far more than the test noise reach a ceiling of 1; pure noise about 0."""
+    rng = np.random.default_rng(0)
+    clear = {f"s{i}": i + 0.01 * rng.normal(size=200) for i in range(6)}
+    assert tb._split_half_taus(clear, seed=0) == pytest.approx((1.0, 1.0))
+    assert tb._bootstrap_ceiling(clear, seed=0) == pytest.approx((1.0, 1.0))
+    noise = {f"s{i}": rng.normal(size=200) for i in range(6)}
+    assert abs(tb._split_half_taus(noise, seed=0)[0]) < 0.3
 
 
 def test_search_replica_matches_rank_sources():
@@ -163,9 +182,14 @@ def test_embedding_store_keys_with_trailing_nul_bytes(tmp_path):
 
 def test_splits_are_disjoint_and_stratified():
     df = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": [f"l{i % 4}" for i in range(100)]})
-    train, test = td.split_per_class(df, 5, 10, seed=0)
-    assert len(train) == 20 and len(test) == 40
-    assert not set(train["text"]) & set(test["text"])
+    train, gt, test = td.split_three(df, 5, 6, 10, seed=0)
+    assert len(train) == 20 and len(gt) == 24 and len(test) == 40
+    assert not (set(train["text"]) & set(test["text"]) or set(gt["text"]) & set(test["text"])
+                or set(train["text"]) & set(gt["text"]))
     assert train["label"].value_counts().to_dict() == {f"l{i}": 5 for i in range(4)}
+    # the window does not depend on the other sizes; a small class splits its rest between gt and test
+    train2, gt2, test2 = td.split_three(df, 5, 100, 100, seed=0)
+    assert train2.equals(train)
+    assert gt2["label"].value_counts().to_dict() == {f"l{i}": 10 for i in range(4)} and len(test2) == 40
     take = td.stratified_take(df, 3, seed=1, cap=10)
     assert len(take) == 10 and take["label"].value_counts().max() <= 3
