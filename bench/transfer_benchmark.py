@@ -498,7 +498,36 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
-            "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes}
+            "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes,
+            "decisions": decision_quality(results, scores),
+            "decisions_no_label_overlap": decision_quality(results, scores, keep={
+                t: [s for s, m in results[t].measures.items() if m.get("label_exact_overlap", 0.0) == 0.0]
+                for t in targets})}
+
+
+def decision_quality(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     keep: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, float]]:
+    """What the product acts on: the source each row ranks first. Per row, over targets: how often it
+    is the ground truth's best source, and the mean regret (best ground truth minus the chosen
+    source's, in accuracy points x 100 / log-likelihood). Ties for first go to the worst tied source."""
+    out: dict[str, dict[str, float]] = {}
+    for row, per in scores.items():
+        hits, regret = {g: [] for g in GROUND_TRUTHS}, {g: [] for g in GROUND_TRUTHS}
+        for t, score in per.items():
+            allowed = set(score) if keep is None else set(keep[t])
+            finite = {s: v for s, v in score.items() if s in allowed and math.isfinite(v)}
+            if not finite:
+                continue
+            top = max(finite.values())
+            chosen = [s for s, v in finite.items() if v >= top - 1e-12]
+            for g in GROUND_TRUTHS:
+                truth = {s: v for s, v in results[t].truth[g].items() if s in allowed}
+                worst = min(truth[s] for s in chosen)
+                hits[g].append(float(len(chosen) == 1 and truth[chosen[0]] >= max(truth.values())))
+                regret[g].append((max(truth.values()) - worst) * (100.0 if g != "lp_ll" else 1.0))
+        out[row] = {**{f"{g}_top1": _mean(hits[g]) for g in GROUND_TRUTHS},
+                    **{f"{g}_regret": _mean(regret[g]) for g in GROUND_TRUTHS}}
+    return out
 
 
 def _bootstrap_lp(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
@@ -608,6 +637,20 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
             cells = [_fmt(v) for t in targets for v in ev["rows"][row].get(t, {}).get(g, (float("nan"),) * 2)]
             lines.append(f"| {_row_label(row)} | " + " | ".join(cells) + " | " +
                          " | ".join(_fmt(v) for v in _mean_taus(ev, row, g)) + " |")
+    for key, title in (("decisions", "all sources"),
+                       ("decisions_no_label_overlap", "only the sources that share no class name with the target "
+                                                      "(the hard case)")):
+        lines.append(f"\nDecisions among {title}: the source each row ranks first, over the targets: share that "
+                     "is the ground truth's best source (ties for first count as misses) and mean regret (best "
+                     "minus chosen: accuracy points for lp / ft, nats per example for lp_ll)\n")
+        lines.append("| measure | lp top-1 | lp regret | lp_ll top-1 | lp_ll regret | ft top-1 | ft regret |")
+        lines.append("|---|---|---|---|---|---|---|")
+        dec = ev[key]
+        for row in sorted(dec, key=lambda r: (dec[r]["lp_regret"], -dec[r]["lp_top1"])):
+            d = dec[row]
+            lines.append(f"| {_row_label(row)} | " + " | ".join(
+                f"{d[f'{g}_top1']:.2f} | {d[f'{g}_regret']:.2f}" if g == "lp_ll" else
+                f"{d[f'{g}_top1']:.2f} | {d[f'{g}_regret']:.1f}" for g in ("lp", "lp_ll", "ft")) + " |")
     shown = ("lp", "lp_ll", "ft")
     lines.append("\nGround truths (test split) per source: probe accuracy, probe mean log-likelihood, fine-tune "
                  "accuracy; no-transfer baselines last\n")
