@@ -7,6 +7,7 @@ LogME, H-score and TransRate depend on.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,14 @@ def as_labels(y: ArrayLike, name: str = "labels", *, device: torch.device | None
         raise MetricInputError(f"{name}: expected a 1-D array of labels, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise MetricInputError(f"{name}: labels contain NaN or Inf")
-    _, inverse = np.unique(arr, return_inverse=True)
+    if arr.dtype.kind == "O":
+        missing = sum(1 for v in arr if v is None or (isinstance(v, float) and not math.isfinite(v)))
+        if missing:
+            raise MetricInputError(f"{name}: {missing} labels are missing (None or NaN); drop those rows first")
+    try:
+        _, inverse = np.unique(arr, return_inverse=True)
+    except TypeError as exc:  # e.g. ints mixed with strings
+        raise MetricInputError(f"{name}: labels must be of one comparable type (all ints or all strings): {exc}") from exc
     n_classes = int(inverse.max()) + 1 if inverse.size else 0
     dev = device if device is not None else (y.device if isinstance(y, torch.Tensor) else None)
     return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=dev), n_classes

@@ -527,3 +527,11 @@ def test_profile_follows_device(device):
     assert f32 == pytest.approx(ref["knn_accuracy"], abs=0.02)
     for fn in (T.sfda, T.parc, T.nleep, T.linear_probe_accuracy):
         assert math.isfinite(fn(ft, yt))
+
+
+def test_missing_or_mixed_labels_raise_one_clear_error():
+    f, _ = make_data(40, 4, 2, seed=0)
+    with pytest.raises(MetricInputError, match="1 labels are missing"):
+        T.logme(f, [None] + ["a", "b"] * 19 + ["a"])
+    with pytest.raises(MetricInputError, match="one comparable type"):
+        T.logme(f, np.array([1, "a"] * 20, dtype=object))
