@@ -500,9 +500,24 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
             "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes,
             "decisions": decision_quality(results, scores),
+            "negative_transfer_guard": negative_transfer_check(results),
             "decisions_no_label_overlap": decision_quality(results, scores, keep={
                 t: [s for s, m in results[t].measures.items() if m.get("label_exact_overlap", 0.0) == 0.0]
                 for t in targets})}
+
+
+def negative_transfer_check(results: Mapping[str, TargetResult]) -> dict[str, dict[str, int]]:
+    """The product's negative-transfer flag (the source's view scores below the target's own
+    features on both LogME and kNN) against the ground truth: is the probe in the source's view
+    worse than the same probe on the target's own MiniLM features?"""
+    out = {}
+    for t, r in results.items():
+        base = r.baselines["lp_minilm"]
+        flagged = {s for s, m in r.measures.items() if m.get("negative_transfer", 0.0) >= 1.0}
+        worse = {s for s, v in r.truth["lp"].items() if v < base}
+        out[t] = {"sources": len(r.measures), "flagged": len(flagged), "worse_than_no_transfer": len(worse),
+                  "flagged_and_worse": len(flagged & worse)}
+    return out
 
 
 def decision_quality(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
@@ -651,6 +666,18 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
             lines.append(f"| {_row_label(row)} | " + " | ".join(
                 f"{d[f'{g}_top1']:.2f} | {d[f'{g}_regret']:.2f}" if g == "lp_ll" else
                 f"{d[f'{g}_top1']:.2f} | {d[f'{g}_regret']:.1f}" for g in ("lp", "lp_ll", "ft")) + " |")
+    guard = ev["negative_transfer_guard"]
+    lines.append("\nNegative-transfer guard (`negative_transfer`: LogME and kNN both below the no-transfer "
+                 "baseline) against the probe ground truth: sources whose view scores below the same probe on "
+                 "the target's own MiniLM features\n")
+    lines.append("| target | sources | flagged | worse than no transfer | flagged and worse | precision | recall |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for t, g in list(guard.items()) + [("all", {k: sum(v[k] for v in guard.values())
+                                               for k in next(iter(guard.values()))})]:
+        prec = g["flagged_and_worse"] / g["flagged"] if g["flagged"] else float("nan")
+        rec = g["flagged_and_worse"] / g["worse_than_no_transfer"] if g["worse_than_no_transfer"] else float("nan")
+        lines.append(f"| {t} | {g['sources']} | {g['flagged']} | {g['worse_than_no_transfer']} | "
+                     f"{g['flagged_and_worse']} | {prec:.2f} | {rec:.2f} |")
     shown = ("lp", "lp_ll", "ft")
     lines.append("\nGround truths (test split) per source: probe accuracy, probe mean log-likelihood, fine-tune "
                  "accuracy; no-transfer baselines last\n")
