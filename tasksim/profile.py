@@ -13,6 +13,10 @@ A profile is a composite, never one scalar. Per source, with ``tasksim.metrics``
   own encoder when it ships one, else a head fitted on the source's data (``tasksim.heads``),
   whose hidden layer and class probabilities feed LogME, H-score, GBC, TransRate, LEEP, NCE, kNN.
   All sources' views are scored in one batched ``metrics.profile_many`` call;
+- representation shift across layers: when a source ships its own model with tapped layers
+  (``encoder.layers``), MMD^2 between the source's data and the target window at every tapped layer
+  and the output (``layer_mmd2:<layer>``): where along the network the shift lives, which decides
+  the blocks to fine-tune (``tasksim.recommend``);
 - a no-transfer baseline: the same measures on the target's own features; ``logme_gain`` and
   ``knn_gain`` compare each source against it, and ``negative_transfer`` flags a source predicted
   to do worse than no transfer on both.
@@ -57,6 +61,8 @@ log = logging.getLogger(__name__)
 DISTANCE_SAMPLE_ROWS = 2000
 # OTDD runs in the target's leading principal components (see _Profiler.otdd_basis).
 OTDD_COMPONENTS = 32
+# Rows per side for the per-layer MMD^2 of a source's own model (layers can be wide).
+LAYER_SAMPLE_ROWS = 1000
 # Measures computed on each source's view of the target (and on the no-transfer baseline).
 TRANSFER_MEASURES = ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "leep", "nce")
 
@@ -174,6 +180,29 @@ class _Profiler:
         self.heads_dir = config.state_dir / "heads"
         self._label_embeddings: dict[str, torch.Tensor] = {}
         self._otdd_basis: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._own_encoders: dict[str, Encoder] = {}
+
+    def own_encoder(self, source: SourceConfig, table: pa.Table) -> Encoder:
+        """The source's own model (``source.encoder``), fitted on the source's data, once per cycle."""
+        if source.name not in self._own_encoders:
+            assert source.encoder is not None
+            own = build_encoder(source.encoder, device=self.device, source=source.name)
+            own.fit(table, source)  # a tabular encoder standardises with the source's own statistics
+            self._own_encoders[source.name] = own
+        return self._own_encoders[source.name]
+
+    def layer_shifts(self, source: SourceConfig, table: pa.Table) -> dict[str, float]:
+        """``layer_mmd2:<layer>``: MMD^2 between the source's data and the target window at every
+        tapped layer of the source's own model (``encoder.layers``, input to output) and at its
+        output: where along the network the shift lives (surgical fine-tuning, Lee et al. 2023)."""
+        own = self.own_encoder(source, table)
+        src = own.encode_layers(table, source)
+        tgt = own.encode_layers(self.target.table, self.config.production)
+        names = [*source.encoder.layers, "output"]  # type: ignore[union-attr]
+        s_idx = _subsample(next(iter(src.values())).shape[0], LAYER_SAMPLE_ROWS, self.seed)
+        t_idx = _subsample(next(iter(tgt.values())).shape[0], LAYER_SAMPLE_ROWS, self.seed + 1)
+        return {f"layer_mmd2:{n}": metrics.mmd2(_take(src[n].to(self.device), s_idx),
+                                                _take(tgt[n].to(self.device), t_idx)) for n in names}
 
     def encode_source(self, source: SourceConfig, table: pa.Table) -> torch.Tensor:
         try:
@@ -214,8 +243,7 @@ class _Profiler:
         come from its shipped head, else from the fitted head."""
         t = self.target
         if source.encoder is not None:
-            own = build_encoder(source.encoder, device=self.device, source=source.name)
-            own.fit(table, source)  # a tabular encoder standardises with the source's own statistics
+            own = self.own_encoder(source, table)
             target_view = own.encode(t.table, self.config.production).to(self.device)
             source_view = self.cache.get_or_compute(
                 data_fingerprint=table_fingerprint(table), encoder_fingerprint=own.fingerprint, layer="output",
@@ -303,6 +331,8 @@ class _Profiler:
                 basis = self.otdd_basis()
                 xtl = _take(_take(tgt, tgt_rows), tl_idx)
                 out["otdd"] = metrics.otdd((xs - basis[0]) @ basis[1], ys, (xtl - basis[0]) @ basis[1], yt)
+        if source.encoder is not None and source.encoder.layers:
+            out.update(self.layer_shifts(source, table))
         view = None
         if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
             view = self.source_view(source, table, shared, src_labels)

@@ -14,6 +14,9 @@ The rule, in order (docs/recommendation.md explains the thresholds and the liter
      learning rate; Kumar et al., ICLR 2022);
    - the source is close to the target (MMD^2 < 0.05) and its view separates the target's classes
      (``knn_accuracy`` >= 0.8 when measured): linear probe only (body frozen);
+   - the source ships its own model with tapped layers (``layer_mmd2:<layer>`` in the profile): surgical
+     fine-tuning where the shift enters, the first tapped layer whose MMD^2 reaches half the largest
+     (first, middle or last third of the network; Lee et al., ICLR 2023);
    - input-level drift in the production window (drift detected on raw input columns): surgical
      fine-tuning of the first blocks (Lee et al., ICLR 2023);
    - large distribution gap (MMD^2 >= 0.2): full fine-tuning with L2-SP regularisation towards the
@@ -30,7 +33,7 @@ from typing import Any
 from tasksim.config import RankingConfig
 from tasksim.rank import Ranking
 
-__all__ = ["FineTunePlan", "Recommendation", "recommend", "SMALL_GAP_MMD2", "LARGE_GAP_MMD2"]
+__all__ = ["FineTunePlan", "Recommendation", "recommend", "shift_onset", "SMALL_GAP_MMD2", "LARGE_GAP_MMD2"]
 
 SMALL_GAP_MMD2 = 0.05
 LARGE_GAP_MMD2 = 0.2
@@ -40,7 +43,7 @@ FEW_LABELS = 1000
 
 @dataclass(frozen=True)
 class FineTunePlan:
-    strategy: str  # linear_probe | lp_ft | surgical_first | surgical_last | full
+    strategy: str  # linear_probe | lp_ft | surgical_first | surgical_middle | surgical_last | full
     trainable: str
     learning_rate: float
     weight_decay: float
@@ -63,6 +66,20 @@ class Recommendation:
         return asdict(self)
 
 
+def shift_onset(measures: dict[str, float]) -> tuple[str, float] | None:
+    """(layer, relative depth in [0, 1]) where the shift enters the source's network: the first
+    ``layer_mmd2:<layer>`` (profile order: input to output) reaching half the largest; None without
+    layer measures or when no layer shifts by at least ``SMALL_GAP_MMD2``."""
+    layers = [(k.split(":", 1)[1], v) for k, v in measures.items() if k.startswith("layer_mmd2:")]
+    if not layers:
+        return None
+    top = max(v for _, v in layers)
+    if top < SMALL_GAP_MMD2:
+        return None
+    i = next(i for i, (_, v) in enumerate(layers) if v >= 0.5 * top)
+    return layers[i][0], i / max(1, len(layers) - 1)
+
+
 def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_rows: int) -> FineTunePlan:
     """The documented rule (module docstring) from one source's profile and the drift verdict."""
     mmd2 = measures.get("mmd2")
@@ -78,6 +95,13 @@ def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_
         reasons.append(f"source is close to the target (MMD^2 {mmd2:.3f} < {SMALL_GAP_MMD2})"
                        + (f" and its features separate the target classes (kNN accuracy {knn:.2f})" if knn else ""))
         plan = ("linear_probe", "head only (body frozen)", 1e-3, 1e-4, "none needed")
+    elif (onset := shift_onset(measures)) is not None:
+        layer, depth = onset
+        where = "first" if depth < 1 / 3 else "middle" if depth < 2 / 3 else "last"
+        reasons.append(f"the shift enters the source's network at {layer} (MMD^2 per tapped layer, depth "
+                       f"{depth:.2f}): adapt the {where} blocks (surgical fine-tuning)")
+        plan = (f"surgical_{where}", f"{where} blocks (from {layer}) + head", 1e-4 if where == "first" else 5e-5,
+                0.01, "freeze the other blocks")
     elif input_drift:
         reasons.append("input-level drift in production: adapt the first blocks (surgical fine-tuning)")
         plan = ("surgical_first", "first blocks + head", 1e-4, 0.01, "freeze the remaining blocks")

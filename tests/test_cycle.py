@@ -155,3 +155,27 @@ def test_late_labels_score_the_labelled_rows(tmp_path: Path) -> None:
     labelled = sum(1 for v in prod.loc[prod["ts"] < prod["ts"].min().floor("h") + pd.Timedelta(hours=1), "label"]
                    if v is not None)
     assert {p.view.features.shape[0] for p in result.profiles} == {labelled}
+
+
+def test_source_model_layers_give_a_per_layer_shift_profile(tmp_path: Path) -> None:
+    """A source that ships its own model with tapped layers gets MMD^2 per layer (and output)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tasksim.embed import MLP
+
+    torch.manual_seed(0)
+    (tmp_path / "ws").mkdir(parents=True)
+    save_file(MLP([6, 16, 8, 3]).state_dict(), str(tmp_path / "ws" / "model.safetensors"))
+    path = make_tabular_workspace(tmp_path / "ws", extra_sources={"with-model": {
+        "path": "sources/moved.parquet",
+        "encoder": {"kind": "safetensors", "path": "model.safetensors", "architecture": "mlp",
+                    "layers": ["layers.0", "layers.1"]}}})
+    result = run_cycle(load_config(path))
+    profile = next(p for p in result.profiles if p.source == "with-model")
+    assert profile.status == "ok", profile.error
+    layer_keys = [k for k in profile.measures if k.startswith("layer_mmd2:")]
+    assert layer_keys == ["layer_mmd2:layers.0", "layer_mmd2:layers.1", "layer_mmd2:output"]
+    assert all(np.isfinite(profile.measures[k]) for k in layer_keys)
+    # sources without a model of their own have no layer profile
+    assert not any(k.startswith("layer_mmd2:") for k in result.profiles[0].measures)

@@ -161,3 +161,24 @@ def test_bootstrap_gives_top1_probabilities_and_intervals() -> None:
     assert ranking.entry("b").rank_interval == (2, 2)
     no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0), target_labels=labels)
     assert no_boot.top1_probabilities() == {}
+
+
+@pytest.mark.parametrize("profile_of_layers,strategy,layer", [
+    ({"layer_mmd2:block1": 0.30, "layer_mmd2:block2": 0.32, "layer_mmd2:block3": 0.31, "layer_mmd2:output": 0.2},
+     "surgical_first", "block1"),     # input-level shift: visible from the first layer on
+    ({"layer_mmd2:block1": 0.01, "layer_mmd2:block2": 0.02, "layer_mmd2:block3": 0.25, "layer_mmd2:block4": 0.3,
+      "layer_mmd2:output": 0.4}, "surgical_middle", "block3"),   # depth 2/4
+    ({"layer_mmd2:block1": 0.01, "layer_mmd2:block2": 0.01, "layer_mmd2:block3": 0.02, "layer_mmd2:output": 0.3},
+     "surgical_last", "output"),      # only the output moves: a feature/label-level shift
+])
+def test_fine_tuning_follows_where_the_shift_enters(profile_of_layers: dict, strategy: str, layer: str) -> None:
+    measures = {"mmd2": 0.1, "label_shift": 0.0, "knn_accuracy": 0.7, **profile_of_layers}
+    plan = plan_fine_tuning(measures, input_drift=False, labelled_rows=5000)
+    assert plan.strategy == strategy
+    assert f"from {layer}" in plan.trainable and layer in plan.reasons[0]
+
+
+def test_layer_profile_without_a_real_shift_falls_back_to_the_other_rules() -> None:
+    flat = {"layer_mmd2:block1": 0.001, "layer_mmd2:output": 0.002}
+    plan = plan_fine_tuning({"mmd2": 0.1, "label_shift": 0.0, **flat}, input_drift=True, labelled_rows=5000)
+    assert plan.strategy == "surgical_first" and "input-level drift" in plan.reasons[0]
