@@ -105,6 +105,19 @@ class InputColumns(_Frozen):
             cols.append(self.text_column)
         return cols
 
+    def inferred_modality(self, encoder: EncoderConfig | None) -> Modality | None:
+        """The declared ``modality``, else what the inputs and encoder show: a text column or a text
+        encoder is text, a model over multi-dimensional inputs (``input_shape`` of rank >= 2) is
+        image; anything else is unknown (numeric columns may be tabular data or embeddings)."""
+        declared = getattr(self, "modality", None)
+        if declared is not None:
+            return declared
+        if (self.text_column and not self.feature_columns) or (encoder is not None and encoder.kind == "text"):
+            return "text"
+        if encoder is not None and encoder.input_shape is not None and len(encoder.input_shape) >= 2:
+            return "image"
+        return None
+
     @model_validator(mode="after")
     def _has_inputs(self) -> InputColumns:
         if not self.feature_columns and not self.text_column:
@@ -118,6 +131,7 @@ class ProductionConfig(InputColumns):
     path: str
     timestamp_column: str
     partitioning: Literal["hive"] | None = "hive"
+    modality: Modality | None = None  # None: inferred (see InputColumns.inferred_modality)
 
 
 class WindowConfig(_Frozen):
@@ -176,7 +190,7 @@ class SourceConfig(InputColumns):
 
     name: str = Field(pattern=_NAME_PATTERN)
     path: str
-    modality: Modality = "tabular"
+    modality: Modality | None = None  # None: inferred (see InputColumns.inferred_modality)
     licence: str = "unknown"
     access: Literal["public", "internal", "restricted", "unavailable"] = "public"
     cost: float = Field(default=1.0, ge=0)

@@ -21,6 +21,9 @@ A profile is a composite, never one scalar. Per source, with ``tasksim.metrics``
   ``knn_gain`` compare each source against it, and ``negative_transfer`` flags a source predicted
   to do worse than no transfer on both.
 
+Modality match (``modality_match``: 1 when the source's declared or inferred modality equals the
+production data's) is recorded when both are known.
+
 Each source is isolated: an unreadable file, a schema mismatch or a failing measure marks that
 source failed with a one-line reason and the others go on.
 """
@@ -319,6 +322,10 @@ class _Profiler:
         out["coverage"] = criteria.coverage(xs, xt)
         out["duplicate_rate"] = criteria.duplicate_rate(shared)
         out["missing_rate"] = criteria.missing_rate(table, source.input_columns())
+        tgt_modality = self.config.production.inferred_modality(self.config.encoder)
+        src_modality = source.inferred_modality(source.encoder or self.config.encoder)
+        if tgt_modality is not None and src_modality is not None:
+            out["modality_match"] = float(src_modality == tgt_modality)
         if src_labels is not None and _labelled(src_labels):
             out["label_noise_rate"] = criteria.label_noise_rate(xs, _take_list(src_labels, s_idx), seed=self.seed)
         if src_labels is not None and tgt_labels is not None:

@@ -40,7 +40,7 @@ MEASURE_DIRECTIONS: dict[str, int] = {
     "logme": 1, "leep": 1, "nleep": 1, "nce": 1, "hscore": 1, "hscore_regularized": 1, "gbc": 1,
     "transrate": 1, "sfda": 1, "parc": 1, "knn_accuracy": 1, "linear_probe_accuracy": 1,
     "logme_gain": 1, "knn_gain": 1,
-    "coverage": 1, "label_exact_overlap": 1, "label_semantic_overlap": 1,
+    "coverage": 1, "label_exact_overlap": 1, "label_semantic_overlap": 1, "modality_match": 1,
     "label_noise_rate": -1, "duplicate_rate": -1, "missing_rate": -1,
     "cost": -1,
 }
@@ -51,6 +51,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "logme": 2.0, "hscore_regularized": 1.0, "knn_accuracy": 1.0, "leep": 1.0, "nce": 0.5, "gbc": 0.5,
     "mmd2": 1.0, "frechet": 0.5, "otdd": 1.0, "coverage": 0.5, "label_shift": 0.5,
     "label_noise_rate": 0.25, "duplicate_rate": 0.1, "missing_rate": 0.1,
+    "modality_match": 1.0,
     "cost": 0.25,
 }
 
@@ -98,10 +99,19 @@ def _constraint_violation(source: SourceConfig, config: RankingConfig) -> str | 
 
 def _usable_criteria(candidates: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]) -> dict[str, float]:
     """Criteria with a weight and a direction that every candidate has (a criterion only some
-    sources have would reward the ones it is missing for)."""
-    return {c: w for c, w in weights.items()
-            if w > 0 and c in MEASURE_DIRECTIONS and candidates
-            and all(c in vals and math.isfinite(vals[c]) for vals in candidates.values())}
+    sources have would reward the ones it is missing for) and on which they differ (a criterion
+    every source ties on carries no information; it would only shrink the score differences)."""
+    used = {}
+    for c, w in weights.items():
+        if not (w > 0 and c in MEASURE_DIRECTIONS and candidates):
+            continue
+        values = [vals.get(c) for vals in candidates.values()]
+        if not all(v is not None and math.isfinite(v) for v in values):
+            continue
+        if len(values) > 1 and max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values))):
+            continue
+        used[c] = w
+    return used
 
 
 def _composite(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str, float],

@@ -179,3 +179,24 @@ def test_source_model_layers_give_a_per_layer_shift_profile(tmp_path: Path) -> N
     assert all(np.isfinite(profile.measures[k]) for k in layer_keys)
     # sources without a model of their own have no layer profile
     assert not any(k.startswith("layer_mmd2:") for k in result.profiles[0].measures)
+
+
+def test_modality_match_is_profiled_when_both_sides_are_known(tmp_path: Path) -> None:
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws", extra_sources={
+        "images": {"path": "sources/moved.parquet", "modality": "image"}})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["production"]["modality"] = "tabular"
+    for s in cfg["sources"]:
+        s.setdefault("modality", "tabular")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = run_cycle(load_config(path))
+    match = {p.source: p.measures.get("modality_match") for p in result.profiles}
+    assert match == {"near": 1.0, "moved": 1.0, "far": 1.0, "images": 0.0}
+    assert result.ranking.entry("images").score < result.ranking.entry("moved").score
+
+
+def test_modality_is_unknown_for_plain_numeric_columns(tabular_workspace: Path) -> None:
+    result = run_cycle(load_config(tabular_workspace))
+    assert all("modality_match" not in p.measures for p in result.profiles)

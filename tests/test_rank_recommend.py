@@ -182,3 +182,20 @@ def test_layer_profile_without_a_real_shift_falls_back_to_the_other_rules() -> N
     flat = {"layer_mmd2:block1": 0.001, "layer_mmd2:output": 0.002}
     plan = plan_fine_tuning({"mmd2": 0.1, "label_shift": 0.0, **flat}, input_drift=True, labelled_rows=5000)
     assert plan.strategy == "surgical_first" and "input-level drift" in plan.reasons[0]
+
+
+def test_criteria_every_source_ties_on_are_not_used() -> None:
+    """A tie carries no information; keeping it would only shrink the score differences."""
+    profiles = [SourceProfile("a", "ok", measures={"logme": 1.0, "modality_match": 1.0, "duplicate_rate": 0.0}),
+                SourceProfile("b", "ok", measures={"logme": 0.0, "modality_match": 1.0, "duplicate_rate": 0.0})]
+    ranking = rank_sources(profiles, [src("a"), src("b")], RankingConfig(bootstrap_rounds=0))
+    assert set(ranking.weights) == {"logme"}
+    assert [e.score for e in ranking.entries] == [1.0, 0.0]
+
+
+def test_modality_mismatch_ranks_a_source_down() -> None:
+    measures = {"logme": 0.5, "knn_accuracy": 0.8}
+    profiles = [SourceProfile("same", "ok", measures={**measures, "modality_match": 1.0}),
+                SourceProfile("other", "ok", measures={**measures, "modality_match": 0.0})]
+    ranking = rank_sources(profiles, [src("same"), src("other")], RankingConfig(bootstrap_rounds=0))
+    assert ranking.best().source == "same" and "modality_match" in ranking.weights
