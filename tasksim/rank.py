@@ -47,6 +47,8 @@ MEASURE_DIRECTIONS: dict[str, int] = {
 
 # Transferability carries most weight: it scores the target's labels through the source's view.
 # Distribution alignment, coverage and class balance refine it; data quality and cost break near-ties.
+# The domain-classifier AUC is profiled and exported but not weighted by default: it measures the
+# same two-sample discrepancy as MMD^2 (weight it through ranking.weights).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "logme": 2.0, "hscore_regularized": 1.0, "knn_accuracy": 1.0, "leep": 1.0, "nce": 0.5, "gbc": 0.5,
     "mmd2": 1.0, "frechet": 0.5, "otdd": 1.0, "coverage": 0.5, "label_shift": 0.5,

@@ -38,7 +38,7 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
     logme = {p.source: p.measures["logme"] for p in after.profiles}
     assert len({round(v, 6) for v in logme.values()}) == len(logme)
     for p in after.profiles:
-        assert {"mmd2", "frechet", "logme", "label_shift"} <= set(p.measures)
+        assert {"mmd2", "frechet", "domain_classifier_auc", "logme", "label_shift"} <= set(p.measures)
 
     with Store(config.state_dir) as store:
         decisions = store.decisions()
