@@ -61,14 +61,15 @@ import pyarrow as pa
 from tasksim import criteria, mcda, metrics
 from tasksim.config import RankingConfig, SourceConfig
 from tasksim.heads import SourceHead, fit_source_head
-from tasksim.profile import DISTANCE_SAMPLE_ROWS, SourceProfile, SourceView, score_views
 from tasksim.profile import TRANSFER_MEASURES as PROFILE_TRANSFER
+from tasksim.profile import SourceProfile, SourceView, add_transfer_gains, score_views, shared_space_measures
 from tasksim.rank import DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, rank_sources
 
-# What tasksim.profile (commit 239b67a: _Profiler.measures + profile_sources) computes for a
+# What tasksim.profile (shared_space_measures + profile_sources) computes for a
 # labelled data-only source with a text encoder; the composite sees exactly these.
 PROFILE_DESCRIBE = ("mmd2", "frechet", "coverage", "duplicate_rate", "missing_rate", "label_noise_rate",
-                    "label_shift", "label_exact_overlap", "label_semantic_overlap", "granularity_ratio", "otdd")
+                    "label_shift", "label_exact_overlap", "label_semantic_overlap", "granularity_ratio", "otdd",
+                    "domain_classifier_auc")
 TRANSFER_MEASURES = tuple(PROFILE_TRANSFER)  # logme, hscore_regularized, gbc, transrate, knn, leep, nce
 PRODUCT_MEASURES = PROFILE_DESCRIBE + TRANSFER_MEASURES + ("logme_gain", "knn_gain", "negative_transfer")
 # the profile's measures that are ranking criteria (have a direction): the single-measure rows
@@ -182,43 +183,13 @@ def finetune_test_correct(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, y
 # scores: what the product computes for one (target, source) pair
 # =============================================================================================
 
-def _subsample(n: int, k: int, seed: int) -> torch.Tensor | None:
-    """tasksim.profile._subsample: a seeded torch permutation when there are more than k rows."""
-    if n <= k:
-        return None
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
-
-
-def _labelled(labels: Sequence[str], min_classes: int = 2) -> bool:
-    """tasksim.profile._labelled: at least two classes with two samples each."""
-    counts: dict[str, int] = {}
-    for v in labels:
-        counts[v] = counts.get(v, 0) + 1
-    return sum(1 for c in counts.values() if c >= 2) >= min_classes
-
-
 def describe_pair(src_x: torch.Tensor, src_y: Sequence[str], src_texts: Sequence[str], tgt_x: torch.Tensor,
                   tgt_y: Sequence[str], embed_labels=None, seed: int = HEAD_SEED) -> dict[str, float]:
-    """``tasksim.profile._Profiler.measures`` for a data-only text source, on precomputed embeddings."""
-    out: dict[str, float] = {}
-    s_idx = _subsample(src_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
-    t_idx = _subsample(tgt_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)
-    xs = src_x if s_idx is None else src_x[s_idx]
-    xt = tgt_x if t_idx is None else tgt_x[t_idx]
-    ys = list(src_y) if s_idx is None else [src_y[i] for i in s_idx.tolist()]
-    yt = list(tgt_y) if t_idx is None else [tgt_y[i] for i in t_idx.tolist()]
-    out["mmd2"] = metrics.mmd2(xs, xt)
-    out["frechet"] = metrics.frechet_distance(src_x, tgt_x)
-    out["coverage"] = criteria.coverage(xs, xt)
-    out["duplicate_rate"] = criteria.duplicate_rate(src_x)
-    out["missing_rate"] = criteria.missing_rate(pa.table({"text": list(src_texts)}), ["text"])
-    if _labelled(src_y):
-        out["label_noise_rate"] = criteria.label_noise_rate(xs, ys, seed=seed)
-    out["label_shift"] = metrics.label_shift(list(src_y), list(tgt_y))
-    out.update(criteria.label_overlap(sorted(set(src_y)), sorted(set(tgt_y)), embed=embed_labels))
-    if _labelled(ys) and _labelled(yt):
-        out["otdd"] = metrics.otdd(xs, ys, xt, yt)
-    return {k: float(v) for k, v in out.items()}
+    """The product's shared-space measures (``tasksim.profile.shared_space_measures``, as
+    ``_Profiler.measures`` calls them) for a data-only text source, on precomputed embeddings."""
+    return shared_space_measures(
+        src_x, list(src_y), tgt_x, list(tgt_y), seed=seed, embed_label_names=embed_labels,
+        missing_rate=criteria.missing_rate(pa.table({"text": list(src_texts)}), ["text"]))
 
 
 def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch.Tensor],
@@ -240,9 +211,7 @@ def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch
         result = scores[name]
         m = out[name]
         m.update({k: float(v) for k, v in result.items()})
-        for key in ("logme", "knn_accuracy"):
-            m[f"{key.split('_')[0]}_gain"] = m[key] - float(baseline[key])
-        m["negative_transfer"] = float(m["logme_gain"] < 0 and m["knn_gain"] < 0)
+        add_transfer_gains(m, baseline)
         if extras and EXTRA_MEASURES:
             m.update(metrics.transferability_profile(views[name].features, labels, source_probs=views[name].probs,
                                                      measures=list(EXTRA_MEASURES), seed=seed))
@@ -653,8 +622,8 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
             lines.append(f"| {_row_label(row)} | " + " | ".join(cells) + " | " +
                          " | ".join(_fmt(v) for v in _mean_taus(ev, row, g)) + " |")
     for key, title in (("decisions", "all sources"),
-                       ("decisions_no_label_overlap", "only the sources that share no class name with the target "
-                                                      "(the hard case)")):
+                       ("decisions_no_label_overlap", ("only the sources that share no class name with the "
+                                                       "target (the hard case)"))):
         lines.append(f"\nDecisions among {title}: the source each row ranks first, over the targets: share that "
                      "is the ground truth's best source (ties for first count as misses) and mean regret (best "
                      "minus chosen: accuracy points for lp / ft, nats per example for lp_ll)\n")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +54,12 @@ __all__ = [
     "SourceProfile",
     "SourceView",
     "Target",
+    "add_transfer_gains",
     "profile_sources",
     "profiles_to_dict",
     "score_views",
+    "shared_space_measures",
+    "target_basis",
     "transfer_rows",
 ]
 
@@ -219,19 +223,9 @@ class _Profiler:
             raise SourceError(source.name, f"cannot embed its data with the shared encoder: {exc}") from exc
 
     def otdd_basis(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, D x k axes) of the target's top principal components, fitted once per cycle.
-
-        OTDD's inner cost is a Bures distance between class-conditional Gaussians; in the full
-        embedding space those are estimated from tens of samples per class (rank-deficient) and
-        cost one D x D eigendecomposition per class. Both are fixed by working in the target's
-        leading ``OTDD_COMPONENTS`` principal components.
-        """
+        """:func:`target_basis` of the target window, fitted once per cycle."""
         if self._otdd_basis is None:
-            x = self.target.features.to(self.device, torch.float64)
-            mean = x.mean(0)
-            k = min(OTDD_COMPONENTS, x.shape[1], max(1, x.shape[0] - 1))
-            _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-            self._otdd_basis = (mean, vh[:k].T.contiguous())
+            self._otdd_basis = target_basis(self.target.features.to(self.device))
         return self._otdd_basis
 
     def embed_label_names(self, names: list[str]) -> torch.Tensor:
@@ -314,42 +308,81 @@ class _Profiler:
 
     def measures(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
                  tgt: torch.Tensor) -> tuple[dict[str, float], SourceView | None]:
-        out: dict[str, float] = {}
         src_labels = _labels(table, source.label_column)
         tgt_rows, tgt_labels = self.target.known_labels()
-        s_idx = _subsample(shared.shape[0], DISTANCE_SAMPLE_ROWS, self.seed)
-        t_idx = _subsample(tgt.shape[0], DISTANCE_SAMPLE_ROWS, self.seed + 1)
-        xs, xt = _take(shared, s_idx), _take(tgt, t_idx)
-        out["mmd2"] = metrics.mmd2(xs, xt)
-        out["frechet"] = metrics.frechet_distance(shared, tgt)
-        out["coverage"] = criteria.coverage(xs, xt)
-        out["domain_classifier_auc"] = metrics.domain_classifier_auc(
-            _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, self.seed)),
-            _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, self.seed + 1)), seed=self.seed)
-        out["duplicate_rate"] = criteria.duplicate_rate(shared)
-        out["missing_rate"] = criteria.missing_rate(table, source.input_columns())
+        embed = self.embed_label_names if self.config.encoder.kind == "text" else None
+        out = shared_space_measures(
+            shared, src_labels, tgt, tgt_labels, target_label_rows=tgt_rows,
+            missing_rate=criteria.missing_rate(table, source.input_columns()), seed=self.seed,
+            embed_label_names=embed, otdd_basis=self.otdd_basis)
         tgt_modality = self.config.production.inferred_modality(self.config.encoder)
         src_modality = source.inferred_modality(source.encoder or self.config.encoder)
         if tgt_modality is not None and src_modality is not None:
             out["modality_match"] = float(src_modality == tgt_modality)
-        if src_labels is not None and _labelled(src_labels):
-            out["label_noise_rate"] = criteria.label_noise_rate(xs, _take_list(src_labels, s_idx), seed=self.seed)
-        if src_labels is not None and tgt_labels is not None:
-            out["label_shift"] = metrics.label_shift(src_labels, tgt_labels)
-            embed = self.embed_label_names if self.config.encoder.kind == "text" else None
-            out.update(criteria.label_overlap(sorted(set(src_labels)), sorted(set(tgt_labels)), embed=embed))
-            tl_idx = _subsample(len(tgt_labels), DISTANCE_SAMPLE_ROWS, self.seed + 1)
-            ys, yt = _take_list(src_labels, s_idx), _take_list(tgt_labels, tl_idx)
-            if _labelled(ys) and _labelled(yt):
-                basis = self.otdd_basis()
-                xtl = _take(_take(tgt, tgt_rows), tl_idx)
-                out["otdd"] = metrics.otdd((xs - basis[0]) @ basis[1], ys, (xtl - basis[0]) @ basis[1], yt)
         if source.encoder is not None and source.encoder.layers:
             out.update(self.layer_shifts(source, table))
         view = None
         if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
             view = self.source_view(source, table, shared, src_labels)
         return {k: float(v) for k, v in out.items()}, view
+
+
+def target_basis(features: torch.Tensor, components: int = OTDD_COMPONENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, D x k axes) of the leading principal components of the target's features (float64).
+
+    OTDD's inner cost is a Bures distance between class-conditional Gaussians; in the full
+    embedding space those are estimated from tens of samples per class (rank-deficient) and cost
+    one D x D eigendecomposition per class. Both are fixed by working in the target's leading
+    ``OTDD_COMPONENTS`` principal components.
+    """
+    x = features.to(torch.float64)
+    mean = x.mean(0)
+    k = min(components, x.shape[1], max(1, x.shape[0] - 1))
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, vh[:k].T.contiguous()
+
+
+def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | None, target_x: torch.Tensor,
+                          target_labels: list[str] | None, *, target_label_rows: torch.Tensor | None = None,
+                          missing_rate: float | None = None, seed: int = 0,
+                          embed_label_names: Callable[[list[str]], torch.Tensor] | None = None,
+                          otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+                          ) -> dict[str, float]:
+    """The profile's measures of one source in the shared feature space (the deployed encoder's).
+
+    ``source_x`` (N_s, D) and ``target_x`` (N_t, D) are both sides' features; ``target_labels``
+    are the labels of the rows ``target_label_rows`` of ``target_x`` (None: all rows). Distribution
+    alignment (MMD^2, Frechet, domain-classifier AUC, coverage) on seeded subsamples, data quality
+    (duplicates, ``missing_rate`` as given, label noise), label semantics and class balance (label
+    shift, exact and, with ``embed_label_names``, semantic overlap, granularity) and OTDD in the
+    target's principal components (``otdd_basis``; default :func:`target_basis` of ``target_x``).
+    """
+    out: dict[str, float] = {}
+    s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
+    t_idx = _subsample(target_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)
+    xs, xt = _take(source_x, s_idx), _take(target_x, t_idx)
+    out["mmd2"] = metrics.mmd2(xs, xt)
+    out["frechet"] = metrics.frechet_distance(source_x, target_x)
+    out["coverage"] = criteria.coverage(xs, xt)
+    out["domain_classifier_auc"] = metrics.domain_classifier_auc(
+        _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
+        _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
+    out["duplicate_rate"] = criteria.duplicate_rate(source_x)
+    if missing_rate is not None:
+        out["missing_rate"] = missing_rate
+    if source_labels is not None and _labelled(source_labels):
+        out["label_noise_rate"] = criteria.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
+    if source_labels is not None and target_labels is not None:
+        out["label_shift"] = metrics.label_shift(source_labels, target_labels)
+        out.update(criteria.label_overlap(sorted(set(source_labels)), sorted(set(target_labels)),
+                                          embed=embed_label_names))
+        tl_idx = _subsample(len(target_labels), DISTANCE_SAMPLE_ROWS, seed + 1)
+        ys, yt = _take_list(source_labels, s_idx), _take_list(target_labels, tl_idx)
+        if _labelled(ys) and _labelled(yt):
+            mean, axes = otdd_basis() if otdd_basis is not None else target_basis(target_x)
+            xtl = _take(_take(target_x, target_label_rows), tl_idx)
+            out["otdd"] = metrics.otdd((xs - mean) @ axes, ys, (xtl - mean) @ axes, yt)
+    return {k: float(v) for k, v in out.items()}
 
 
 def transfer_rows(labels: list[str | None] | None) -> tuple[torch.Tensor | None, list[str] | None]:
@@ -372,6 +405,16 @@ def transfer_rows(labels: list[str | None] | None) -> tuple[torch.Tensor | None,
     if len(keep) == len(labels):
         return None, list(labels)  # type: ignore[arg-type]
     return torch.tensor(keep, dtype=torch.long), [labels[i] for i in keep]  # type: ignore[misc]
+
+
+def add_transfer_gains(measures: dict[str, float], baseline: dict[str, float]) -> None:
+    """In place: ``logme_gain`` and ``knn_gain`` (the source's view minus the no-transfer baseline,
+    the target's own features) and ``negative_transfer`` (1 when both gains are negative)."""
+    for name in ("logme", "knn_accuracy"):
+        if name in baseline and name in measures:
+            measures[f"{name.split('_')[0]}_gain"] = measures[name] - float(baseline[name])
+    if "logme_gain" in measures and "knn_gain" in measures:
+        measures["negative_transfer"] = float(measures["logme_gain"] < 0 and measures["knn_gain"] < 0)
 
 
 def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
@@ -404,11 +447,7 @@ def profile_sources(config: Config, target: Target, encoder: Encoder, cache: Emb
                                     seconds=profile.seconds)
         elif result is not None:
             measures = {**profile.measures, **{k: float(v) for k, v in result.items()}}
-            for name in ("logme", "knn_accuracy"):
-                if name in baseline and name in measures:
-                    measures[f"{name.split('_')[0]}_gain"] = measures[name] - float(baseline[name])
-            if "logme_gain" in measures and "knn_gain" in measures:
-                measures["negative_transfer"] = float(measures["logme_gain"] < 0 and measures["knn_gain"] < 0)
+            add_transfer_gains(measures, baseline)
             profile = SourceProfile(profile.source, "ok", measures=measures, seconds=profile.seconds,
                                     view=views[profile.source])
         log.info("source %s: %s in %.2fs", profile.source, profile.status, profile.seconds)
