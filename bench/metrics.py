@@ -8,7 +8,8 @@ One run prints (markdown) and optionally saves (``--json PATH``):
 - every measure's time at N=10k, D=1024, C=10 (``--quick``: N=2000, D=256) with a flop estimate
   and the fraction of the matmul peak it reaches (``sum_dtype flops/peak / time``);
 - ratio (a): the whole transferability profile / LogME alone (target <= 2);
-- ratio (b): a plain numpy port of thuml/LogME's classification path (below) / tasksim's LogME
+- ratio (b): a plain numpy port of thuml/LogME's classification path
+  (``tests/metrics/reference_numpy.logme_thuml``, the tests' reference) / tasksim's LogME
   (target >= 3);
 - ratio (c): K separate ``transferability_profile`` calls / one batched ``profile_many``;
 - the rows of ``bench.metrics_distances.run(quick)`` when that module is importable;
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 
 from tasksim.metrics import transferability as T
+from tests.metrics.reference_numpy import logme_thuml as logme_numpy_thuml  # the tests' independent port
 
 EIGH_FLOPS = 4.0  # x D^3: tridiagonalisation (4/3 D^3) + divide & conquer + back-transformation (rough)
 
@@ -52,52 +54,6 @@ EIGH_FLOPS = 4.0  # x D^3: tridiagonalisation (4/3 D^3) + divide & conquer + bac
 # =============================================================================================
 # reference: thuml/LogME classification path, plain numpy
 # =============================================================================================
-
-def _thuml_truncated_svd(x: np.ndarray):
-    _, s, vh = np.linalg.svd(x.transpose() @ x)
-    s = np.sqrt(s)
-    u_times_sigma = x @ vh.transpose()
-    k = np.sum((s > 1e-10) * 1)
-    s = s.reshape(-1, 1)
-    s = s[:k]
-    vh = vh[:k]
-    u = u_times_sigma[:, :k] / s.reshape(1, -1)
-    return u, s, vh
-
-
-def logme_numpy_thuml(f: np.ndarray, y: np.ndarray) -> float:
-    """Faithful port of thuml/LogME ``LogME.fit`` -> ``_fit_fixed_point`` for classification
-    (float64 cast, truncated SVD via F^T F when N > D, per-class fixed point, at most 11 steps)."""
-    f = f.astype(np.float64)
-    n, d = f.shape
-    if n > d:
-        u, s, _ = _thuml_truncated_svd(f)
-    else:
-        u, s, _ = np.linalg.svd(f, full_matrices=False)
-    s = s.reshape(-1, 1)
-    sigma = s**2
-    evidences = []
-    for i in range(int(y.max() + 1)):
-        y_ = (y == i).astype(np.float64).reshape(-1, 1)
-        x = u.T @ y_
-        x2 = x**2
-        res_x2 = (y_**2).sum() - x2.sum()
-        alpha, beta = 1.0, 1.0
-        for _ in range(11):
-            t = alpha / beta
-            gamma = (sigma / (sigma + t)).sum()
-            m2 = (sigma * x2 / ((t + sigma) ** 2)).sum()
-            res2 = (x2 / ((1 + sigma / t) ** 2)).sum() + res_x2
-            alpha = gamma / (m2 + 1e-5)
-            beta = (n - gamma) / (res2 + 1e-5)
-            t_ = alpha / beta
-            if abs(t_ - t) / t <= 1e-3:
-                break
-        evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
-                    - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi))
-        evidences.append(evidence / n)
-    return float(np.mean(evidences))
-
 
 # =============================================================================================
 # helpers

@@ -90,14 +90,7 @@ class Target:
     def known_labels(self) -> tuple[torch.Tensor | None, list[str] | None]:
         """(row indices, labels) of the labelled rows; indices None when every row is labelled,
         labels None when none is."""
-        if self.labels is None:
-            return None, None
-        keep = [i for i, v in enumerate(self.labels) if v is not None]
-        if not keep:
-            return None, None
-        if len(keep) == len(self.labels):
-            return None, list(self.labels)  # type: ignore[arg-type]
-        return torch.tensor(keep, dtype=torch.long), [self.labels[i] for i in keep]  # type: ignore[misc]
+        return transfer_rows(self.labels, min_count=1)
 
 
 @dataclass(frozen=True)
@@ -385,10 +378,11 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     return {k: float(v) for k, v in out.items()}
 
 
-def transfer_rows(labels: list[str | None] | None) -> tuple[torch.Tensor | None, list[str] | None]:
+def transfer_rows(labels: list[str | None] | None, min_count: int = 2
+                  ) -> tuple[torch.Tensor | None, list[str] | None]:
     """The target rows that transferability is scored on, and their labels: labelled rows (None is
-    a row not labelled yet) of classes seen at least twice. Rows None: all rows; labels None: no
-    labels at all.
+    a row not labelled yet) of classes seen at least ``min_count`` times. Rows None: all rows;
+    labels None: no labels at all.
 
     Class-conditional measures need two samples per class; a class seen once in a window says
     nothing about transfer and must not fail every source.
@@ -399,7 +393,7 @@ def transfer_rows(labels: list[str | None] | None) -> tuple[torch.Tensor | None,
     for v in labels:
         if v is not None:
             counts[v] = counts.get(v, 0) + 1
-    keep = [i for i, v in enumerate(labels) if v is not None and counts[v] >= 2]
+    keep = [i for i, v in enumerate(labels) if v is not None and counts[v] >= min_count]
     if not keep:
         return None, None
     if len(keep) == len(labels):

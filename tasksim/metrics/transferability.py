@@ -186,7 +186,7 @@ def _gram(z: torch.Tensor, out: torch.Tensor | None = None, *, mirror: bool = Tr
     k, _, d = z.shape
     if out is None:
         out = torch.empty(k, d, d, dtype=z.dtype, device=z.device)
-    if z.device.type != "cpu" or d < 768:
+    if not _upper_blocks(z.device, d):
         return torch.bmm(z.transpose(1, 2), z, out=out)
     nb = 256
     for i0 in range(0, d, nb):
@@ -195,6 +195,11 @@ def _gram(z: torch.Tensor, out: torch.Tensor | None = None, *, mirror: bool = Tr
     if mirror:
         _mirror_upper(out, nb)
     return out
+
+
+def _upper_blocks(device: torch.device, d: int) -> bool:
+    """Whether :func:`_gram` multiplies only the upper block triangle (CPU, D >= 768)."""
+    return device.type == "cpu" and d >= 768
 
 
 def _mirror_upper(m: torch.Tensor, nb: int = 256) -> None:
@@ -452,7 +457,7 @@ def _build_inmemory(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: to
                 mats[j] /= counts_l[c] * transrate_eps
             ld[:, cls] = _logdet_identity_plus(mats, overwrite=True).T
         logdets[float(transrate_eps)] = ld
-        if cov.device.type == "cpu" and d >= 768:
+        if _upper_blocks(cov.device, d):
             _mirror_upper(cov)
     if cov is not None:
         cov.div_(n)
@@ -1490,6 +1495,25 @@ def _resolve_measures(measures: Iterable[str] | None, have_probs: bool, knn_poss
 _STATS_MEASURES = {"logme", "hscore", "hscore_regularized", "transrate", "gbc", "sfda", "parc", "nleep"}
 
 
+# The measures computed from the shared statistics alone (one eigendecomposition), batched over sources.
+_SHARED_STATS_MEASURES = ("logme", "hscore", "hscore_regularized", "transrate", "gbc")
+
+
+def _shared_stats_measure(name: str, st: FeatureStats, transrate_eps: float, gbc_pca_dim: int | None) -> torch.Tensor:
+    """(K,) values of one of :data:`_SHARED_STATS_MEASURES` with the profile's settings."""
+    if name == "logme":
+        return _logme_batched(st)
+    if name == "hscore":
+        return _hscore_batched(st)
+    if name == "hscore_regularized":
+        return _hscore_reg_batched(st)
+    if name == "transrate":
+        if not float(transrate_eps) > 0:
+            raise MetricInputError(f"transrate_eps must be > 0, got {transrate_eps!r}")
+        return _transrate_batched(st, float(transrate_eps))
+    return _gbc_batched(st, gbc_pca_dim)
+
+
 def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLike | None,
                             source_probs: ArrayLike | None = None, measures: Iterable[str] | None = None, *,
                             knn_k: int = 5, knn_metric: str = "cosine", knn_max_queries: int | None = 512,
@@ -1520,16 +1544,8 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
         st = None
         y_ref = labels
     for m in todo:
-        if m == "logme":
-            out[m] = logme(st)
-        elif m == "hscore":
-            out[m] = hscore(st)
-        elif m == "hscore_regularized":
-            out[m] = hscore_regularized(st)
-        elif m == "transrate":
-            out[m] = transrate(st, eps=transrate_eps)
-        elif m == "gbc":
-            out[m] = gbc(st, pca_dim=gbc_pca_dim)
+        if m in _SHARED_STATS_MEASURES:
+            out[m] = float(_shared_stats_measure(m, st, transrate_eps, gbc_pca_dim)[0])
         elif m == "knn_accuracy":
             out[m] = knn_accuracy(st, k=knn_k, metric=knn_metric, max_queries=knn_max_queries, seed=seed)
         elif m == "sfda":
@@ -1729,7 +1745,7 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
     if src.n is not None and src.n != n:
         raise MetricInputError(f"features have {src.n} samples but labels has {n}: lengths must match")
     k, d = src.k, src.d
-    need_stats = any(m in ("logme", "hscore", "hscore_regularized", "transrate", "gbc") for m in todo)
+    need_stats = any(m in _SHARED_STATS_MEASURES for m in todo)
     need_knn = "knn_accuracy" in todo
     if need_knn:
         _check_knn_args(knn_k, knn_metric, n)
@@ -1806,16 +1822,8 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
 
     if st is not None:
         for m in todo:
-            if m == "logme":
-                results[m] = _logme_batched(st)
-            elif m == "hscore":
-                results[m] = _hscore_batched(st)
-            elif m == "hscore_regularized":
-                results[m] = _hscore_reg_batched(st)
-            elif m == "transrate":
-                results[m] = _transrate_batched(st, transrate_eps)
-            elif m == "gbc":
-                results[m] = _gbc_batched(st, gbc_pca_dim)
+            if m in _SHARED_STATS_MEASURES:
+                results[m] = _shared_stats_measure(m, st, transrate_eps, gbc_pca_dim)
     if have_probs and any(m in ("leep", "nce") for m in todo):
         probs = _probs_batch(source_probs, k, n, ydev)
         if isinstance(probs, torch.Tensor):
