@@ -93,9 +93,13 @@ def test_logme_pure_noise_n_less_than_d():
 
 
 def test_cpu_kernels_match_plain_linear_algebra():
-    # Symmetric block Gram (CPU, D >= 768) and blocked Cholesky log-determinant (CPU, D >= 512).
+    # Symmetric Gram (numpy syrk on CPU, both orientations) and blocked Cholesky log-determinant (CPU, D >= 512).
     z = torch.randn(2, 150, 1100, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(T._gram(z), z.transpose(1, 2) @ z, rtol=1e-12, atol=1e-9)
+    g = T._gram(z)
+    torch.testing.assert_close(g, z.transpose(1, 2) @ z, rtol=1e-12, atol=1e-9)
+    assert torch.equal(g, g.transpose(1, 2))
+    torch.testing.assert_close(T._gram(z, dual=True), z @ z.transpose(1, 2), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(T._gram(z[:, 10:60]), z[:, 10:60].transpose(1, 2) @ z[:, 10:60], rtol=1e-12, atol=1e-9)
     a = T._gram(z[:, :, :600]) / 150.0
     expect = torch.linalg.slogdet(a + torch.eye(600, dtype=torch.float64))[1]
     torch.testing.assert_close(T._logdet_identity_plus(a), expect, rtol=1e-11, atol=1e-9)
