@@ -254,6 +254,27 @@ def taus(score: Mapping[str, float], truth: Mapping[str, float]) -> tuple[float,
     return float(stats.kendalltau(a, b).statistic), float(stats.weightedtau(a, b).statistic)
 
 
+def tie_broken_taus(score: Mapping[str, float], truth: Mapping[str, float], draws: int = 100,
+                    seed: int = 0) -> tuple[float, float]:
+    """Mean (Kendall tau-b, weighted tau) of ``score`` with its ties broken uniformly at random
+    (``draws`` seeded orders). A ranking that ties sources leaves their order to chance when a
+    source must be picked; tau-b instead drops tied pairs from its normaliser, so a predictor that
+    orders its top and ties the rest can outscore one that also orders the rest better than chance.
+    Scores without ties (and constant ones: n/a) are returned as :func:`taus` gives them."""
+    names = sorted(truth)
+    a = np.array([score[n] for n in names], dtype=float)
+    if len(names) < 2 or not np.all(np.isfinite(a)) or np.ptp(a) == 0 or len(np.unique(a)) == len(a):
+        return taus(score, truth)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        order = np.lexsort((rng.permutation(len(a)), a))  # by score, ties in random order
+        ranks = np.empty(len(a))
+        ranks[order] = np.arange(len(a))
+        out.append(taus(dict(zip(names, ranks)), truth))
+    return float(np.mean([v[0] for v in out])), float(np.mean([v[1] for v in out]))
+
+
 def oriented(measures: Mapping[str, Mapping[str, float]], name: str) -> dict[str, float]:
     """One measure over the sources, signed so that higher means "predicted better"."""
     d = MEASURE_DIRECTIONS.get(name, 1)
@@ -451,6 +472,8 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             if t in per:
                 no_overlap.setdefault(row, {})[t] = {
                     g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
+    tie_broken = {row: {t: {g: tie_broken_taus(sc, results[t].truth[g], seed=p.search_seed) for g in GROUND_TRUTHS}
+                        for t, sc in per.items()} for row, per in scores.items()}
     boot = _bootstrap_lp(results, scores, p)
     # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
     reliability = {}
@@ -467,7 +490,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
-            "rows_no_label_overlap": no_overlap, "no_label_overlap_sizes": subset_sizes,
+            "rows_no_label_overlap": no_overlap, "rows_tie_broken": tie_broken, "no_label_overlap_sizes": subset_sizes,
             "decisions": decision_quality(results, scores),
             "negative_transfer_guard": negative_transfer_check(results),
             "decisions_no_label_overlap": decision_quality(results, scores, keep={
@@ -676,6 +699,20 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
         for row in sorted(sub, key=lambda r: (r.startswith("composite") is False, _desc(sub_mean(r, "lp", 1)))):
             lines.append(f"| {row} | " + " | ".join(_fmt(sub_mean(row, g, k)) for g in GROUND_TRUTHS for k in (0, 1))
                          + " |")
+    tb = ev.get("rows_tie_broken", {})
+    if tb:
+        lines.append("\nTies broken at random (mean of 100 seeded orders per target): the order a user would get "
+                     "from a row that ties sources. Rows without ties are unchanged; mean over targets of Kendall "
+                     "tau / weighted tau\n")
+        lines.append("| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |")
+        lines.append("|" + "---|" * (1 + 2 * len(GROUND_TRUTHS)))
+
+        def tb_mean(row: str, g: str, k: int) -> float:
+            return _mean([v[g][k] for v in tb[row].values()])
+
+        for row in sorted(tb, key=lambda r: (r.startswith("composite") is False, _desc(tb_mean(r, "lp", 1)))):
+            lines.append(f"| {_row_label(row)} | " + " | ".join(_fmt(tb_mean(row, g, k)) for g in GROUND_TRUTHS
+                                                               for k in (0, 1)) + " |")
     boot = ev.get("bootstrap_lp", {})
     if boot:
         lines.append("\nProbe-accuracy ground truth, test examples resampled 200 times (measures fixed): mean "
@@ -787,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "taus_no_label_overlap": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
                                             for t, d in per.items()}
                                       for row, per in ev["rows_no_label_overlap"].items()},
+            "taus_tie_broken": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
+                                      for t, d in per.items()}
+                                for row, per in ev["rows_tie_broken"].items()},
             "no_label_overlap_sizes": ev["no_label_overlap_sizes"], "embedding_s": store.seconds,
             "texts_embedded": store.embedded,
             "sources": {n: {"rows": len(s), "classes": list(s.classes), "description": s.description}

@@ -49,6 +49,21 @@ def test_taus_and_orientation():
     assert tb.oriented(m, "logme") == {"a": 2.0, "b": 1.0}
 
 
+def test_tie_broken_taus_expected_kendall():
+    truth = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5}
+    tied_tail = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 1.0}
+    # tau-b drops the 3 tied pairs from its normaliser: 7 / sqrt(7 * 10)
+    assert tb.taus(tied_tail, truth)[0] == pytest.approx(7 / np.sqrt(70))
+    # broken at random, tied pairs are concordant or discordant with probability 1/2: E = 7 / 10
+    tau, wtau = tb.tie_broken_taus(tied_tail, truth, draws=2000, seed=1)
+    assert tau == pytest.approx(0.7, abs=0.02)
+    assert wtau < tb.taus(tied_tail, truth)[1]
+    # no ties: unchanged; constant: n/a
+    order = {"a": 5, "b": 4, "c": 3, "d": 1, "e": 2}
+    assert tb.tie_broken_taus(order, truth) == tb.taus(order, truth)
+    assert all(np.isnan(v) for v in tb.tie_broken_taus({k: 0.0 for k in truth}, truth))
+
+
 def test_ground_truth_protocols_learn_separable_data():
     x, y = _blobs(120, 16, 3, seed=0)
     xte, yte = _blobs(90, 16, 3, seed=1)

@@ -100,6 +100,13 @@ def test_cpu_kernels_match_plain_linear_algebra():
     assert torch.equal(g, g.transpose(1, 2))
     torch.testing.assert_close(T._gram(z, dual=True), z @ z.transpose(1, 2), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(T._gram(z[:, 10:60]), z[:, 10:60].transpose(1, 2) @ z[:, 10:60], rtol=1e-12, atol=1e-9)
+    # scaled, upper triangle only (the per-class Grams of TransRate), and the batched-product path
+    # that CUDA takes (reached on CPU by a float32 input)
+    up = T._gram(z, alpha=0.5, upper_only=True)
+    torch.testing.assert_close(up.triu(), (0.5 * z.transpose(1, 2) @ z).triu(), rtol=1e-12, atol=1e-9)
+    z32 = z.float()
+    torch.testing.assert_close(T._gram(z32, alpha=0.5), 0.5 * z32.transpose(1, 2) @ z32)
+    torch.testing.assert_close(T._gram(z32, dual=True), z32 @ z32.transpose(1, 2))
     a = T._gram(z[:, :, :600]) / 150.0
     expect = torch.linalg.slogdet(a + torch.eye(600, dtype=torch.float64))[1]
     torch.testing.assert_close(T._logdet_identity_plus(a), expect, rtol=1e-11, atol=1e-9)
