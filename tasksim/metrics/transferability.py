@@ -179,8 +179,8 @@ def _logdet_identity_plus(a: torch.Tensor, *, overwrite: bool = False) -> torch.
 
 
 def _gram(z: torch.Tensor, out: torch.Tensor | None = None, *, dual: bool = False, alpha: float = 1.0,
-          upper_only: bool = False) -> torch.Tensor:
-    """``alpha z^T z`` (or ``alpha z z^T`` when ``dual``) for z (K, n, D), exactly symmetric.
+          beta: float = 0.0, upper_only: bool = False) -> torch.Tensor:
+    """``alpha z^T z + beta out`` (``z z^T`` when ``dual``) for z (K, n, D), exactly symmetric.
 
     On CPU in float64 each source is one BLAS ``syrk`` (half the flops of a general product)
     that writes the upper triangle of ``out`` in place; the lower one is mirrored unless
@@ -192,19 +192,25 @@ def _gram(z: torch.Tensor, out: torch.Tensor | None = None, *, dual: bool = Fals
     m = n if dual else d
     if out is None:
         out = torch.empty(k, m, m, dtype=z.dtype, device=z.device)
-    if z.device.type == "cpu" and z.dtype == torch.float64 and out.is_contiguous():
+    if z.device.type == "cpu" and z.dtype == torch.float64 and out.stride(-1) == 1 and out.stride(-2) == m:
         out_np = out.numpy()
         for i in range(k):
             a = z[i].numpy()
             # Fortran views of C-ordered arrays, so nothing is copied: ``a.T`` is (D, n) and the
             # upper triangle of ``out[i]`` is the lower triangle of its transpose.
-            _dsyrk(alpha, a.T, beta=0.0, c=out_np[i].T, trans=1 if dual else 0, lower=1, overwrite_c=1)
+            c = out_np[i].T
+            res = _dsyrk(alpha, a.T, beta=beta, c=c, trans=1 if dual else 0, lower=1, overwrite_c=1)
+            if not np.may_share_memory(res, c):  # f2py copied instead of writing in place
+                c[...] = res
         if not upper_only:
             _mirror_upper(out)
         return out
     zt = z.transpose(1, 2)
-    out = torch.bmm(z, zt, out=out) if dual else torch.bmm(zt, z, out=out)
-    return out.mul_(alpha) if alpha != 1.0 else out
+    a, b = (z, zt) if dual else (zt, z)
+    if beta == 0.0:
+        out = torch.bmm(a, b, out=out)
+        return out.mul_(alpha) if alpha != 1.0 else out
+    return out.baddbmm_(a, b, beta=beta, alpha=alpha)
 
 
 def _mirror_upper(m: torch.Tensor, nb: int = 256) -> None:
@@ -523,15 +529,15 @@ class _Accumulator:
             pos = 0
             for c, m in enumerate(cnt):
                 if m:
-                    xc = xs[:, pos:pos + m]
-                    self.gram[:, c].baddbmm_(xc.transpose(1, 2), xc)
+                    _gram(xs[:, pos:pos + m], out=self.gram[:, c], beta=1.0, upper_only=True)
                     pos += m
         else:
-            self.gram.baddbmm_(x.transpose(1, 2), x)
+            _gram(x, out=self.gram, beta=1.0, upper_only=True)
         self.rows += x.shape[1]
 
     def finish(self, labels: torch.Tensor, counts: torch.Tensor) -> FeatureStats:
         n = self.rows
+        _mirror_upper(self.gram.view(-1, self.d, self.d))  # accumulated as upper triangles
         cnt = counts.to(ACCUM_DTYPE)
         total = self.sums.sum(1)
         delta = total / n
