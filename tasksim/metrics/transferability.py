@@ -79,6 +79,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _KNN_BLOCK_ELEMS = 2**24
 # float64 bytes of one row chunk in the streaming accumulation.
 _CHUNK_BYTES = 2**28
+# Elements of a block converted to float64 at a time (LEEP's probabilities, TransRate's class-sorted
+# rows): 4 MiB on CPU (cache-sized, reused by the allocator), 1 GiB on CUDA (few launches).
+_CONVERT_CHUNK_ELEMS = {"cpu": 2**19, "cuda": 2**27}
 
 
 # =============================================================================================
@@ -410,14 +413,16 @@ def _build_inmemory(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: to
     primal_cls = [c for c in range(n_classes) if c not in set(dual_cls)]
     class_order = dual_cls + primal_cls
     if transrate_eps is not None:
-        # Class-contiguous rows for the per-class Gram blocks: one gather in the input dtype.
+        # Class-contiguous rows for the per-class Gram blocks, gathered in cache-sized row blocks
+        # straight into the float64 copy (no full-size copy in the input dtype).
         rank = torch.empty(n_classes, dtype=torch.long)
         rank[torch.as_tensor(class_order, dtype=torch.long)] = torch.arange(n_classes)
         order = torch.argsort(rank.to(y.device)[y], stable=True)
         ys = y[order]
-        z = f.index_select(1, order)
-        if z.dtype != ACCUM_DTYPE:
-            z = z.to(ACCUM_DTYPE)
+        z = torch.empty(k, n, d, dtype=ACCUM_DTYPE, device=f.device)
+        step = max(1, _CONVERT_CHUNK_ELEMS.get(f.device.type, 2**19) // max(1, k * d))
+        for s in range(0, n, step):
+            z[:, s:s + step] = f.index_select(1, order[s:s + step])
     else:
         order, ys = None, y
         z = f.to(ACCUM_DTYPE, copy=True)
@@ -918,16 +923,13 @@ def _probs(x: ArrayLike, n: int, name: str = "source_probs") -> torch.Tensor:
     return raw
 
 
-# Elements of a (K, rows, Z) probability block converted to float64 at a time: 4 MiB on CPU
-# (cache-sized), 1 GiB on CUDA (few launches).
-_PROB_CHUNK_ELEMS = {"cpu": 2**19, "cuda": 2**27}
 
 
 def _leep_batched(theta: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     """theta (K, N, Z) probabilities (any float dtype), y (N,) -> (K,) LEEP, accumulated in float64
     over row chunks."""
     k, n, z = theta.shape
-    rows = max(1, _PROB_CHUNK_ELEMS.get(theta.device.type, 2**19) // max(1, k * z))
+    rows = max(1, _CONVERT_CHUNK_ELEMS.get(theta.device.type, 2**19) // max(1, k * z))
     joint = torch.zeros(k, n_classes, z, dtype=ACCUM_DTYPE, device=theta.device)
     for s in range(0, n, rows):
         joint.index_add_(1, y[s:s + rows], theta[:, s:s + rows].to(ACCUM_DTYPE))
