@@ -469,10 +469,13 @@ def _build_inmemory(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: to
         # batches of classes (bounded memory) so the Cholesky work is batched too.
         # Where the Cholesky reads the upper triangle only, so do the sums (mirrored once).
         upper = _cholesky_reads_upper(f_device, d)
-        group = max(1, _CHUNK_BYTES // max(1, k * d * d * 8))
+        # On CPU one class at a time in one reused buffer: batching gains nothing there and a fresh
+        # multi-class buffer pays its page faults on every call.
+        group = 1 if f_device.type == "cpu" else max(1, _CHUNK_BYTES // max(1, k * d * d * 8))
+        buf = torch.empty(min(group, max(1, len(primal_cls))), k, d, d, dtype=f_dtype, device=f_device)
         for g0 in range(0, len(primal_cls), group):
             cls = primal_cls[g0:g0 + group]
-            mats = torch.empty(len(cls), k, d, d, dtype=f_dtype, device=f_device)
+            mats = buf[:len(cls)]
             for j, c in enumerate(cls):
                 s, e = starts[c]
                 scale = counts_l[c] * transrate_eps
