@@ -326,6 +326,27 @@ def test_feature_stats_reused_by_every_measure():
         T.logme(stats, np.roll(y, 1))
 
 
+def test_chunked_statistics_match_the_in_memory_ones(monkeypatch):
+    # Large inputs keep no float64 copy (precompute(keep_features=False) above _CHUNK_BYTES):
+    # the row-block path must give the same statistics and measures as the in-memory one.
+    f, y = make_data(1300, 40, 5, seed=21, shift=3.0)
+    full = T.precompute(f, y)
+    yt, c, counts = T._prep_labels(y, 1300, torch.device("cpu"))
+    monkeypatch.setattr(T, "_CONVERT_CHUNK_ELEMS", {"cpu": 97 * 40})   # 97-row blocks, a ragged last one
+    chunked = T._build_chunked(torch.as_tensor(f).unsqueeze(0), yt, c, counts)
+    assert chunked.centred is None
+    for name in ("mean", "class_means", "eigvals", "cov", "row_norm4", "trace", "frob2"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-11, atol=1e-11)
+    monkeypatch.setattr(T, "_CHUNK_BYTES", 1)   # route the public measures through it
+    assert T.logme(f, y) == pytest.approx(R.logme_svd(f, y), rel=1e-9)
+    assert T.hscore(f, y) == pytest.approx(R.hscore(f, y), rel=1e-7)
+    assert T.hscore_regularized(f, y) == pytest.approx(T.hscore_regularized(full), rel=1e-10)
+    bad = f.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(MetricInputError, match="1 rows contain NaN"):
+        T.logme(bad, y)
+
+
 def _profile_many_cases(x, y, p):
     k, n, _ = x.shape
     chunks = [x[:, s:s + 70] for s in range(0, n, 70)]
