@@ -637,7 +637,10 @@ def _build_chunked(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: tor
 
 
 def _stats(features: ArrayLike | FeatureStats, labels: ArrayLike | None, *, need_centred: bool = False,
-           transrate_eps: float | None = None, keep_features: bool = True) -> FeatureStats:
+           transrate_eps: float | None = None, need_features: bool = True) -> FeatureStats:
+    """The statistics given, or computed for one measure call. ``need_features=False`` (LogME,
+    H-scores): the centred copy is dropped when it would exceed ``_CHUNK_BYTES`` (kept below
+    that, where Ledoit-Wolf's row norms then cost no extra pass)."""
     if isinstance(features, FeatureStats):
         if features.n_sources != 1:
             raise MetricInputError(f"FeatureStats hold {features.n_sources} sources: pick one with .source(i)")
@@ -650,7 +653,8 @@ def _stats(features: ArrayLike | FeatureStats, labels: ArrayLike | None, *, need
         return features
     if labels is None:
         raise MetricInputError("labels are required unless FeatureStats are given")
-    return precompute(features, labels, transrate_eps=transrate_eps, keep_features=keep_features)
+    keep = need_features or _raw_tensor(features).numel() * 8 <= _CHUNK_BYTES
+    return precompute(features, labels, transrate_eps=transrate_eps, keep_features=keep)
 
 
 # =============================================================================================
@@ -887,7 +891,7 @@ def logme(features: ArrayLike | FeatureStats, labels: ArrayLike | None = None, *
     evaluated exactly from the shared eigendecomposition of the centred covariance ``S`` by the
     Sherman-Morrison formula and the matrix determinant lemma.
     """
-    st = _stats(features, labels, keep_features=False)
+    st = _stats(features, labels, need_features=False)
     return float(_logme_batched(st, eps=eps, tol=tol, max_iter=max_iter)[0])
 
 
@@ -898,7 +902,7 @@ def hscore(features: ArrayLike | FeatureStats, labels: ArrayLike | None = None, 
     pseudo-inverse drops eigenvalues below ``rtol * lambda_max`` (default ``max(N, D) * eps64``).
     Unstable unless N >> D: for ``N <= D`` it saturates at ``C - 1``.
     """
-    return float(_hscore_batched(_stats(features, labels, keep_features=False), rtol)[0])
+    return float(_hscore_batched(_stats(features, labels, need_features=False), rtol)[0])
 
 
 def hscore_regularized(features: ArrayLike | FeatureStats, labels: ArrayLike | None = None) -> float:
@@ -909,7 +913,7 @@ def hscore_regularized(features: ArrayLike | FeatureStats, labels: ArrayLike | N
     Ledoit-Wolf shrinkage (identical to ``sklearn.covariance.LedoitWolf``). With ``a = 0`` this is
     :func:`hscore`.
     """
-    return float(_hscore_reg_batched(_stats(features, labels, keep_features=False))[0])
+    return float(_hscore_reg_batched(_stats(features, labels, need_features=False))[0])
 
 
 def transrate(features: ArrayLike | FeatureStats, labels: ArrayLike | None = None, eps: float = 1e-4) -> float:
