@@ -627,6 +627,20 @@ def _mean_taus(ev: dict, row: str, g: str) -> tuple[float, float]:
     return _mean([v[0] for v in per]), _mean([v[1] for v in per])
 
 
+def _mean_tau_table(rows: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]], title: str) -> list[str]:
+    """Markdown lines: ``title`` and each row's mean (over targets) Kendall tau / weighted tau per
+    ground truth; composites first, then by lp weighted tau."""
+    def mean(row: str, g: str, k: int) -> float:
+        return _mean([v[g][k] for v in rows[row].values()])
+
+    lines = [title, "| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |",
+             "|" + "---|" * (1 + 2 * len(GROUND_TRUTHS))]
+    for row in sorted(rows, key=lambda r: (r.startswith("composite") is False, _desc(mean(r, "lp", 1)))):
+        lines.append(f"| {_row_label(row)} | " + " | ".join(_fmt(mean(row, g, k)) for g in GROUND_TRUTHS
+                                                           for k in (0, 1)) + " |")
+    return lines
+
+
 def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
     targets = ev["targets"]
     lines = [("\nSummary: mean over targets of Kendall tau / weighted tau against each ground truth "
@@ -688,31 +702,13 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
     sub = ev.get("rows_no_label_overlap", {})
     if sub:
         sizes = ", ".join(f"{t} {n}" for t, n in ev["no_label_overlap_sizes"].items())
-        lines.append(f"\nOnly the sources that share no class name with the target ({sizes} sources): "
-                     "mean over targets of Kendall tau / weighted tau, within that subset\n")
-        lines.append("| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |")
-        lines.append("|" + "---|" * (1 + 2 * len(GROUND_TRUTHS)))
-
-        def sub_mean(row: str, g: str, k: int) -> float:
-            return _mean([v[g][k] for v in sub[row].values()])
-
-        for row in sorted(sub, key=lambda r: (r.startswith("composite") is False, _desc(sub_mean(r, "lp", 1)))):
-            lines.append(f"| {row} | " + " | ".join(_fmt(sub_mean(row, g, k)) for g in GROUND_TRUTHS for k in (0, 1))
-                         + " |")
+        lines += _mean_tau_table(sub, f"\nOnly the sources that share no class name with the target ({sizes} "
+                                      "sources): mean over targets of Kendall tau / weighted tau, within that subset\n")
     tb = ev.get("rows_tie_broken", {})
     if tb:
-        lines.append("\nTies broken at random (mean of 100 seeded orders per target): the order a user would get "
-                     "from a row that ties sources. Rows without ties are unchanged; mean over targets of Kendall "
-                     "tau / weighted tau\n")
-        lines.append("| measure | " + " | ".join(f"{g} tau | {g} wtau" for g in GROUND_TRUTHS) + " |")
-        lines.append("|" + "---|" * (1 + 2 * len(GROUND_TRUTHS)))
-
-        def tb_mean(row: str, g: str, k: int) -> float:
-            return _mean([v[g][k] for v in tb[row].values()])
-
-        for row in sorted(tb, key=lambda r: (r.startswith("composite") is False, _desc(tb_mean(r, "lp", 1)))):
-            lines.append(f"| {_row_label(row)} | " + " | ".join(_fmt(tb_mean(row, g, k)) for g in GROUND_TRUTHS
-                                                               for k in (0, 1)) + " |")
+        lines += _mean_tau_table(tb, "\nTies broken at random (mean of 100 seeded orders per target): the order a "
+                                     "user would get from a row that ties sources. Rows without ties are unchanged; "
+                                     "mean over targets of Kendall tau / weighted tau\n")
     boot = ev.get("bootstrap_lp", {})
     if boot:
         lines.append("\nProbe-accuracy ground truth, test examples resampled 200 times (measures fixed): mean "

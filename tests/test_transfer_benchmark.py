@@ -129,6 +129,8 @@ def test_run_target_and_evaluate_on_synthetic_data():
     table = tb.markdown_tables(ev, results)
     assert "| composite (default weights) |" in table and "no transfer: MLP from scratch" in table
     assert tb.CEILING_ROW in table and tb.BOOT_CEILING_ROW in ev["rows"]
+    assert "Ties broken at random" in table and "Only the sources that share no class name" in table
+    assert set(ev["rows_tie_broken"]) == set(ev["rows_no_label_overlap"])
 
 
 def test_noise_ceilings():
