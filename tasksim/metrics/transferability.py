@@ -465,12 +465,12 @@ def _build_inmemory(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: to
                 s, e = starts[c]
                 zc = z[:, s:e]
                 ld[:, c] = _logdet_identity_plus(_gram(zc, dual=True) / (counts_l[c] * transrate_eps))
-        # Per-class Grams are summed into the covariance; their log-determinants are taken in
-        # batches of classes (bounded memory) so the Cholesky work is batched too.
-        # Where the Cholesky reads the upper triangle only, so do the sums (mirrored once).
+        # Per-class Grams are summed into the covariance, then their log-determinants taken. On
+        # CUDA classes go in batches (bounded memory) so the Cholesky work is batched too; on CPU
+        # one class at a time through one reused buffer (batching gains nothing there, and a fresh
+        # multi-class buffer paid its page faults on every call). Where the Cholesky reads the
+        # upper triangle only, so do the sums (mirrored once).
         upper = _cholesky_reads_upper(f_device, d)
-        # On CPU one class at a time in one reused buffer: batching gains nothing there and a fresh
-        # multi-class buffer pays its page faults on every call.
         group = 1 if f_device.type == "cpu" else max(1, _CHUNK_BYTES // max(1, k * d * d * 8))
         buf = torch.empty(min(group, max(1, len(primal_cls))), k, d, d, dtype=f_dtype, device=f_device)
         for g0 in range(0, len(primal_cls), group):
