@@ -326,6 +326,15 @@ def test_feature_stats_reused_by_every_measure():
         T.logme(stats, np.roll(y, 1))
 
 
+def test_column_major_features_give_the_same_measures():
+    # A Fortran-ordered input keeps its layout through the float64 copy; the BLAS call then copies.
+    f, y = make_data(900, 560, 4, seed=22)
+    fc = np.ascontiguousarray(f, dtype=np.float32)
+    ff = np.asfortranarray(fc)
+    for fn in (T.logme, T.transrate, T.hscore_regularized, T.gbc):
+        assert fn(ff, y) == pytest.approx(fn(fc, y), rel=1e-12)
+
+
 def test_chunked_statistics_match_the_in_memory_ones(monkeypatch):
     # Large inputs keep no float64 copy (precompute(keep_features=False) above _CHUNK_BYTES):
     # the row-block path must give the same statistics and measures as the in-memory one.
