@@ -596,44 +596,32 @@ def precompute(features: ArrayLike, labels: ArrayLike, *, transrate_eps: float |
         raise MetricInputError(f"features: expected at least 2 samples, got {raw.shape[0]}")
     y, c, counts = _prep_labels(labels, raw.shape[0], raw.device)
     n, d = raw.shape
-    if not keep_features and transrate_eps is None and n >= d and n * d * 8 > _CHUNK_BYTES:
-        return _build_chunked(raw.unsqueeze(0), y, c, counts)   # bounded memory for large inputs
+    if not keep_features and transrate_eps is None and n >= d and not _float64_copy_fits(n * d):
+        return _build_streamed(raw.unsqueeze(0), y, c, counts)   # bounded memory for large inputs
     return _build_inmemory(raw.unsqueeze(0), y, c, counts, transrate_eps=transrate_eps,
                            raw=raw.unsqueeze(0) if keep_features else None, keep_centred=keep_features)
 
 
-def _build_chunked(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: torch.Tensor) -> FeatureStats:
-    """Statistics of in-memory features (K, N, D), N >= D, that keep no centred copy: two passes
-    over row blocks converted into one reused float64 buffer (class sums, then the centred rows'
-    Gram accumulated by ``syrk`` and their ``||z||^4``), so memory stays O(D^2) beyond the input.
-    :func:`precompute` takes this path when the float64 copy would exceed ``_CHUNK_BYTES``; below
-    that the two paths ran within a few percent of each other (N = 10k, D = 1024, one thread)."""
+def _build_streamed(f: torch.Tensor, y: torch.Tensor, n_classes: int, counts: torch.Tensor) -> FeatureStats:
+    """Statistics of in-memory features (K, N, D), N >= D, that keep no centred copy: the exact
+    mean from a first pass, then the streaming moments (:class:`_Accumulator`) about it, both over
+    row blocks of ``_CONVERT_CHUNK_ELEMS``, so memory stays O(D^2) beyond the input."""
     k, n, d = f.shape
     rows = max(1, _CONVERT_CHUNK_ELEMS.get(f.device.type, 2**19) // max(1, k * d))
-    buf = torch.empty(k, min(rows, n), d, dtype=ACCUM_DTYPE, device=f.device)
-    class_sums = torch.zeros(k, n_classes, d, dtype=ACCUM_DTYPE, device=f.device)
+    total = torch.zeros(k, d, dtype=ACCUM_DTYPE, device=f.device)
     for s in range(0, n, rows):
-        b = buf[:, :min(rows, n - s)]
-        b.copy_(f[:, s:s + rows])
-        class_sums.index_add_(1, y[s:s + rows], b)
-    if not bool(torch.isfinite(class_sums.sum())):   # NaN/Inf anywhere propagate into the sums
+        total += f[:, s:s + rows].to(ACCUM_DTYPE).sum(1)
+    if not bool(torch.isfinite(total).all()):   # NaN/Inf anywhere propagate into the sums
         _check_finite(f.reshape(k * n, d), "features")
-    mean = class_sums.sum(1) / n
-    class_means = class_sums / counts.to(ACCUM_DTYPE).view(1, -1, 1) - mean.unsqueeze(1)
-    cov = torch.zeros(k, d, d, dtype=ACCUM_DTYPE, device=f.device)
-    row_norm4 = torch.zeros(k, dtype=ACCUM_DTYPE, device=f.device)
+    acc = _Accumulator(k, d, n_classes, f.device, class_grams=False, shift=total / n)
     for s in range(0, n, rows):
-        b = buf[:, :min(rows, n - s)]
-        torch.sub(f[:, s:s + rows], mean.unsqueeze(1), out=b)
-        row_norm4 += torch.linalg.vector_norm(b, dim=-1).square().square().sum(-1)
-        _gram(b, out=cov, beta=1.0, upper_only=True)
-    _mirror_upper(cov)
-    cov.div_(n)
-    lam, vec, valid = _finish_eigen(n, d, cov, None, None, mean)
-    return FeatureStats(n=n, d=d, n_classes=n_classes, counts=counts, labels=y, mean=mean,
-                        class_means=class_means, eigvals=lam, eigvecs=vec, valid=valid,
-                        trace=cov.diagonal(dim1=-2, dim2=-1).sum(-1), frob2=(lam * lam).sum(-1),
-                        row_norm4=row_norm4, cov=cov)
+        acc.add(f[:, s:s + rows], y[s:s + rows])
+    return acc.finish(y, counts)
+
+
+def _float64_copy_fits(numel: int) -> bool:
+    """Whether a float64 copy of ``numel`` feature entries stays within ``_CHUNK_BYTES``."""
+    return numel * 8 <= _CHUNK_BYTES
 
 
 def _stats(features: ArrayLike | FeatureStats, labels: ArrayLike | None, *, need_centred: bool = False,
@@ -653,8 +641,9 @@ def _stats(features: ArrayLike | FeatureStats, labels: ArrayLike | None, *, need
         return features
     if labels is None:
         raise MetricInputError("labels are required unless FeatureStats are given")
-    keep = need_features or _raw_tensor(features).numel() * 8 <= _CHUNK_BYTES
-    return precompute(features, labels, transrate_eps=transrate_eps, keep_features=keep)
+    raw = _raw_tensor(features)
+    keep = need_features or _float64_copy_fits(raw.numel())
+    return precompute(raw, labels, transrate_eps=transrate_eps, keep_features=keep)
 
 
 # =============================================================================================

@@ -342,7 +342,7 @@ def test_chunked_statistics_match_the_in_memory_ones(monkeypatch):
     full = T.precompute(f, y)
     yt, c, counts = T._prep_labels(y, 1300, torch.device("cpu"))
     monkeypatch.setattr(T, "_CONVERT_CHUNK_ELEMS", {"cpu": 97 * 40})   # 97-row blocks, a ragged last one
-    chunked = T._build_chunked(torch.as_tensor(f).unsqueeze(0), yt, c, counts)
+    chunked = T._build_streamed(torch.as_tensor(f).unsqueeze(0), yt, c, counts)
     assert chunked.centred is None
     for name in ("mean", "class_means", "eigvals", "cov", "row_norm4", "trace", "frob2"):
         torch.testing.assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-11, atol=1e-11)
