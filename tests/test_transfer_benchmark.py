@@ -49,6 +49,24 @@ def test_taus_and_orientation():
     assert tb.oriented(m, "logme") == {"a": 2.0, "b": 1.0}
 
 
+def test_tau_statistics_match_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 15, 40):
+        for ties in (False, True):
+            a, b = rng.normal(size=n), rng.normal(size=n)
+            if ties:
+                a, b = np.round(a), np.round(b * 2)
+            for mine, ref in ((tb.kendall_tau_b, stats.kendalltau), (tb.weighted_tau, stats.weightedtau)):
+                want, got = ref(a, b).statistic, mine(a, b)
+                assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want, abs=1e-12)
+    # batched: every row of a matrix against one vector, as the weight search calls them
+    a, b = np.round(rng.normal(size=(50, 12))), rng.normal(size=12)
+    for mine, ref in ((tb.kendall_tau_b, stats.kendalltau), (tb.weighted_tau, stats.weightedtau)):
+        assert np.allclose(mine(a, b), [ref(row, b).statistic for row in a], atol=1e-12)
+
+
 def test_tie_broken_taus_expected_kendall():
     truth = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5}
     tied_tail = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 1.0}
@@ -131,6 +149,69 @@ def test_run_target_and_evaluate_on_synthetic_data():
     assert tb.CEILING_ROW in table and tb.BOOT_CEILING_ROW in ev["rows"]
     assert "Ties broken at random" in table and "Only the sources that share no class name" in table
     assert set(ev["rows_tie_broken"]) == set(ev["rows_no_label_overlap"])
+
+
+def test_saved_results_load_back(tmp_path):
+    """``--from-json`` re-evaluates exactly what a run saved."""
+    import json
+
+    results = _synthetic_results()
+    payload = {"results": tb.results_payload(results),
+               "targets": {n: {"classes": list(r.classes), "train": r.n_train, "gt_train": r.n_gt_train,
+                               "test": r.n_test} for n, r in results.items()}}
+    path = tmp_path / "raw.json"
+    path.write_text(json.dumps(tb._jsonable(payload)))
+    loaded, _ = tb.load_results(path)
+    assert set(loaded) == set(results)
+    for n, r in results.items():
+        assert loaded[n].measures == r.measures and loaded[n].truth == r.truth
+        assert loaded[n].classes == r.classes and loaded[n].n_test == r.n_test
+        for g, per in r.per_example.items():
+            assert all(np.allclose(loaded[n].per_example[g][s], v, atol=5e-5) for s, v in per.items())
+
+
+def test_bootstrap_compare_against_reference():
+    """A row equal to the reference ties it in every round; the true order beats its reverse."""
+    rng = np.random.default_rng(0)
+    results = {}
+    for t in range(4):
+        r = tb.TargetResult(f"t{t}", ("a", "b"), 10, 10, 300)
+        # sources 0..5 with clearly increasing per-example accuracy
+        r.per_example = {g: {f"s{i}": (rng.random(300) < 0.4 + 0.08 * i).astype(float) for i in range(6)}
+                         for g in tb.BOOTSTRAP_GROUND_TRUTHS}
+        results[r.name] = r
+    truth_order = {t: {f"s{i}": float(i) for i in range(6)} for t in results}
+    scores = {"ref": truth_order, "same": truth_order,
+              "reverse": {t: {s: -v for s, v in per.items()} for t, per in truth_order.items()},
+              "tied": {t: {f"s{i}": float(i == 5) for i in range(6)} for t in results}}
+    out = tb._bootstrap_compare(results, scores, "ref", tb.Protocol(), rounds=60)
+    for g in tb.BOOTSTRAP_GROUND_TRUTHS:
+        assert out[g]["same"]["p_ge_reference"] == 1.0 and out[g]["same"]["diff_p05"] == 0.0
+        assert out[g]["ref"]["mean"] > 0.6 and out[g]["reverse"]["mean"] < -0.6
+        assert out[g]["reverse"]["p_ge_reference"] == 0.0 and out[g]["reverse"]["diff_p95"] < 0
+        # the tied tail is ordered at random: below the full true order
+        assert out[g]["tied"]["mean"] < out[g]["ref"]["mean"] and out[g]["tied"]["p_ge_reference"] < 0.2
+
+
+def test_weight_search_breaks_ties():
+    """A criterion that orders only its top source and ties the rest is scored with the ties broken:
+    the search prefers a criterion that orders every source nearly right."""
+    results = {}
+    for t in range(3):
+        r = tb.TargetResult(f"t{t}", ("a", "b"), 10, 10, 10)
+        truth = {f"s{i}": float(i) for i in range(10)}
+        r.truth = {g: dict(truth) for g in tb.GROUND_TRUTHS}
+        r.measures = {s: {"label_exact_overlap": float(v == 9), "mmd2": -v + (5.5 if v == 9 else 0.0)}
+                      for s, v in truth.items()}
+        results[r.name] = r
+    top_only, nearly = {"label_exact_overlap": 1.0}, {"mmd2": 1.0}
+    # tau-b alone would prefer the tied criterion (tied pairs leave its normaliser)
+    score = {s: m["label_exact_overlap"] for s, m in results["t0"].measures.items()}
+    assert tb.taus(score, results["t0"].truth["lp"])[1] > tb.taus(
+        {s: -m["mmd2"] for s, m in results["t0"].measures.items()}, results["t0"].truth["lp"])[1]
+    w, _ = tb.fit_weights(results, list(results), ["label_exact_overlap", "mmd2"], tb.Protocol(),
+                          candidates=[top_only, nearly])
+    assert w == nearly
 
 
 def test_noise_ceilings():
