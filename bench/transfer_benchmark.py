@@ -92,7 +92,6 @@ CEILING_ROW = "[noise ceiling: test half A predicts half B]"
 BOOT_CEILING_ROW = "[noise ceiling, full test split: bootstrap estimate]"
 LP_ROW = "[ground truth lp as the predictor]"
 DEFAULT_ROW = "composite (default weights)"
-LOTO_ROW = "composite, LOTO-fitted weights (product measures)"
 NORMALIZATIONS = ("minmax", "rank", "robust_z")
 
 HEAD_SEED = 0  # tasksim.config.SamplingConfig.seed default: the seed the product fits heads with
@@ -524,8 +523,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
                     g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
     tie_broken = {row: {t: {g: tie_broken_taus(sc, results[t].truth[g], seed=p.search_seed) for g in GROUND_TRUTHS}
                         for t, sc in per.items()} for row, per in scores.items()}
-    reference = LOTO_ROW if LOTO_ROW in scores and len(scores[LOTO_ROW]) == len(targets) else DEFAULT_ROW
-    boot = _bootstrap_compare(results, scores, reference, p)
+    boot = _bootstrap_compare(results, scores, DEFAULT_ROW, p)  # against what the product ranks with
     # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
     reliability = {}
     for t in targets:
@@ -541,7 +539,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap": boot,
-            "reference_row": reference,
+            "reference_row": DEFAULT_ROW,
             "rows_no_label_overlap": no_overlap, "rows_tie_broken": tie_broken, "no_label_overlap_sizes": subset_sizes,
             "decisions": decision_quality(results, scores),
             "negative_transfer_guard": negative_transfer_check(results),

@@ -6,7 +6,7 @@ import pytest
 
 from tasksim.config import RankingConfig, SourceConfig
 from tasksim.profile import SourceProfile  # noqa: E402
-from tasksim.rank import MEASURE_DIRECTIONS, rank_sources
+from tasksim.rank import DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, rank_sources
 from tasksim.recommend import LARGE_GAP_MMD2, plan_fine_tuning, recommend
 
 
@@ -17,13 +17,17 @@ def src(name: str, **kw: object) -> SourceConfig:
 SOURCES = [src("a", cost=1), src("b", cost=1), src("c", cost=5, licence="proprietary")]
 
 
+# The mechanics below are tested on LogME and MMD^2 with fixed weights, independent of the defaults.
+RANK = RankingConfig(weights={"logme": 2.0, "mmd2": 1.0})
+
+
 def prof(name: str, **measures: float) -> SourceProfile:
     return SourceProfile(name, "ok", measures=measures)
 
 
 def test_better_on_every_criterion_ranks_first() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3), prof("c", logme=0.5, mmd2=0.1)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    ranking = rank_sources(profiles, SOURCES, RANK)
     assert [e.source for e in ranking.entries] == ["a", "c", "b"]
     assert [e.rank for e in ranking.entries] == [1, 2, 3]
     assert ranking.entries[0].score == pytest.approx(1.0)  # best on every criterion, cost included
@@ -37,16 +41,16 @@ def test_scale_invariance_of_criteria() -> None:
     """Multiplying a criterion by a constant (a unit change) does not change the ranking."""
     base = [prof("a", logme=1.0, frechet=3.0), prof("b", logme=0.5, frechet=1.0), prof("c", logme=0.1, frechet=2.0)]
     scaled = [prof(p.source, logme=p.measures["logme"] * 1000, frechet=p.measures["frechet"] * 1e-3) for p in base]
-    r1 = rank_sources(base, SOURCES, RankingConfig())
-    r2 = rank_sources(scaled, SOURCES, RankingConfig())
+    r1 = rank_sources(base, SOURCES, RANK)
+    r2 = rank_sources(scaled, SOURCES, RANK)
     assert [e.source for e in r1.entries] == [e.source for e in r2.entries]
     assert [e.score for e in r1.entries] == pytest.approx([e.score for e in r2.entries])
 
 
 def test_weights_steer_the_ranking() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.5), prof("b", logme=0.0, mmd2=0.0)]
-    only_logme = RankingConfig(weights={"mmd2": 0, "cost": 0})
-    only_mmd = RankingConfig(weights={"logme": 0, "cost": 0})
+    only_logme = RankingConfig(weights={"logme": 1.0, "mmd2": 0, "cost": 0})
+    only_mmd = RankingConfig(weights={"logme": 0, "mmd2": 1.0, "cost": 0})
     assert rank_sources(profiles, SOURCES, only_logme).best().source == "a"
     assert rank_sources(profiles, SOURCES, only_mmd).best().source == "b"
 
@@ -60,18 +64,33 @@ def test_failed_and_licence_excluded_sources_are_not_ranked() -> None:
 
 def test_criterion_missing_for_some_sources_is_not_used() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.2), prof("b", mmd2=0.1)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"cost": 0}))
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"logme": 2.0, "mmd2": 1.0, "cost": 0}))
     assert "logme" not in ranking.weights
     assert ranking.best().source == "b"
 
 
 def test_every_direction_is_known() -> None:
     assert set(MEASURE_DIRECTIONS.values()) <= {-1, 1}
+    assert set(DEFAULT_WEIGHTS) <= set(MEASURE_DIRECTIONS)
+
+
+def test_default_weights_rank_the_source_better_on_every_default_criterion_first() -> None:
+    """The defaults use each criterion in its documented direction: a source better on all of them
+    scores 1 and the other 0, and a measure without a default weight does not move the ranking."""
+    criteria = [c for c in DEFAULT_WEIGHTS if c != "cost"]
+    good = {c: float(MEASURE_DIRECTIONS[c]) for c in criteria}
+    bad = {c: -float(MEASURE_DIRECTIONS[c]) for c in criteria}
+    unweighted = next(m for m in MEASURE_DIRECTIONS if m not in DEFAULT_WEIGHTS)
+    good[unweighted], bad[unweighted] = -MEASURE_DIRECTIONS[unweighted] * 10.0, MEASURE_DIRECTIONS[unweighted] * 10.0
+    ranking = rank_sources([prof("a", **good), prof("b", **bad)], [src("a"), src("b")], RankingConfig())
+    assert [e.source for e in ranking.entries] == ["a", "b"]
+    assert set(ranking.weights) == set(criteria)
+    assert ranking.entries[0].score == pytest.approx(1.0) and ranking.entries[1].score == pytest.approx(0.0)
 
 
 def test_recommend_switch_keep_and_margin() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    ranking = rank_sources(profiles, SOURCES, RANK)
     measures = {p.source: p.measures for p in profiles}
     switch = recommend(ranking, "b", RankingConfig(), measures=measures)
     assert switch.action == "switch" and switch.recommended_source == "a"
@@ -87,7 +106,7 @@ def test_recommend_switch_keep_and_margin() -> None:
 
 def test_recommend_replaces_a_failed_deployed_source() -> None:
     profiles = [prof("a", logme=1.0)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    ranking = rank_sources(profiles, SOURCES, RANK)
     rec = recommend(ranking, "b", RankingConfig(), measures={}, failed={"b": "file missing"})
     assert rec.action == "switch" and "file missing" in rec.rationale
 
@@ -125,14 +144,14 @@ def test_topsis_and_rank_normalisation_agree_on_a_dominating_source() -> None:
 
 def test_pareto_front_of_potential_against_cost() -> None:
     profiles = [prof("a", logme=0.5), prof("b", logme=0.2), prof("c", logme=1.0)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    ranking = rank_sources(profiles, SOURCES, RANK)
     # c is the most promising but costs 5; a is cheaper than c and better than b at the same cost
     assert set(ranking.pareto_front) == {"a", "c"}
 
 
 def test_negative_transfer_guard_blocks_a_switch() -> None:
     profiles = [prof("a", logme=1.0, negative_transfer=1.0), prof("b", logme=0.2, negative_transfer=0.0)]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig())
+    ranking = rank_sources(profiles, SOURCES, RANK)
     assert ranking.best().source == "a" and ranking.best().flags == ("negative_transfer",)
     rec = recommend(ranking, "b", RankingConfig(), measures={})
     assert rec.action == "keep" and "worse than no transfer" in rec.rationale
@@ -153,13 +172,14 @@ def test_bootstrap_gives_top1_probabilities_and_intervals() -> None:
                       dtype=torch.float64), None)
     profiles = [SourceProfile("a", "ok", measures={"logme": 1.0}, view=strong),
                 SourceProfile("b", "ok", measures={"logme": 0.0}, view=weak)]
-    config = RankingConfig(bootstrap_rounds=20, weights={"cost": 0})
+    config = RankingConfig(bootstrap_rounds=20, weights={"logme": 1.0, "cost": 0})
     ranking = rank_sources(profiles, SOURCES, config, target_labels=labels)
     top1 = ranking.top1_probabilities()
     assert top1["a"] == pytest.approx(1.0) and top1["b"] == pytest.approx(0.0)
     assert ranking.entry("a").rank_interval == (1, 1)
     assert ranking.entry("b").rank_interval == (2, 2)
-    no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0), target_labels=labels)
+    no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}),
+                           target_labels=labels)
     assert no_boot.top1_probabilities() == {}
 
 
@@ -188,7 +208,7 @@ def test_criteria_every_source_ties_on_are_not_used() -> None:
     """A tie carries no information; keeping it would only shrink the score differences."""
     profiles = [SourceProfile("a", "ok", measures={"logme": 1.0, "modality_match": 1.0, "duplicate_rate": 0.0}),
                 SourceProfile("b", "ok", measures={"logme": 0.0, "modality_match": 1.0, "duplicate_rate": 0.0})]
-    ranking = rank_sources(profiles, [src("a"), src("b")], RankingConfig(bootstrap_rounds=0))
+    ranking = rank_sources(profiles, [src("a"), src("b")], RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}))
     assert set(ranking.weights) == {"logme"}
     assert [e.score for e in ranking.entries] == [1.0, 0.0]
 
