@@ -3,6 +3,7 @@
     python bench/transfer_benchmark.py                       # full run (9 targets x 15 sources)
     python bench/transfer_benchmark.py --quick               # reduced sizes, 1 fine-tune seed
     python bench/transfer_benchmark.py --json out.json       # also save every raw number
+    python bench/transfer_benchmark.py --from-json out.json  # re-run only the evaluation on them
 
 Data: real corpora that ship in packages (see ``bench/transfer_data.py``), embedded once with the
 packaged all-MiniLM-L6-v2 and cached in ``bench/.cache/``.
