@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasksim.config import RankingConfig, SourceConfig
-from tasksim.profile import SourceProfile  # noqa: E402
+from tasksim.profile import SourceProfile
 from tasksim.rank import DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, rank_sources
 from tasksim.recommend import LARGE_GAP_MMD2, plan_fine_tuning, recommend
 
