@@ -275,6 +275,8 @@ class RankingConfig(_Frozen):
     ``weights`` (criterion -> weight) are merged over ``tasksim.rank.DEFAULT_WEIGHTS``; each criterion
     is normalised across sources (``normalization``) and aggregated by ``method``.
     ``bootstrap_rounds`` resamples the target rows to give each source a probability of being best;
+    with ``reliability_weighting``, the same rounds (and the standard errors the profile carries)
+    scale each criterion's weight by the share of its spread across sources that is not noise;
     a switch needs the new best to lead by ``switch_margin`` with probability >= ``min_confidence``.
     """
 
@@ -285,6 +287,7 @@ class RankingConfig(_Frozen):
     switch_margin: float = Field(default=0.05, ge=0)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     bootstrap_rounds: int = Field(default=30, ge=0, le=10000)
+    reliability_weighting: bool = True
     allowed_licences: tuple[str, ...] | None = None
     excluded_access: tuple[str, ...] = ("unavailable",)
 

@@ -15,7 +15,7 @@ Bootstrap*, 1993.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -27,9 +27,12 @@ __all__ = [
     "MAD_TO_SIGMA",
     "MEANAD_TO_SIGMA",
     "NormalizationMethod",
+    "bootstrap_indices",
     "bootstrap_top1",
     "normalize",
     "pareto_front",
+    "reliability",
+    "top1_and_intervals",
     "topsis",
     "weighted_sum",
 ]
@@ -216,44 +219,38 @@ def pareto_front(points: Mapping[str, tuple[float, ...]], directions: tuple[int,
     return {n for n, dom in zip(names, dominated) if not dom}
 
 
-def bootstrap_top1(score_fn: Callable[[torch.Tensor], Mapping[str, float]], n_rows: int, rounds: int,
-                   seed: int) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
-    """Stability of the ranking under resampling of the rows (nonparametric bootstrap).
-
-    Each of ``rounds`` rounds draws ``n_rows`` row indices with replacement
-    (``np.random.default_rng(seed).integers(0, n_rows, n_rows)``, one generator for all rounds,
-    so the result is deterministic for a seed) and calls ``score_fn(indices)`` with them as a CPU
-    ``torch.long`` tensor; it must return ``{alternative: score}`` (higher is better) with the
-    same alternatives every round and finite scores.
-
-    Returns ``(p_top1, rank_interval)``: ``p_top1[a]`` is the share of rounds where ``a`` ranked
-    first (k alternatives tied for first each get 1/k of that round, so the shares sum to 1);
-    ``rank_interval[a] = (lo, hi)`` the 5th and 95th percentiles of ``a``'s rank (1 = best;
-    tied alternatives share the best of their ranks), with ``lo`` rounded down and ``hi`` up to
-    observed ranks (``numpy.quantile`` methods ``"lower"`` / ``"higher"``).
-    """
+def bootstrap_indices(n_rows: int, rounds: int, seed: int) -> list[torch.Tensor]:
+    """``rounds`` draws of ``n_rows`` row indices with replacement, as CPU ``torch.long`` tensors
+    (``np.random.default_rng(seed).integers(0, n_rows, n_rows)``, one generator for all rounds)."""
     n_rows, rounds = int(n_rows), int(rounds)
     if n_rows < 1:
         raise MetricInputError(f"n_rows must be >= 1, got {n_rows}")
     if rounds < 1:
         raise MetricInputError(f"rounds must be >= 1, got {rounds}")
     rng = np.random.default_rng(seed)
-    names: list[str] | None = None
-    top1: np.ndarray | None = None
-    ranks: np.ndarray | None = None
-    for b in range(rounds):
-        idx = torch.from_numpy(rng.integers(0, n_rows, size=n_rows, dtype=np.int64))
-        scores = score_fn(idx)
-        if names is None:
-            names = list(scores)
-            if not names:
-                raise MetricInputError("score_fn returned no alternatives")
-            top1 = np.zeros(len(names), dtype=np.float64)
-            ranks = np.empty((rounds, len(names)), dtype=np.int64)
-        elif set(scores) != set(names):
+    return [torch.from_numpy(rng.integers(0, n_rows, size=n_rows, dtype=np.int64)) for _ in range(rounds)]
+
+
+def top1_and_intervals(round_scores: Sequence[Mapping[str, float]]) -> tuple[dict[str, float],
+                                                                              dict[str, tuple[int, int]]]:
+    """From one ``{alternative: score}`` per bootstrap round (higher is better, the same
+    alternatives every round, finite scores): ``(p_top1, rank_interval)``. ``p_top1[a]`` is the
+    share of rounds where ``a`` ranked first (k alternatives tied for first each get 1/k of that
+    round, so the shares sum to 1); ``rank_interval[a] = (lo, hi)`` the 5th and 95th percentiles
+    of ``a``'s rank (1 = best; tied alternatives share the best of their ranks), with ``lo``
+    rounded down and ``hi`` up to observed ranks (``numpy.quantile`` methods ``"lower"`` /
+    ``"higher"``)."""
+    if not round_scores:
+        raise MetricInputError("no bootstrap rounds")
+    names = list(round_scores[0])
+    if not names:
+        raise MetricInputError("score_fn returned no alternatives")
+    top1 = np.zeros(len(names), dtype=np.float64)
+    ranks = np.empty((len(round_scores), len(names)), dtype=np.int64)
+    for b, scores in enumerate(round_scores):
+        if set(scores) != set(names):
             raise MetricInputError(
                 f"score_fn returned alternatives {sorted(scores)} in round {b}, expected {sorted(names)}")
-        assert top1 is not None and ranks is not None
         s = np.array([float(scores[n]) for n in names], dtype=np.float64)
         if not np.isfinite(s).all():
             bad = [n for n, v in zip(names, s) if not math.isfinite(v)]
@@ -261,10 +258,33 @@ def bootstrap_top1(score_fn: Callable[[torch.Tensor], Mapping[str, float]], n_ro
         ranks[b] = 1 + (s[None, :] > s[:, None]).sum(axis=1)  # 1 + number of strictly better
         best = ranks[b] == 1
         top1[best] += 1.0 / best.sum()
-    assert names is not None and top1 is not None and ranks is not None
-    p = top1 / rounds
+    p = top1 / len(round_scores)
     intervals = {
         n: (int(np.quantile(ranks[:, j], 0.05, method="lower")), int(np.quantile(ranks[:, j], 0.95, method="higher")))
         for j, n in enumerate(names)
     }
     return {n: float(v) for n, v in zip(names, p)}, intervals
+
+
+def bootstrap_top1(score_fn: Callable[[torch.Tensor], Mapping[str, float]], n_rows: int, rounds: int,
+                   seed: int) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
+    """Stability of the ranking under resampling of the rows (nonparametric bootstrap):
+    :func:`top1_and_intervals` of ``score_fn(indices)`` over :func:`bootstrap_indices`."""
+    return top1_and_intervals([score_fn(idx) for idx in bootstrap_indices(n_rows, rounds, seed)])
+
+
+def reliability(values: Mapping[str, float], noise_variances: Mapping[str, float]) -> float:
+    """Share of a criterion's spread across alternatives that is not its own sampling noise:
+    ``max(0, 1 - mean(noise variance) / variance across alternatives)`` (classical test theory's
+    reliability, signal / (signal + noise)). 1 when no alternative has a noise estimate; 0 when
+    the noise is at least the observed spread. Normalisation stretches any spread to the full
+    scale, so a criterion whose differences are noise would otherwise weigh as much as one whose
+    differences are real."""
+    noise = [float(v) for v in noise_variances.values() if math.isfinite(float(v))]
+    vals = np.array([float(v) for v in values.values()], dtype=np.float64)
+    if not noise or len(vals) < 2:
+        return 1.0
+    spread = float(np.var(vals, ddof=1))
+    if spread <= 0:
+        return 0.0
+    return float(max(0.0, 1.0 - float(np.mean(noise)) / spread))

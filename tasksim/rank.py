@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from tasksim import mcda
 from tasksim.config import RankingConfig, SourceConfig
@@ -45,16 +45,21 @@ MEASURE_DIRECTIONS: dict[str, int] = {
     "cost": -1,
 }
 
-# Transferability carries most weight: it scores the target's labels through the source's view.
-# Distribution alignment, coverage and class balance refine it; data quality and cost break near-ties.
-# The domain-classifier AUC is profiled and exported but not weighted by default: it measures the
-# same two-sample discrepancy as MMD^2 (weight it through ranking.weights).
+# Fitted, not hand-set (docs/decisions.md, "The composite"): the weights that best rank the 15
+# candidate sources of bench/transfer_benchmark.py by their measured probe accuracy and
+# log-likelihood over its 9 real text targets. With any one target held out, the search chose
+# these same weights each time; the held-out scores are what docs/transfer_benchmark.md reports.
+# They span transferability (regularised H-score), label semantics (shared class names), source
+# quality (estimated label noise) and distribution alignment (Frechet, domain classifier). With
+# RankingConfig.reliability_weighting (default) each weight is scaled by the criterion's
+# reliability, so noise-level differences (e.g. sources that share the task) do not decide.
+# Every other measure is still profiled, exported and explained: weight it through
+# ranking.weights. Modality and cost are practical criteria the benchmark cannot fit. A criterion
+# some source lacks (e.g. Frechet for a checkpoint without data) is left out for every source.
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "logme": 2.0, "hscore_regularized": 1.0, "knn_accuracy": 1.0, "leep": 1.0, "nce": 0.5, "gbc": 0.5,
-    "mmd2": 1.0, "frechet": 0.5, "otdd": 1.0, "coverage": 0.5, "label_shift": 0.5,
-    "label_noise_rate": 0.25, "duplicate_rate": 0.1, "missing_rate": 0.1,
-    "modality_match": 1.0,
-    "cost": 0.25,
+    "hscore_regularized": 2.0, "label_exact_overlap": 2.0, "label_noise_rate": 1.0,
+    "frechet": 0.5, "domain_classifier_auc": 0.5,
+    "modality_match": 1.0, "cost": 0.25,
 }
 
 # Re-scored on every bootstrap round (cheap and per-sample); kNN is not: resampled duplicates
@@ -80,6 +85,7 @@ class Ranking:
     excluded: dict[str, str]  # source -> reason
     method: str = "weighted_sum"
     pareto_front: tuple[str, ...] = ()
+    reliability: dict[str, float] = field(default_factory=dict)  # criterion -> factor its weight was scaled by
 
     def best(self) -> RankEntry | None:
         return self.entries[0] if self.entries else None
@@ -150,26 +156,33 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
         return Ranking(entries=(), weights={}, excluded=excluded, method=config.method)
 
     used = _usable_criteria(candidates, weights)
-    scores = _composite(candidates, used, config)
-    directions = {c: MEASURE_DIRECTIONS[c] for c in used}
+    views = {p.source: p.view for p in profiles if p.source in candidates and p.view is not None}
+    rounds: list[dict[str, dict[str, float]]] = []
+    if config.bootstrap_rounds > 0 and target_labels and len(candidates) >= 2 and len(views) == len(candidates):
+        try:
+            rounds = _bootstrap_rounds(candidates, views, target_labels, used, config)
+        except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the ranking
+            log.warning("bootstrap of the ranking failed: %s", exc)
+    reliability = _reliabilities(candidates, used, rounds) if config.reliability_weighting else {}
+    effective = {c: w * reliability.get(c, 1.0) for c, w in used.items()}
+    # every criterion pure noise: rank on them as configured rather than on nothing
+    effective = {c: w for c, w in effective.items() if w > 0} or dict(used)
+    scores = _composite(candidates, effective, config)
+    directions = {c: MEASURE_DIRECTIONS[c] for c in effective}
     normalised = {name: {} for name in candidates}
-    for criterion in used:
+    for criterion in effective:
         values = {name: vals[criterion] for name, vals in candidates.items()}
         for name, u in mcda.normalize(values, directions[criterion], config.normalization).items():
             normalised[name][criterion] = u
 
-    potential_used = {c: w for c, w in used.items() if c != "cost"}
+    potential_used = {c: w for c, w in effective.items() if c != "cost"}
     potential = _composite(candidates, potential_used, config)
     front = mcda.pareto_front({n: (potential[n], by_name[n].cost) for n in candidates}, (1, -1))
 
     top1: dict[str, float] = {}
     intervals: dict[str, tuple[int, int]] = {}
-    views = {p.source: p.view for p in profiles if p.source in candidates and p.view is not None}
-    if config.bootstrap_rounds > 0 and target_labels and len(candidates) >= 2 and len(views) == len(candidates):
-        try:
-            top1, intervals = _bootstrap(candidates, views, target_labels, used, config)
-        except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the ranking
-            log.warning("bootstrap of the ranking failed: %s", exc)
+    if rounds:
+        top1, intervals = mcda.top1_and_intervals([_composite(r, effective, config) for r in rounds])
 
     order = _order(scores, by_name)
     entries = []
@@ -178,29 +191,47 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
                                            and candidates[name].get("negative_transfer", 0.0) >= 1.0) else ()
         entries.append(RankEntry(source=name, score=float(scores[name]), rank=i + 1, contributions=normalised[name],
                                  top1_probability=top1.get(name), rank_interval=intervals.get(name), flags=flags))
-    return Ranking(entries=tuple(entries), weights=dict(used), excluded=excluded, method=config.method,
-                   pareto_front=tuple(sorted(front)))
+    return Ranking(entries=tuple(entries), weights=dict(effective), excluded=excluded, method=config.method,
+                   pareto_front=tuple(sorted(front)),
+                   reliability={c: round(r, 6) for c, r in reliability.items() if r < 1.0})
 
 
-def _bootstrap(candidates: dict[str, dict[str, float]], views: Mapping[str, object], labels: list[str],
-               used: Mapping[str, float], config: RankingConfig) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
+def _bootstrap_rounds(candidates: dict[str, dict[str, float]], views: Mapping[str, object], labels: list[str],
+                      used: Mapping[str, float], config: RankingConfig) -> list[dict[str, dict[str, float]]]:
+    """Per bootstrap round over the target rows: every candidate's criteria, with the
+    ``BOOTSTRAP_MEASURES`` in use re-scored on the resampled rows (the others keep their values)."""
     from tasksim.profile import SourceView, score_views
 
     measures = tuple(m for m in BOOTSTRAP_MEASURES if m in used)
     if not measures:
-        return {}, {}
-
-    def score_fn(idx: torch.Tensor) -> dict[str, float]:
+        return []
+    rounds = []
+    for idx in mcda.bootstrap_indices(len(labels), config.bootstrap_rounds, seed=0):
         picked = [labels[i] for i in idx.tolist()]
         resampled = {}
         for name, view in views.items():
             rows = idx.to(view.features.device)
             resampled[name] = SourceView(view.features[rows], None if view.probs is None else view.probs[rows])
         rescored = score_views(resampled, picked, measures)
-        round_values = {}
-        for name, vals in candidates.items():
-            fresh = rescored.get(name)
-            round_values[name] = {**vals, **fresh} if isinstance(fresh, dict) else vals
-        return _composite(round_values, used, config)
+        rounds.append({name: {**vals, **fresh} if isinstance(fresh := rescored.get(name), dict) else vals
+                       for name, vals in candidates.items()})
+    return rounds
 
-    return mcda.bootstrap_top1(score_fn, len(labels), config.bootstrap_rounds, seed=0)
+
+def _reliabilities(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str, float],
+                   rounds: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """``mcda.reliability`` of every criterion in use: its noise is the variance over the bootstrap
+    rounds for the re-scored measures, else the square of the ``<criterion>_se`` measure the profile
+    carries (e.g. the label-noise rate's binomial standard error); no estimate for every source: 1."""
+    out = {}
+    for c in used:
+        values = {s: v[c] for s, v in candidates.items()}
+        noise: dict[str, float] = {}
+        if c in BOOTSTRAP_MEASURES and len(rounds) > 1:
+            noise = {s: float(np.var([r[s][c] for r in rounds], ddof=1)) for s in candidates}
+        else:
+            se = {s: v.get(f"{c}_se") for s, v in candidates.items()}
+            if all(x is not None and math.isfinite(x) for x in se.values()):
+                noise = {s: float(x) ** 2 for s, x in se.items()}
+        out[c] = mcda.reliability(values, noise)
+    return out

@@ -72,7 +72,7 @@ def make_tabular_workspace(root: Path, *, windows: int = 4, rows_per_window: int
         "deployed_source": "near",
         "schedule": {"interval": "1h"},
         "drift": {"method": "ks", "drift_share": 0.25},
-        "ranking": {"bootstrap_rounds": 0},
+        "ranking": {"bootstrap_rounds": 20},
     }
     path = root / "tasksim.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -368,3 +368,26 @@ def test_bootstrap_validation() -> None:
         bootstrap_top1(lambda idx: next(calls), 5, 2, 0)
     with pytest.raises(MetricInputError, match="non-finite"):
         bootstrap_top1(lambda idx: {"a": float("nan")}, 5, 1, 0)
+
+
+def test_reliability_known_answers() -> None:
+    from tasksim.mcda import reliability
+
+    values = {"a": 1.0, "b": 2.0, "c": 3.0}  # variance across alternatives (ddof=1): 1
+    assert reliability(values, {}) == 1.0  # no noise estimate: trusted as it is
+    assert reliability(values, {"a": 0.25, "b": 0.25, "c": 0.25}) == pytest.approx(0.75)
+    assert reliability(values, {"a": 0.0, "b": 0.5, "c": 1.0}) == pytest.approx(0.5)  # mean noise
+    assert reliability(values, {"a": 2.0, "b": 2.0, "c": 2.0}) == 0.0  # noise beyond the spread
+    assert reliability({"a": 1.0, "b": 1.0}, {"a": 0.1, "b": 0.1}) == 0.0
+
+
+def test_top1_from_rounds_matches_bootstrap_top1() -> None:
+    from tasksim.mcda import bootstrap_indices, bootstrap_top1, top1_and_intervals
+
+    def score_fn(idx):
+        return {"a": float(idx.float().mean()), "b": 50.0, "c": float(idx.max())}
+
+    via_fn = bootstrap_top1(score_fn, 100, 25, seed=3)
+    via_rounds = top1_and_intervals([score_fn(i) for i in bootstrap_indices(100, 25, seed=3)])
+    assert via_fn == via_rounds
+    assert sum(via_fn[0].values()) == pytest.approx(1.0)

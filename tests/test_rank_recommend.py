@@ -88,6 +88,51 @@ def test_default_weights_rank_the_source_better_on_every_default_criterion_first
     assert ranking.entries[0].score == pytest.approx(1.0) and ranking.entries[1].score == pytest.approx(0.0)
 
 
+def test_reliability_weighting_discounts_noise_level_differences() -> None:
+    """A criterion whose spread across sources is within its own standard error stops steering the
+    ranking; one whose differences are far beyond it keeps its weight."""
+    noisy = {"a": {"label_noise_rate": 0.07, "label_noise_rate_se": 0.02, "frechet": 2.0},
+             "b": {"label_noise_rate": 0.08, "label_noise_rate_se": 0.02, "frechet": 0.5}}
+    profiles = [prof(n, **m) for n, m in noisy.items()]
+    config = RankingConfig(weights={"label_noise_rate": 4.0, "frechet": 1.0, "cost": 0}, bootstrap_rounds=0)
+    ranking = rank_sources(profiles, SOURCES, config)
+    assert ranking.reliability == {"label_noise_rate": 0.0} and set(ranking.weights) == {"frechet"}
+    assert ranking.best().source == "b"  # closer distribution; the noise-rate gap is sampling noise
+    plain = rank_sources(profiles, SOURCES, RankingConfig(weights={"label_noise_rate": 4.0, "frechet": 1.0, "cost": 0},
+                                                          bootstrap_rounds=0, reliability_weighting=False))
+    assert plain.best().source == "a" and plain.reliability == {}
+    precise = [prof(n, **{**m, "label_noise_rate_se": 1e-4}) for n, m in noisy.items()]
+    assert rank_sources(precise, SOURCES, config).reliability.get("label_noise_rate", 1.0) > 0.99
+
+
+def test_reliability_from_the_bootstrap_of_the_views() -> None:
+    """Two sources whose views of the target are draws of the same distribution differ in H-score by
+    resampling noise only: the bootstrap gives that criterion (almost) no weight."""
+    import torch
+
+    from tasksim.profile import SourceView
+
+    g = torch.Generator().manual_seed(1)
+    labels = [f"c{i % 2}" for i in range(120)]
+    y = torch.tensor([i % 2 for i in range(120)], dtype=torch.float64)
+
+    def view() -> SourceView:
+        x = torch.randn(120, 6, generator=g, dtype=torch.float64)
+        x[:, 0] += 0.8 * y
+        return SourceView(x, None)
+
+    measures = {"a": {"hscore_regularized": 0.0, "frechet": 1.0}, "b": {"hscore_regularized": 0.0, "frechet": 2.0}}
+    from tasksim.profile import score_views
+    views = {"a": view(), "b": view()}
+    for name, scored in score_views(views, labels, ("hscore_regularized",)).items():
+        measures[name]["hscore_regularized"] = scored["hscore_regularized"]
+    profiles = [SourceProfile(n, "ok", measures=m, view=views[n]) for n, m in measures.items()]
+    config = RankingConfig(weights={"hscore_regularized": 2.0, "frechet": 0.5, "cost": 0}, bootstrap_rounds=30)
+    ranking = rank_sources(profiles, SOURCES, config, target_labels=labels)
+    assert ranking.reliability["hscore_regularized"] < 0.5
+    assert ranking.top1_probabilities() and sum(ranking.top1_probabilities().values()) == pytest.approx(1.0)
+
+
 def test_recommend_switch_keep_and_margin() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3)]
     ranking = rank_sources(profiles, SOURCES, RANK)
