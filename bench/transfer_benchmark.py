@@ -93,6 +93,9 @@ CEILING_ROW = "[noise ceiling: test half A predicts half B]"
 BOOT_CEILING_ROW = "[noise ceiling, full test split: bootstrap estimate]"
 LP_ROW = "[ground truth lp as the predictor]"
 DEFAULT_ROW = "composite (default weights)"
+LOTO_ROW = "composite, LOTO-fitted weights (product measures)"
+# measures the profile carries only to tell the ranking how noisy a criterion is
+STANDARD_ERRORS = ("label_noise_rate_se",)
 NORMALIZATIONS = ("minmax", "rank", "robust_z")
 
 HEAD_SEED = 0  # tasksim.config.SamplingConfig.seed default: the seed the product fits heads with
@@ -221,25 +224,38 @@ def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch
     return out
 
 
+def _default_row(method: str) -> str:
+    return DEFAULT_ROW if method == RankingConfig().normalization else f"composite (default weights, {method} normalisation)"
+
+
 def composite_scores(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None,
-                     include: Sequence[str] = PRODUCT_MEASURES, normalization: str | None = None) -> dict[str, float]:
+                     include: Sequence[str] = PRODUCT_MEASURES, normalization: str | None = None,
+                     views: Mapping[str, SourceView] | None = None,
+                     target_labels: Sequence[str] | None = None) -> dict[str, float]:
     """``rank_sources`` on one target's profiles holding the ``include`` measures (by default what
     the profile stage computes), equal costs.
 
     ``weights=None``: the product's defaults. Otherwise the given weights replace the defaults
-    entirely (every other criterion weighs 0). ``normalization=None``: ``RankingConfig``'s default."""
-    profiles = [SourceProfile(name, "ok", measures={k: v for k, v in m.items() if k in include})
-                for name, m in measures.items()]  # no views: bootstrap_rounds=0 (scores do not use it)
+    entirely (every other criterion weighs 0). ``normalization=None``: ``RankingConfig``'s default.
+    With ``views`` and ``target_labels`` (and the standard errors the profile carries, e.g.
+    ``label_noise_rate_se``) the ranking runs as in a cycle: its bootstrap sets the reliability of
+    each criterion (``RankingConfig.reliability_weighting``). Without them every criterion is
+    taken at its full weight, which the leave-one-target-out search also assumes."""
+    profiles = [SourceProfile(name, "ok", measures={k: v for k, v in m.items() if k in include},
+                              view=None if views is None else views[name])
+                for name, m in measures.items()]
     sources = [SourceConfig(name=name, path=f"bench/{name}", modality="text", text_column="text",
                             label_column="label", cost=1.0) for name in measures]
     extra = {} if normalization is None else {"normalization": normalization}
+    if views is None:
+        extra["bootstrap_rounds"] = 0
     if weights is None:
-        config = RankingConfig(bootstrap_rounds=0, **extra)
+        config = RankingConfig(**extra)
     else:
         full = {k: 0.0 for k in set(DEFAULT_WEIGHTS) | set(MEASURE_DIRECTIONS)}
         full.update(weights)
-        config = RankingConfig(weights=full, bootstrap_rounds=0, **extra)
-    ranking = rank_sources(profiles, sources, config)
+        config = RankingConfig(weights=full, **extra)
+    ranking = rank_sources(profiles, sources, config, target_labels=None if target_labels is None else list(target_labels))
     return {e.source: e.score for e in ranking.entries}
 
 
@@ -407,6 +423,8 @@ class TargetResult:
     baselines: dict[str, float] = field(default_factory=dict)  # no-transfer ground truths
     # ground truth -> source -> per test example (correct, or log-likelihood); truth is its mean
     per_example: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # the product's default composite under each normalisation, ranked as in a cycle (views, bootstrap)
+    composites: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xgt: np.ndarray, ygt: Sequence[str],
@@ -441,6 +459,11 @@ def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xgt: np.ndarray, 
     sx = {n: torch.from_numpy(np.asarray(source_x[n], np.float32)) for n in heads}
     texts = source_texts or {n: [f"row {i}" for i in range(len(source_y[n]))] for n in heads}
     res.measures = profile_target(heads, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras)
+    views = {n: SourceView(h.hidden(xtr_t), h.probs(xtr_t)) for n, h in heads.items()}
+    for method in NORMALIZATIONS:
+        res.composites[_default_row(method)] = composite_scores(
+            res.measures, None, include=PRODUCT_MEASURES + STANDARD_ERRORS, normalization=method, views=views,
+            target_labels=list(ytr))
     log(f"  {name:9s} profiles of {len(heads)} sources ({time.perf_counter() - started:.1f}s)")
     for src, head in heads.items():
         started = time.perf_counter()
@@ -471,17 +494,15 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
         rows.setdefault(row, {})[target] = {g: taus(score, results[target].truth[g]) for g in GROUND_TRUTHS}
         scores.setdefault(row, {})[target] = score
 
-    default_norm = RankingConfig().normalization
     for t in targets:
         r = results[t]
         for m in singles:
             add(m, t, oriented(r.measures, m))
-        add(DEFAULT_ROW, t, composite_scores(r.measures, None))
-        # sensitivity to the normalisation: the default weights under the other methods
+        # the default weights under each normalisation, as the run ranked them (views, bootstrap);
+        # raw numbers saved before those were kept: without the views' bootstrap
         for method in NORMALIZATIONS:
-            if method != default_norm:
-                add(f"composite (default weights, {method} normalisation)", t,
-                    composite_scores(r.measures, None, normalization=method))
+            row = _default_row(method)
+            add(row, t, r.composites.get(row) or composite_scores(r.measures, None, normalization=method))
         add("transferability-only composite (equal weights)", t,
             composite_scores(r.measures, {m: 1.0 for m in TRANSFER_MEASURES}))
         # ground-truth agreement: how well the headline ground truth ranks by the others
@@ -524,7 +545,9 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
                     g: taus({s: per[t][s] for s in keep}, {s: r.truth[g][s] for s in keep}) for g in GROUND_TRUTHS}
     tie_broken = {row: {t: {g: tie_broken_taus(sc, results[t].truth[g], seed=p.search_seed) for g in GROUND_TRUTHS}
                         for t, sc in per.items()} for row, per in scores.items()}
-    boot = _bootstrap_compare(results, scores, DEFAULT_ROW, p)  # against what the product ranks with
+    # against the held-out composite: the defaults are the weights fitted on all targets (in-sample here)
+    reference = LOTO_ROW if len(scores.get(LOTO_ROW, {})) == len(targets) else DEFAULT_ROW
+    boot = _bootstrap_compare(results, scores, reference, p)
     # ground-truth noise: how well fine-tuning with one seed ranks the sources like another seed
     reliability = {}
     for t in targets:
@@ -540,7 +563,7 @@ def evaluate(results: Mapping[str, TargetResult], p: Protocol, extras: bool = Tr
             "lp_ll_source_sd": float(np.std(list(results[t].truth["lp_ll"].values()))),
         }
     return {"rows": rows, "fits": fits, "targets": targets, "reliability": reliability, "bootstrap": boot,
-            "reference_row": DEFAULT_ROW,
+            "reference_row": reference,
             "rows_no_label_overlap": no_overlap, "rows_tie_broken": tie_broken, "no_label_overlap_sizes": subset_sizes,
             "decisions": decision_quality(results, scores),
             "negative_transfer_guard": negative_transfer_check(results),
@@ -821,6 +844,7 @@ def _jsonable(obj):
 def results_payload(results: Mapping[str, TargetResult]) -> dict:
     """The per-target raw numbers of the ``--json`` file (what :func:`load_results` reads back)."""
     return {n: {"measures": r.measures, "truth": r.truth, "ft_per_seed": r.ft_per_seed, "baselines": r.baselines,
+                "composites": r.composites,
                 # per test example, so the ceilings and the bootstrap can be recomputed
                 "per_example": {g: {s: np.round(v, 4).tolist() for s, v in per.items()}
                                 for g, per in r.per_example.items()}}
@@ -838,6 +862,7 @@ def load_results(path: Path) -> tuple[dict[str, TargetResult], dict]:
         res.measures = {s: {k: float("nan") if v is None else float(v) for k, v in m.items()}
                         for s, m in r["measures"].items()}
         res.truth, res.ft_per_seed, res.baselines = r["truth"], r["ft_per_seed"], r["baselines"]
+        res.composites = r.get("composites", {})
         res.per_example = {g: {s: np.asarray(v, dtype=float) for s, v in per.items()}
                            for g, per in r["per_example"].items()}
         results[name] = res

@@ -166,6 +166,7 @@ def test_saved_results_load_back(tmp_path):
     for n, r in results.items():
         assert loaded[n].measures == r.measures and loaded[n].truth == r.truth
         assert loaded[n].classes == r.classes and loaded[n].n_test == r.n_test
+        assert tb.DEFAULT_ROW in r.composites and loaded[n].composites == r.composites
         for g, per in r.per_example.items():
             assert all(np.allclose(loaded[n].per_example[g][s], v, atol=5e-5) for s, v in per.items())
 
