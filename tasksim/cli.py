@@ -188,7 +188,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["source"]))
     if args.format == "json":
         print(json.dumps({"window": {"start": str(sampled.start), "end": str(sampled.end)},
-                          "weights": ranking.weights if ranking else {}, "sources": rows}, indent=2, default=str))
+                          "weights": ranking.weights if ranking else {},
+                          "reliability": ranking.reliability if ranking else {}, "sources": rows},
+                         indent=2, default=str))
         return 0
     measures = sorted({k for r in rows for k in r["measures"]})
     print(f"window {sampled.start} .. {sampled.end}, {sampled.window.table.num_rows} rows")

@@ -109,6 +109,7 @@ class CycleResult:
                 for e in self.ranking.entries],
             "ranking_method": None if self.ranking is None else self.ranking.method,
             "weights": None if self.ranking is None else self.ranking.weights,
+            "reliability": None if self.ranking is None else self.ranking.reliability,
             "excluded": None if self.ranking is None else self.ranking.excluded,
             "recommendation": None if self.recommendation is None else self.recommendation.to_dict(),
         }
@@ -315,6 +316,7 @@ class Cycle:
             "profile": {p.source: {"status": p.status, "error": p.error, "measures": p.measures}
                         for p in result.profiles},
             "weights": result.ranking.weights if result.ranking else {},
+            "reliability": result.ranking.reliability if result.ranking else {},
             "drift_detected": bool(result.drift and result.drift.get("detected")),
             "previous": None if prev is None else {
                 "recommended_source": prev.get("recommended_source"), "action": prev.get("action")},

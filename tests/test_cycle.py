@@ -29,6 +29,10 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
     assert before.drift is not None and not before.drift["detected"]
     assert after.drift is not None and after.drift["detected"]
     assert before.ranking.best().source == "near"
+    # same task, same classes: the H-score and label-noise gaps between sources are sampling noise,
+    # so reliability weighting leaves the domain criteria to decide
+    assert before.ranking.reliability.get("hscore_regularized", 1.0) < 0.5
+    assert before.ranking.reliability.get("label_noise_rate", 1.0) < 0.5
     assert after.ranking.best().source == "moved"
     assert before.recommendation.action == "keep"
     assert after.recommendation.action == "switch" and after.recommendation.recommended_source == "moved"
@@ -44,6 +48,7 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
         decisions = store.decisions()
         assert len(decisions) == 4
         assert decisions[1]["action"] == "switch" and decisions[1]["changed"] is True
+        assert "reliability" in decisions[1] and decisions[1]["weights"]
         assert decisions[0]["previous"]["action"] == "switch"
         snap = store.snapshot()
     assert snap.cycles_by_status == {"success": 4}
