@@ -182,7 +182,10 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
     top1: dict[str, float] = {}
     intervals: dict[str, tuple[int, int]] = {}
     if rounds:
-        top1, intervals = mcda.top1_and_intervals([_composite(r, effective, config) for r in rounds])
+        try:
+            top1, intervals = mcda.top1_and_intervals([_composite(r, effective, config) for r in rounds])
+        except Exception as exc:  # e.g. a measure that failed on one resample: confidence is advisory
+            log.warning("bootstrap of the ranking failed: %s", exc)
 
     order = _order(scores, by_name)
     entries = []

@@ -133,6 +133,23 @@ def test_reliability_from_the_bootstrap_of_the_views() -> None:
     assert ranking.top1_probabilities() and sum(ranking.top1_probabilities().values()) == pytest.approx(1.0)
 
 
+def test_a_failed_bootstrap_round_leaves_the_ranking_without_confidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measure that comes back NaN on one resample must not stop the ranking (confidence is advisory)."""
+    import torch
+
+    import tasksim.profile as profile_mod
+    from tasksim.profile import SourceView
+
+    labels = [f"c{i % 2}" for i in range(40)]
+    views = {n: SourceView(torch.randn(40, 3, dtype=torch.float64), None) for n in ("a", "b")}
+    monkeypatch.setattr(profile_mod, "score_views", lambda v, lab, m, **kw: {n: {k: float("nan") for k in m} for n in v})
+    profiles = [SourceProfile(n, "ok", measures={"hscore_regularized": float(i), "frechet": 1.0 + i}, view=views[n])
+                for i, n in enumerate(("a", "b"))]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"cost": 0}, bootstrap_rounds=5),
+                           target_labels=labels)
+    assert [e.source for e in ranking.entries] == ["b", "a"] and ranking.top1_probabilities() == {}
+
+
 def test_recommend_switch_keep_and_margin() -> None:
     profiles = [prof("a", logme=1.0, mmd2=0.01), prof("b", logme=0.2, mmd2=0.3)]
     ranking = rank_sources(profiles, SOURCES, RANK)
