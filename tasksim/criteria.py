@@ -28,6 +28,7 @@ from tasksim.metrics._common import ArrayLike, as_features, as_labels, check_sam
 
 __all__ = [
     "CRITERIA_DIRECTIONS",
+    "LABEL_NOISE_MAX_SAMPLES",
     "coverage",
     "duplicate_rate",
     "label_noise_rate",
@@ -35,6 +36,9 @@ __all__ = [
     "missing_rate",
     "normalize_label_name",
 ]
+
+# rows label_noise_rate estimates on by default (a seeded subsample above this)
+LABEL_NOISE_MAX_SAMPLES = 5000
 
 # +1: higher is better; -1: lower is better (granularity_ratio has no monotone direction: left out).
 CRITERIA_DIRECTIONS: dict[str, int] = {
@@ -190,7 +194,7 @@ def label_overlap(source_labels: Sequence[str], target_labels: Sequence[str],
 
 def label_noise_rate(features: ArrayLike, labels: ArrayLike, folds: int = 5, seed: int = 0, *, k: int = 10,
                      method: Literal["disagreement", "confident_joint"] = "disagreement",
-                     max_samples: int | None = 5000) -> float:
+                     max_samples: int | None = LABEL_NOISE_MAX_SAMPLES) -> float:
     """Estimated share of wrong labels, from out-of-fold kNN predictions.
 
     Out-of-fold class probabilities: stratified ``folds``-fold CV (``stratified_folds``:

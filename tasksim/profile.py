@@ -366,8 +366,9 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
         out["missing_rate"] = missing_rate
     if source_labels is not None and _labelled(source_labels):
         out["label_noise_rate"] = rate = criteria.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
-        # binomial standard error over the rows it was estimated on (criteria.label_noise_rate caps them)
-        out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / max(1, min(xs.shape[0], 5000)))
+        # binomial standard error over the rows it was estimated on
+        rows = max(1, min(xs.shape[0], criteria.LABEL_NOISE_MAX_SAMPLES))
+        out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / rows)
     if source_labels is not None and target_labels is not None:
         out["label_shift"] = metrics.label_shift(source_labels, target_labels)
         out.update(criteria.label_overlap(sorted(set(source_labels)), sorted(set(target_labels)),
