@@ -198,22 +198,22 @@ def describe_pair(src_x: torch.Tensor, src_y: Sequence[str], src_texts: Sequence
         missing_rate=criteria.missing_rate(pa.table({"text": list(src_texts)}), ["text"]))
 
 
-def profile_target(heads: Mapping[str, SourceHead], source_x: Mapping[str, torch.Tensor],
+def profile_target(views: Mapping[str, SourceView], source_x: Mapping[str, torch.Tensor],
                    source_y: Mapping[str, Sequence[str]], source_texts: Mapping[str, Sequence[str]],
                    tgt_x: torch.Tensor, tgt_y: Sequence[str], embed_labels=None, extras: bool = True,
                    seed: int = HEAD_SEED) -> dict[str, dict[str, float]]:
     """Every source's profile of one labelled target, as ``tasksim.profile.profile_sources`` builds it
-    (describe, batched ``score_views``, no-transfer baseline and gains), plus ``EXTRA_MEASURES``."""
+    (describe, batched ``score_views``, no-transfer baseline and gains), plus ``EXTRA_MEASURES``.
+    ``views``: each source's view of ``tgt_x`` (its head's hidden layer and class probabilities)."""
     labels = list(tgt_y)
     out = {name: describe_pair(source_x[name], source_y[name], source_texts[name], tgt_x, labels, embed_labels,
-                               seed) for name in heads}
-    views = {name: SourceView(h.hidden(tgt_x), h.probs(tgt_x)) for name, h in heads.items()}
+                               seed) for name in views}
     scores = score_views(views, labels, seed=seed)
     baseline = metrics.transferability_profile(tgt_x, labels, measures=("logme", "knn_accuracy"), seed=seed)
     failed = {n: r for n, r in scores.items() if isinstance(r, Exception)}
     if failed:
         raise RuntimeError(f"transferability failed: {failed}")
-    for name in heads:
+    for name in views:
         result = scores[name]
         m = out[name]
         m.update({k: float(v) for k, v in result.items()})
@@ -458,8 +458,8 @@ def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xgt: np.ndarray, 
     started = time.perf_counter()
     sx = {n: torch.from_numpy(np.asarray(source_x[n], np.float32)) for n in heads}
     texts = source_texts or {n: [f"row {i}" for i in range(len(source_y[n]))] for n in heads}
-    res.measures = profile_target(heads, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras)
     views = {n: SourceView(h.hidden(xtr_t), h.probs(xtr_t)) for n, h in heads.items()}
+    res.measures = profile_target(views, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras)
     for method in NORMALIZATIONS:
         res.composites[_default_row(method)] = composite_scores(
             res.measures, None, include=PRODUCT_MEASURES + STANDARD_ERRORS, normalization=method, views=views,
