@@ -887,7 +887,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     threadpool_limits(args.threads)
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
     if args.from_json:
-        results, saved = load_results(args.from_json)
+        try:
+            results, saved = load_results(args.from_json)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            print(f"transfer_benchmark: {args.from_json}: not raw numbers a --json run saved ({what})",
+                  file=sys.stderr)
+            return 2
         mode, p = saved["mode"], Protocol(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in saved["protocol"].items()})
         if args.targets:

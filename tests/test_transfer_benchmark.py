@@ -171,6 +171,22 @@ def test_saved_results_load_back(tmp_path):
             assert all(np.allclose(loaded[n].per_example[g][s], v, atol=5e-5) for s, v in per.items())
 
 
+def test_from_json_rejects_a_bad_file_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert tb.main(["--from-json", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"results": {"t": {}}, "targets": {}}')
+    assert tb.main(["--from-json", str(wrong)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing field" in err[0]
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    assert tb.main(["--from-json", str(garbled)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_bootstrap_compare_against_reference():
     """A row equal to the reference ties it in every round; the true order beats its reverse."""
     rng = np.random.default_rng(0)
