@@ -1,4 +1,4 @@
-"""Benchmark of the similarity engine's transferability half (tasksim.metrics.transferability).
+"""Benchmark of the similarity engine's transferability half (tasksim.metrics.transfer).
 
 One run prints (markdown) and optionally saves (``--json PATH``):
 
@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 import numpy as np
 import torch
 
-from tasksim.metrics import transferability as T
+from tasksim.metrics import transfer as T
 from tests.metrics.reference_numpy import logme_thuml as logme_numpy_thuml  # the tests' independent port
 
 EIGH_FLOPS = 4.0  # x D^3: tridiagonalisation (4/3 D^3) + divide & conquer + back-transformation (rough)

@@ -35,7 +35,7 @@ import torch
 
 from tasksim.metrics import distances as Dist
 from tasksim.metrics import representation as R
-from tasksim.metrics import transferability as T
+from tasksim.metrics import transfer as T
 
 
 def _sync(dev: torch.device) -> None:

@@ -10,7 +10,7 @@ packaged all-MiniLM-L6-v2 and cached in ``bench/.cache/``.
 
 For each (target, source) pair, exactly what the product computes (``tasksim.profile``):
 - the source's model is ``tasksim.heads.fit_source_head`` on the source's MiniLM embeddings;
-- transferability measures (``tasksim.profile.score_views``) on the target's small labelled train
+- transferability measures (``tasksim.profile.profile_arrays``) on the target's small labelled train
   split seen through the head (``head.hidden``; ``head.probs`` for LEEP / NCE), and the gains over
   the no-transfer baseline (``logme_gain``, ``knn_gain``);
 - distribution, label and data-quality criteria (MMD^2, Frechet, OTDD, coverage, label shift,
@@ -59,12 +59,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa
 
-from tasksim import criteria, mcda, metrics
-from tasksim.config import RankingConfig, SourceConfig
+from tasksim import mcda, metrics
+from tasksim.config import RankingConfig
 from tasksim.heads import SourceHead, fit_source_head
+from tasksim.metrics import quality
 from tasksim.profile import TRANSFER_MEASURES as PROFILE_TRANSFER
-from tasksim.profile import SourceProfile, SourceView, add_transfer_gains, score_views, shared_space_measures
-from tasksim.rank import DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, rank_sources
+from tasksim.profile import SourceArrays, SourceProfile, SourceView, profile_arrays
+from tasksim.rank import BOOTSTRAP_MEASURES, DEFAULT_WEIGHTS, MEASURE_DIRECTIONS, SourceTerms, rank_sources
 
 # What tasksim.profile (shared_space_measures + profile_sources) computes for a
 # labelled data-only source with a text encoder; the composite sees exactly these.
@@ -189,39 +190,35 @@ def finetune_test_correct(init: Mapping[str, torch.Tensor], xtr: torch.Tensor, y
 # scores: what the product computes for one (target, source) pair
 # =============================================================================================
 
-def describe_pair(src_x: torch.Tensor, src_y: Sequence[str], src_texts: Sequence[str], tgt_x: torch.Tensor,
-                  tgt_y: Sequence[str], embed_labels=None, seed: int = HEAD_SEED) -> dict[str, float]:
-    """The product's shared-space measures (``tasksim.profile.shared_space_measures``, as
-    ``_Profiler.measures`` calls them) for a data-only text source, on precomputed embeddings."""
-    return shared_space_measures(
-        src_x, list(src_y), tgt_x, list(tgt_y), seed=seed, embed_label_names=embed_labels,
-        missing_rate=criteria.missing_rate(pa.table({"text": list(src_texts)}), ["text"]))
-
-
 def profile_target(views: Mapping[str, SourceView], source_x: Mapping[str, torch.Tensor],
                    source_y: Mapping[str, Sequence[str]], source_texts: Mapping[str, Sequence[str]],
                    tgt_x: torch.Tensor, tgt_y: Sequence[str], embed_labels=None, extras: bool = True,
-                   seed: int = HEAD_SEED) -> dict[str, dict[str, float]]:
-    """Every source's profile of one labelled target, as ``tasksim.profile.profile_sources`` builds it
-    (describe, batched ``score_views``, no-transfer baseline and gains), plus ``EXTRA_MEASURES``.
-    ``views``: each source's view of ``tgt_x`` (its head's hidden layer and class probabilities)."""
+                   seed: int = HEAD_SEED, bootstrap_rounds: int = 0
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[dict[str, float], ...]]]:
+    """Every source's profile of one labelled target through the product's own pure entry point
+    (``tasksim.profile.profile_arrays``: shared-space measures, batched transferability, no-transfer
+    baseline and gains, and with ``bootstrap_rounds`` the confidence bootstrap of the bootstrap
+    measures the default weights use), plus ``EXTRA_MEASURES``. ``views``: each source's view of
+    ``tgt_x`` (its head's hidden layer and class probabilities). Returns (measures, bootstrap
+    rounds) per source."""
     labels = list(tgt_y)
-    out = {name: describe_pair(source_x[name], source_y[name], source_texts[name], tgt_x, labels, embed_labels,
-                               seed) for name in views}
-    scores = score_views(views, labels, seed=seed)
-    baseline = metrics.transferability_profile(tgt_x, labels, measures=("logme", "knn_accuracy"), seed=seed)
-    failed = {n: r for n, r in scores.items() if isinstance(r, Exception)}
+    arrays = {name: SourceArrays(source_x[name], list(source_y[name]), views[name],
+                                 missing_rate=quality.missing_rate(pa.table({"text": list(source_texts[name])}),
+                                                                   ["text"]))
+              for name in views}
+    boot = tuple(m for m in BOOTSTRAP_MEASURES if DEFAULT_WEIGHTS.get(m, 0.0) > 0)
+    profiles = profile_arrays(tgt_x, labels, arrays, seed=seed, bootstrap_rounds=bootstrap_rounds,
+                              bootstrap_measures=boot, embed_label_names=embed_labels)
+    failed = {p.source: p.error for p in profiles if p.status != "ok"}
     if failed:
-        raise RuntimeError(f"transferability failed: {failed}")
-    for name in views:
-        result = scores[name]
-        m = out[name]
-        m.update({k: float(v) for k, v in result.items()})
-        add_transfer_gains(m, baseline)
-        if extras and EXTRA_MEASURES:
-            m.update(metrics.transferability_profile(views[name].features, labels, source_probs=views[name].probs,
-                                                     measures=list(EXTRA_MEASURES), seed=seed))
-    return out
+        raise RuntimeError(f"profile failed: {failed}")
+    out = {p.source: dict(p.measures) for p in profiles}
+    if extras and EXTRA_MEASURES:
+        for name in views:
+            out[name].update(metrics.transferability_profile(views[name].features, labels,
+                                                             source_probs=views[name].probs,
+                                                             measures=list(EXTRA_MEASURES), seed=seed))
+    return out, {p.source: p.bootstrap for p in profiles}
 
 
 def _default_row(method: str) -> str:
@@ -230,24 +227,23 @@ def _default_row(method: str) -> str:
 
 def composite_scores(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float] | None,
                      include: Sequence[str] = PRODUCT_MEASURES, normalization: str | None = None,
-                     views: Mapping[str, SourceView] | None = None,
-                     target_labels: Sequence[str] | None = None) -> dict[str, float]:
+                     bootstrap: Mapping[str, tuple[dict[str, float], ...]] | None = None) -> dict[str, float]:
     """``rank_sources`` on one target's profiles holding the ``include`` measures (by default what
     the profile stage computes), equal costs.
 
     ``weights=None``: the product's defaults. Otherwise the given weights replace the defaults
     entirely (every other criterion weighs 0). ``normalization=None``: ``RankingConfig``'s default.
-    With ``views`` and ``target_labels`` (and the standard errors the profile carries, e.g.
-    ``label_noise_rate_se``) the ranking runs as in a cycle: its bootstrap sets the reliability of
-    each criterion (``RankingConfig.reliability_weighting``). Without them every criterion is
-    taken at its full weight, which the leave-one-target-out search also assumes."""
+    With ``bootstrap`` (each source's bootstrap rounds from ``profile_target``, and the standard
+    errors the profile carries, e.g. ``label_noise_rate_se``) the ranking runs as in a cycle: its
+    bootstrap sets the reliability of each criterion (``RankingConfig.reliability_weighting``).
+    Without it every criterion is taken at its full weight, which the leave-one-target-out search
+    also assumes."""
     profiles = [SourceProfile(name, "ok", measures={k: v for k, v in m.items() if k in include},
-                              view=None if views is None else views[name])
+                              bootstrap=() if bootstrap is None else bootstrap[name])
                 for name, m in measures.items()]
-    sources = [SourceConfig(name=name, path=f"bench/{name}", modality="text", text_column="text",
-                            label_column="label", cost=1.0) for name in measures]
+    sources = [SourceTerms(name=name, cost=1.0) for name in measures]
     extra = {} if normalization is None else {"normalization": normalization}
-    if views is None:
+    if bootstrap is None:
         extra["bootstrap_rounds"] = 0
     if weights is None:
         config = RankingConfig(**extra)
@@ -255,7 +251,7 @@ def composite_scores(measures: Mapping[str, Mapping[str, float]], weights: Mappi
         full = {k: 0.0 for k in set(DEFAULT_WEIGHTS) | set(MEASURE_DIRECTIONS)}
         full.update(weights)
         config = RankingConfig(weights=full, **extra)
-    ranking = rank_sources(profiles, sources, config, target_labels=None if target_labels is None else list(target_labels))
+    ranking = rank_sources(profiles, sources, config)
     return {e.source: e.score for e in ranking.entries}
 
 
@@ -459,11 +455,11 @@ def run_target(name: str, xtr: np.ndarray, ytr: Sequence[str], xgt: np.ndarray, 
     sx = {n: torch.from_numpy(np.asarray(source_x[n], np.float32)) for n in heads}
     texts = source_texts or {n: [f"row {i}" for i in range(len(source_y[n]))] for n in heads}
     views = {n: SourceView(h.hidden(xtr_t), h.probs(xtr_t)) for n, h in heads.items()}
-    res.measures = profile_target(views, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras)
+    res.measures, rounds = profile_target(views, sx, source_y, texts, xtr_t, list(ytr), embed_labels, extras,
+                                          bootstrap_rounds=RankingConfig().bootstrap_rounds)
     for method in NORMALIZATIONS:
         res.composites[_default_row(method)] = composite_scores(
-            res.measures, None, include=PRODUCT_MEASURES + STANDARD_ERRORS, normalization=method, views=views,
-            target_labels=list(ytr))
+            res.measures, None, include=PRODUCT_MEASURES + STANDARD_ERRORS, normalization=method, bootstrap=rounds)
     log(f"  {name:9s} profiles of {len(heads)} sources ({time.perf_counter() - started:.1f}s)")
     for src, head in heads.items():
         started = time.perf_counter()

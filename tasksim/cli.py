@@ -19,7 +19,7 @@ from typing import Any
 
 from tasksim import __version__
 from tasksim.config import load_config
-from tasksim.errors import ConfigError, DataError, TasksimError
+from tasksim.errors import ConfigError, TasksimError
 
 __all__ = ["format_cycle", "main"]
 
@@ -164,27 +164,18 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _cmd_rank(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    from tasksim.cycle import Cycle
+    from tasksim.cycle import rank_now
+    from tasksim.rank import Ranking
 
-    cycle = Cycle(config)
-    try:
-        sampled = cycle.sample()
-        if sampled.empty:
-            raise DataError(f"{config.production.path}: the current production window "
-                            f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
-        features = cycle.embed(sampled)
-        profiles = cycle.profile(sampled, features)
-        ranking = cycle.rank(profiles, sampled)
-    finally:
-        cycle.store.close()
+    now = rank_now(config)
+    sampled, ranking = now.sampled, now.ranking
+    placed = ranking or Ranking(entries=(), weights={}, excluded={})  # no ranking: every source unranked
     rows = []
-    for p in profiles:
-        entry = ranking.entry(p.source) if ranking else None
+    for p in now.profiles:
+        entry = placed.entry_dict(p.source)
         rows.append({"source": p.source, "status": p.status, "error": p.error,
-                     "rank": entry.rank if entry else None, "score": entry.score if entry else None,
-                     "top1_probability": entry.top1_probability if entry else None,
-                     "flags": list(entry.flags) if entry else [],
-                     "pareto": bool(ranking and p.source in ranking.pareto_front), "measures": p.measures})
+                     **{k: entry[k] for k in ("rank", "score", "top1_probability", "flags", "pareto")},
+                     "measures": p.measures})
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["source"]))
     if args.format == "json":
         print(json.dumps({"window": {"start": str(sampled.start), "end": str(sampled.end)},
@@ -325,9 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "filelock", "evidently"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    # before torch loads: spinning OpenMP workers made small ops 5-10x slower on a busy 2-core host
-    # (docs/benchmarks.md, similarity engine section)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args))
     except TasksimError as exc:
@@ -337,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
+    except Exception as exc:  # the front door: any unexpected error becomes one line (traceback with --debug)
         if args.debug:
             raise
         print(f"tasksim: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",

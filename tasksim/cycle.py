@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import torch
 
@@ -37,7 +37,7 @@ from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import Window, load_reference, production_time_range, sample_window, table_fingerprint
 from tasksim.store import CycleRecord, SourceRecord, Store
 
-__all__ = ["Cycle", "CycleResult", "Features", "SampledWindow", "StageRunner", "run_cycle"]
+__all__ = ["Cycle", "CycleResult", "Features", "RankNow", "SampledWindow", "StageRunner", "rank_now", "run_cycle"]
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,7 @@ class CycleResult:
                        "rows_sampled": self.rows_sampled, "rows_dropped_invalid": self.rows_dropped},
             "drift": self.drift,
             "sources": profiles_to_dict(self.profiles),
-            "ranking": None if self.ranking is None else [
-                {"rank": e.rank, "source": e.source, "score": round(e.score, 6),
-                 "top1_probability": e.top1_probability, "rank_interval": e.rank_interval, "flags": list(e.flags),
-                 "pareto": e.source in self.ranking.pareto_front, "contributions": e.contributions}
-                for e in self.ranking.entries],
+            "ranking": None if self.ranking is None else self.ranking.entries_to_dicts(),
             "ranking_method": None if self.ranking is None else self.ranking.method,
             "weights": None if self.ranking is None else self.ranking.weights,
             "reliability": None if self.ranking is None else self.ranking.reliability,
@@ -253,8 +249,7 @@ class Cycle:
         t0 = time.perf_counter()
         if not any(p.status == "ok" for p in profiles):
             return None
-        _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
-        ranking = rank_sources(profiles, self.config.sources, self.config.ranking, target_labels=labels)
+        ranking = rank_sources(profiles, self.config.sources, self.config.ranking)
         self._timed("rank", t0)
         return ranking
 
@@ -309,9 +304,7 @@ class Cycle:
             **rec.to_dict(),
             "config_hash": config_hash(self.config),
             "window": {"start": _iso(result.window_start), "end": _iso(result.window_end)},
-            "ranking": [{"source": e.source, "rank": e.rank, "score": e.score, "top1_probability": e.top1_probability,
-                         "rank_interval": e.rank_interval, "flags": list(e.flags), "contributions": e.contributions}
-                        for e in result.ranking.entries] if result.ranking else [],
+            "ranking": result.ranking.entries_to_dicts() if result.ranking else [],
             "pareto_front": list(result.ranking.pareto_front) if result.ranking else [],
             "profile": {p.source: {"status": p.status, "error": p.error, "measures": p.measures}
                         for p in result.profiles},
@@ -350,13 +343,37 @@ class Cycle:
             result.recommendation = step("recommend", self.recommend, result.ranking, result.profiles, sampled,
                                          result.drift)
             return self.finish(result, next_cursor)
-        except Exception as exc:
+        except Exception as exc:  # record every failure as a failed cycle, then re-raise it
             result.status = "failed"
             result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DataError) else str(exc)
             log.error("cycle failed: %s", result.error)
             # a failed cycle does not move the cursor: the window is retried next time
             self.finish(result, None)
             raise
+
+
+@dataclass(frozen=True)
+class RankNow:
+    """A ranking of the current window without a recorded cycle (``tasksim rank``)."""
+
+    sampled: SampledWindow
+    profiles: list[SourceProfile]
+    ranking: Ranking | None
+
+
+def rank_now(config: Config) -> RankNow:
+    """Sample, embed, profile and rank the current window; nothing is written to the decision log."""
+    cycle = Cycle(config)
+    try:
+        sampled = cycle.sample()
+        if sampled.empty:
+            raise DataError(f"{config.production.path}: the current production window "
+                            f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
+        features = cycle.embed(sampled)
+        profiles = cycle.profile(sampled, features)
+        return RankNow(sampled, profiles, cycle.rank(profiles, sampled))
+    finally:
+        cycle.store.close()
 
 
 def run_cycle(config: Config, *, now: datetime | None = None) -> CycleResult:

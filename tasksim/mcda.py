@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tasksim.errors import MetricInputError
+from tasksim.metrics._kernels import average_ranks
 
 __all__ = [
     "MAD_TO_SIGMA",
@@ -57,18 +58,6 @@ def _finite_values(values: Mapping[str, float], what: str) -> tuple[list[str], n
     if bad:
         raise MetricInputError(f"{what}: non-finite values for {bad}")
     return names, arr
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the mean of the ranks they span (``scipy.stats.rankdata``'s 'average')."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
-    ends = np.r_[starts[1:], xs.shape[0]]
-    ranks = np.empty(x.shape[0], dtype=np.float64)
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0
-    return ranks
 
 
 def _logistic(z: np.ndarray) -> np.ndarray:
@@ -107,7 +96,7 @@ def normalize(values: Mapping[str, float], direction: int, method: Normalization
     if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)) or len(names) == 1:
         return {k: 0.5 for k in names}
     if method == "rank":
-        u = (_average_ranks(s) - 1.0) / (len(names) - 1)
+        u = (average_ranks(torch.as_tensor(s, dtype=torch.float64)).numpy() - 1.0) / (len(names) - 1)
     elif method == "minmax":
         u = (s - lo) / (hi - lo)
     else:

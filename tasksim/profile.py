@@ -1,7 +1,6 @@
 """Similarity profiles of the target window against every source in the portfolio.
 
-A profile is a composite, never one scalar. Per source, with ``tasksim.metrics`` and
-``tasksim.criteria``:
+A profile is a composite, never one scalar. Per source, with ``tasksim.metrics``:
 
 - distribution alignment in the shared feature space (the deployed encoder's): MMD^2, Frechet
   distance, domain-classifier AUC, OTDD when both sides carry labels (in the target's top principal
@@ -35,27 +34,32 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from tasksim import criteria, metrics
+from tasksim import mcda, metrics
 from tasksim.cache import EmbeddingCache
 from tasksim.config import Config, InputColumns, SourceConfig
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import SourceError, TasksimError
 from tasksim.heads import load_or_fit_head
+from tasksim.metrics import catalog, quality
+from tasksim.metrics._kernels import pca_basis, subsample_indices
 from tasksim.sample import load_source, table_fingerprint
 
 __all__ = [
     "DISTANCE_SAMPLE_ROWS",
     "TRANSFER_MEASURES",
+    "SourceArrays",
     "SourceProfile",
     "SourceView",
     "Target",
     "add_transfer_gains",
+    "bootstrap_profiles",
+    "profile_arrays",
     "profile_sources",
     "profiles_to_dict",
     "score_views",
@@ -68,14 +72,16 @@ log = logging.getLogger(__name__)
 
 # MMD, OTDD and coverage are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
 DISTANCE_SAMPLE_ROWS = 2000
-# OTDD runs in the target's leading principal components (see _Profiler.otdd_basis).
+# OTDD runs in the target's leading principal components (see target_basis).
 OTDD_COMPONENTS = 32
 # Rows per side for the per-layer MMD^2 of a source's own model (layers can be wide) and for the
 # domain classifier (5-fold logistic regression: ~0.4 s per source at 1000 + 1000 rows, D = 384).
 LAYER_SAMPLE_ROWS = 1000
 DOMAIN_AUC_ROWS = 1000
 # Measures computed on each source's view of the target (and on the no-transfer baseline).
-TRANSFER_MEASURES = ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "leep", "nce")
+TRANSFER_MEASURES = catalog.TRANSFER_MEASURES
+# The no-transfer baseline's measures (the target's own features, no source in between).
+BASELINE_MEASURES = ("logme", "knn_accuracy")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,21 @@ class SourceProfile:
     error: str | None = None
     seconds: float = 0.0
     view: SourceView | None = field(default=None, repr=False, compare=False)
+    # Confidence bootstrap over the target rows: per round, the re-scored transferability measures
+    # (``bootstrap_profiles``); the ranking turns them into top-1 probabilities and reliabilities.
+    bootstrap: tuple[dict[str, float], ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SourceArrays:
+    """One source as the profile math sees it: arrays only, nothing left to load or embed."""
+
+    features: torch.Tensor  # (N_s, D) the source's own rows in the shared (deployed encoder's) space
+    labels: list[str] | None = None  # the source's labels, one per row of ``features``
+    view: SourceView | None = None  # the target through the source's model or fitted head
+    missing_rate: float | None = None  # share of missing input values in the source's table
+    extra: dict[str, float] = field(default_factory=dict)  # measured by the caller (modality, layer shifts)
+    seconds: float = 0.0  # time the caller spent loading it
 
 
 def _labels(table: pa.Table, column: str | None) -> list[str] | None:
@@ -128,9 +149,7 @@ def _labelled(labels: list[str] | None, min_classes: int = 2) -> bool:
 
 
 def _subsample(n: int, k: int, seed: int) -> torch.Tensor | None:
-    if n <= k:
-        return None
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
+    return subsample_indices(n, k, seed, sort=False)
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
@@ -154,7 +173,7 @@ def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple
     for name, view in views.items():
         groups.setdefault((view.features.shape[1], view.probs is not None), []).append(name)
     for (_, has_probs), names in groups.items():
-        wanted = tuple(m for m in measures if has_probs or m not in ("leep", "nce"))
+        wanted = tuple(m for m in measures if has_probs or m not in catalog.PROBABILITY_MEASURES)
         feats = [views[n].features for n in names]
         probs = [views[n].probs for n in names] if has_probs else None
         try:
@@ -167,7 +186,7 @@ def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple
             try:
                 out[n] = metrics.transferability_profile(
                     views[n].features, labels, source_probs=views[n].probs, measures=wanted, seed=seed)
-            except Exception as exc:
+            except Exception as exc:  # isolation: a failing view fails its own source only
                 out[n] = exc
     return out
 
@@ -183,7 +202,6 @@ class _Profiler:
         self.seed = config.sampling.seed
         self.heads_dir = config.state_dir / "heads"
         self._label_embeddings: dict[str, torch.Tensor] = {}
-        self._otdd_basis: tuple[torch.Tensor, torch.Tensor] | None = None
         self._own_encoders: dict[str, Encoder] = {}
 
     def own_encoder(self, source: SourceConfig, table: pa.Table) -> Encoder:
@@ -215,12 +233,6 @@ class _Profiler:
                 layer="output", compute=lambda: self.encoder.encode(table, source))
         except TasksimError as exc:
             raise SourceError(source.name, f"cannot embed its data with the shared encoder: {exc}") from exc
-
-    def otdd_basis(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`target_basis` of the target window, fitted once per cycle."""
-        if self._otdd_basis is None:
-            self._otdd_basis = target_basis(self.target.features.to(self.device))
-        return self._otdd_basis
 
     def embed_label_names(self, names: list[str]) -> torch.Tensor:
         """Label names through the shared text encoder (label semantics); memoised per name."""
@@ -274,51 +286,47 @@ class _Profiler:
         bias = torch.zeros(weight.shape[0]) if bias is None else bias
         return torch.softmax(features.float() @ weight.T + bias.to(features.device, torch.float32), dim=1)
 
-    def describe(self, source: SourceConfig) -> tuple[SourceProfile, SourceView | None]:
-        """Everything but the batched transferability scores; isolated per source."""
+    def load(self, source: SourceConfig) -> SourceArrays | SourceProfile:
+        """The source's arrays (data in the shared space, labels, its view of the target), or its
+        failed / excluded profile: loading and embedding are isolated per source."""
         started = time.perf_counter()
         if source.access in self.config.ranking.excluded_access:
-            return SourceProfile(source.name, "excluded", error=f"access is {source.access!r}"), None
+            return SourceProfile(source.name, "excluded", error=f"access is {source.access!r}")
         try:
             table = load_source(source, self.config.sampling)
             shared = self.encode_source(source, table).to(self.device)
-            tgt = self.target.features.to(self.device)
+            tgt = self.target.features
             if shared.shape[1] != tgt.shape[1]:
                 raise SourceError(source.name, f"features have {shared.shape[1]} dimensions, the target's have "
                                   f"{tgt.shape[1]}: source and production must use the same input columns")
-            measures, view = self.measures(source, table, shared, tgt)
-        except SourceError as exc:
-            return self._failed(source, exc.reason, started), None
-        except TasksimError as exc:
-            return self._failed(source, str(exc), started), None
-        except Exception as exc:  # isolation: one broken source must not stop the cycle
-            log.exception("source %s: unexpected error", source.name)
-            return self._failed(source, f"{type(exc).__name__}: {exc}", started), None
-        return SourceProfile(source.name, "ok", measures=measures, seconds=time.perf_counter() - started), view
+            src_labels = _labels(table, source.label_column)
+            extra: dict[str, float] = {}
+            tgt_modality = self.config.production.inferred_modality(self.config.encoder)
+            src_modality = source.inferred_modality(source.encoder or self.config.encoder)
+            if tgt_modality is not None and src_modality is not None:
+                extra["modality_match"] = float(src_modality == tgt_modality)
+            if source.encoder is not None and source.encoder.layers:
+                extra.update(self.layer_shifts(source, table))
+            view = None
+            if _labelled(self.target.known_labels()[1]) and (src_labels is not None or source.encoder is not None):
+                view = self.source_view(source, table, shared, src_labels)
+            missing = quality.missing_rate(table, source.input_columns())
+        except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failure)
+            return _failed(source.name, exc, time.perf_counter() - started)
+        return SourceArrays(shared, src_labels, view, missing, extra, seconds=time.perf_counter() - started)
 
-    def _failed(self, source: SourceConfig, reason: str, started: float) -> SourceProfile:
-        log.warning("source %s failed: %s", source.name, reason)
-        return SourceProfile(source.name, "failed", error=reason, seconds=time.perf_counter() - started)
 
-    def measures(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
-                 tgt: torch.Tensor) -> tuple[dict[str, float], SourceView | None]:
-        src_labels = _labels(table, source.label_column)
-        tgt_rows, tgt_labels = self.target.known_labels()
-        embed = self.embed_label_names if self.config.encoder.kind == "text" else None
-        out = shared_space_measures(
-            shared, src_labels, tgt, tgt_labels, target_label_rows=tgt_rows,
-            missing_rate=criteria.missing_rate(table, source.input_columns()), seed=self.seed,
-            embed_label_names=embed, otdd_basis=self.otdd_basis)
-        tgt_modality = self.config.production.inferred_modality(self.config.encoder)
-        src_modality = source.inferred_modality(source.encoder or self.config.encoder)
-        if tgt_modality is not None and src_modality is not None:
-            out["modality_match"] = float(src_modality == tgt_modality)
-        if source.encoder is not None and source.encoder.layers:
-            out.update(self.layer_shifts(source, table))
-        view = None
-        if _labelled(tgt_labels) and (src_labels is not None or source.encoder is not None):
-            view = self.source_view(source, table, shared, src_labels)
-        return {k: float(v) for k, v in out.items()}, view
+def _failed(source: str, exc: BaseException, seconds: float) -> SourceProfile:
+    """A failed profile with a one-line reason; unexpected errors are logged with their traceback."""
+    if isinstance(exc, SourceError):
+        reason = exc.reason
+    elif isinstance(exc, TasksimError):
+        reason = str(exc)
+    else:
+        log.error("source %s: unexpected error", source, exc_info=exc)
+        reason = f"{type(exc).__name__}: {exc}"
+    log.warning("source %s failed: %s", source, reason)
+    return SourceProfile(source, "failed", error=reason, seconds=seconds)
 
 
 def target_basis(features: torch.Tensor, components: int = OTDD_COMPONENTS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,11 +337,8 @@ def target_basis(features: torch.Tensor, components: int = OTDD_COMPONENTS) -> t
     one D x D eigendecomposition per class. Both are fixed by working in the target's leading
     ``OTDD_COMPONENTS`` principal components.
     """
-    x = features.to(torch.float64)
-    mean = x.mean(0)
-    k = min(components, x.shape[1], max(1, x.shape[0] - 1))
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    return mean, vh[:k].T.contiguous()
+    mean, axes = pca_basis(features, components)
+    return mean, axes.T.contiguous()
 
 
 def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | None, target_x: torch.Tensor,
@@ -357,21 +362,21 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     xs, xt = _take(source_x, s_idx), _take(target_x, t_idx)
     out["mmd2"] = metrics.mmd2(xs, xt)
     out["frechet"] = metrics.frechet_distance(source_x, target_x)
-    out["coverage"] = criteria.coverage(xs, xt)
+    out["coverage"] = quality.coverage(xs, xt)
     out["domain_classifier_auc"] = metrics.domain_classifier_auc(
         _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
         _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
-    out["duplicate_rate"] = criteria.duplicate_rate(source_x)
+    out["duplicate_rate"] = quality.duplicate_rate(source_x)
     if missing_rate is not None:
         out["missing_rate"] = missing_rate
     if source_labels is not None and _labelled(source_labels):
-        out["label_noise_rate"] = rate = criteria.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
+        out["label_noise_rate"] = rate = quality.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
         # binomial standard error over the rows it was estimated on
-        rows = max(1, min(xs.shape[0], criteria.LABEL_NOISE_MAX_SAMPLES))
+        rows = max(1, min(xs.shape[0], quality.LABEL_NOISE_MAX_SAMPLES))
         out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / rows)
     if source_labels is not None and target_labels is not None:
         out["label_shift"] = metrics.label_shift(source_labels, target_labels)
-        out.update(criteria.label_overlap(sorted(set(source_labels)), sorted(set(target_labels)),
+        out.update(quality.label_overlap(sorted(set(source_labels)), sorted(set(target_labels)),
                                           embed=embed_label_names))
         tl_idx = _subsample(len(target_labels), DISTANCE_SAMPLE_ROWS, seed + 1)
         ys, yt = _take_list(source_labels, s_idx), _take_list(target_labels, tl_idx)
@@ -415,42 +420,119 @@ def add_transfer_gains(measures: dict[str, float], baseline: dict[str, float]) -
         measures["negative_transfer"] = float(measures["logme_gain"] < 0 and measures["knn_gain"] < 0)
 
 
-def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
-                    device: torch.device) -> list[SourceProfile]:
-    """Profile every configured source against ``target``; failures are isolated per source."""
-    profiler = _Profiler(config, target, encoder, cache, device)
-    described = [profiler.describe(source) for source in config.sources]
-    views = {p.source: v for p, v in described if p.status == "ok" and v is not None}
-    scores: dict[str, dict[str, float] | Exception] = {}
-    baseline: dict[str, float] = {}
-    rows, labels = transfer_rows(target.labels)
+def bootstrap_profiles(profiles: list[SourceProfile], labels: list[str], rounds: int,
+                       measures: tuple[str, ...] = catalog.BOOTSTRAP_MEASURES, *, seed: int = 0
+                       ) -> list[SourceProfile]:
+    """Attach a confidence bootstrap to every ``ok`` profile that carries a view of the target.
+
+    Each of ``rounds`` rounds resamples the target rows (``labels`` are the labels of the views'
+    rows) with replacement (``mcda.bootstrap_indices``) and re-scores ``measures`` on every view;
+    a source whose re-scoring fails in a round keeps its full-sample values there. When fewer than
+    two sources have views, or the bootstrap itself fails, no profile gets one (confidence is
+    advisory: it never fails the profile).
+    """
+    views = {p.source: p.view for p in profiles if p.status == "ok" and p.view is not None}
+    if rounds <= 0 or not measures or len(views) < 2 or len(labels) < 2:
+        return profiles
+    per_source: dict[str, list[dict[str, float]]] = {name: [] for name in views}
+    try:
+        for idx in mcda.bootstrap_indices(len(labels), rounds, seed=seed):
+            picked = [labels[i] for i in idx.tolist()]
+            resampled = {name: SourceView(v.features[idx.to(v.features.device)],
+                                          None if v.probs is None else v.probs[idx.to(v.probs.device)])
+                         for name, v in views.items()}
+            rescored = score_views(resampled, picked, measures)
+            for name in views:
+                fresh = rescored.get(name)
+                per_source[name].append(dict(fresh) if isinstance(fresh, dict) else {})
+    except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the profile
+        log.warning("bootstrap of the profiles failed: %s", exc)
+        return profiles
+    return [replace(p, bootstrap=tuple(per_source[p.source])) if p.source in per_source else p for p in profiles]
+
+
+def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | None,
+                   sources: dict[str, SourceArrays], *, seed: int = 0, bootstrap_rounds: int = 0,
+                   bootstrap_measures: tuple[str, ...] = catalog.BOOTSTRAP_MEASURES,
+                   embed_label_names: Callable[[list[str]], torch.Tensor] | None = None) -> list[SourceProfile]:
+    """Every source's similarity profile of the target, from arrays alone (pure: no files, no models).
+
+    ``target_x`` (N, D) is the window in the shared feature space; ``target_labels`` one label per
+    row (None: not labelled yet) or None. Per source (isolated: a failing measure fails only that
+    source): the shared-space measures (:func:`shared_space_measures`), the caller's ``extra``
+    measures, then, for the sources with a view and a labelled target, the batched transferability
+    of the labelled rows through every view (:func:`score_views`), the no-transfer baseline and
+    the gains (:func:`add_transfer_gains`), and with ``bootstrap_rounds`` the confidence bootstrap
+    of ``bootstrap_measures`` (:func:`bootstrap_profiles`). Profiles come back in ``sources`` order.
+    """
+    known_rows, known_labels = transfer_rows(target_labels, min_count=1)
+    basis: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def otdd_basis() -> tuple[torch.Tensor, torch.Tensor]:  # fitted once, on the first source that needs it
+        if not basis:
+            basis.append(target_basis(target_x))
+        return basis[0]
+
+    described: dict[str, SourceProfile] = {}
+    for name, src in sources.items():
+        started = time.perf_counter()
+        try:
+            out = shared_space_measures(src.features, src.labels, target_x, known_labels,
+                                        target_label_rows=known_rows, missing_rate=src.missing_rate, seed=seed,
+                                        embed_label_names=embed_label_names, otdd_basis=otdd_basis)
+        except Exception as exc:  # isolation: one source's failing measure must not stop the others
+            described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
+            continue
+        out.update({k: float(v) for k, v in src.extra.items()})
+        described[name] = SourceProfile(name, "ok", measures=out, seconds=src.seconds + time.perf_counter() - started)
+
+    rows, labels = transfer_rows(target_labels)
+    views = {n: sources[n].view for n, p in described.items() if p.status == "ok" and sources[n].view is not None}
     if views and labels is not None:
         if rows is not None:
             log.info("transferability: %d of %d target rows are unlabelled or of a class seen once: left out",
-                     len(target.labels or []) - len(labels), len(target.labels or []))
+                     len(target_labels or []) - len(labels), len(target_labels or []))
             views = {n: SourceView(_take(v.features, rows), None if v.probs is None else _take(v.probs, rows))
                      for n, v in views.items()}
-        scores = score_views(views, labels, seed=profiler.seed)
+        scores = score_views(views, labels, seed=seed)
+        baseline: dict[str, float] = {}
         try:  # the no-transfer baseline: the target's own features, no source in between
-            baseline = metrics.transferability_profile(
-                _take(target.features.to(device), rows), labels, measures=("logme", "knn_accuracy"),
-                seed=profiler.seed)
-        except Exception as exc:
+            baseline = metrics.transferability_profile(_take(target_x, rows), labels, measures=BASELINE_MEASURES,
+                                                       seed=seed)
+        except Exception as exc:  # the baseline only adds the gains: a failure must not fail the sources
             log.warning("no-transfer baseline not computed: %s", exc)
-    profiles = []
-    for profile, _ in described:
-        result = scores.get(profile.source)
-        if isinstance(result, Exception):
-            profile = SourceProfile(profile.source, "failed", error=f"transferability: {result}",
-                                    seconds=profile.seconds)
-        elif result is not None:
-            measures = {**profile.measures, **{k: float(v) for k, v in result.items()}}
+        for name, result in scores.items():
+            prof = described[name]
+            if isinstance(result, Exception):
+                described[name] = SourceProfile(name, "failed", error=f"transferability: {result}",
+                                                seconds=prof.seconds)
+                continue
+            measures = {**prof.measures, **{k: float(v) for k, v in result.items()}}
             add_transfer_gains(measures, baseline)
-            profile = SourceProfile(profile.source, "ok", measures=measures, seconds=profile.seconds,
-                                    view=views[profile.source])
-        log.info("source %s: %s in %.2fs", profile.source, profile.status, profile.seconds)
-        profiles.append(profile)
+            described[name] = SourceProfile(name, "ok", measures=measures, seconds=prof.seconds, view=views[name])
+        profiles = bootstrap_profiles(list(described.values()), labels, bootstrap_rounds, bootstrap_measures)
+    else:
+        profiles = list(described.values())
+    for prof in profiles:
+        log.info("source %s: %s in %.2fs", prof.source, prof.status, prof.seconds)
     return profiles
+
+
+def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
+                    device: torch.device) -> list[SourceProfile]:
+    """Load and embed every configured source, then profile them against ``target`` with
+    :func:`profile_arrays`; failures are isolated per source. The confidence bootstrap re-scores
+    the bootstrap measures the ranking weighs (``ranking.weights`` over the defaults)."""
+    profiler = _Profiler(config, target, encoder, cache, device)
+    loaded = {source.name: profiler.load(source) for source in config.sources}
+    arrays = {name: item for name, item in loaded.items() if isinstance(item, SourceArrays)}
+    weights = {**catalog.DEFAULT_WEIGHTS, **config.ranking.weights}
+    profiled = {p.source: p for p in profile_arrays(
+        target.features.to(device), target.labels, arrays, seed=profiler.seed,
+        bootstrap_rounds=config.ranking.bootstrap_rounds,
+        bootstrap_measures=tuple(m for m in catalog.BOOTSTRAP_MEASURES if weights.get(m, 0.0) > 0),
+        embed_label_names=profiler.embed_label_names if config.encoder.kind == "text" else None)}
+    return [profiled.get(name, item) if isinstance(item, SourceArrays) else item for name, item in loaded.items()]
 
 
 def profiles_to_dict(profiles: list[SourceProfile]) -> list[dict[str, Any]]:

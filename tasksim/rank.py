@@ -20,51 +20,41 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tasksim import mcda
 from tasksim.config import RankingConfig, SourceConfig
+from tasksim.metrics import catalog
 
 if TYPE_CHECKING:  # profile.py pulls in the data plane; ranking needs only the dataclass shape
     from tasksim.profile import SourceProfile
 
-__all__ = ["BOOTSTRAP_MEASURES", "DEFAULT_WEIGHTS", "MEASURE_DIRECTIONS", "RankEntry", "Ranking", "rank_sources"]
+__all__ = ["BOOTSTRAP_MEASURES", "DEFAULT_WEIGHTS", "MEASURE_DIRECTIONS", "RankEntry", "Ranking", "SourceTerms",
+           "rank_sources"]
 
 log = logging.getLogger(__name__)
 
-# +1: higher is better; -1: lower is better.
-MEASURE_DIRECTIONS: dict[str, int] = {
-    "mmd2": -1, "frechet": -1, "otdd": -1, "label_shift": -1, "domain_classifier_auc": -1,
-    "logme": 1, "leep": 1, "nleep": 1, "nce": 1, "hscore": 1, "hscore_regularized": 1, "gbc": 1,
-    "transrate": 1, "sfda": 1, "parc": 1, "knn_accuracy": 1, "linear_probe_accuracy": 1,
-    "logme_gain": 1, "knn_gain": 1,
-    "coverage": 1, "label_exact_overlap": 1, "label_semantic_overlap": 1, "modality_match": 1,
-    "label_noise_rate": -1, "duplicate_rate": -1, "missing_rate": -1,
-    "cost": -1,
-}
-
-# Fitted, not hand-set (docs/decisions.md, "The composite"): the weights that best rank the 15
-# candidate sources of bench/transfer_benchmark.py by their measured probe accuracy and
-# log-likelihood over its 9 real text targets. With any one target held out, the search chose
-# these same weights each time; the held-out scores are what docs/transfer_benchmark.md reports.
-# They span transferability (regularised H-score), label semantics (shared class names), source
-# quality (estimated label noise) and distribution alignment (Frechet, domain classifier). With
+# Directions, default weights and bootstrap measures come from the one catalogue
+# (tasksim.metrics.catalog, where the fitted defaults are documented). With
 # RankingConfig.reliability_weighting (default) each weight is scaled by the criterion's
-# reliability, so noise-level differences (e.g. sources that share the task) do not decide.
-# Every other measure is still profiled, exported and explained: weight it through
-# ranking.weights. Modality and cost are practical criteria the benchmark cannot fit. A criterion
-# some source lacks (e.g. Frechet for a checkpoint without data) is left out for every source.
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "hscore_regularized": 2.0, "label_exact_overlap": 2.0, "label_noise_rate": 1.0,
-    "frechet": 0.5, "domain_classifier_auc": 0.5,
-    "modality_match": 1.0, "cost": 0.25,
-}
+# reliability, so noise-level differences (e.g. sources that share the task) do not decide. A
+# criterion some source lacks (e.g. Frechet for a checkpoint without data) is left out for every
+# source.
+MEASURE_DIRECTIONS: dict[str, int] = catalog.DIRECTIONS
+DEFAULT_WEIGHTS: dict[str, float] = catalog.DEFAULT_WEIGHTS
+BOOTSTRAP_MEASURES: tuple[str, ...] = catalog.BOOTSTRAP_MEASURES
 
-# Re-scored on every bootstrap round (cheap and per-sample); kNN is not: resampled duplicates
-# would be each other's nearest neighbours.
-BOOTSTRAP_MEASURES = ("logme", "hscore_regularized", "gbc", "leep", "nce")
+
+@dataclass(frozen=True)
+class SourceTerms:
+    """What the ranking needs to know of a source beyond its profile (a ``SourceConfig`` has these too)."""
+
+    name: str
+    cost: float = 1.0
+    licence: str | None = None
+    access: str = "public"
 
 
 @dataclass(frozen=True)
@@ -96,8 +86,29 @@ class Ranking:
     def top1_probabilities(self) -> dict[str, float]:
         return {e.source: e.top1_probability for e in self.entries if e.top1_probability is not None}
 
+    def entry_dict(self, source: str) -> dict[str, Any]:
+        """One source's place in the ranking as a JSON-ready dict (the one serialisation of an entry);
+        rank, score and probability are None for a source that was not ranked."""
+        e = self.entry(source)
+        if e is None:
+            return {"source": source, "rank": None, "score": None, "top1_probability": None, "rank_interval": None,
+                    "flags": [], "pareto": False, "contributions": {}}
+        return {"source": e.source, "rank": e.rank, "score": e.score, "top1_probability": e.top1_probability,
+                "rank_interval": list(e.rank_interval) if e.rank_interval else None, "flags": list(e.flags),
+                "pareto": e.source in self.pareto_front, "contributions": e.contributions}
 
-def _constraint_violation(source: SourceConfig, config: RankingConfig) -> str | None:
+    def entries_to_dicts(self) -> list[dict[str, Any]]:
+        """The ranked entries, best first, as :meth:`entry_dict` writes them."""
+        return [self.entry_dict(e.source) for e in self.entries]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole ranking as a JSON-ready dict: entries, weights, reliability, exclusions, front."""
+        return {"method": self.method, "weights": dict(self.weights), "reliability": dict(self.reliability),
+                "excluded": dict(self.excluded), "pareto_front": list(self.pareto_front),
+                "ranking": self.entries_to_dicts()}
+
+
+def _constraint_violation(source: SourceConfig | SourceTerms, config: RankingConfig) -> str | None:
     if config.allowed_licences is not None and source.licence not in config.allowed_licences:
         return f"licence {source.licence!r} is not in the allowed list {list(config.allowed_licences)}"
     if source.access in config.excluded_access:
@@ -132,13 +143,17 @@ def _composite(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str,
     return mcda.weighted_sum(candidates, used, directions, method=config.normalization)
 
 
-def _order(scores: Mapping[str, float], by_name: Mapping[str, SourceConfig]) -> list[str]:
+def _order(scores: Mapping[str, float], by_name: Mapping[str, SourceConfig | SourceTerms]) -> list[str]:
     return sorted(scores, key=lambda n: (-scores[n], by_name[n].cost, n))
 
 
-def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConfig], config: RankingConfig,
-                 *, target_labels: list[str] | None = None) -> Ranking:
-    """Rank the sources whose profile is ``ok`` and that satisfy the hard constraints."""
+def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConfig | SourceTerms],
+                 config: RankingConfig) -> Ranking:
+    """Rank the sources whose profile is ``ok`` and that satisfy the hard constraints.
+
+    Confidence (top-1 probabilities, rank intervals, the bootstrap side of reliability weighting)
+    comes from the bootstrap rounds the profiles carry (``profile.bootstrap_profiles``).
+    """
     by_name = {s.name: s for s in sources}
     weights = {**DEFAULT_WEIGHTS, **config.weights}
     excluded: dict[str, str] = {}
@@ -156,13 +171,7 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
         return Ranking(entries=(), weights={}, excluded=excluded, method=config.method)
 
     used = _usable_criteria(candidates, weights)
-    views = {p.source: p.view for p in profiles if p.source in candidates and p.view is not None}
-    rounds: list[dict[str, dict[str, float]]] = []
-    if config.bootstrap_rounds > 0 and target_labels and len(candidates) >= 2 and len(views) == len(candidates):
-        try:
-            rounds = _bootstrap_rounds(candidates, views, target_labels, used, config)
-        except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the ranking
-            log.warning("bootstrap of the ranking failed: %s", exc)
+    rounds = _bootstrap_rounds(candidates, {p.source: p for p in profiles}, used) if config.bootstrap_rounds > 0 else []
     reliability = _reliabilities(candidates, used, rounds) if config.reliability_weighting else {}
     effective = {c: w * reliability.get(c, 1.0) for c, w in used.items()}
     # every criterion pure noise: rank on them as configured rather than on nothing
@@ -199,26 +208,17 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
                    reliability={c: round(r, 6) for c, r in reliability.items() if r < 1.0})
 
 
-def _bootstrap_rounds(candidates: dict[str, dict[str, float]], views: Mapping[str, object], labels: list[str],
-                      used: Mapping[str, float], config: RankingConfig) -> list[dict[str, dict[str, float]]]:
-    """Per bootstrap round over the target rows: every candidate's criteria, with the
-    ``BOOTSTRAP_MEASURES`` in use re-scored on the resampled rows (the others keep their values)."""
-    from tasksim.profile import SourceView, score_views
-
-    measures = tuple(m for m in BOOTSTRAP_MEASURES if m in used)
-    if not measures:
+def _bootstrap_rounds(candidates: dict[str, dict[str, float]], profiles: Mapping[str, SourceProfile],
+                      used: Mapping[str, float]) -> list[dict[str, dict[str, float]]]:
+    """Per bootstrap round: every candidate's criteria with the re-scored ``BOOTSTRAP_MEASURES`` in
+    use from its profile's round (the others keep their values). Empty unless at least two
+    candidates all carry the same number of rounds and some bootstrap measure is in use."""
+    measures = [m for m in BOOTSTRAP_MEASURES if m in used]
+    reps = [profiles[name].bootstrap for name in candidates]
+    if not measures or len(candidates) < 2 or not reps[0] or any(len(r) != len(reps[0]) for r in reps):
         return []
-    rounds = []
-    for idx in mcda.bootstrap_indices(len(labels), config.bootstrap_rounds, seed=0):
-        picked = [labels[i] for i in idx.tolist()]
-        resampled = {}
-        for name, view in views.items():
-            rows = idx.to(view.features.device)
-            resampled[name] = SourceView(view.features[rows], None if view.probs is None else view.probs[rows])
-        rescored = score_views(resampled, picked, measures)
-        rounds.append({name: {**vals, **fresh} if isinstance(fresh := rescored.get(name), dict) else vals
-                       for name, vals in candidates.items()})
-    return rounds
+    return [{name: {**vals, **{m: v for m, v in profiles[name].bootstrap[i].items() if m in measures}}
+             for name, vals in candidates.items()} for i in range(len(reps[0]))]
 
 
 def _reliabilities(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str, float],

@@ -153,7 +153,7 @@ class Store:
         cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
-        except BaseException:
+        except BaseException:  # roll back on anything, KeyboardInterrupt included, then re-raise
             cur.execute("ROLLBACK")
             raise
         else:

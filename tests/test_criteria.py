@@ -1,4 +1,4 @@
-"""tasksim.criteria: label semantics, data quality and coverage against independent references."""
+"""tasksim.metrics.quality: label semantics, data quality and coverage against independent references."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
-from tasksim import criteria
-from tasksim.criteria import coverage, duplicate_rate, label_noise_rate, label_overlap, missing_rate
+from tasksim.metrics import _kernels, catalog
+from tasksim.metrics import quality as criteria
+from tasksim.metrics.quality import coverage, duplicate_rate, label_noise_rate, label_overlap, missing_rate
 from tasksim.errors import MetricInputError
 
 
@@ -30,7 +31,7 @@ def _one_thread():
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force many distance / hashing blocks so the chunked code paths are exercised."""
     monkeypatch.setattr(criteria, "_CHUNK_ELEMS", 64)
-    monkeypatch.setattr(criteria, "_REF_BLOCK", 7)
+    monkeypatch.setattr(_kernels, "BLOCK_ELEMS", 49)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,7 +83,8 @@ def test_label_semantic_overlap_against_sklearn_cosine() -> None:
 def test_criteria_directions_name_the_returned_measures() -> None:
     keys = set(label_overlap(["a"], ["a"], embed=lambda n: torch.ones(len(n), 2))) - {"granularity_ratio"}
     keys |= {"coverage", "label_noise_rate", "duplicate_rate", "missing_rate"}
-    assert set(criteria.CRITERIA_DIRECTIONS) == keys
+    assert keys <= set(catalog.DIRECTIONS)
+    assert {catalog.measure(k).family for k in keys} <= {"label", "quality", "distance"}
 
 
 def test_label_overlap_calls_encoder_once_and_validates() -> None:
@@ -188,7 +190,7 @@ def test_label_noise_rate_invariances_and_chunking(monkeypatch: pytest.MonkeyPat
     noisy = flip(y, 0.2, 4, seed=9)
     with monkeypatch.context() as m:
         m.setattr(criteria, "_CHUNK_ELEMS", 64)
-        m.setattr(criteria, "_REF_BLOCK", 7)
+        m.setattr(_kernels, "BLOCK_ELEMS", 49)
         small = label_noise_rate(x, noisy)  # many tiny blocks
     assert label_noise_rate(x, noisy) == small
     names = np.array(["cat", "dog", "emu", "fox"])[noisy]  # string labels, same order
@@ -325,7 +327,7 @@ def test_coverage_properties(monkeypatch: pytest.MonkeyPatch) -> None:
     # many tiny blocks vs one block: same answer
     with monkeypatch.context() as m:
         m.setattr(criteria, "_CHUNK_ELEMS", 64)
-        m.setattr(criteria, "_REF_BLOCK", 7)
+        m.setattr(_kernels, "BLOCK_ELEMS", 49)
         small = coverage(y, x, k=2)
         assert coverage(x, x) == 1.0
     assert coverage(y, x, k=2) == small

@@ -115,6 +115,7 @@ class _Profile:  # the attributes tasksim.rank reads from a SourceProfile
     status: str
     measures: dict[str, float] = field(default_factory=dict)
     view: object = None
+    bootstrap: tuple = ()
 
 
 def test_weighted_sum_minmax_reproduces_rank_py_composite() -> None:

@@ -126,9 +126,11 @@ def test_reliability_from_the_bootstrap_of_the_views() -> None:
     views = {"a": view(), "b": view()}
     for name, scored in score_views(views, labels, ("hscore_regularized",)).items():
         measures[name]["hscore_regularized"] = scored["hscore_regularized"]
-    profiles = [SourceProfile(n, "ok", measures=m, view=views[n]) for n, m in measures.items()]
+    from tasksim.profile import bootstrap_profiles
+    profiles = bootstrap_profiles([SourceProfile(n, "ok", measures=m, view=views[n]) for n, m in measures.items()],
+                                  labels, 30, ("hscore_regularized",))
     config = RankingConfig(weights={"hscore_regularized": 2.0, "frechet": 0.5, "cost": 0}, bootstrap_rounds=30)
-    ranking = rank_sources(profiles, SOURCES, config, target_labels=labels)
+    ranking = rank_sources(profiles, SOURCES, config)
     assert ranking.reliability["hscore_regularized"] < 0.5
     assert ranking.top1_probabilities() and sum(ranking.top1_probabilities().values()) == pytest.approx(1.0)
 
@@ -145,8 +147,8 @@ def test_a_failed_bootstrap_round_leaves_the_ranking_without_confidence(monkeypa
     monkeypatch.setattr(profile_mod, "score_views", lambda v, lab, m, **kw: {n: {k: float("nan") for k in m} for n in v})
     profiles = [SourceProfile(n, "ok", measures={"hscore_regularized": float(i), "frechet": 1.0 + i}, view=views[n])
                 for i, n in enumerate(("a", "b"))]
-    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"cost": 0}, bootstrap_rounds=5),
-                           target_labels=labels)
+    profiles = profile_mod.bootstrap_profiles(profiles, labels, 5, ("hscore_regularized",))
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(weights={"cost": 0}, bootstrap_rounds=5))
     assert [e.source for e in ranking.entries] == ["b", "a"] and ranking.top1_probabilities() == {}
 
 
@@ -232,16 +234,16 @@ def test_bootstrap_gives_top1_probabilities_and_intervals() -> None:
                         dtype=torch.float64), None)
     weak = SourceView(torch.randn(240, 8, generator=g, dtype=torch.float64) + 0.3 * onehot @ torch.eye(3, 8,
                       dtype=torch.float64), None)
-    profiles = [SourceProfile("a", "ok", measures={"logme": 1.0}, view=strong),
-                SourceProfile("b", "ok", measures={"logme": 0.0}, view=weak)]
+    from tasksim.profile import bootstrap_profiles
+    profiles = bootstrap_profiles([SourceProfile("a", "ok", measures={"logme": 1.0}, view=strong),
+                                   SourceProfile("b", "ok", measures={"logme": 0.0}, view=weak)], labels, 20, ("logme",))
     config = RankingConfig(bootstrap_rounds=20, weights={"logme": 1.0, "cost": 0})
-    ranking = rank_sources(profiles, SOURCES, config, target_labels=labels)
+    ranking = rank_sources(profiles, SOURCES, config)
     top1 = ranking.top1_probabilities()
     assert top1["a"] == pytest.approx(1.0) and top1["b"] == pytest.approx(0.0)
     assert ranking.entry("a").rank_interval == (1, 1)
     assert ranking.entry("b").rank_interval == (2, 2)
-    no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}),
-                           target_labels=labels)
+    no_boot = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}))
     assert no_boot.top1_probabilities() == {}
 
 

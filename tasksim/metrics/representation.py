@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import torch
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics._common import ArrayLike, check_same_length
-from tasksim.metrics.distances import _features, _median, _sq_dists, _target_device
+from tasksim.metrics._kernels import median, sq_dists
+from tasksim.metrics._validate import ArrayLike, check_same_length, features_on, target_device
 
 __all__ = [
     "MinibatchCKA",
@@ -28,9 +28,9 @@ __all__ = [
 
 
 def _pair(x: ArrayLike, y: ArrayLike, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    dev = _target_device(x, y)
-    xt = _features(x, "x", dev, min_rows=min_rows)
-    yt = _features(y, "y", dev, min_rows=min_rows)
+    dev = target_device(x, y)
+    xt = features_on(x, "x", dev, min_rows=min_rows)
+    yt = features_on(y, "y", dev, min_rows=min_rows)
     check_same_length(xt, yt, ("x", "y"))
     return xt, yt
 
@@ -73,12 +73,12 @@ def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
 
 def _rbf_gram(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
     xc = x - x.mean(0, keepdim=True)
-    d2 = _sq_dists(xc, xc)
+    d2 = sq_dists(xc, xc)
     d2.fill_diagonal_(0.0)
     if sigma is None:
         n = x.shape[0]
         iu = torch.triu_indices(n, n, offset=1, device=x.device)
-        s = _median(d2[iu[0], iu[1]].sqrt())
+        s = median(d2[iu[0], iu[1]].sqrt())
         if not s > 0.0:
             raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass sigma=")
     else:
@@ -158,9 +158,9 @@ class MinibatchCKA:
     def update(self, x: ArrayLike, y: ArrayLike) -> MinibatchCKA:
         dev = self._sums.device if self._sums is not None else None
         if dev is None:
-            dev = _target_device(x, y)
-        xt = _features(x, "x", dev, min_rows=1)
-        yt = _features(y, "y", dev, min_rows=1)
+            dev = target_device(x, y)
+        xt = features_on(x, "x", dev, min_rows=1)
+        yt = features_on(y, "y", dev, min_rows=1)
         check_same_length(xt, yt, ("x", "y"))
         _check_batch_rows(xt.shape[0])
         k = xt @ xt.T

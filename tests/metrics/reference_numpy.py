@@ -1,7 +1,7 @@
 """Independent numpy / scipy / scikit-learn references for the transferability measures.
 
 Written from the papers' formulas with dense linear algebra (no shared code with
-``tasksim.metrics.transferability``); slow but simple. Labels are assumed to be ``0..C-1``.
+``tasksim.metrics.transfer``); slow but simple. Labels are assumed to be ``0..C-1``.
 """
 
 from __future__ import annotations

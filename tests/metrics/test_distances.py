@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tasksim.metrics.distances as dist
+import tasksim.metrics.optimal_transport as otdd_mod
 from tasksim.errors import MetricInputError
 from tasksim.metrics import (
     domain_classifier_auc,
@@ -140,11 +141,11 @@ def test_frechet_properties(seed, n, d):
 def test_bures_label_cost_matches_sqrtm(n1, n2, d):
     x, y = labelled(0, n1, d, 3)
     x2, y2 = labelled(1, n2, d, 2, shift=0.5)
-    rank = dist._factor_rank(np.bincount(y).tolist() + np.bincount(y2).tolist(), d)
+    rank = otdd_mod._factor_rank(np.bincount(y).tolist() + np.bincount(y2).tolist(), d)
     assert rank == d if d == 4 else rank < d
-    means, f1, t1 = dist._class_gaussians(torch.as_tensor(x), torch.as_tensor(y), 3, rank)
-    means2, f2, t2 = dist._class_gaussians(torch.as_tensor(x2), torch.as_tensor(y2), 2, rank)
-    w = dist._bures_label_cost(torch.cat([means, means2]), torch.cat([f1, f2]), torch.cat([t1, t2])).numpy()
+    means, f1, t1 = otdd_mod._class_gaussians(torch.as_tensor(x), torch.as_tensor(y), 3, rank)
+    means2, f2, t2 = otdd_mod._class_gaussians(torch.as_tensor(x2), torch.as_tensor(y2), 2, rank)
+    w = otdd_mod._bures_label_cost(torch.cat([means, means2]), torch.cat([f1, f2]), torch.cat([t1, t2])).numpy()
     g1, g2 = ref.class_gaussians_ref(x, y), ref.class_gaussians_ref(x2, y2)
     gs = [g1[c] for c in range(3)] + [g2[c] for c in range(2)]
     for i in range(5):
@@ -210,7 +211,7 @@ def test_otdd_properties(seed, d, classes):
     xs, ys = labelled(seed, 50, d, classes)
     xt, yt = labelled(seed + 1, 45, d, classes, shift=0.3)
     scale = float(np.mean(np.sum((xs[:, None] - xs[None]) ** 2, -1)))
-    raw_self = dist._otdd_details(xs, ys, xs, ys, tol=1e-4)["value"]
+    raw_self = otdd_mod._otdd_details(xs, ys, xs, ys, tol=1e-4)["value"]
     assert abs(raw_self) <= 1e-4 * scale
     ab, ba = otdd(xs, ys, xt, yt, tol=1e-4), otdd(xt, yt, xs, ys, tol=1e-4)
     assert ab == pytest.approx(ba, rel=1e-3, abs=1e-4 * scale)
@@ -236,8 +237,8 @@ def test_otdd_log_and_absorb_modes_agree():
     xs, ys = labelled(12, 50, 4, 3)
     xt, yt = labelled(13, 40, 4, 2, shift=0.4)
     for reg in (0.1, 0.02):
-        a = dist._otdd_details(xs, ys, xt, yt, reg=reg, sinkhorn_mode="log", tol=1e-5, max_iter=3000)
-        b = dist._otdd_details(xs, ys, xt, yt, reg=reg, sinkhorn_mode="absorb", tol=1e-5, max_iter=3000)
+        a = otdd_mod._otdd_details(xs, ys, xt, yt, reg=reg, sinkhorn_mode="log", tol=1e-5, max_iter=3000)
+        b = otdd_mod._otdd_details(xs, ys, xt, yt, reg=reg, sinkhorn_mode="absorb", tol=1e-5, max_iter=3000)
         assert a["converged"] and b["converged"]
         assert b["value"] == pytest.approx(a["value"], rel=1e-5)
         assert b["kernel_rebuilds"] >= 3

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics import transferability as T
+from tasksim.metrics import _kernels, _validate
+from tasksim.metrics import transfer as T
+from tasksim.metrics.transfer import _linalg, evidence, extra, stats
 
 from . import reference_numpy as R
 
@@ -95,21 +97,21 @@ def test_logme_pure_noise_n_less_than_d():
 def test_cpu_kernels_match_plain_linear_algebra():
     # Symmetric Gram (numpy syrk on CPU, both orientations) and blocked Cholesky log-determinant (CPU, D >= 512).
     z = torch.randn(2, 150, 1100, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    g = T._gram(z)
+    g = _linalg._gram(z)
     torch.testing.assert_close(g, z.transpose(1, 2) @ z, rtol=1e-12, atol=1e-9)
     assert torch.equal(g, g.transpose(1, 2))
-    torch.testing.assert_close(T._gram(z, dual=True), z @ z.transpose(1, 2), rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(T._gram(z[:, 10:60]), z[:, 10:60].transpose(1, 2) @ z[:, 10:60], rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(_linalg._gram(z, dual=True), z @ z.transpose(1, 2), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(_linalg._gram(z[:, 10:60]), z[:, 10:60].transpose(1, 2) @ z[:, 10:60], rtol=1e-12, atol=1e-9)
     # scaled, upper triangle only (the per-class Grams of TransRate), and the batched-product path
     # that CUDA takes (reached on CPU by a float32 input)
-    up = T._gram(z, alpha=0.5, upper_only=True)
+    up = _linalg._gram(z, alpha=0.5, upper_only=True)
     torch.testing.assert_close(up.triu(), (0.5 * z.transpose(1, 2) @ z).triu(), rtol=1e-12, atol=1e-9)
     z32 = z.float()
-    torch.testing.assert_close(T._gram(z32, alpha=0.5), 0.5 * z32.transpose(1, 2) @ z32)
-    torch.testing.assert_close(T._gram(z32, dual=True), z32 @ z32.transpose(1, 2))
-    a = T._gram(z[:, :, :600]) / 150.0
+    torch.testing.assert_close(_linalg._gram(z32, alpha=0.5), 0.5 * z32.transpose(1, 2) @ z32)
+    torch.testing.assert_close(_linalg._gram(z32, dual=True), z32 @ z32.transpose(1, 2))
+    a = _linalg._gram(z[:, :, :600]) / 150.0
     expect = torch.linalg.slogdet(a + torch.eye(600, dtype=torch.float64))[1]
-    torch.testing.assert_close(T._logdet_identity_plus(a), expect, rtol=1e-11, atol=1e-9)
+    torch.testing.assert_close(_linalg._logdet_identity_plus(a), expect, rtol=1e-11, atol=1e-9)
     big, y = make_data(1200, 800, 3, seed=3)
     assert T.transrate(big, y) == pytest.approx(R.transrate(big, y), rel=1e-9)
     assert T.hscore(big, y) == pytest.approx(R.hscore(big, y), rel=1e-7)
@@ -139,7 +141,7 @@ def test_hscore_regularized_matches_sklearn_ledoit_wolf(n, d, c):
     f, y = make_data(n, d, c, seed=d)
     assert T.hscore_regularized(f, y) == pytest.approx(R.hscore_regularized(f, y), rel=1e-8)
     stats = T.precompute(f, y)
-    ours = float(T._ledoit_wolf_shrinkage(stats)[0])
+    ours = float(evidence._ledoit_wolf_shrinkage(stats)[0])
     assert ours == pytest.approx(ledoit_wolf_shrinkage(f - f.mean(0)), rel=1e-9)
 
 
@@ -210,7 +212,7 @@ def test_parc_matches_reference(pca, correlation):
 
 def test_parc_subsample_matches_reference():
     f, y = make_data(500, 12, 4, sep=0.6, seed=12)
-    idx = T._subsample_indices(500, 150, 3, torch.device("cpu")).numpy()
+    idx = _kernels.subsample_indices(500, 150, 3, torch.device("cpu")).numpy()
     assert T.parc(f, y, max_samples=150, seed=3, pca_dim=6) == pytest.approx(
         R.parc(f, y, pca_dim=6, idx=idx), rel=1e-8)
 
@@ -224,7 +226,7 @@ def test_knn_matches_reference(metric, k):
 
 def test_knn_query_subsample_matches_reference():
     f, y = make_data(400, 6, 4, sep=0.5, seed=2)
-    q = T._subsample_indices(400, 100, 5, torch.device("cpu")).numpy()
+    q = _kernels.subsample_indices(400, 100, 5, torch.device("cpu")).numpy()
     assert T.knn_accuracy(f, y, k=5, max_queries=100, seed=5) == pytest.approx(
         R.knn_loo_accuracy(f, y, 5, "cosine", queries=q), abs=1e-12)
 
@@ -232,7 +234,7 @@ def test_knn_query_subsample_matches_reference():
 def test_knn_blocks_cover_all_rows(monkeypatch):
     f, y = make_data(300, 6, 4, sep=0.5, seed=9)
     full = T.knn_accuracy(f, y, k=3)
-    monkeypatch.setattr(T, "_KNN_BLOCK_ELEMS", 1000)        # forces ~30 x 30 blocks
+    monkeypatch.setattr(_kernels, "BLOCK_ELEMS", 1000)        # forces ~30 x 30 blocks
     assert T.knn_accuracy(f, y, k=3) == full
 
 
@@ -272,7 +274,7 @@ def test_gmm_em_matches_sklearn(cov_type):
         warnings.simplefilter("ignore")
         gm.fit(x)
     xt = torch.as_tensor(x)
-    *_, post = T._gmm_em(xt, torch.as_tensor(w0), torch.as_tensor(mu0), torch.as_tensor(var0),
+    *_, post = extra._gmm_em(xt, torch.as_tensor(w0), torch.as_tensor(mu0), torch.as_tensor(var0),
                          cov_type=cov_type, max_iter=20, tol=0.0)
     np.testing.assert_allclose(post.numpy(), gm.predict_proba(x), atol=1e-8)
 
@@ -340,13 +342,13 @@ def test_chunked_statistics_match_the_in_memory_ones(monkeypatch):
     # the row-block path must give the same statistics and measures as the in-memory one.
     f, y = make_data(1300, 40, 5, seed=21, shift=3.0)
     full = T.precompute(f, y)
-    yt, c, counts = T._prep_labels(y, 1300, torch.device("cpu"))
-    monkeypatch.setattr(T, "_CONVERT_CHUNK_ELEMS", {"cpu": 97 * 40})   # 97-row blocks, a ragged last one
-    chunked = T._build_streamed(torch.as_tensor(f).unsqueeze(0), yt, c, counts)
+    yt, c, counts = _validate.prep_labels(y, 1300, torch.device("cpu"))
+    monkeypatch.setattr(stats, "_CONVERT_CHUNK_ELEMS", {"cpu": 97 * 40})   # 97-row blocks, a ragged last one
+    chunked = stats._build_streamed(torch.as_tensor(f).unsqueeze(0), yt, c, counts)
     assert chunked.centred is None
     for name in ("mean", "class_means", "eigvals", "cov", "row_norm4", "trace", "frob2"):
         torch.testing.assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-11, atol=1e-11)
-    monkeypatch.setattr(T, "_CHUNK_BYTES", 1)   # route the public measures through it
+    monkeypatch.setattr(stats, "_CHUNK_BYTES", 1)   # route the public measures through it
     assert T.logme(f, y) == pytest.approx(R.logme_svd(f, y), rel=1e-9)
     assert T.hscore(f, y) == pytest.approx(R.hscore(f, y), rel=1e-7)
     assert T.hscore_regularized(f, y) == pytest.approx(T.hscore_regularized(full), rel=1e-10)
@@ -538,7 +540,7 @@ def test_profile_many_rejects_bad_inputs():
 def test_feature_stats_with_many_sources_need_a_source():
     x = np.random.default_rng(0).standard_normal((2, 60, 4))
     y = np.arange(60) % 3
-    st_many = T._build_inmemory(torch.as_tensor(x), torch.as_tensor(y), 3, torch.bincount(torch.as_tensor(y)),
+    st_many = stats._build_inmemory(torch.as_tensor(x), torch.as_tensor(y), 3, torch.bincount(torch.as_tensor(y)),
                                 transrate_eps=None, raw=None, keep_centred=True)
     with pytest.raises(MetricInputError, match="source"):
         T.logme(st_many)

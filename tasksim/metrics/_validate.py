@@ -1,4 +1,5 @@
-"""Input handling shared by every measure: tensors, dtypes, labels, validation.
+"""One input validation for every measure and stage: tensors, dtypes, labels; one error type
+(:class:`tasksim.errors.MetricInputError`).
 
 Measures accept numpy arrays or torch tensors. Inputs keep their device; decompositions and
 covariances run in float64 (``ACCUM_DTYPE``) because float32 loses the small eigenvalues that
@@ -21,8 +22,15 @@ __all__ = [
     "as_features",
     "as_labels",
     "check_same_length",
+    "check_same_width",
     "check_classes",
-    "stratified_folds",
+    "check_finite",
+    "compute_dtype",
+    "features_on",
+    "float64_features",
+    "prep_labels",
+    "raw_tensor",
+    "target_device",
 ]
 
 ACCUM_DTYPE = torch.float64
@@ -89,13 +97,67 @@ def check_classes(labels: torch.Tensor, n_classes: int, *, min_per_class: int = 
     return counts
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold id per sample: each class (ascending) is permuted with one ``default_rng(seed)`` and dealt
-    round-robin, so every fold gets ``floor`` or ``ceil`` of each class's count / ``folds``."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(labels.shape[0], dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(idx.shape[0])]
-        fold[idx] = np.arange(idx.shape[0]) % folds
-    return fold
+
+
+def raw_tensor(x: ArrayLike, name: str = "features") -> torch.Tensor:
+    """``x`` as a torch tensor without copying (numpy shares memory); 2-D (1-D becomes a column)."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim == 1:
+        t = t.unsqueeze(1)
+    if t.ndim != 2:
+        raise MetricInputError(f"{name}: expected a 2-D array (samples x dims), got shape {tuple(t.shape)}")
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise unless every entry is finite: one reduction (any NaN/Inf makes the sum non-finite);
+    the exact per-row count runs only to word the error (or when finite values overflow the sum)."""
+    low = t.dtype in (torch.float16, torch.bfloat16)
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum(dtype=torch.float32) if low else t.sum())):
+        bad = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).sum()) if t.ndim else 1
+        if bad:
+            raise MetricInputError(f"{name}: {bad} rows contain NaN or Inf")
+
+
+def float64_features(raw: torch.Tensor, name: str = "features", min_rows: int = 2) -> torch.Tensor:
+    """``raw`` (2-D) as a finite float64 tensor (copied only when the dtype differs)."""
+    if raw.shape[0] < min_rows:
+        raise MetricInputError(f"{name}: expected at least {min_rows} samples, got {raw.shape[0]}")
+    check_finite(raw, name)
+    return raw.to(ACCUM_DTYPE)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 inputs stay float64; every other dtype computes similarities in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def prep_labels(labels: ArrayLike, n: int, device: torch.device, *, name: str = "labels",
+                 min_per_class: int = 2) -> tuple[torch.Tensor, int, torch.Tensor]:
+    y, c = as_labels(labels, name, device=device)
+    if y.shape[0] != n:
+        raise MetricInputError(f"features have {n} samples but {name} has {y.shape[0]}: lengths must match")
+    counts = check_classes(y, c, min_per_class=min_per_class, name=name)
+    return y, c, counts
+
+
+def target_device(*arrays: ArrayLike) -> torch.device | None:
+    """Device of the first torch tensor among ``arrays`` (numpy inputs follow it); None if none."""
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return None
+
+
+def features_on(x: ArrayLike, name: str, device: torch.device | None, min_rows: int = 2,
+              dtype: torch.dtype = ACCUM_DTYPE) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+    return as_features(x, name, dtype=dtype, device=device, min_rows=min_rows)
+
+
+def check_same_width(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise MetricInputError(
+            f"{names[0]} has {a.shape[1]} features but {names[1]} has {b.shape[1]}: widths must match"
+        )

@@ -5,7 +5,7 @@ floats out. Feature inputs keep their device and are handled in float64 (``ACCUM
 pairwise work is chunked so memory stays bounded (about ``_CHUNK_ELEMS`` float64 entries per
 block) whatever the sample sizes. Invalid inputs raise :class:`tasksim.errors.MetricInputError`.
 
-Directions for a ranking (``tasksim.rank.MEASURE_DIRECTIONS``): ``label_exact_overlap``,
+Directions (``tasksim.metrics.catalog``): ``label_exact_overlap``,
 ``label_semantic_overlap`` and ``coverage`` are higher-is-better; ``label_noise_rate``,
 ``duplicate_rate`` and ``missing_rate`` lower-is-better; ``granularity_ratio`` has no monotone
 direction (0 = same number of classes; its absolute value measures the mismatch).
@@ -24,10 +24,10 @@ import pyarrow.compute as pc
 import torch
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics._common import ArrayLike, as_features, as_labels, check_same_length, stratified_folds
+from tasksim.metrics._kernels import knn_search, stratified_folds
+from tasksim.metrics._validate import ArrayLike, as_labels, check_same_length, features_on
 
 __all__ = [
-    "CRITERIA_DIRECTIONS",
     "LABEL_NOISE_MAX_SAMPLES",
     "coverage",
     "duplicate_rate",
@@ -40,83 +40,39 @@ __all__ = [
 # rows label_noise_rate estimates on by default (a seeded subsample above this)
 LABEL_NOISE_MAX_SAMPLES = 5000
 
-# +1: higher is better; -1: lower is better (granularity_ratio has no monotone direction: left out).
-CRITERIA_DIRECTIONS: dict[str, int] = {
-    "label_exact_overlap": 1, "label_semantic_overlap": 1, "coverage": 1,
-    "label_noise_rate": -1, "duplicate_rate": -1, "missing_rate": -1,
-}
 
 # Largest number of float64 distance entries materialised at once (2**22 * 8 B = 32 MiB).
 _CHUNK_ELEMS = 2**22
-# Reference rows per distance block (the query block shrinks so a block stays <= _CHUNK_ELEMS).
-_REF_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def _features(x: ArrayLike, name: str, device: torch.device | None = None, min_rows: int = 1) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-    return as_features(x, name, device=device, min_rows=min_rows)
-
-
 def _knn(query: torch.Tensor, ref: torch.Tensor, k: int, *, exclude_self: bool = False
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest rows of ``ref`` for every row of ``query``: (distances, indices), ascending.
 
-    Candidates are found blockwise with squared distances from one matrix product per block
-    (``||a||^2 + ||b||^2 - 2 a.b``, at most ``_CHUNK_ELEMS`` entries at a time) and a running
-    top-k; the returned distances are then recomputed exactly as ``||a - b||`` for the k winners,
-    so identical rows are at distance exactly 0. With ``exclude_self`` (``query`` is ``ref``),
-    row i never counts as its own neighbour (identical *other* rows still do).
+    Candidates come from the project's one kNN search (:func:`tasksim.metrics._kernels.knn_search`,
+    Euclidean, blockwise with bounded memory); the returned distances are then recomputed exactly
+    as ``||a - b||`` for the k winners, so identical rows are at distance exactly 0. With
+    ``exclude_self`` (``query`` is ``ref``), row i never counts as its own neighbour (identical
+    *other* rows still do).
     """
     nq, nr = query.shape[0], ref.shape[0]
     avail = nr - 1 if exclude_self else nr
     if k < 1 or k > avail:
         raise MetricInputError(f"need k in [1, {avail}] neighbours, got k={k}")
-    dev, dt = query.device, query.dtype
-    r_sq = (ref * ref).sum(1)
-    br = min(nr, max(_REF_BLOCK, k))
-    bq = max(1, _CHUNK_ELEMS // br)
-    out_d = torch.empty(nq, k, dtype=dt, device=dev)
-    out_i = torch.empty(nq, k, dtype=torch.long, device=dev)
-    for q0 in range(0, nq, bq):
-        q = query[q0:q0 + bq]
-        q_sq = (q * q).sum(1)
-        best_d = torch.full((q.shape[0], 0), math.inf, dtype=dt, device=dev)
-        best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=dev)
-        for r0 in range(0, nr, br):
-            r = ref[r0:r0 + br]
-            d2 = torch.addmm(r_sq[r0:r0 + br].unsqueeze(0), q, r.T, alpha=-2.0).add_(q_sq.unsqueeze(1))
-            d2.clamp_min_(0.0)
-            if exclude_self:
-                rows = torch.arange(q0, q0 + q.shape[0], device=dev)
-                local = rows - r0
-                hit = (local >= 0) & (local < r.shape[0])
-                if bool(hit.any()):
-                    d2[hit.nonzero().squeeze(1), local[hit]] = math.inf
-            blk_d, blk_i = torch.topk(d2, min(k, r.shape[0]), dim=1, largest=False, sorted=True)
-            blk_i += r0
-            if best_d.shape[1] == 0:
-                best_d, best_i = blk_d, blk_i
-            else:  # merge the running k best with this block's k best
-                cand_d = torch.cat([best_d, blk_d], dim=1)
-                cand_i = torch.cat([best_i, blk_i], dim=1)
-                best_d, pos = torch.topk(cand_d, min(k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
-                best_i = torch.gather(cand_i, 1, pos)
-        # exact distances for the winners, in sub-blocks of bounded size
-        d = q.shape[1]
-        step = max(1, _CHUNK_ELEMS // max(1, k * d))
-        exact = torch.empty_like(best_d)
-        for s0 in range(0, q.shape[0], step):
-            diff = q[s0:s0 + step].unsqueeze(1) - ref[best_i[s0:s0 + step]]
-            exact[s0:s0 + step] = torch.linalg.vector_norm(diff, dim=2)
-        exact, order = torch.sort(exact, dim=1, stable=True)
-        out_d[q0:q0 + q.shape[0]] = exact
-        out_i[q0:q0 + q.shape[0]] = torch.gather(best_i, 1, order)
-    return out_d, out_i
+    self_rows = torch.arange(nq, device=query.device) if exclude_self else None
+    best_i = knn_search(query.unsqueeze(0), ref.unsqueeze(0), k, "euclidean", query.dtype, self_rows=self_rows)[0]
+    # exact distances for the winners, in sub-blocks of bounded size
+    step = max(1, _CHUNK_ELEMS // max(1, k * query.shape[1]))
+    exact = torch.empty(nq, k, dtype=query.dtype, device=query.device)
+    for s0 in range(0, nq, step):
+        diff = query[s0:s0 + step].unsqueeze(1) - ref[best_i[s0:s0 + step]]
+        exact[s0:s0 + step] = torch.linalg.vector_norm(diff, dim=2)
+    exact, order = torch.sort(exact, dim=1, stable=True)
+    return exact, torch.gather(best_i, 1, order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +181,7 @@ def label_noise_rate(features: ArrayLike, labels: ArrayLike, folds: int = 5, see
         raise MetricInputError(f"k must be >= 1, got {k}")
     if method not in ("disagreement", "confident_joint"):
         raise MetricInputError(f"method must be 'disagreement' or 'confident_joint', got {method!r}")
-    x = _features(features, "features", min_rows=2)
+    x = features_on(features, "features", None, min_rows=2)
     y, n_classes = as_labels(labels, "labels", device=x.device)
     check_same_length(x, y, ("features", "labels"))
     if n_classes < 2:
@@ -283,7 +239,7 @@ def duplicate_rate(features: ArrayLike, *, atol: float = 1e-6) -> float:
     """
     if not (atol >= 0.0 and math.isfinite(atol)):
         raise MetricInputError(f"atol must be a finite number >= 0, got {atol!r}")
-    x = _features(features, "features", min_rows=1)
+    x = features_on(features, "features", None, min_rows=1)
     n, d = x.shape
     step = max(1, _CHUNK_ELEMS // max(1, d))
     seen: set[bytes] = set()
@@ -347,8 +303,8 @@ def coverage(source_features: ArrayLike, target_features: ArrayLike, radius: flo
     if k < 1:
         raise MetricInputError(f"k must be >= 1, got {k}")
     dev = next((a.device for a in (target_features, source_features) if isinstance(a, torch.Tensor)), None)
-    t = _features(target_features, "target_features", device=dev, min_rows=1)
-    s = _features(source_features, "source_features", device=dev, min_rows=1)
+    t = features_on(target_features, "target_features", device=dev, min_rows=1)
+    s = features_on(source_features, "source_features", device=dev, min_rows=1)
     if s.shape[1] != t.shape[1]:
         raise MetricInputError(
             f"source_features has {s.shape[1]} features but target_features has {t.shape[1]}: widths must match")

@@ -1,0 +1,135 @@
+"""tasksim.profile: the pure profile entry point (profile_arrays), its bootstrap, and the catalogue
+it derives its lists from."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tasksim import metrics
+from tasksim.metrics import catalog
+from tasksim.profile import (
+    TRANSFER_MEASURES,
+    SourceArrays,
+    SourceView,
+    bootstrap_profiles,
+    profile_arrays,
+    score_views,
+    shared_space_measures,
+)
+
+
+def _data(seed: int, n: int, d: int, shift: float, classes: int = 3) -> tuple[torch.Tensor, list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[:, :classes] += 2.5 * torch.nn.functional.one_hot(y, classes).double()
+    return x + shift, [f"c{int(v)}" for v in y]
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    tx, ty = _data(0, 90, 6, 0.0)
+    near_x, near_y = _data(1, 120, 6, 0.1)
+    far_x, far_y = _data(2, 120, 6, 3.0)
+    good_view = SourceView(tx.clone(), None)                       # separates the target classes
+    g = torch.Generator().manual_seed(3)
+    bad_view = SourceView(torch.randn(90, 6, generator=g, dtype=torch.float64), None)  # pure noise
+    sources = {"near": SourceArrays(near_x, near_y, good_view, missing_rate=0.0, extra={"modality_match": 1.0}),
+               "far": SourceArrays(far_x, far_y, bad_view, missing_rate=0.1, extra={"modality_match": 1.0})}
+    return {"tx": tx, "ty": ty, "sources": sources}
+
+
+def test_profile_arrays_is_the_shared_space_measures_plus_batched_transferability(world: dict) -> None:
+    profiles = profile_arrays(world["tx"], world["ty"], world["sources"], seed=0)
+    assert [p.source for p in profiles] == ["near", "far"] and all(p.status == "ok" for p in profiles)
+    by = {p.source: p for p in profiles}
+    for name, src in world["sources"].items():
+        expected = shared_space_measures(src.features, src.labels, world["tx"], world["ty"],
+                                         missing_rate=src.missing_rate, seed=0)
+        for key, value in expected.items():
+            assert by[name].measures[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+        assert by[name].measures["modality_match"] == 1.0
+    views = {n: s.view for n, s in world["sources"].items()}
+    scored = score_views(views, world["ty"], seed=0)
+    baseline = metrics.transferability_profile(world["tx"], world["ty"], measures=("logme", "knn_accuracy"))
+    for name in views:
+        for key in TRANSFER_MEASURES:
+            if key in scored[name]:
+                assert by[name].measures[key] == pytest.approx(scored[name][key], rel=1e-9)
+        assert by[name].measures["logme_gain"] == pytest.approx(by[name].measures["logme"] - baseline["logme"])
+    # the near source is closer and transfers better
+    assert by["near"].measures["mmd2"] < by["far"].measures["mmd2"]
+    assert by["near"].measures["logme"] > by["far"].measures["logme"]
+    assert by["far"].measures["negative_transfer"] == 1.0
+
+
+def test_profile_arrays_isolates_a_failing_source(world: dict) -> None:
+    wide = SourceArrays(torch.randn(50, 9, dtype=torch.float64), ["a", "b"] * 25)  # wrong width: MMD refuses
+    broken_view = SourceArrays(world["sources"]["near"].features, world["sources"]["near"].labels,
+                               SourceView(torch.full((90, 6), float("nan"), dtype=torch.float64), None))
+    profiles = profile_arrays(world["tx"], world["ty"], {**world["sources"], "wide": wide, "nan-view": broken_view})
+    status = {p.source: (p.status, p.error) for p in profiles}
+    assert status["near"][0] == status["far"][0] == "ok"
+    assert status["wide"][0] == "failed" and "width" in status["wide"][1]
+    assert status["nan-view"][0] == "failed" and status["nan-view"][1].startswith("transferability:")
+
+
+def test_profile_arrays_without_labels_or_views_skips_transferability(world: dict) -> None:
+    unlabelled = profile_arrays(world["tx"], None, world["sources"])
+    assert all(p.status == "ok" for p in unlabelled)
+    assert not any(k in p.measures for p in unlabelled for k in ("logme", "knn_accuracy", "label_shift"))
+    assert all(math.isfinite(p.measures["mmd2"]) for p in unlabelled)
+
+
+def test_late_labels_use_the_labelled_rows_only(world: dict) -> None:
+    partial = [y if i % 3 else None for i, y in enumerate(world["ty"])]
+    profiles = {p.source: p for p in profile_arrays(world["tx"], partial, world["sources"])}
+    rows = [i for i, y in enumerate(partial) if y is not None]
+    views = {n: SourceView(s.view.features[rows], None) for n, s in world["sources"].items()}
+    scored = score_views(views, [partial[i] for i in rows])
+    assert profiles["near"].measures["logme"] == pytest.approx(scored["near"]["logme"], rel=1e-9)
+
+
+def test_bootstrap_rounds_are_attached_and_reproducible(world: dict) -> None:
+    a = profile_arrays(world["tx"], world["ty"], world["sources"], bootstrap_rounds=7,
+                       bootstrap_measures=("logme", "hscore_regularized"))
+    b = profile_arrays(world["tx"], world["ty"], world["sources"], bootstrap_rounds=7,
+                       bootstrap_measures=("logme", "hscore_regularized"))
+    for pa_, pb_ in zip(a, b):
+        assert len(pa_.bootstrap) == 7 and set(pa_.bootstrap[0]) == {"logme", "hscore_regularized"}
+        assert pa_.bootstrap == pb_.bootstrap
+    # resampling moves the values around the full-sample value
+    near = next(p for p in a if p.source == "near")
+    values = [r["logme"] for r in near.bootstrap]
+    assert min(values) < max(values)
+    assert min(values) - 1.0 < near.measures["logme"] < max(values) + 1.0
+
+
+def test_bootstrap_needs_two_views(world: dict) -> None:
+    profiles = profile_arrays(world["tx"], world["ty"], {"near": world["sources"]["near"]})
+    assert bootstrap_profiles(profiles, world["ty"], 5, ("logme",)) == profiles
+    assert all(p.bootstrap == () for p in bootstrap_profiles(profiles, world["ty"], 5, ("logme",)))
+
+
+def test_catalogue_is_the_one_list() -> None:
+    from tasksim import rank
+
+    assert TRANSFER_MEASURES == ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "leep", "nce")
+    assert rank.MEASURE_DIRECTIONS is catalog.DIRECTIONS and rank.DEFAULT_WEIGHTS is catalog.DEFAULT_WEIGHTS
+    assert set(catalog.BOOTSTRAP_MEASURES) <= set(TRANSFER_MEASURES)
+    assert catalog.PROBABILITY_MEASURES == {"leep", "nce"}
+    for m in catalog.CATALOG.values():
+        assert m.direction in (-1, 1)
+        if m.family == "distance":
+            assert m.direction == (1 if m.name == "coverage" else -1), m.name
+        if m.family in ("transferability", "transfer_gain"):
+            assert m.direction == 1 and m.needs_target_labels, m.name
+        if m.needs_source_probs:
+            assert m.name in catalog.PROFILE_MEASURES
+    # every measure the engine computes by name has an entry
+    assert set(metrics.PROFILE_MEASURES) | set(catalog.OPTIONAL_TRANSFER_MEASURES) <= set(catalog.CATALOG)
+    with pytest.raises(KeyError, match="unknown measure 'nope'"):
+        catalog.measure("nope")
