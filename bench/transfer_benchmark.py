@@ -71,7 +71,7 @@ from tasksim.rank import BOOTSTRAP_MEASURES, DEFAULT_WEIGHTS, MEASURE_DIRECTIONS
 # labelled data-only source with a text encoder; the composite sees exactly these.
 PROFILE_DESCRIBE = ("mmd2", "frechet", "coverage", "duplicate_rate", "missing_rate", "label_noise_rate",
                     "label_shift", "label_exact_overlap", "label_semantic_overlap", "granularity_ratio", "otdd",
-                    "domain_classifier_auc")
+                    "domain_classifier_auc", "domain_separability")
 TRANSFER_MEASURES = tuple(PROFILE_TRANSFER)  # logme, hscore_regularized, gbc, transrate, knn, leep, nce
 PRODUCT_MEASURES = PROFILE_DESCRIBE + TRANSFER_MEASURES + ("logme_gain", "knn_gain", "negative_transfer")
 # the profile's measures that are ranking criteria (have a direction): the single-measure rows

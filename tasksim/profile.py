@@ -366,6 +366,7 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     out["domain_classifier_auc"] = metrics.domain_classifier_auc(
         _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
         _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
+    out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
     out["duplicate_rate"] = quality.duplicate_rate(source_x)
     if missing_rate is not None:
         out["missing_rate"] = missing_rate
@@ -451,6 +452,17 @@ def bootstrap_profiles(profiles: list[SourceProfile], labels: list[str], rounds:
     return [replace(p, bootstrap=tuple(per_source[p.source])) if p.source in per_source else p for p in profiles]
 
 
+def _say_codes(target_labels: list[str] | None, sources: dict[str, SourceArrays]) -> None:
+    """One line per profile run naming whose class labels are integer codes (never matched by name)."""
+    coded = [n for n, s in sources.items() if s.labels and quality.is_code_vocabulary(set(s.labels))]
+    if target_labels and quality.is_code_vocabulary(set(target_labels)):
+        coded.insert(0, "the production window")
+    if coded:
+        log.warning("class labels of %s are integer codes: the class-name criteria (label_exact_overlap, "
+                    "label_semantic_overlap) are left out for them, since codes say nothing about what the "
+                    "classes are", ", ".join(coded))
+
+
 def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | None,
                    sources: dict[str, SourceArrays], *, seed: int = 0, bootstrap_rounds: int = 0,
                    bootstrap_measures: tuple[str, ...] = catalog.BOOTSTRAP_MEASURES,
@@ -473,6 +485,7 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
             basis.append(target_basis(target_x))
         return basis[0]
 
+    _say_codes(known_labels, sources)
     described: dict[str, SourceProfile] = {}
     for name, src in sources.items():
         started = time.perf_counter()

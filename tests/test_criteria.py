@@ -52,6 +52,18 @@ def test_label_overlap_identical_sets_and_normalisation() -> None:
     assert label_overlap(["x"], ["y"])["label_exact_overlap"] == 0.0
 
 
+def test_integer_codes_never_match_by_name() -> None:
+    """Codes 0-4 on both sides say nothing about what the classes mean: no overlap is claimed."""
+    from tasksim.metrics.quality import is_code_vocabulary
+
+    out = label_overlap(["0", "1", "2", "3", "4"], [0, 1, 2, 3, 4], embed=lambda n: torch.eye(len(n)))
+    assert out == {"granularity_ratio": 0.0}
+    assert set(label_overlap(["cat", "dog"], ["1", "2", "3", "4"])) == {"granularity_ratio"}
+    assert label_overlap(["cat", "7"], ["cat", "dog"])["label_exact_overlap"] == 0.5  # names with a code among them
+    assert is_code_vocabulary(["0", " 12", "-3", "4.0", 5]) and not is_code_vocabulary(["0", "1.5"])
+    assert not is_code_vocabulary(["0", "zero"]) and not is_code_vocabulary([]) and not is_code_vocabulary(["nan"])
+
+
 VECTORS = {
     "car": [1.0, 0.0, 0.0], "automobile": [0.95, 0.312, 0.0], "truck": [0.6, 0.8, 0.0],
     "dog": [0.0, 0.0, 1.0], "puppy": [0.0, 0.5, 0.866], "tree": [0.0, 1.0, 0.0], "void": [0.0, 0.0, 0.0],

@@ -133,3 +133,28 @@ def test_catalogue_is_the_one_list() -> None:
     assert set(metrics.PROFILE_MEASURES) | set(catalog.OPTIONAL_TRANSFER_MEASURES) <= set(catalog.CATALOG)
     with pytest.raises(KeyError, match="unknown measure 'nope'"):
         catalog.measure("nope")
+
+
+def test_integer_class_codes_are_said_once_and_not_matched(world: dict, caplog: pytest.LogCaptureFixture) -> None:
+    coded = {n: SourceArrays(s.features, [y[1:] for y in s.labels], s.view) for n, s in world["sources"].items()}
+    with caplog.at_level("WARNING", logger="tasksim.profile"):
+        profiles = profile_arrays(world["tx"], [y[1:] for y in world["ty"]], coded)
+    assert all("label_exact_overlap" not in p.measures and "granularity_ratio" in p.measures for p in profiles)
+    said = [r.message for r in caplog.records if "integer codes" in r.message]
+    assert len(said) == 1 and "the production window, near, far" in said[0]
+
+
+def test_a_duplicate_of_the_target_is_the_closest_source(world: dict) -> None:
+    """Distances call a copy of the target closest; the domain classifier's below-chance AUC on
+    shared rows must not rank it as closer than identical, nor as far."""
+    twin_x, twin_y = _data(9, 90, 6, 0.0)
+    sources = {"copy": SourceArrays(world["tx"].clone(), list(world["ty"])),
+               "twin": SourceArrays(twin_x, twin_y), "far": world["sources"]["far"]}
+    by = {p.source: p.measures for p in profile_arrays(world["tx"], world["ty"], sources)}
+    assert by["copy"]["domain_classifier_auc"] < 0.5 and by["copy"]["domain_separability"] == 0.0
+    assert by["far"]["domain_separability"] > 0.9
+    for key in ("mmd2", "frechet", "domain_separability", "otdd"):
+        assert by["copy"][key] <= by["twin"][key] + 1e-9 < by["far"][key], key
+    assert metrics.domain_separability(0.75) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="auc must be in"):
+        metrics.domain_separability(1.5)

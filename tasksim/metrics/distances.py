@@ -26,6 +26,7 @@ from tasksim.metrics._validate import (
 
 __all__ = [
     "domain_classifier_auc",
+    "domain_separability",
     "frechet_distance",
     "label_shift",
     "median_bandwidth",
@@ -341,6 +342,20 @@ def domain_classifier_auc(x: ArrayLike, y: ArrayLike, folds: int = 5, seed: int 
         scores = ((zte - mu) / sd) @ w[:-1] + w[-1]
         aucs.append(_auc(scores, lab[test].bool()))
     return float(np.mean(aucs))
+
+
+def domain_separability(auc: float) -> float:
+    """``max(0, 2 AUC - 1)`` of a domain classifier's cross-validated AUC: 0 when the two samples
+    cannot be told apart, 1 when they separate perfectly.
+
+    Below chance the AUC does not mean "closer than identical": it means the samples share rows
+    (each fold's duplicates are predicted as the other side; a copy of the target scores about
+    0.05). Folding it to 0 makes a duplicate of the target the closest source, tied with a twin.
+    """
+    auc = float(auc)
+    if not 0.0 <= auc <= 1.0:
+        raise MetricInputError(f"auc must be in [0, 1], got {auc!r}")
+    return max(0.0, 2.0 * auc - 1.0)
 
 
 def _label_values(y: ArrayLike, name: str) -> np.ndarray:

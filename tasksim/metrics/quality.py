@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "LABEL_NOISE_MAX_SAMPLES",
     "coverage",
     "duplicate_rate",
+    "is_code_vocabulary",
     "label_noise_rate",
     "label_overlap",
     "missing_rate",
@@ -99,6 +100,22 @@ def _class_names(labels: Sequence[object], name: str) -> dict[str, str]:
     return {k: first[k] for k in sorted(first)}
 
 
+def is_code_vocabulary(names: Iterable[object]) -> bool:
+    """True when every class name is an integer code (``"3"``, ``"-1"``, ``"07"``, ``4``, ``2.0``):
+    such labels carry no meaning to compare by name."""
+    seen = False
+    for name in names:
+        seen = True
+        text = normalize_label_name(name)
+        try:
+            value = float(text)
+        except ValueError:
+            return False
+        if not (math.isfinite(value) and value == int(value)):
+            return False
+    return seen
+
+
 def label_overlap(source_labels: Sequence[str], target_labels: Sequence[str],
                   embed: Callable[[list[str]], torch.Tensor] | None = None,
                   threshold: float = 0.7) -> dict[str, float]:
@@ -119,11 +136,17 @@ def label_overlap(source_labels: Sequence[str], target_labels: Sequence[str],
 
     The semantic match is the usual embedding-cosine matching of short texts (e.g. Sentence-BERT
     embeddings, Reimers & Gurevych, EMNLP 2019); ``threshold`` depends on the encoder.
+
+    Integer class codes are not names: when either side's classes are all integers
+    (:func:`is_code_vocabulary`; ``0..4`` says nothing about what the classes mean) the overlaps
+    are left out and only the granularity is returned.
     """
     if not -1.0 <= float(threshold) <= 1.0:
         raise MetricInputError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
     src = _class_names(source_labels, "source_labels")
     tgt = _class_names(target_labels, "target_labels")
+    if is_code_vocabulary(src) or is_code_vocabulary(tgt):
+        return {"granularity_ratio": float(math.log2(len(src) / len(tgt)))}
     exact = np.array([t in src for t in tgt], dtype=bool)
     out = {"label_exact_overlap": float(exact.mean())}
     if embed is not None:
