@@ -1,4 +1,4 @@
-"""Benchmark of the similarity engine's distance half (tasksim.metrics.distances).
+"""Benchmark of the similarity engine's distance half (tasksim.metrics.distances, tasksim.metrics.optimal_transport).
 
 Rows (``run(quick)`` returns them; ``bench/metrics.py`` prints them, or run this file alone):
 
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from tasksim.metrics import distances as Dm
+from tasksim.metrics import optimal_transport as OT
 
 OTDD_TARGET_S = 0.5
 
@@ -126,7 +127,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
     n, d, c = 2000, 128, 10
     xs, ys = labelled_data(n, d, c, 0.0, 1)
     xt, yt = labelled_data(n, d, c, 0.3, 2)
-    det = Dm._otdd_details(xs, ys, xt, yt)  # warm-up, and the eps / iterations to report
+    det = OT._otdd_details(xs, ys, xt, yt)  # warm-up, and the eps / iterations to report
     eps = det["epsilon"]
     pot_n = 500 if quick else n
     ours, ours_cpu, pot, pot_val = [], [], [], None
@@ -135,7 +136,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
         otdd_pot_reference(xs[:300], ys[:300], xt[:300], yt[:300], eps)  # warm-up (imports)
         for r in range(repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            val = Dm.otdd(xs, ys, xt, yt)
+            val = OT.otdd(xs, ys, xt, yt)
             ours.append(time.perf_counter() - t0)
             ours_cpu.append(time.process_time() - c0)
             if r < (1 if not quick else repeat):  # the reference is slow: time it once at full size
@@ -157,7 +158,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
         "target": "-", "ok": "-", "ratio": None, "value": pot_val,
         "notes": "numpy eigh Bures + 3 x ot.sinkhorn(sinkhorn_log, stopThr=1e-3) plans, float64, same eps",
     })
-    t_log, t_log_med, c_log, v_log = _timed(lambda: Dm.otdd(xs, ys, xt, yt, sinkhorn_mode="log"),
+    t_log, t_log_med, c_log, v_log = _timed(lambda: OT.otdd(xs, ys, xt, yt, sinkhorn_mode="log"),
                                             max(1, repeat // 2))
     rows.append({
         "name": f"otdd_log_mode N={n} D={d} C={c}", "seconds": t_log, "median_s": t_log_med, "cpu_s": c_log,

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch
 
-from tasksim.metrics import distances as Dist
+from tasksim import metrics as Dist
 from tasksim.metrics import representation as R
 from tasksim.metrics import transfer as T
 

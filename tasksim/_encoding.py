@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, runtime_checkable
@@ -69,6 +70,15 @@ def _first_line(exc: BaseException) -> str:
     if len(lines) > 1 and "TorchScript interpreter" in lines[0]:
         return lines[-1].strip().removeprefix("builtins.")
     return lines[0]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, without doubling a type the message already names (TorchScript
+    errors end in ``RuntimeError: ...`` of their own)."""
+    line = _first_line(exc)
+    if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Warning): ", line):
+        return line
+    return f"{type(exc).__name__}: {line}"
 
 
 def _as_array(col: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -40,8 +40,8 @@ from tasksim._encoding import (
     _BaseEncoder,
     _collect,
     _column_matrix,
+    _describe,
     _fail,
-    _first_line,
     _path_digest,
     _progress,
     _settings_fingerprint,
@@ -210,7 +210,7 @@ class _TextEncoder(_BaseEncoder):
                 self.model = SentenceTransformer(location, device=str(device))
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
             _fail(source, f"text encoder: cannot load sentence-transformers model {location} "
-                          f"({type(exc).__name__}: {_first_line(exc)})")
+                          f"({_describe(exc)})")
         self.model.eval()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension

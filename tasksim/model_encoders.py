@@ -27,9 +27,9 @@ from torch import nn
 from tasksim._encoding import (
     _BaseEncoder,
     _collect,
+    _describe,
     _fail,
     _file_digest,
-    _first_line,
     _first_tensor,
     _progress,
     _settings_fingerprint,
@@ -41,6 +41,7 @@ from tasksim.errors import DataError, SourceError
 __all__ = [
     "MLP",
     "ArchitectureFactory",
+    "check_head_file",
     "register_architecture",
     "registered_architectures",
 ]
@@ -96,6 +97,34 @@ def _sniff(path: Path) -> str:
         if 0 < header <= size - 8:
             return "safetensors"
     return "unknown"
+
+
+def check_head_file(path: Path) -> tuple[int, int]:
+    """(classes, features) of a source's linear head file: safetensors holding ``weight`` (classes x
+    features) and optionally ``bias`` (classes). Anything else raises ``DataError`` with one line
+    that names the file, what it is and what is expected (no tensor data is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = "expected safetensors holding 'weight' (classes x features) and optionally 'bias' (classes)"
+    try:
+        kind = _sniff(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the head ({exc.strerror or exc}); {expected}") from exc
+    if kind != "safetensors":
+        what = {"torchscript": "a TorchScript archive", "export": "a torch.export archive", "pickle": "a pickle",
+                "zip": "a zip archive", "corrupt": "a corrupt archive"}.get(kind, "not a safetensors file")
+        raise DataError(f"{path}: the head is {what}; {expected}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"{path}: cannot read the head's safetensors header ({exc}); {expected}") from exc
+    weight, bias = shapes.get("weight"), shapes.get("bias")
+    if weight is None or len(weight) != 2 or min(weight) < 1:
+        raise DataError(f"{path}: the head's 'weight' has shape {weight}; {expected}")
+    if bias is not None and bias != (weight[0],):
+        raise DataError(f"{path}: the head's 'bias' has shape {bias} but 'weight' has {weight[0]} classes; {expected}")
+    return int(weight[0]), int(weight[1])
 
 
 def _check_model_file(path: Path, kind: str, source: str | None) -> str:
@@ -182,8 +211,9 @@ class _ModuleEncoder(_BaseEncoder):
         try:
             out = self.module(xb.to(self.device, self.dtype))
         except Exception as exc:  # noqa: BLE001 - the model's own error, as one line
-            self._fail(f"forward failed on input of shape {tuple(xb.shape)} "
-                       f"({type(exc).__name__}: {_first_line(exc)})")
+            hint = ("" if self.input_shape else "; if the model takes rows of another shape (e.g. images), "
+                    "set encoder.input_shape to one row's shape, e.g. [1, 28, 28]")
+            self._fail(f"forward failed on input of shape {tuple(xb.shape)} ({_describe(exc)}){hint}")
         t = _first_tensor(out)
         if t is None:
             self._fail(f"model returned {type(out).__name__}, expected a tensor")
@@ -287,7 +317,7 @@ class _TorchScriptEncoder(_ModuleEncoder):
         except (SourceError, DataError):
             raise
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
-            _fail(source, f"{self.path}: cannot load {fmt} model ({type(exc).__name__}: {_first_line(exc)})")
+            _fail(source, f"{self.path}: cannot load {fmt} model ({_describe(exc)})")
         self._fingerprint = _settings_fingerprint("torchscript", cfg, _file_digest(self.path))
 
     def _configure_export(self, program: Any) -> None:
@@ -390,13 +420,13 @@ class _SafetensorsEncoder(_ModuleEncoder):
 
             tensors = load_file(str(self.path), device="cpu")
         except Exception as exc:  # noqa: BLE001
-            _fail(source, f"{self.path}: cannot read safetensors ({type(exc).__name__}: {_first_line(exc)})")
+            _fail(source, f"{self.path}: cannot read safetensors ({_describe(exc)})")
         try:
             module = factory(tensors, cfg)
             module.load_state_dict(tensors, strict=True)
         except Exception as exc:  # noqa: BLE001
             _fail(source, f"{self.path}: weights do not fit architecture {arch!r} "
-                          f"({type(exc).__name__}: {_first_line(exc)})")
+                          f"({_describe(exc)})")
         module = module.to(device).eval()
         self.module, self.hook_root = module, module
         self._fingerprint = _settings_fingerprint("safetensors", cfg, _file_digest(self.path))

@@ -44,10 +44,11 @@ from tasksim import mcda, metrics
 from tasksim.cache import EmbeddingCache
 from tasksim.config import Config, InputColumns, SourceConfig
 from tasksim.embed import Encoder, build_encoder
-from tasksim.errors import SourceError, TasksimError
+from tasksim.errors import DataError, SourceError, TasksimError
 from tasksim.heads import load_or_fit_head
 from tasksim.metrics import catalog, quality
 from tasksim.metrics._kernels import pca_basis, subsample_indices
+from tasksim.model_encoders import check_head_file
 from tasksim.sample import load_source, table_fingerprint
 
 __all__ = [
@@ -270,18 +271,17 @@ class _Profiler:
 
     def shipped_head_probs(self, source: SourceConfig, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities from the source's own linear head (safetensors ``weight`` C x D, ``bias`` C)."""
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            tensors = load_file(str(source.head))
-        except (OSError, SafetensorError) as exc:
-            raise SourceError(source.name, f"{source.head}: cannot load the head as safetensors ({exc})") from exc
-        weight, bias = tensors.get("weight"), tensors.get("bias")
-        if weight is None or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
-            shape = None if weight is None else tuple(weight.shape)
-            raise SourceError(source.name, f"{source.head}: expected a 'weight' tensor of shape (classes, "
-                              f"{features.shape[1]}), got {shape}")
+            _, width = check_head_file(source.head)
+        except DataError as exc:
+            raise SourceError(source.name, str(exc)) from exc
+        if width != features.shape[1]:
+            raise SourceError(source.name, f"{source.head}: the head's 'weight' takes {width} features but the "
+                              f"source's model gives {features.shape[1]}; expected (classes, {features.shape[1]})")
+        tensors = load_file(str(source.head))
+        weight, bias = tensors["weight"], tensors.get("bias")
         weight = weight.to(features.device, torch.float32)
         bias = torch.zeros(weight.shape[0]) if bias is None else bias
         return torch.softmax(features.float() @ weight.T + bias.to(features.device, torch.float32), dim=1)

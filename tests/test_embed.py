@@ -342,3 +342,65 @@ def test_fingerprints_follow_content_not_name(tmp_path: Path) -> None:
     fb = build_encoder(EncoderConfig(kind="torchscript", path=b), device=CPU).fingerprint
     fc = build_encoder(EncoderConfig(kind="torchscript", path=b, input_shape=(4,)), device=CPU).fingerprint
     assert fa == fb != fc
+
+
+class _Conv(nn.Module):
+    """Needs (N, 1, 4, 4) images: flat rows fail inside the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1)
+
+
+def test_a_failing_encoder_names_the_shape_it_got_and_the_key_that_fixes_it(tmp_path: Path) -> None:
+    torch.jit.save(torch.jit.script(_Conv()), tmp_path / "conv.pt")
+    table = pa.table({"vec": pa.array([[float(i)] * 16 for i in range(5)], type=pa.list_(pa.float32(), 16))})
+    enc = build_encoder(EncoderConfig(kind="torchscript", path=tmp_path / "conv.pt"), device=CPU, source="cnn")
+    with pytest.raises(SourceError) as exc:
+        enc.encode(table, _cols("vec"))
+    line = _one_line(exc)
+    assert "input of shape (5, 16)" in line and "encoder.input_shape" in line
+    assert "RuntimeError: RuntimeError" not in line
+    fixed = build_encoder(EncoderConfig(kind="torchscript", path=tmp_path / "conv.pt", input_shape=(1, 4, 4)),
+                          device=CPU, source="cnn")
+    assert tuple(fixed.encode(table, _cols("vec")).shape) == (5, 8)
+
+
+def test_head_files_are_checked_before_any_cycle(tmp_path: Path) -> None:
+    """tasksim validate refuses a TorchScript file or a malformed head with one line and exit 2."""
+    import subprocess
+    import sys
+
+    from tasksim.model_encoders import check_head_file
+
+    torch.jit.save(torch.jit.script(_Sum()), tmp_path / "head.pt")
+    save_file({"weight": torch.zeros(3, 8), "bias": torch.zeros(3)}, str(tmp_path / "good.safetensors"))
+    save_file({"weight": torch.zeros(3, 8), "bias": torch.zeros(4)}, str(tmp_path / "bias.safetensors"))
+    save_file({"weight": torch.zeros(8)}, str(tmp_path / "flat.safetensors"))
+    assert check_head_file(tmp_path / "good.safetensors") == (3, 8)
+    with pytest.raises(DataError, match="head.pt: the head is a TorchScript archive; expected safetensors"):
+        check_head_file(tmp_path / "head.pt")
+    with pytest.raises(DataError, match=r"'bias' has shape \(4,\) but 'weight' has 3 classes"):
+        check_head_file(tmp_path / "bias.safetensors")
+    with pytest.raises(DataError, match=r"'weight' has shape \(8,\)"):
+        check_head_file(tmp_path / "flat.safetensors")
+    for head, expected in (("head.pt", "is a TorchScript archive"), ("flat.safetensors", "'weight' has shape")):
+        cfg = tmp_path / f"{head}.yaml"
+        cfg.write_text(f"""
+state_dir: state
+production: {{path: prod, timestamp_column: ts, feature_columns: [a, b]}}
+reference: {{end: 2026-01-01T00:00:00}}
+sources:
+  - {{name: plain, path: s1.parquet, feature_columns: [a, b]}}
+  - {{name: withhead, path: s2.parquet, feature_columns: [a, b], head: {head}}}
+deployed_source: plain
+schedule: {{interval: 30s}}
+""")
+        proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "validate", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=120)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert f"sources[1].head (withhead): {tmp_path / head}" in lines[0] and expected in lines[0]
