@@ -230,6 +230,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                      if entry.get("top1_probability") is not None else "")
                   + (f", 90% rank interval {interval[0]}-{interval[1]}" if interval else "")
                   + (f", flags: {', '.join(entry['flags'])}" if entry.get("flags") else ""))
+            if entry.get("missing"):
+                print(f"missing criteria: {', '.join(entry['missing'])} (scored on the others; they carry "
+                      f"{1 - entry['completeness']:.0%} of the weight, which lowers its confidence)")
             weights = d.get("weights", {})
             total = sum(weights.values()) or 1.0
             print("criterion contributions (normalised value x weight share; 1 = best among the sources):")

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasksim.errors import ConfigError
+from tasksim.metrics import catalog
 
 __all__ = [
     "Config",
@@ -293,7 +294,10 @@ class RankingConfig(_Frozen):
 
     @field_validator("weights")
     @classmethod
-    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+    def _known_and_non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(k for k in v if k not in catalog.DIRECTIONS)
+        if unknown:
+            raise ValueError(f"unknown criteria {unknown}; known: {', '.join(sorted(catalog.DIRECTIONS))}")
         bad = {k: w for k, w in v.items() if w < 0}
         if bad:
             raise ValueError(f"weights must be >= 0, got {bad}")

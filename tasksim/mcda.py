@@ -110,8 +110,10 @@ def normalize(values: Mapping[str, float], direction: int, method: Normalization
 
 
 def _matrix(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
-            directions: Mapping[str, int]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(alternatives, criteria, X (n x m), w (m, summing to 1), d (m,)) for the positively weighted criteria."""
+            directions: Mapping[str, int], *, allow_missing: bool = False
+            ) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(alternatives, criteria, X (n x m), w (m, summing to 1), d (m,)) for the positively weighted
+    criteria; with ``allow_missing`` a criterion an alternative lacks is NaN in X."""
     alternatives = list(matrix)
     if not alternatives:
         raise MetricInputError("the decision matrix has no alternatives")
@@ -126,35 +128,47 @@ def _matrix(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, flo
         raise MetricInputError(f"criteria {no_dir} have a weight but no direction")
     missing = {a: [c for c in criteria if c not in matrix[a]] for a in alternatives}
     missing = {a: cs for a, cs in missing.items() if cs}
-    if missing:
+    if missing and not allow_missing:
         raise MetricInputError(f"weighted criteria missing for some alternatives: {missing}")
-    x = np.array([[float(matrix[a][c]) for c in criteria] for a in alternatives], dtype=np.float64)
-    if not np.isfinite(x).all():
-        bad = sorted({(alternatives[i], criteria[j]) for i, j in zip(*np.nonzero(~np.isfinite(x)))})
+    x = np.array([[float(matrix[a].get(c, math.nan)) for c in criteria] for a in alternatives], dtype=np.float64)
+    present = np.array([[c in matrix[a] for c in criteria] for a in alternatives], dtype=bool)
+    if not np.isfinite(x[present]).all():
+        bad = sorted({(alternatives[i], criteria[j]) for i, j in zip(*np.nonzero(present & ~np.isfinite(x)))})
         raise MetricInputError(f"non-finite values in the decision matrix: {bad}")
+    if allow_missing and not present.any(axis=1).all():
+        empty = [a for a, row in zip(alternatives, present) if not row.any()]
+        raise MetricInputError(f"alternatives with none of the weighted criteria: {empty}")
     w = np.array([float(weights[c]) for c in criteria], dtype=np.float64)
     d = np.array([_direction(directions[c], f"directions[{c!r}]") for c in criteria], dtype=np.float64)
     return alternatives, criteria, x, w / w.sum(), d
 
 
 def weighted_sum(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
-                 directions: Mapping[str, int], method: NormalizationMethod = "minmax") -> dict[str, float]:
+                 directions: Mapping[str, int], method: NormalizationMethod = "minmax", *,
+                 allow_missing: bool = False) -> dict[str, float]:
     """Simple additive weighting (Hwang & Yoon 1981): ``score_i = sum_c w_c u_ic / sum_c w_c`` in [0, 1].
 
     ``u_ic`` is :func:`normalize` of criterion c across the alternatives (``method``; the default
     ``"minmax"`` reproduces ``tasksim.rank``'s composite). Only criteria with weight > 0 are used;
-    each must have a direction and a finite value for every alternative.
+    each must have a direction and a finite value for every alternative, unless
+    ``allow_missing``: then a criterion is normalised across the alternatives that have it, and
+    each alternative is scored on the criteria it has (``sum_{c in C_i} w_c u_ic / sum_{c in C_i}
+    w_c``): a criterion is never dropped for everyone because one alternative lacks it.
     """
-    alternatives, criteria, x, w, d = _matrix(matrix, weights, directions)
+    alternatives, criteria, x, w, d = _matrix(matrix, weights, directions, allow_missing=allow_missing)
     score = np.zeros(len(alternatives), dtype=np.float64)
+    total = np.zeros(len(alternatives), dtype=np.float64)
     for j, c in enumerate(criteria):
-        u = normalize(dict(zip(alternatives, x[:, j])), int(d[j]), method)
-        score += w[j] * np.array([u[a] for a in alternatives])
+        has = np.isfinite(x[:, j])
+        u = normalize({a: v for a, v, h in zip(alternatives, x[:, j], has) if h}, int(d[j]), method)
+        score += w[j] * np.array([u.get(a, 0.0) for a in alternatives])
+        total += w[j] * has
+    score = score / total
     return {a: float(min(max(s, 0.0), 1.0)) for a, s in zip(alternatives, score)}
 
 
 def topsis(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
-           directions: Mapping[str, int]) -> dict[str, float]:
+           directions: Mapping[str, int], *, allow_missing: bool = False) -> dict[str, float]:
     """TOPSIS closeness to the ideal solution (Hwang & Yoon 1981), in [0, 1], 1 = best.
 
     1. vector normalisation per criterion: ``r_ij = x_ij / sqrt(sum_i x_ij^2)`` (a column of zeros
@@ -167,15 +181,25 @@ def topsis(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, floa
 
     Vector normalisation is a positive rescaling per criterion, so it is invariant to rescaling a
     criterion but *not* to shifting it (unlike :func:`normalize`'s methods).
+
+    With ``allow_missing`` each criterion is normalised over (and its ideals taken from) the
+    alternatives that have it, and each alternative's distances run over the criteria it has,
+    with their weights rescaled to sum to 1 for it.
     """
-    alternatives, _criteria, x, w, d = _matrix(matrix, weights, directions)
-    norms = np.sqrt((x * x).sum(axis=0))
-    r = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    v = r * w
-    ideal = np.where(d > 0, v.max(axis=0), v.min(axis=0))
-    anti = np.where(d > 0, v.min(axis=0), v.max(axis=0))
-    s_plus = np.sqrt(((v - ideal) ** 2).sum(axis=1))
-    s_minus = np.sqrt(((v - anti) ** 2).sum(axis=1))
+    alternatives, _criteria, x, w, d = _matrix(matrix, weights, directions, allow_missing=allow_missing)
+    has = np.isfinite(x)
+    x0 = np.where(has, x, 0.0)
+    norms = np.sqrt((x0 * x0).sum(axis=0))
+    r = np.divide(x0, norms, out=np.zeros_like(x0), where=norms > 0)
+    w_row = np.where(has, w, 0.0)
+    w_row = w_row / w_row.sum(axis=1, keepdims=True)
+    v = r * w_row
+    v_lo = np.where(has, r, np.inf).min(axis=0)
+    v_hi = np.where(has, r, -np.inf).max(axis=0)
+    ideal = np.where(d > 0, v_hi, v_lo) * w_row
+    anti = np.where(d > 0, v_lo, v_hi) * w_row
+    s_plus = np.sqrt(np.where(has, (v - ideal) ** 2, 0.0).sum(axis=1))
+    s_minus = np.sqrt(np.where(has, (v - anti) ** 2, 0.0).sum(axis=1))
     total = s_plus + s_minus
     closeness = np.divide(s_minus, total, out=np.full_like(total, 0.5), where=total > 0)
     return {a: float(min(max(c, 0.0), 1.0)) for a, c in zip(alternatives, closeness)}

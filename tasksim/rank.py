@@ -66,6 +66,13 @@ class RankEntry:
     top1_probability: float | None = None
     rank_interval: tuple[int, int] | None = None
     flags: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # criteria in use that this source lacks (scored on the others)
+    completeness: float = 1.0  # share of the weight in use its criteria carry; scales its confidence
+
+    @property
+    def confidence(self) -> float | None:
+        """Probability of ranking first, discounted by the share of the evidence the source lacks."""
+        return None if self.top1_probability is None else self.top1_probability * self.completeness
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,11 @@ class Ranking:
         e = self.entry(source)
         if e is None:
             return {"source": source, "rank": None, "score": None, "top1_probability": None, "rank_interval": None,
-                    "flags": [], "pareto": False, "contributions": {}}
+                    "flags": [], "pareto": False, "contributions": {}, "missing": [], "completeness": None}
         return {"source": e.source, "rank": e.rank, "score": e.score, "top1_probability": e.top1_probability,
                 "rank_interval": list(e.rank_interval) if e.rank_interval else None, "flags": list(e.flags),
-                "pareto": e.source in self.pareto_front, "contributions": e.contributions}
+                "pareto": e.source in self.pareto_front, "contributions": e.contributions,
+                "missing": list(e.missing), "completeness": e.completeness}
 
     def entries_to_dicts(self) -> list[dict[str, Any]]:
         """The ranked entries, best first, as :meth:`entry_dict` writes them."""
@@ -117,17 +125,18 @@ def _constraint_violation(source: SourceConfig | SourceTerms, config: RankingCon
 
 
 def _usable_criteria(candidates: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]) -> dict[str, float]:
-    """Criteria with a weight and a direction that every candidate has (a criterion only some
-    sources have would reward the ones it is missing for) and on which they differ (a criterion
-    every source ties on carries no information; it would only shrink the score differences)."""
+    """Criteria with a weight and a direction that at least two candidates have (or the only
+    candidate) and on which those differ (a criterion every source ties on carries no
+    information; it would only shrink the score differences). A criterion some sources lack is
+    kept: each source is scored on the criteria it has (``mcda.weighted_sum(allow_missing=True)``)."""
     used = {}
     for c, w in weights.items():
         if not (w > 0 and c in MEASURE_DIRECTIONS and candidates):
             continue
-        values = [vals.get(c) for vals in candidates.values()]
-        if not all(v is not None and math.isfinite(v) for v in values):
+        values = [v for vals in candidates.values() if (v := vals.get(c)) is not None and math.isfinite(v)]
+        if len(candidates) > 1 and len(values) < 2:
             continue
-        if len(values) > 1 and max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values))):
+        if not values or (len(values) > 1 and max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values)))):
             continue
         used[c] = w
     return used
@@ -137,10 +146,21 @@ def _composite(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str,
                config: RankingConfig) -> dict[str, float]:
     if not used:
         return {name: 0.5 for name in candidates}
+    scored = {n: vals for n, vals in candidates.items() if any(c in vals for c in used)}
     directions = {c: MEASURE_DIRECTIONS[c] for c in used}
     if config.method == "topsis":
-        return mcda.topsis(candidates, used, directions)
-    return mcda.weighted_sum(candidates, used, directions, method=config.normalization)
+        out = mcda.topsis(scored, used, directions, allow_missing=True)
+    else:
+        out = mcda.weighted_sum(scored, used, directions, method=config.normalization, allow_missing=True)
+    # a source with none of the criteria in use has no evidence either way: the neutral middle
+    return {n: out.get(n, 0.5) for n in candidates}
+
+
+def _completeness(vals: Mapping[str, float], used: Mapping[str, float]) -> tuple[float, tuple[str, ...]]:
+    """(share of the weight in use that this source's criteria carry, the criteria it lacks)."""
+    missing = tuple(sorted(c for c in used if c not in vals))
+    total = sum(used.values())
+    return (1.0 - sum(used[c] for c in missing) / total if total > 0 else 1.0), missing
 
 
 def _order(scores: Mapping[str, float], by_name: Mapping[str, SourceConfig | SourceTerms]) -> list[str]:
@@ -180,7 +200,7 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
     directions = {c: MEASURE_DIRECTIONS[c] for c in effective}
     normalised = {name: {} for name in candidates}
     for criterion in effective:
-        values = {name: vals[criterion] for name, vals in candidates.items()}
+        values = {name: vals[criterion] for name, vals in candidates.items() if criterion in vals}
         for name, u in mcda.normalize(values, directions[criterion], config.normalization).items():
             normalised[name][criterion] = u
 
@@ -201,8 +221,10 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
     for i, name in enumerate(order):
         flags = ("negative_transfer",) if (config.negative_transfer_guard
                                            and candidates[name].get("negative_transfer", 0.0) >= 1.0) else ()
+        completeness, missing = _completeness(candidates[name], effective)
         entries.append(RankEntry(source=name, score=float(scores[name]), rank=i + 1, contributions=normalised[name],
-                                 top1_probability=top1.get(name), rank_interval=intervals.get(name), flags=flags))
+                                 top1_probability=top1.get(name), rank_interval=intervals.get(name), flags=flags,
+                                 missing=missing, completeness=completeness))
     return Ranking(entries=tuple(entries), weights=dict(effective), excluded=excluded, method=config.method,
                    pareto_front=tuple(sorted(front)),
                    reliability={c: round(r, 6) for c, r in reliability.items() if r < 1.0})
@@ -228,12 +250,12 @@ def _reliabilities(candidates: Mapping[str, Mapping[str, float]], used: Mapping[
     carries (e.g. the label-noise rate's binomial standard error); no estimate for every source: 1."""
     out = {}
     for c in used:
-        values = {s: v[c] for s, v in candidates.items()}
+        values = {s: v[c] for s, v in candidates.items() if c in v}
         noise: dict[str, float] = {}
         if c in BOOTSTRAP_MEASURES and len(rounds) > 1:
-            noise = {s: float(np.var([r[s][c] for r in rounds], ddof=1)) for s in candidates}
+            noise = {s: float(np.var([r[s][c] for r in rounds], ddof=1)) for s in values}
         else:
-            se = {s: v.get(f"{c}_se") for s, v in candidates.items()}
+            se = {s: candidates[s].get(f"{c}_se") for s in values}
             if all(x is not None and math.isfinite(x) for x in se.values()):
                 noise = {s: float(x) ** 2 for s, x in se.items()}
         out[c] = mcda.reliability(values, noise)

@@ -127,7 +127,8 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
     failed = failed or {}
     best = ranking.best() if ranking else None
     if top1_probability is None and ranking is not None:
-        top1_probability = ranking.top1_probabilities() or None
+        # each source's probability of ranking first, discounted by the share of the evidence it lacks
+        top1_probability = {e.source: e.confidence for e in ranking.entries if e.confidence is not None} or None
     if ranking is None or best is None:
         return Recommendation(deployed_source, None, "insufficient_data",
                               "no source could be ranked this cycle; the last good ranking stands")

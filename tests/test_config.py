@@ -66,6 +66,8 @@ def test_hash_changes_with_content(tmp_path: Path) -> None:
         (VALID + "\nunknown_key: 1\n", "unknown_key: Extra inputs are not permitted"),
         (VALID.replace("timestamp_column: ts,", ""), "production.timestamp_column: Field required"),
         ("production: [1, 2", "invalid YAML at line"),
+        (VALID + "\nranking: {weights: {logme: 1, lgome: 2}}\n", "ranking.weights: unknown criteria ['lgome']; "
+         "known: cost, coverage,"),
         ("- just\n- a list\n", "expected a YAML mapping"),
     ],
 )

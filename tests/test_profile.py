@@ -158,3 +158,18 @@ def test_a_duplicate_of_the_target_is_the_closest_source(world: dict) -> None:
     assert metrics.domain_separability(0.75) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="auc must be in"):
         metrics.domain_separability(1.5)
+
+
+def test_metrics_namespace_lists_every_family_export_once() -> None:
+    import importlib
+    import subprocess
+    import sys
+
+    from tasksim.metrics import _FAMILIES
+
+    for family, names in _FAMILIES.items():
+        assert set(names) == set(importlib.import_module(f"tasksim.metrics.{family}").__all__), family
+    assert len(metrics.__all__) == len(set(metrics.__all__))
+    light = subprocess.run([sys.executable, "-c", "import sys, tasksim.config, tasksim.metrics.catalog; "
+                            "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "False"  # the config validates weights without loading torch

@@ -283,3 +283,40 @@ def test_modality_mismatch_ranks_a_source_down() -> None:
                 SourceProfile("other", "ok", measures={**measures, "modality_match": 0.0})]
     ranking = rank_sources(profiles, [src("same"), src("other")], RankingConfig(bootstrap_rounds=0))
     assert ranking.best().source == "same" and "modality_match" in ranking.weights
+
+
+def test_a_criterion_one_source_lacks_is_kept_for_the_others() -> None:
+    """An unlabelled source has no label criteria: it is scored on the criteria it has, the others
+    keep theirs, and the missing share lowers its confidence (never drops the criterion)."""
+    profiles = [prof("a", label_exact_overlap=1.0, logme=0.2, mmd2=0.3),
+                prof("b", label_exact_overlap=0.0, logme=0.9, mmd2=0.1),
+                prof("unlabelled", logme=0.55, mmd2=0.2)]
+    config = RankingConfig(weights={"label_exact_overlap": 2.0, "logme": 1.0, "mmd2": 1.0, "cost": 0},
+                           bootstrap_rounds=0)
+    ranking = rank_sources(profiles, SOURCES + [src("unlabelled")], config)
+    assert "label_exact_overlap" in ranking.weights
+    by = {e.source: e for e in ranking.entries}
+    # a: overlap 1 (w 2), logme 0 (w 1), mmd2 0 (w 1) -> 2/4; b: 0 + 1 + 1 -> 2/4; unlabelled: (0.5 + 0.5) / 2
+    assert by["a"].score == pytest.approx(0.5) and by["b"].score == pytest.approx(0.5)
+    assert by["unlabelled"].score == pytest.approx(0.5)
+    assert by["unlabelled"].missing == ("label_exact_overlap",) and by["a"].missing == ()
+    assert by["unlabelled"].completeness == pytest.approx(0.5) and by["a"].completeness == 1.0
+    assert "label_exact_overlap" not in by["unlabelled"].contributions
+    assert ranking.entry_dict("unlabelled")["missing"] == ["label_exact_overlap"]
+    topsis = rank_sources(profiles, SOURCES + [src("unlabelled")], RankingConfig(
+        method="topsis", weights={"label_exact_overlap": 2.0, "logme": 1.0, "mmd2": 1.0, "cost": 0},
+        bootstrap_rounds=0))
+    assert {e.source for e in topsis.entries} == {"a", "b", "unlabelled"}
+    assert all(0.0 <= e.score <= 1.0 for e in topsis.entries)
+
+
+def test_missing_evidence_lowers_the_confidence_of_a_switch() -> None:
+    from tasksim.rank import RankEntry, Ranking
+
+    full = RankEntry("b", 0.9, 1, top1_probability=0.8)
+    partial = RankEntry("b", 0.9, 1, top1_probability=0.8, missing=("logme",), completeness=0.5)
+    deployed = RankEntry("a", 0.1, 2, top1_probability=0.2)
+    config = RankingConfig(min_confidence=0.6)
+    assert recommend(Ranking((full, deployed), {}, {}), "a", config, measures={}).action == "switch"
+    held = recommend(Ranking((partial, deployed), {}, {}), "a", config, measures={})
+    assert held.action == "keep" and "probability only 0.40" in held.rationale

@@ -3,26 +3,49 @@
 numpy arrays or torch tensors in, Python floats out; device and dtype follow the inputs,
 accumulation is float64. See each function's docstring for its formula and citation.
 
-One measure family a file: ``distances`` (MMD, Frechet, domain classifier, label shift), ``optimal_transport`` (OTDD),
-``quality`` (label semantics, label noise, duplicates, coverage), ``representation`` (CKA, CCA),
-``transfer/`` (LogME, H-scores, TransRate, GBC, LEEP, NCE, kNN, ...). Every measure's metadata
-(direction, inputs, bootstrap, default weight) is in ``catalog``; shared numerics in
-``_kernels``; input validation in ``_validate``.
+One measure family a file: ``distances`` (MMD, Frechet, domain classifier, label shift),
+``optimal_transport`` (OTDD), ``quality`` (label semantics, label noise, duplicates, coverage),
+``representation`` (CKA, CCA), ``transfer/`` (LogME, H-scores, TransRate, GBC, LEEP, NCE, kNN,
+...). Every measure's metadata (direction, inputs, bootstrap, default weight) is in ``catalog``;
+shared numerics in ``_kernels``; input validation in ``_validate``.
+
+The families load on first use (PEP 562), so ``tasksim.metrics.catalog`` is importable without
+torch: the configuration validates ranking weights against it.
 """
 
 from __future__ import annotations
 
-from tasksim.metrics import catalog
-from tasksim.metrics import distances as _distances
-from tasksim.metrics import optimal_transport as _otdd
-from tasksim.metrics import quality as _quality
-from tasksim.metrics import representation as _representation
-from tasksim.metrics import transfer as _transfer
-from tasksim.metrics.distances import *  # noqa: F401,F403
-from tasksim.metrics.optimal_transport import *  # noqa: F401,F403
-from tasksim.metrics.quality import *  # noqa: F401,F403
-from tasksim.metrics.representation import *  # noqa: F401,F403
-from tasksim.metrics.transfer import *  # noqa: F401,F403
+import importlib
+from typing import Any
 
-__all__ = ["catalog", *_transfer.__all__, *_distances.__all__, *_otdd.__all__, *_quality.__all__,
-           *_representation.__all__]
+# Where each public name lives; tests/metrics check this equals the families' own __all__.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "transfer": ("PROFILE_MEASURES", "FeatureStats", "gbc", "hscore", "hscore_regularized", "knn_accuracy", "leep",
+                 "linear_probe_accuracy", "logme", "nce", "nleep", "parc", "precompute", "profile_many", "sfda",
+                 "transferability_profile", "transrate"),
+    "distances": ("domain_classifier_auc", "domain_separability", "frechet_distance", "label_shift",
+                  "median_bandwidth", "mmd2", "mmd_test"),
+    "optimal_transport": ("otdd",),
+    "quality": ("LABEL_NOISE_MAX_SAMPLES", "coverage", "duplicate_rate", "is_code_vocabulary", "label_noise_rate",
+                "label_overlap", "missing_rate", "normalize_label_name"),
+    "representation": ("MinibatchCKA", "kernel_cka", "linear_cka", "minibatch_cka", "pwcca", "svcca",
+                       "unbiased_hsic"),
+}
+_HOME = {name: family for family, names in _FAMILIES.items() for name in names}
+
+__all__ = ["catalog", *_HOME]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "catalog" or name in _FAMILIES:
+        return importlib.import_module(f"{__name__}.{name}")
+    family = _HOME.get(name)
+    if family is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{family}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
