@@ -190,7 +190,7 @@ class SourceConfig(InputColumns):
     """One candidate source in the portfolio: its data, its model files and its metadata."""
 
     name: str = Field(pattern=_NAME_PATTERN)
-    path: str
+    path: str | None = None  # the source's dataset; None for a model-only source (a checkpoint)
     modality: Modality | None = None  # None: inferred (see InputColumns.inferred_modality)
     licence: str = "unknown"
     access: Literal["public", "internal", "restricted", "unavailable"] = "public"
@@ -198,6 +198,23 @@ class SourceConfig(InputColumns):
     provenance: str | None = None
     encoder: EncoderConfig | None = None
     head: Path | None = None
+
+    @property
+    def model_only(self) -> bool:
+        """A pretrained checkpoint without a dataset: profiled through its model's view of the target."""
+        return self.path is None
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> SourceConfig:
+        """Three kinds: dataset + model, dataset only (``path`` and its input columns), model only
+        (``encoder``, applied to the production rows; no input columns of its own)."""
+        if self.path is None:
+            if self.encoder is None:
+                raise ValueError("path: give the source's dataset (path), its model (encoder), or both")
+            return self
+        if not self.feature_columns and not self.text_column:
+            raise ValueError("feature_columns or text_column: name at least one input column")
+        return self
 
 
 class ScheduleConfig(_Frozen):

@@ -126,7 +126,7 @@ class SourceProfile:
 class SourceArrays:
     """One source as the profile math sees it: arrays only, nothing left to load or embed."""
 
-    features: torch.Tensor  # (N_s, D) the source's own rows in the shared (deployed encoder's) space
+    features: torch.Tensor | None  # (N_s, D) its own rows in the shared space; None: a model-only source
     labels: list[str] | None = None  # the source's labels, one per row of ``features``
     view: SourceView | None = None  # the target through the source's model or fitted head
     missing_rate: float | None = None  # share of missing input values in the source's table
@@ -205,12 +205,16 @@ class _Profiler:
         self._label_embeddings: dict[str, torch.Tensor] = {}
         self._own_encoders: dict[str, Encoder] = {}
 
-    def own_encoder(self, source: SourceConfig, table: pa.Table) -> Encoder:
-        """The source's own model (``source.encoder``), fitted on the source's data, once per cycle."""
+    def own_encoder(self, source: SourceConfig, table: pa.Table | None) -> Encoder:
+        """The source's own model (``source.encoder``), fitted on the source's data (a model-only
+        source: on the production window), once per cycle."""
         if source.name not in self._own_encoders:
             assert source.encoder is not None
             own = build_encoder(source.encoder, device=self.device, source=source.name)
-            own.fit(table, source)  # a tabular encoder standardises with the source's own statistics
+            if table is None:
+                own.fit(self.target.table, self.config.production)
+            else:
+                own.fit(table, source)  # a tabular encoder standardises with the source's own statistics
             self._own_encoders[source.name] = own
         return self._own_encoders[source.name]
 
@@ -292,6 +296,8 @@ class _Profiler:
         started = time.perf_counter()
         if source.access in self.config.ranking.excluded_access:
             return SourceProfile(source.name, "excluded", error=f"access is {source.access!r}")
+        if source.model_only:
+            return self.load_model_only(source, started)
         try:
             table = load_source(source, self.config.sampling)
             shared = self.encode_source(source, table).to(self.device)
@@ -314,6 +320,25 @@ class _Profiler:
         except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failure)
             return _failed(source.name, exc, time.perf_counter() - started)
         return SourceArrays(shared, src_labels, view, missing, extra, seconds=time.perf_counter() - started)
+
+    def load_model_only(self, source: SourceConfig, started: float) -> SourceArrays | SourceProfile:
+        """A checkpoint without a dataset: only its model's view of the target (and the practical
+        criteria) can be measured; data-side criteria are missing and scored as such."""
+        try:
+            extra: dict[str, float] = {}
+            tgt_modality = self.config.production.inferred_modality(self.config.encoder)
+            src_modality = source.inferred_modality(source.encoder)
+            if tgt_modality is not None and src_modality is not None:
+                extra["modality_match"] = float(src_modality == tgt_modality)
+            view = None
+            if _labelled(self.target.known_labels()[1]):
+                own = self.own_encoder(source, None)
+                target_view = own.encode(self.target.table, self.config.production).to(self.device)
+                probs = self.shipped_head_probs(source, target_view) if source.head is not None else None
+                view = SourceView(target_view, probs)
+        except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failed)
+            return _failed(source.name, exc, time.perf_counter() - started)
+        return SourceArrays(None, None, view, None, extra, seconds=time.perf_counter() - started)
 
 
 def _failed(source: str, exc: BaseException, seconds: float) -> SourceProfile:
@@ -490,9 +515,9 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
     for name, src in sources.items():
         started = time.perf_counter()
         try:
-            out = shared_space_measures(src.features, src.labels, target_x, known_labels,
-                                        target_label_rows=known_rows, missing_rate=src.missing_rate, seed=seed,
-                                        embed_label_names=embed_label_names, otdd_basis=otdd_basis)
+            out = {} if src.features is None else shared_space_measures(
+                src.features, src.labels, target_x, known_labels, target_label_rows=known_rows,
+                missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis)
         except Exception as exc:  # isolation: one source's failing measure must not stop the others
             described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
             continue

@@ -205,3 +205,46 @@ def test_modality_match_is_profiled_when_both_sides_are_known(tmp_path: Path) ->
 def test_modality_is_unknown_for_plain_numeric_columns(tabular_workspace: Path) -> None:
     result = run_cycle(load_config(tabular_workspace))
     assert all("modality_match" not in p.measures for p in result.profiles)
+
+
+def test_a_model_only_source_is_profiled_ranked_and_explained(tmp_path: Path) -> None:
+    """A pretrained checkpoint without a dataset (no ``path``): its model's view of the target gives
+    the transferability criteria; the data-side criteria are missing for it, not for the others."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tasksim.embed import MLP
+
+    torch.manual_seed(0)
+    (tmp_path / "ws").mkdir(parents=True)
+    save_file(MLP([6, 16, 8]).state_dict(), str(tmp_path / "ws" / "ckpt.safetensors"))
+    path = make_tabular_workspace(tmp_path / "ws", extra_sources={"checkpoint": {
+        "encoder": {"kind": "safetensors", "path": "ckpt.safetensors", "architecture": "mlp"}}})
+    config = load_config(path)
+    assert config.source("checkpoint").model_only and config.source("checkpoint").path is None
+    result = run_cycle(config)
+    profile = next(p for p in result.profiles if p.source == "checkpoint")
+    assert profile.status == "ok", profile.error
+    assert "logme" in profile.measures and "mmd2" not in profile.measures and "label_noise_rate" not in profile.measures
+    entry = result.ranking.entry("checkpoint")
+    assert entry is not None and 0.0 <= entry.score <= 1.0
+    data_side = {c for c in result.ranking.weights if c in ("frechet", "domain_separability", "label_noise_rate")}
+    assert data_side and set(entry.missing) >= data_side and entry.completeness < 1.0
+    assert result.ranking.entry("near").missing == ()
+    explain = subprocess.run([sys.executable, "-m", "tasksim.cli", "explain", "checkpoint", "--config", str(path)],
+                             capture_output=True, text=True, timeout=300)
+    assert explain.returncode == 0, explain.stderr
+    assert "missing criteria:" in explain.stdout
+
+
+def test_a_source_needs_data_or_a_model(tmp_path: Path) -> None:
+    import yaml
+
+    from tasksim.errors import ConfigError
+
+    path = make_tabular_workspace(tmp_path / "ws")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"].append({"name": "nothing", "label_column": "label"})
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"sources\[3\]: path: give the source's dataset \(path\), its model"):
+        load_config(path)
