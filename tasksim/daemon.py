@@ -33,7 +33,7 @@ from tasksim.export import build_registry, start_metrics_server
 from tasksim.store import Store
 
 __all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "daemon_info",
-           "prefect_environment", "serve", "trigger"]
+           "prefect_environment", "schedule_kwargs", "serve", "trigger"]
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,16 @@ def _serve_locked(config: Config, *, cycles: int | None, run_now: bool) -> None:
         raise TasksimError(fatal[0])
 
 
+def schedule_kwargs(config: Config) -> dict[str, Any]:
+    """The schedule argument for Prefect's ``Runner.add_flow``: an interval, or a cron schedule in the
+    configured time zone (a bare ``cron=`` would ignore ``schedule.timezone``)."""
+    if config.schedule.interval:
+        return {"interval": config.schedule.interval}
+    from prefect.schedules import Cron
+
+    return {"schedule": Cron(config.schedule.cron, timezone=config.schedule.timezone)}
+
+
 def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycles: int | None,
                          run_now: bool) -> None:
     import asyncio
@@ -321,8 +331,7 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
 
     flow = monitor_cycle.with_options(retries=config.prefect.retries,
                                       timeout_seconds=config.prefect.flow_timeout.total_seconds())
-    schedule: dict[str, Any] = (
-        {"interval": config.schedule.interval} if config.schedule.interval else {"cron": config.schedule.cron})
+    schedule = schedule_kwargs(config)
     # pause_on_shutdown=False: a restart must find the schedule still active; limit=1: no overlap
     runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=1)
     runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},

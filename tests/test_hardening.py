@@ -346,6 +346,16 @@ def test_valid_cron_and_timezone_pass_and_prefect_accepts_them(tmp_path: Path) -
     CronSchedule(cron=schedule.cron, timezone=schedule.timezone)  # what serve() hands to Prefect
 
 
+def test_cron_schedule_reaches_prefect_with_its_timezone(tmp_path: Path) -> None:
+    from tasksim.daemon import schedule_kwargs
+
+    path = _config_text(tmp_path, "")
+    path.write_text(path.read_text().replace("schedule:\n  interval: 1h\n",
+                                             "schedule: {cron: '0 9 * * *', timezone: Europe/Berlin}\n"))
+    schedule = schedule_kwargs(load_config(path))["schedule"]
+    assert (schedule.cron, schedule.timezone) == ("0 9 * * *", "Europe/Berlin")
+
+
 def test_retention_config(tmp_path: Path) -> None:
     config = load_config(_config_text(tmp_path, "retention: {cycles: 100, days: 30}\n"))
     assert (config.retention.cycles, config.retention.days) == (100, 30)
