@@ -210,7 +210,7 @@ class Cycle:
     def embed(self, sampled: SampledWindow) -> Features:
         t0 = time.perf_counter()
         columns = self.config.production
-        reference = load_reference(self.config)
+        reference = load_reference(self.config, file_ranges=self._file_ranges)
         if reference.table.num_rows == 0:
             raise DataError(f"{self.config.reference.path or self.config.production.path}: the reference window "
                             "has no rows; check reference.start/end or reference.path")

@@ -832,8 +832,11 @@ def production_time_range(production: ProductionConfig) -> tuple[datetime, datet
     return _ticks_to_datetime(low, t.unit), _ticks_to_datetime(high, t.unit)
 
 
-def load_reference(config: Config) -> Window:
-    """The reference window: a time range of production data, or the separate reference dataset."""
+def load_reference(config: Config, *, file_ranges: MutableMapping[str, list[int]] | None = None) -> Window:
+    """The reference window: a time range of production data, or the separate reference dataset.
+
+    ``file_ranges``: as for :func:`sample_window` (production files outside the reference range
+    are then not opened)."""
     ref = config.reference
     sampling = config.sampling
     if ref.path:
@@ -842,7 +845,7 @@ def load_reference(config: Config) -> Window:
     else:
         spec = _production_spec(config.production)
     return _sample(spec, ref.start, ref.end, max_rows=sampling.max_rows, seed=sampling.seed,
-                   stratify=sampling.stratify_by_label)
+                   stratify=sampling.stratify_by_label, file_ranges=None if ref.path else file_ranges)
 
 
 def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:

@@ -434,6 +434,16 @@ def test_files_known_to_lie_outside_the_window_are_not_opened(tmp_path: Path) ->
     assert again.table.num_rows == 200 and again.skipped_files == ()
     unknown = sample_window(_prod(root), start, end, max_rows=1000, seed=0)  # no ranges: it is opened
     assert [p for p, _ in unknown.skipped_files] == [str(paths[0])]
+    # the reference window (a time range of production data) uses the same ranges
+    from tasksim.config import Config
+    from tasksim.sample import load_reference
+
+    config = Config.model_validate({
+        "state_dir": str(tmp_path / "state"), "production": _prod(root).model_dump(),
+        "reference": {"start": start.isoformat(), "end": end.isoformat()}, "deployed_source": "s",
+        "sources": [{"name": "s", "path": str(paths[2]), "feature_columns": ["a"]}]})
+    assert load_reference(config, file_ranges=ranges).skipped_files == ()
+    assert [p for p, _ in load_reference(config).skipped_files] == [str(paths[0])]
     paths[1].unlink()
     sample_window(_prod(root), start, end, max_rows=1000, seed=0, file_ranges=ranges)
     assert not any(str(paths[1]) in key for key in ranges)  # forgotten files leave the cache
