@@ -154,7 +154,7 @@ def _read_store(state_dir: Path) -> Iterator[Any]:
     """The state store opened read-only (readers never write or lock it), or None before the first cycle."""
     from tasksim.store import STORE_FILENAME, Store
 
-    if state_dir.is_dir() and not (state_dir / STORE_FILENAME).exists():
+    if not state_dir.exists() or (state_dir.is_dir() and not (state_dir / STORE_FILENAME).exists()):
         yield None
         return
     with Store(state_dir, readonly=True) as store:

@@ -207,6 +207,18 @@ def test_readers_do_not_take_the_write_lock(tmp_path: Path) -> None:
     assert done == [{"success": 1}]
 
 
+def test_history_and_explain_before_the_first_cycle_create_nothing(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tasksim.cli import main
+
+    config_path = _config_text(tmp_path, "")
+    assert main(["history", "--config", str(config_path)]) == 0
+    assert main(["explain", "near", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no decisions recorded yet" in out and "no cycle has profiled this source yet" in out
+    assert not load_config(config_path).state_dir.exists()
+
+
 def test_readonly_store_never_writes(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no state store yet"):
         Store(tmp_path / "fresh", readonly=True)
