@@ -212,6 +212,9 @@ class Store:
                 self._conn.execute("PRAGMA query_only=ON")
                 self._check_version_readonly()
             else:
+                version = self._version()  # a plain read: a refused store is not touched, not even its journal
+                if version is not None:
+                    self._refuse_newer(version)
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._prepare()
