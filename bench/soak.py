@@ -34,10 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prometheus_client import generate_latest  # noqa: E402
+from prometheus_client import generate_latest
 
-from tasksim.export import build_registry  # noqa: E402
-from tasksim.store import STORE_FILENAME, CycleRecord, SourceRecord, Store  # noqa: E402
+from tasksim.export import build_registry
+from tasksim.store import STORE_FILENAME, CycleRecord, SourceRecord, Store
 
 MEASURES = ["mmd2", "frechet", "coverage", "domain_classifier_auc", "duplicate_rate", "missing_rate",
             "label_noise_rate", "label_noise_rate_se", "label_shift", "label_overlap", "otdd", "logme",
@@ -100,7 +100,7 @@ def _snapshot(state_dir: Path) -> float:
 
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def soak(cycles: int, retention: int, sources: int, root: Path) -> dict:

@@ -31,8 +31,7 @@ from tasksim.config import Config, config_hash, load_config
 from tasksim.device import resolve_device
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
-from tasksim.profile import (MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict,
-                              transfer_rows)
+from tasksim.profile import MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
 from tasksim.rank import Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import Window, load_reference, production_time_range, sample_window, table_fingerprint

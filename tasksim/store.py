@@ -32,8 +32,15 @@ from urllib.parse import quote
 
 from tasksim.errors import StoreError
 
-__all__ = ["CYCLE_STATUSES", "CycleRecord", "SourceRecord", "Snapshot", "Store", "STORE_FILENAME",
-           "SCHEMA_VERSION"]
+__all__ = [
+    "CYCLE_STATUSES",
+    "SCHEMA_VERSION",
+    "STORE_FILENAME",
+    "CycleRecord",
+    "Snapshot",
+    "SourceRecord",
+    "Store",
+]
 
 STORE_FILENAME = "tasksim.sqlite"
 SCHEMA_VERSION = 2

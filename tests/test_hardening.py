@@ -97,8 +97,8 @@ def test_newer_schema_store_is_refused_and_left_untouched(tmp_path: Path) -> Non
 
 
 def test_cli_run_on_newer_store_exits_2_naming_both_versions(tmp_path: Path) -> None:
-    from tests.conftest import make_tabular_workspace
     from tasksim.cli import main
+    from tests.conftest import make_tabular_workspace
 
     config_path = make_tabular_workspace(tmp_path / "ws", windows=1, rows_per_window=50)
     state = load_config(config_path).state_dir
@@ -175,8 +175,8 @@ def test_state_dir_that_is_a_file_gives_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_state_dir_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import make_tabular_workspace
     from tasksim.cli import main
+    from tests.conftest import make_tabular_workspace
 
     config_path = make_tabular_workspace(tmp_path / "ws", windows=1, rows_per_window=50)
     (config_path.parent / "state").write_text("oops")
@@ -526,7 +526,7 @@ def test_second_daemon_process_is_refused_with_one_line(tmp_path: Path) -> None:
     state.mkdir(parents=True, exist_ok=True)
     with DaemonLock(state):
         proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "serve", "--config", str(config_path)],
-                              capture_output=True, text=True, timeout=120,
+                              check=False, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
