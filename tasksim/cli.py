@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ def format_cycle(summary: dict[str, Any]) -> str:
                  f"{window['rows_total']}, {window['rows_dropped_invalid']} invalid rows dropped")
     if summary.get("error"):
         lines.append(f"note: {summary['error']}")
+    for skipped in window.get("files_skipped") or []:
+        lines.append(f"skipped file {skipped['path']}: {skipped['reason']}")
+    if summary.get("measures_not_computable"):
+        lines.append(f"not computable for this window: {', '.join(summary['measures_not_computable'])}")
     drift = summary.get("drift")
     if drift:
         drifted = [c["column"] for c in drift.get("columns", []) if c.get("drifted")]
@@ -144,12 +149,22 @@ def _duration(text: str) -> Any:
     return parse_duration(text)
 
 
-def _cmd_history(args: argparse.Namespace) -> int:
-    from tasksim.store import Store
+@contextmanager
+def _read_store(state_dir: Path) -> Iterator[Any]:
+    """The state store opened read-only (readers never write or lock it), or None before the first cycle."""
+    from tasksim.store import STORE_FILENAME, Store
 
+    if not state_dir.exists() or (state_dir.is_dir() and not (state_dir / STORE_FILENAME).exists()):
+        yield None
+        return
+    with Store(state_dir, readonly=True) as store:
+        yield store
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    with Store(config.state_dir) as store:
-        records = store.decisions(limit=args.limit)
+    with _read_store(config.state_dir) as store:
+        records = store.decisions(limit=args.limit) if store else []
     if args.format == "json":
         print(json.dumps(records, indent=2, default=str))
         return 0
@@ -201,15 +216,13 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from tasksim.store import Store
-
     config = load_config(args.config)
     if args.source not in {s.name for s in config.sources}:
         raise ConfigError(f"{args.config}: source {args.source!r} is not in the portfolio "
                           f"{[s.name for s in config.sources]}")
-    with Store(config.state_dir) as store:
-        decisions = store.decisions(limit=1)
-        history = store.source_history(args.source, limit=args.limit)
+    with _read_store(config.state_dir) as store:
+        decisions = store.decisions(limit=1) if store else []
+        history = store.source_history(args.source, limit=args.limit) if store else []
     if args.format == "json":
         print(json.dumps({"source": args.source, "last_decision": decisions[0] if decisions else None,
                           "history": history}, indent=2, default=str))

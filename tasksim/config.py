@@ -31,6 +31,7 @@ __all__ = [
     "ProductionConfig",
     "RankingConfig",
     "ReferenceConfig",
+    "RetentionConfig",
     "SamplingConfig",
     "ScheduleConfig",
     "SourceConfig",
@@ -42,6 +43,7 @@ __all__ = [
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 Modality = Literal["tabular", "text", "image", "embedding"]
@@ -133,6 +135,10 @@ class ProductionConfig(InputColumns):
     timestamp_column: str
     partitioning: Literal["hive"] | None = "hive"
     modality: Modality | None = None  # None: inferred (see InputColumns.inferred_modality)
+    # A file in the window that cannot be read (corrupt, zero bytes while still being written, a
+    # changed schema): ``skip`` leaves it out, names it in the log and the run JSON and counts it
+    # (tasksim_window_files_skipped_total); ``fail`` (strict mode) fails the cycle with that line.
+    on_bad_file: Literal["skip", "fail"] = "skip"
 
 
 class WindowConfig(_Frozen):
@@ -217,6 +223,22 @@ class SourceConfig(InputColumns):
         return self
 
 
+def _check_with_prefect(cron: str, tz: str | None) -> None:
+    """Validate a cron string and a time zone with Prefect's own ``CronSchedule`` model (what
+    ``serve`` hands to Prefect), so what ``validate`` accepts, ``serve`` accepts; one ValueError line."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron, timezone=tz)
+    except ValidationError as exc:
+        loc = exc.errors()[0].get("loc") or ("cron",)
+        if loc[0] == "timezone":
+            raise ValueError(f"unknown time zone {tz!r} (expected an IANA name such as 'UTC' or "
+                             "'Europe/Berlin')") from None
+        raise ValueError(f"invalid cron expression {cron!r} (expected 5 fields: minute hour day-of-month "
+                         "month day-of-week, e.g. '*/15 * * * *')") from None
+
+
 class ScheduleConfig(_Frozen):
     """Exactly one of ``interval`` (a duration) or ``cron`` (five fields)."""
 
@@ -234,6 +256,15 @@ class ScheduleConfig(_Frozen):
     def _five_fields(cls, v: str | None) -> str | None:
         if v is not None and len(v.split()) != 5:
             raise ValueError(f"expected a cron expression with 5 fields, got {v!r}")
+        if v is not None:
+            _check_with_prefect(v, None)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        if v != "UTC":  # the default needs no check (and importing Prefect costs 1-2 s)
+            _check_with_prefect("* * * * *", v)
         return v
 
     @model_validator(mode="after")
@@ -321,6 +352,15 @@ class RankingConfig(_Frozen):
         return v
 
 
+class RetentionConfig(_Frozen):
+    """What the state store keeps: the newest ``cycles`` cycles and those of the last ``days`` days
+    (a cycle goes when either limit drops it; None: no limit). Pruned in each cycle's transaction.
+    Counters stay monotone; decisions that changed the recommendation are kept (see tasksim.store)."""
+
+    cycles: int | None = Field(default=None, ge=1)
+    days: float | None = Field(default=None, gt=0)
+
+
 class MetricsConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
@@ -355,8 +395,16 @@ class Config(_Frozen):
     ranking: RankingConfig = RankingConfig()
     metrics: MetricsConfig = MetricsConfig()
     prefect: PrefectConfig = PrefectConfig()
+    retention: RetentionConfig = RetentionConfig()
     device: str = "auto"
     config_path: Path | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not _DEVICE.match(v.strip().lower()):
+            raise ValueError(f"expected 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps', got {v!r}")
+        return v.strip().lower()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -31,7 +31,7 @@ from tasksim.config import Config, config_hash, load_config
 from tasksim.device import resolve_device
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
-from tasksim.profile import SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
+from tasksim.profile import MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
 from tasksim.rank import Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import Window, load_reference, production_time_range, sample_window, table_fingerprint
@@ -42,6 +42,11 @@ __all__ = ["Cycle", "CycleResult", "Features", "RankNow", "SampledWindow", "Stag
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "window_cursor"
+# kv key of the production files' timestamp ranges (tasksim.sample.sample_window's file_ranges)
+FILE_RANGES_KEY = "production_file_ranges"
+# Below this many valid rows no measure that compares a source with the window can be computed
+# (coverage alone, from one row, ranks nothing): the cycle is recorded as ``insufficient_data``.
+MIN_RANKING_ROWS = min(n for m, n in MEASURE_MIN_ROWS.items() if m != "coverage")
 
 StageRunner = Callable[..., Any]
 
@@ -89,6 +94,7 @@ class CycleResult:
     cycle_id: int | None = None
     device: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    files_skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +105,11 @@ class CycleResult:
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "device": self.device,
             "window": {"start": _iso(self.window_start), "end": _iso(self.window_end), "rows_total": self.rows_total,
-                       "rows_sampled": self.rows_sampled, "rows_dropped_invalid": self.rows_dropped},
+                       "rows_sampled": self.rows_sampled, "rows_dropped_invalid": self.rows_dropped,
+                       "files_skipped": list(self.files_skipped)},
+            # measures the window is too small for (left out of every source's profile)
+            "measures_not_computable": sorted(m for m, n in MEASURE_MIN_ROWS.items() if self.rows_sampled < n)
+            if self.status in ("success", "insufficient_data") else [],
             "drift": self.drift,
             "sources": profiles_to_dict(self.profiles),
             "ranking": None if self.ranking is None else self.ranking.entries_to_dicts(),
@@ -132,13 +142,15 @@ class Cycle:
     def __init__(self, config: Config, *, store: Store | None = None, device: torch.device | None = None,
                  now: datetime | None = None) -> None:
         self.config = config
-        self.store = store or Store(config.state_dir)
-        self.device = device or resolve_device(config.device)
+        self.device = device or resolve_device(config.device)  # before the store: a bad device opens nothing
+        self.store = store or Store(config.state_dir, retention_cycles=config.retention.cycles,
+                                    retention_days=config.retention.days)
         self.now = now
         self.cache = EmbeddingCache(config.state_dir / "embeddings")
         self._encoder: Encoder | None = None
         self.started_at = time.time()
         self.stage_seconds: dict[str, float] = {}
+        self._file_ranges: dict[str, list[int]] | None = None
 
     @classmethod
     def open(cls, config_path: str | Path) -> Cycle:
@@ -181,15 +193,23 @@ class Cycle:
         t0 = time.perf_counter()
         start, end, next_cursor = self.window_bounds()
         s = self.config.sampling
+        try:
+            ranges = json.loads(self.store.get_state(FILE_RANGES_KEY) or "{}")
+        except ValueError:  # a damaged cache entry only costs re-reading footers
+            ranges = {}
+        ranges = ranges if isinstance(ranges, dict) else {}
         window = sample_window(self.config.production, start, end, max_rows=s.max_rows, seed=s.seed,
-                               stratify_by_label=s.stratify_by_label)
+                               stratify_by_label=s.stratify_by_label, file_ranges=ranges)
+        self._file_ranges = ranges
+        for path, reason in window.skipped_files:
+            log.warning("skipped production file %s: %s", path, reason)
         self._timed("sample", t0)
         return SampledWindow(window, start, end, next_cursor)
 
     def embed(self, sampled: SampledWindow) -> Features:
         t0 = time.perf_counter()
         columns = self.config.production
-        reference = load_reference(self.config)
+        reference = load_reference(self.config, file_ranges=self._file_ranges)
         if reference.table.num_rows == 0:
             raise DataError(f"{self.config.reference.path or self.config.production.path}: the reference window "
                             "has no rows; check reference.start/end or reference.path")
@@ -287,11 +307,17 @@ class Cycle:
             config_hash=config_hash(self.config), window_start=_iso(result.window_start),
             window_end=_iso(result.window_end), rows_sampled=result.rows_sampled, rows_total=result.rows_total,
             rows_dropped=result.rows_dropped, error=result.error, drift=result.drift, device=result.device,
-            sources=tuple(records), decision=decision,
-            state_updates={CURSOR_KEY: next_cursor.isoformat()} if next_cursor else {},
+            sources=tuple(records), decision=decision, files_skipped=tuple(result.files_skipped),
+            state_updates=self._state_updates(next_cursor),
         )
         result.cycle_id = self.store.record_cycle(record)
         return result
+
+    def _state_updates(self, next_cursor: datetime | None) -> dict[str, str]:
+        updates = {CURSOR_KEY: next_cursor.isoformat()} if next_cursor else {}
+        if self._file_ranges is not None:
+            updates[FILE_RANGES_KEY] = json.dumps(self._file_ranges, separators=(",", ":"))
+        return updates
 
     def _decision_record(self, result: CycleResult) -> dict[str, Any]:
         rec = result.recommendation
@@ -331,10 +357,16 @@ class Cycle:
             result.rows_total = sampled.window.total_rows
             result.rows_sampled = sampled.window.table.num_rows
             result.rows_dropped = sampled.window.dropped_invalid
+            result.files_skipped = [{"path": p, "reason": r} for p, r in sampled.window.skipped_files]
             next_cursor = sampled.next_cursor
             if sampled.empty:
                 result.status = "no_data"
                 result.error = "the production window has no valid rows; the last ranking stands"
+                return self.finish(result, next_cursor)
+            if result.rows_sampled < MIN_RANKING_ROWS:
+                result.status = "insufficient_data"
+                result.error = (f"the production window has {result.rows_sampled} valid row(s), fewer than the "
+                                f"{MIN_RANKING_ROWS} any ranking needs; the last ranking stands")
                 return self.finish(result, next_cursor)
             features = step("embed", self.embed, sampled)
             result.drift = step("drift", self.drift, sampled, features)

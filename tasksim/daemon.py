@@ -32,11 +32,56 @@ from tasksim.errors import TasksimError
 from tasksim.export import build_registry, start_metrics_server
 from tasksim.store import Store
 
-__all__ = ["DAEMON_FILE", "PrefectServer", "daemon_info", "prefect_environment", "serve", "trigger"]
+__all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "daemon_info",
+           "prefect_environment", "schedule_kwargs", "serve", "trigger"]
 
 log = logging.getLogger(__name__)
 
 DAEMON_FILE = "daemon.json"
+LOCK_FILE = "daemon.lock"
+# How often the watchdog checks the Prefect server the daemon started, and how many times it
+# restarts it before giving up (then the daemon stops with one line saying so).
+WATCHDOG_SECONDS = 5.0
+MAX_SERVER_RESTARTS = 3
+
+
+class DaemonLock:
+    """One daemon per state dir: an exclusive ``flock`` on ``state_dir/daemon.lock``, which holds the
+    owner's PID. The kernel drops the lock when the process dies, so a crash leaves no stale lock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> DaemonLock:
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise TasksimError(f"{self.path}: cannot create the daemon lock file ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TasksimError(f"{self.path}: another tasksim daemon (PID {owner}) is already serving this "
+                               "state_dir; stop it first or use another state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (unlinking would race a new owner)
+            self._fd = None
+
+    def __enter__(self) -> DaemonLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def prefect_environment(config: Config) -> dict[str, str]:
@@ -112,6 +157,53 @@ class PrefectServer:
             pass
 
 
+class ServerWatchdog:
+    """Restarts the Prefect server the daemon started when it dies; after ``max_restarts`` failed
+    or used-up restarts, calls ``on_fatal`` with one line (the daemon then stops) so it never hangs
+    on a dead API."""
+
+    def __init__(self, server: PrefectServer, restart: Any, on_fatal: Any, *,
+                 interval: float = WATCHDOG_SECONDS, max_restarts: int = MAX_SERVER_RESTARTS) -> None:
+        self.server = server
+        self.restart = restart  # () -> PrefectServer (raises TasksimError when it cannot start)
+        self.on_fatal = on_fatal  # (message) -> None
+        self.interval = interval
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tasksim-prefect-watchdog", daemon=True)
+
+    def start(self) -> ServerWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 1)
+
+    def _alive(self) -> bool:
+        return self.server.process is None or self.server.process.poll() is None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self._alive():
+                continue
+            code = self.server.process.returncode if self.server.process else None
+            if self.restarts >= self.max_restarts:
+                self.on_fatal(f"the Prefect server at {self.server.api_url} died (exit code {code}) and was "
+                              f"already restarted {self.restarts} times; stopping (see {self.server.log_path})")
+                return
+            self.restarts += 1
+            log.warning("the Prefect server died (exit code %s); restarting it (%d/%d)", code, self.restarts,
+                        self.max_restarts)
+            try:
+                self.server = self.restart()
+            except TasksimError as exc:
+                self.on_fatal(f"the Prefect server at {self.server.api_url} died (exit code {code}) and could "
+                              f"not be restarted: {exc}")
+                return
+
+
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
@@ -133,12 +225,12 @@ def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
     if not cycles:
         yield
         return
-    with Store(config.state_dir) as store:
+    with Store(config.state_dir, readonly=True) as store:
         baseline = sum(store.snapshot().cycles_by_status.values())
     done = threading.Event()
 
     def watch() -> None:
-        with Store(config.state_dir) as watcher:
+        with Store(config.state_dir, readonly=True) as watcher:
             while not done.wait(1.0):
                 if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
                     log.info("%d cycles done, stopping", cycles)
@@ -154,9 +246,25 @@ def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
 
 
 def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or until ``cycles`` cycles have completed)."""
+    """Run the daemon until SIGTERM/SIGINT (or until ``cycles`` cycles have completed).
+
+    Before anything starts: the state store is opened for writing once (created, or migrated from
+    an older schema; a newer one is refused) and ``state_dir/daemon.lock`` is taken, so a second
+    daemon on the same state dir stops with one line."""
+    Store(config.state_dir, retention_cycles=config.retention.cycles,
+          retention_days=config.retention.days).close()
+    lock = DaemonLock(config.state_dir).acquire()
+    try:
+        _serve_locked(config, cycles=cycles, run_now=run_now)
+    finally:
+        lock.release()
+
+
+def _serve_locked(config: Config, *, cycles: int | None, run_now: bool) -> None:
     env = prefect_environment(config)
     server: PrefectServer | None = None
+    watchdog: ServerWatchdog | None = None
+    fatal: list[str] = []
     external = os.environ.get("PREFECT_API_URL")
     if external:
         api_url = external.rstrip("/")
@@ -165,6 +273,13 @@ def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) ->
     else:
         server = PrefectServer.start(config, env)
         api_url = server.api_url
+
+        def give_up(message: str) -> None:
+            fatal.append(message)
+            log.error("%s", message)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watchdog = ServerWatchdog(server, lambda: PrefectServer.start(config, env), give_up).start()
     os.environ.update(env)
     os.environ["PREFECT_API_URL"] = api_url
 
@@ -184,10 +299,25 @@ def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) ->
         signal.signal(signal.SIGTERM, previous)
         if metrics_server is not None:
             metrics_server.shutdown()
+        if watchdog is not None:
+            watchdog.stop()
+            server = watchdog.server  # the one running now, if it was restarted
         if server is not None:
             server.stop()
         info_path.unlink(missing_ok=True)
         log.info("daemon stopped")
+    if fatal:
+        raise TasksimError(fatal[0])
+
+
+def schedule_kwargs(config: Config) -> dict[str, Any]:
+    """The schedule argument for Prefect's ``Runner.add_flow``: an interval, or a cron schedule in the
+    configured time zone (a bare ``cron=`` would ignore ``schedule.timezone``)."""
+    if config.schedule.interval:
+        return {"interval": config.schedule.interval}
+    from prefect.schedules import Cron
+
+    return {"schedule": Cron(config.schedule.cron, timezone=config.schedule.timezone)}
 
 
 def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycles: int | None,
@@ -201,8 +331,7 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
 
     flow = monitor_cycle.with_options(retries=config.prefect.retries,
                                       timeout_seconds=config.prefect.flow_timeout.total_seconds())
-    schedule: dict[str, Any] = (
-        {"interval": config.schedule.interval} if config.schedule.interval else {"cron": config.schedule.cron})
+    schedule = schedule_kwargs(config)
     # pause_on_shutdown=False: a restart must find the schedule still active; limit=1: no overlap
     runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=1)
     runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tasksim import __version__
-from tasksim.store import Snapshot, Store
+from tasksim.store import CYCLE_STATUSES, Snapshot, Store
 
 __all__ = ["METRIC_NAMES", "StoreCollector", "build_registry", "start_metrics_server"]
 
@@ -32,7 +32,8 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "tasksim_schedule_interval_seconds": ("gauge", "Longest expected time between two scheduled cycles."),
     "tasksim_cycle_last_success_timestamp_seconds": ("gauge", "Unix time of the last successful cycle."),
     "tasksim_cycle_duration_seconds": ("gauge", "Duration of the last cycle."),
-    "tasksim_cycles_total": ("counter", "Cycles run, by status (success, failed, no_data)."),
+    "tasksim_cycles_total": ("counter", "Cycles run, by status (success, failed, no_data, insufficient_data)."),
+    "tasksim_window_files_skipped_total": ("counter", "Production files left out of windows as unreadable."),
     "tasksim_window_rows": ("gauge", "Rows of the last production window (kind: total, sampled, dropped_invalid)."),
     "tasksim_drift_detected": ("gauge", "1 if the last window with data drifted from the reference."),
     "tasksim_drift_share_ratio": ("gauge", "Share of monitored columns that drifted in the last window."),
@@ -82,9 +83,10 @@ class StoreCollector(Collector):
             yield interval
         up = _family("tasksim_store_up")
         try:
-            with Store(self.state_dir) as store:
+            # read-only: a scrape never takes the store's write lock, never creates or migrates it
+            with Store(self.state_dir, readonly=True) as store:
                 snap = store.snapshot()
-        except Exception as exc:  # a scrape must never fail because the store is busy or missing
+        except Exception as exc:  # noqa: BLE001 - a scrape must never fail because the store is busy or missing
             log.warning("metrics: cannot read the state store in %s: %s", self.state_dir, exc)
             up.add_metric([], 0.0)
             yield up
@@ -95,9 +97,12 @@ class StoreCollector(Collector):
 
     def _from_snapshot(self, snap: Snapshot) -> Iterator[Metric]:
         cycles = _family("tasksim_cycles_total", ["status"])
-        for status in ("success", "failed", "no_data"):
+        for status in CYCLE_STATUSES:
             cycles.add_metric([status], float(snap.cycles_by_status.get(status, 0)))
         yield cycles
+        skipped = _family("tasksim_window_files_skipped_total")
+        skipped.add_metric([], float(snap.files_skipped_total))
+        yield skipped
 
         if snap.last_success_at is not None:
             last = _family("tasksim_cycle_last_success_timestamp_seconds")

@@ -53,6 +53,7 @@ from tasksim.sample import load_source, table_fingerprint
 
 __all__ = [
     "DISTANCE_SAMPLE_ROWS",
+    "MEASURE_MIN_ROWS",
     "TRANSFER_MEASURES",
     "SourceArrays",
     "SourceProfile",
@@ -79,6 +80,11 @@ OTDD_COMPONENTS = 32
 # domain classifier (5-fold logistic regression: ~0.4 s per source at 1000 + 1000 rows, D = 384).
 LAYER_SAMPLE_ROWS = 1000
 DOMAIN_AUC_ROWS = 1000
+# Fewest target-window rows each target-dependent measure needs (domain-classifier AUC: one per fold
+# of its 5-fold CV; transferability: labelled rows, 6 for the 5-nearest-neighbour accuracy). A
+# window with fewer rows leaves that measure out ("not computable for this window") instead of
+# failing the source.
+MEASURE_MIN_ROWS = {"mmd2": 2, "frechet": 2, "coverage": 1, "domain_classifier_auc": 5, "transferability": 6}
 # Measures computed on each source's view of the target (and on the no-transfer baseline).
 TRANSFER_MEASURES = catalog.TRANSFER_MEASURES
 # The no-transfer baseline's measures (the target's own features, no source in between).
@@ -385,13 +391,18 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
     t_idx = _subsample(target_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)
     xs, xt = _take(source_x, s_idx), _take(target_x, t_idx)
-    out["mmd2"] = metrics.mmd2(xs, xt)
-    out["frechet"] = metrics.frechet_distance(source_x, target_x)
-    out["coverage"] = quality.coverage(xs, xt)
-    out["domain_classifier_auc"] = metrics.domain_classifier_auc(
-        _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
-        _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
-    out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
+    n_t = target_x.shape[0]
+    if n_t >= MEASURE_MIN_ROWS["mmd2"]:
+        out["mmd2"] = metrics.mmd2(xs, xt)
+    if n_t >= MEASURE_MIN_ROWS["frechet"]:
+        out["frechet"] = metrics.frechet_distance(source_x, target_x)
+    if n_t >= MEASURE_MIN_ROWS["coverage"]:
+        out["coverage"] = quality.coverage(xs, xt)
+    if n_t >= MEASURE_MIN_ROWS["domain_classifier_auc"]:
+        out["domain_classifier_auc"] = metrics.domain_classifier_auc(
+            _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
+            _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
+        out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
     out["duplicate_rate"] = quality.duplicate_rate(source_x)
     if missing_rate is not None:
         out["missing_rate"] = missing_rate
@@ -526,7 +537,7 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
 
     rows, labels = transfer_rows(target_labels)
     views = {n: sources[n].view for n, p in described.items() if p.status == "ok" and sources[n].view is not None}
-    if views and labels is not None:
+    if views and labels is not None and len(labels) >= MEASURE_MIN_ROWS["transferability"]:
         if rows is not None:
             log.info("transferability: %d of %d target rows are unlabelled or of a class seen once: left out",
                      len(target_labels or []) - len(labels), len(target_labels or []))

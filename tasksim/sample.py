@@ -20,7 +20,7 @@ import glob as _glob
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -68,6 +68,8 @@ class Window:
     table: pa.Table
     total_rows: int
     dropped_invalid: int
+    # (path, reason) of each file left out because it could not be read or has a changed schema
+    skipped_files: tuple[tuple[str, str], ...] = ()
 
 
 # ----------------------------------------------------------------------------------------
@@ -208,20 +210,60 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _open_dataset(path: str, partitioning: str | None) -> tuple[ds.Dataset, _Listing]:
+class _BadFile(Exception):
+    """One file of a dataset cannot be used (internal: becomes a skip or a ``DataError``)."""
+
+
+def _bad_file(path: str, reason: str, policy: str, skipped: list[tuple[str, str]]) -> None:
+    """Skip a bad file (``policy`` "skip": recorded in ``skipped``) or stop with one line ("fail")."""
+    if policy != "skip":
+        raise DataError(f"{path}: {reason}")
+    logger.warning("skipping %s: %s", path, reason)
+    skipped.append((path, reason))
+
+
+def _open_dataset(path: str, partitioning: str | None, *, on_bad_file: str = "fail",
+                  skipped: list[tuple[str, str]] | None = None,
+                  outside: Callable[[_FileEntry], bool] | None = None) -> tuple[ds.Dataset, _Listing]:
+    """The dataset over ``path``'s files. Opening reads one footer (the first readable file's) for
+    the schema; zero-byte files (a part file still being written) are never opened: with
+    ``on_bad_file="skip"`` they and an unreadable first file are left out and recorded in ``skipped``.
+    Files for which ``outside(entry)`` is true (known to lie outside the window) are left out unopened,
+    unless every file is: then the first one still gives the schema (its footer only)."""
     listing = _list_files(path)
+    skipped = [] if skipped is None else skipped
     part = ds.HivePartitioning.discover(infer_dictionary=False) if partitioning == "hive" else None
-    try:
-        dataset = ds.dataset(
-            [f.path for f in listing.files],
-            filesystem=listing.filesystem,
-            format="parquet",
-            partitioning=part,
-            partition_base_dir=listing.base_dir if part is not None else None,
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
-    return dataset, listing
+    files = []
+    for f in listing.files:
+        if f.size == 0:
+            _bad_file(f.path, "zero bytes (a file still being written?)", on_bad_file, skipped)
+        else:
+            files.append(f.path)
+    if outside is not None and files:
+        by_path = {f.path: f for f in listing.files}
+        inside = [p for p in files if not outside(by_path[p])]
+        files = inside or files[:1]
+
+    def build(paths: list[str]) -> ds.Dataset:
+        return ds.dataset(paths, filesystem=listing.filesystem, format="parquet", partitioning=part,
+                          partition_base_dir=listing.base_dir if part is not None else None)
+
+    while True:
+        if not files:
+            first = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+            raise DataError(f"{path}: no readable Parquet file{first}")
+        try:
+            return build(files), listing
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            error = exc
+        # the factory reads only the first file's footer: if that file alone fails, it is the bad one
+        try:
+            build(files[:1])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
+            _bad_file(files[0], f"cannot read as Parquet ({_first_line(error)})", on_bad_file, skipped)
+            files = files[1:]
+            continue
+        raise DataError(f"{path}: cannot read as Parquet ({_first_line(error)})") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -265,6 +307,7 @@ class _Spec:
     partitioning: str | None = "hive"
     categorical_features: bool = True
     labels_required: bool = False
+    on_bad_file: str = "fail"  # "skip": leave unreadable files out (production data), see _scan
 
     def columns(self) -> list[str]:
         cols: list[str] = []
@@ -523,34 +566,133 @@ def _allocate(counts: dict[object, int], total: int) -> dict[object, int]:
 # ----------------------------------------------------------------------------------------
 
 
-def _scan(dataset: ds.Dataset, columns: list[str], expr: ds.Expression | None) -> Iterator[pa.RecordBatch]:
+def _compatible(expected: pa.DataType, found: pa.DataType) -> bool:
+    """Whether a file's column type can be read as the dataset's (cast without loss of meaning)."""
+    if expected == found:
+        return True
+    if pa.types.is_fixed_size_list(expected):
+        return pa.types.is_fixed_size_list(found) and found.list_size == expected.list_size \
+            and _kind(found.value_type) == _kind(expected.value_type)
+    return _kind(expected) is not None and _kind(expected) == _kind(found)
+
+
+def _schema_problem(fragment: ds.Fragment, schema: pa.Schema, columns: list[str]) -> str | None:
+    """One line naming the first needed column whose type in this file differs from the dataset's."""
+    physical = fragment.physical_schema
+    for name in columns:
+        expected = schema.field(name).type
+        if name not in physical.names:
+            if f"/{name}=" in fragment.path.replace(os.sep, "/"):  # a hive partition key, not a file column
+                continue
+            shown = ", ".join(physical.names[:20]) + (", ..." if len(physical.names) > 20 else "")
+            return f"column {name!r} not found (expected {expected}; the file has columns: {shown})"
+        found = physical.field(name).type
+        if not _compatible(expected, found):
+            return f"column {name!r} has type {found}; expected {expected} (as in the dataset's first file)"
+    return None
+
+
+@dataclass
+class _ScanReport:
+    """What a scan left out: bad files (skipped), and whether any was left out for its schema."""
+
+    policy: str = "fail"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    schema_skips: int = 0
+    # path -> (min, max) timestamp in microseconds of each file whose footer this scan read
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    timestamp_column: str | None = None
+
+
+def _time_range_us(fragment: ds.Fragment, column: str) -> tuple[int, int] | None:
+    """(min, max) of the timestamp column in microseconds since the epoch, from the Parquet footer's
+    row-group statistics (already read by ``split_by_row_group``); None when they are missing."""
+    try:
+        meta = fragment.metadata
+        unit = fragment.physical_schema.field(column).type.unit
+        index = meta.schema.names.index(column)
+    except (AttributeError, KeyError, ValueError, pa.ArrowInvalid, OSError):
+        return None
+    per_us = _UNIT_PER_SECOND[unit] / 1_000_000
+    low = high = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        lo, hi = stats.min_raw, stats.max_raw
+        if not isinstance(lo, int) or not isinstance(hi, int):
+            return None
+        low = lo if low is None else min(low, lo)
+        high = hi if high is None else max(high, hi)
+    if low is None or high is None:
+        return None
+    return int(low // per_us), int(-((-high) // per_us))  # widened to whole microseconds
+
+
+def _scan(dataset: ds.Dataset, columns: list[str], expr: ds.Expression | None,
+          report: _ScanReport | None = None) -> Iterator[pa.RecordBatch]:
     """Batches of the filtered projection, one Parquet row group at a time, in file order.
 
     Row groups whose min/max statistics miss the filter are skipped without being read. Going
     row group by row group (rather than ``dataset.to_batches``, whose read-ahead grows while a
     slow consumer works) keeps memory at about one decoded row group, however large the window.
+
+    A file that cannot be read, or whose needed columns changed type or name, is a bad file:
+    skipped and recorded in ``report`` (policy "skip") or a ``DataError`` naming the file, the
+    column, what was expected and what was found (policy "fail").
     """
+    report = report or _ScanReport()
     for fragment in dataset.get_fragments(filter=expr):
-        pieces = fragment.split_by_row_group(filter=expr, schema=dataset.schema) \
-            if isinstance(fragment, ds.ParquetFileFragment) else [fragment]
-        for piece in pieces:
-            yield from piece.to_batches(
-                schema=dataset.schema,
-                columns=columns,
-                filter=expr,
-                batch_size=_BATCH_ROWS,
-                batch_readahead=_BATCH_READAHEAD,
-                use_threads=True,
-            )
+        rows = 0
+        try:
+            pieces = fragment.split_by_row_group(filter=expr, schema=dataset.schema) \
+                if isinstance(fragment, ds.ParquetFileFragment) else [fragment]
+            if report.timestamp_column and isinstance(fragment, ds.ParquetFileFragment):
+                span = _time_range_us(fragment, report.timestamp_column)
+                if span is not None:
+                    report.ranges[fragment.path] = span
+            if not pieces:
+                continue  # no row group overlaps the window
+            problem = _schema_problem(fragment, dataset.schema, columns)
+            if problem is not None:
+                report.schema_skips += 1
+                raise _BadFile(problem)
+            for piece in pieces:
+                for batch in piece.to_batches(schema=dataset.schema, columns=columns, filter=expr,
+                                              batch_size=_BATCH_ROWS, batch_readahead=_BATCH_READAHEAD,
+                                              use_threads=True):
+                    rows += batch.num_rows
+                    yield batch
+        except (_BadFile, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, _BadFile) else f"cannot read Parquet data ({_first_line(exc)})"
+            if rows:
+                reason += f" after {rows} rows (those rows were kept)"
+            _bad_file(fragment.path, reason, report.policy, report.skipped)
+
+
+def _us(value: datetime) -> int:
+    delta = _utc(value) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _sample(spec: _Spec, start: datetime | None, end: datetime | None, *, max_rows: int, seed: int,
-            stratify: bool) -> Window:
+            stratify: bool, file_ranges: MutableMapping[str, list[int]] | None = None) -> Window:
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     start = _utc(start) if start is not None else None
     end = _utc(end) if end is not None else None
-    dataset, _ = _open_dataset(spec.path, spec.partitioning)
+    report = _ScanReport(policy=spec.on_bad_file, timestamp_column=spec.timestamp_column)
+    outside = None
+    if file_ranges is not None and spec.timestamp_column and (start is not None or end is not None):
+        lo_us = _us(start) if start is not None else None
+        hi_us = _us(end) if end is not None else None
+
+        def outside(entry: _FileEntry) -> bool:
+            span = file_ranges.get(f"{entry.path}|{entry.size}|{entry.mtime}")
+            return span is not None and ((hi_us is not None and span[0] >= hi_us)
+                                         or (lo_us is not None and span[1] < lo_us))
+    dataset, listing = _open_dataset(spec.path, spec.partitioning, on_bad_file=spec.on_bad_file,
+                                     skipped=report.skipped, outside=outside)
     kinds = _check_schema(dataset.schema, spec)
     columns = spec.columns()
     out_schema = pa.schema([dataset.schema.field(c) for c in columns])
@@ -564,7 +706,7 @@ def _sample(spec: _Spec, start: datetime | None, end: datetime | None, *, max_ro
     strata: dict[object, _Reservoir] | None = {} if stratify else None
     total = dropped = 0
     try:
-        for batch in _scan(dataset, columns, expr):
+        for batch in _scan(dataset, columns, expr, report):
             n = batch.num_rows
             if n == 0:
                 continue
@@ -612,7 +754,22 @@ def _sample(spec: _Spec, start: datetime | None, end: datetime | None, *, max_ro
     if dropped:
         logger.info("%s: dropped %d of %d rows with null/NaN/Inf inputs or wrong list lengths",
                     spec.path, dropped, total)
-    return Window(start=start, end=end, table=table, total_rows=total, dropped_invalid=dropped)
+    if file_ranges is not None:
+        # remember every file's time range (keyed by path, size and mtime, so a rewritten file is
+        # read again) and forget files that are gone: the mapping stays as large as the listing
+        current = {f"{f.path}|{f.size}|{f.mtime}": f.path for f in listing.files}
+        for key in [k for k in file_ranges if k not in current]:
+            del file_ranges[key]
+        for key, path in current.items():
+            if path in report.ranges:
+                file_ranges[key] = list(report.ranges[path])
+    if total == 0 and report.schema_skips:
+        # every file of the window was left out for its schema: that is not an empty window
+        path, reason = next((p, r) for p, r in report.skipped if "column" in r)
+        raise DataError(f"{path}: {reason}; no file in the window has the expected columns "
+                        f"({len(report.skipped)} file(s) skipped)")
+    return Window(start=start, end=end, table=table, total_rows=total, dropped_invalid=dropped,
+                  skipped_files=tuple(report.skipped))
 
 
 def _production_spec(production: ProductionConfig, *, path: str | None = None,
@@ -624,18 +781,25 @@ def _production_spec(production: ProductionConfig, *, path: str | None = None,
         label_column=production.label_column,
         timestamp_column=production.timestamp_column if with_timestamp else None,
         partitioning=production.partitioning,
+        on_bad_file=production.on_bad_file,
     )
 
 
 def sample_window(production: ProductionConfig, start: datetime | None, end: datetime | None, *,
-                  max_rows: int, seed: int, stratify_by_label: bool = False) -> Window:
+                  max_rows: int, seed: int, stratify_by_label: bool = False,
+                  file_ranges: MutableMapping[str, list[int]] | None = None) -> Window:
     """Uniform (or label-stratified) sample of at most ``max_rows`` valid rows with start <= ts < end.
 
     Streams the window in bounded memory; an empty window gives an empty table, not an error.
-    Naive ``start``/``end`` mean UTC. Raises ``DataError`` naming the path or column.
+    Naive ``start``/``end`` mean UTC. Raises ``DataError`` naming the path or column. A file that
+    cannot be read is skipped and named in ``Window.skipped_files`` (``production.on_bad_file``).
+
+    ``file_ranges`` (updated in place; the cycle keeps it in the state store): each file's
+    timestamp range from its footer, keyed by path, size and mtime. A file whose known range lies
+    outside the window is not opened at all.
     """
     return _sample(_production_spec(production), start, end, max_rows=max_rows, seed=seed,
-                   stratify=stratify_by_label)
+                   stratify=stratify_by_label, file_ranges=file_ranges)
 
 
 def production_time_range(production: ProductionConfig) -> tuple[datetime, datetime] | None:
@@ -645,13 +809,14 @@ def production_time_range(production: ProductionConfig) -> tuple[datetime, datet
     """
     spec = _Spec(path=str(production.path), feature_columns=(), text_column=None, label_column=None,
                  timestamp_column=production.timestamp_column, partitioning=production.partitioning)
-    dataset, _ = _open_dataset(spec.path, spec.partitioning)
+    report = _ScanReport(policy=production.on_bad_file)
+    dataset, _ = _open_dataset(spec.path, spec.partitioning, on_bad_file=report.policy, skipped=report.skipped)
     _check_schema(dataset.schema, spec)
     t = dataset.schema.field(spec.timestamp_column).type
     low: int | None = None
     high: int | None = None
     try:
-        for batch in _scan(dataset, [spec.timestamp_column], None):
+        for batch in _scan(dataset, [spec.timestamp_column], None, report):
             if batch.num_rows == 0:
                 continue
             mm = pc.min_max(batch.column(0))
@@ -667,8 +832,11 @@ def production_time_range(production: ProductionConfig) -> tuple[datetime, datet
     return _ticks_to_datetime(low, t.unit), _ticks_to_datetime(high, t.unit)
 
 
-def load_reference(config: Config) -> Window:
-    """The reference window: a time range of production data, or the separate reference dataset."""
+def load_reference(config: Config, *, file_ranges: MutableMapping[str, list[int]] | None = None) -> Window:
+    """The reference window: a time range of production data, or the separate reference dataset.
+
+    ``file_ranges``: as for :func:`sample_window` (production files outside the reference range
+    are then not opened)."""
     ref = config.reference
     sampling = config.sampling
     if ref.path:
@@ -677,7 +845,7 @@ def load_reference(config: Config) -> Window:
     else:
         spec = _production_spec(config.production)
     return _sample(spec, ref.start, ref.end, max_rows=sampling.max_rows, seed=sampling.seed,
-                   stratify=sampling.stratify_by_label)
+                   stratify=sampling.stratify_by_label, file_ranges=None if ref.path else file_ranges)
 
 
 def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:

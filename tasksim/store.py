@@ -2,34 +2,58 @@
 
 Everything the exporter, ``tasksim history`` and the next cycle need lives here, so results survive
 restarts and reach the metrics endpoint from the subprocesses Prefect runs flows in. A cycle is
-written in a single transaction (all of it or nothing); WAL mode lets the exporter read while a
-flow writes. The decision log is append-only: rows are inserted, never updated.
+written in a single transaction (all of it or nothing), together with its counters and the
+retention pruning; WAL mode lets the exporter read while a flow writes.
+
+Schema versions: ``meta.schema_version`` is checked on every open. A store from a newer tasksim is
+refused (``StoreError``, exit 2) and never written; an older one is migrated forward one version at
+a time, each step in its own transaction. Readers (the exporter, ``history``, ``explain``) open
+the store read-only and never take its write lock.
+
+Retention (``retention: {cycles: N, days: D}``) deletes the oldest cycles and their source rows.
+Counters (cycles by status, source errors, skipped files) live in their own table, so they stay
+monotone when rows are pruned and a scrape reads them in constant time. The decision log is
+summarised, not lost: a pruned cycle's decision is kept when it changed the recommendation or
+action (``changed``), so the log of changes is whole; repeated identical decisions go with their
+cycles.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tasksim.errors import StoreError
 
-__all__ = ["CycleRecord", "SourceRecord", "Snapshot", "Store", "STORE_FILENAME"]
+__all__ = [
+    "CYCLE_STATUSES",
+    "SCHEMA_VERSION",
+    "STORE_FILENAME",
+    "CycleRecord",
+    "Snapshot",
+    "SourceRecord",
+    "Store",
+]
 
 STORE_FILENAME = "tasksim.sqlite"
-_SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+CYCLE_STATUSES = ("success", "failed", "no_data", "insufficient_data")
 
+# The newest schema, created as it is in a new store (older stores reach it through _MIGRATIONS).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS cycles (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE cycles (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('success', 'failed', 'no_data')),
+    status TEXT NOT NULL CHECK (status IN ('success', 'failed', 'no_data', 'insufficient_data')),
     config_hash TEXT NOT NULL,
     window_start TEXT,
     window_end TEXT,
@@ -38,9 +62,10 @@ CREATE TABLE IF NOT EXISTS cycles (
     rows_dropped INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     drift_json TEXT,
-    device TEXT
+    device TEXT,
+    files_skipped_json TEXT
 );
-CREATE TABLE IF NOT EXISTS source_results (
+CREATE TABLE source_results (
     cycle_id INTEGER NOT NULL REFERENCES cycles(id),
     source TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'excluded')),
@@ -51,19 +76,71 @@ CREATE TABLE IF NOT EXISTS source_results (
     similarity_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (cycle_id, source)
 );
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE TABLE decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    cycle_id INTEGER NOT NULL REFERENCES cycles(id),
+    cycle_id INTEGER NOT NULL,
     created_at REAL NOT NULL,
     deployed_source TEXT NOT NULL,
     recommended_source TEXT,
     action TEXT NOT NULL,
     rationale TEXT NOT NULL,
-    record_json TEXT NOT NULL
+    record_json TEXT NOT NULL,
+    window_start TEXT,
+    window_end TEXT,
+    changed INTEGER NOT NULL DEFAULT 1
 );
-CREATE INDEX IF NOT EXISTS source_results_failed ON source_results(source, status);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE counters (name TEXT NOT NULL, label TEXT NOT NULL, value REAL NOT NULL,
+                       PRIMARY KEY (name, label));
 """
+
+# Indexes that keep every snapshot query a short index walk, whatever the number of stored cycles.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS source_results_failed ON source_results(source, status);
+CREATE INDEX IF NOT EXISTS source_results_ranked ON source_results(cycle_id)
+    WHERE status = 'ok' AND rank IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cycles_status ON cycles(status, id);
+CREATE INDEX IF NOT EXISTS cycles_finished ON cycles(finished_at);
+CREATE INDEX IF NOT EXISTS cycles_with_drift ON cycles(id) WHERE drift_json IS NOT NULL;
+CREATE INDEX IF NOT EXISTS decisions_cycle ON decisions(cycle_id);
+"""
+
+
+def _migrate_1_to_2(cur: sqlite3.Cursor) -> None:
+    """v2: the ``insufficient_data`` status and skipped files on cycles, decisions that outlive
+    their cycle (window copied, ``changed`` flag, no foreign key), monotone counters, indexes.
+
+    Tables are rebuilt as SQLite documents it (create ``<name>_new``, copy, drop, rename): renaming
+    the old table away instead would rewrite the foreign keys that point at it."""
+    for statement in _SCHEMA.split(";"):
+        for table in ("cycles", "decisions"):
+            if f"CREATE TABLE {table} " in statement:
+                cur.execute(statement.replace(f"CREATE TABLE {table} ", f"CREATE TABLE {table}_new ", 1))
+        if "CREATE TABLE counters " in statement:
+            cur.execute(statement)
+    cur.execute("INSERT INTO cycles_new(id, started_at, finished_at, status, config_hash, window_start, window_end,"
+                " rows_sampled, rows_total, rows_dropped, error, drift_json, device)"
+                " SELECT id, started_at, finished_at, status, config_hash, window_start, window_end, rows_sampled,"
+                " rows_total, rows_dropped, error, drift_json, device FROM cycles")
+    cur.execute("INSERT INTO decisions_new(id, cycle_id, created_at, deployed_source, recommended_source, action,"
+                " rationale, record_json, window_start, window_end, changed)"
+                " SELECT d.id, d.cycle_id, d.created_at, d.deployed_source, d.recommended_source, d.action,"
+                " d.rationale, d.record_json, c.window_start, c.window_end,"
+                " COALESCE(json_extract(d.record_json, '$.changed'), 1)"
+                " FROM decisions d LEFT JOIN cycles c ON c.id = d.cycle_id")
+    cur.execute("DROP TABLE decisions")
+    cur.execute("DROP TABLE cycles")
+    cur.execute("ALTER TABLE cycles_new RENAME TO cycles")
+    cur.execute("ALTER TABLE decisions_new RENAME TO decisions")
+    cur.execute("INSERT INTO counters(name, label, value)"
+                " SELECT 'cycles_total', status, COUNT(*) FROM cycles GROUP BY status")
+    cur.execute("INSERT INTO counters(name, label, value)"
+                " SELECT 'source_errors_total', source, COUNT(*) FROM source_results WHERE status = 'failed'"
+                " GROUP BY source")
+
+
+# from version -> the step that brings a store to version + 1
+_MIGRATIONS: dict[int, Callable[[sqlite3.Cursor], None]] = {1: _migrate_1_to_2}
 
 
 @dataclass(frozen=True)
@@ -85,7 +162,7 @@ class CycleRecord:
 
     started_at: float
     finished_at: float
-    status: str  # success | failed | no_data
+    status: str  # success | failed | no_data | insufficient_data
     config_hash: str
     window_start: str | None = None
     window_end: str | None = None
@@ -98,6 +175,7 @@ class CycleRecord:
     sources: tuple[SourceRecord, ...] = ()
     decision: dict[str, Any] | None = None  # deployed_source, recommended_source, action, rationale, ...
     state_updates: dict[str, str] = field(default_factory=dict)
+    files_skipped: tuple[dict[str, str], ...] = ()  # {"path": ..., "reason": ...} per skipped file
 
     @property
     def duration_seconds(self) -> float:
@@ -116,27 +194,141 @@ class Snapshot:
     last_sources: tuple[SourceRecord, ...]
     last_decision: dict[str, Any] | None
     failed_sources: tuple[str, ...]
+    files_skipped_total: int = 0
 
 
 class Store:
-    """SQLite state store in ``state_dir``. Cheap to open; one connection per instance."""
+    """SQLite state store in ``state_dir``. Cheap to open; one connection per instance.
 
-    def __init__(self, state_dir: str | Path) -> None:
+    ``readonly=True`` (readers): never creates, migrates or writes, and takes no write lock; a
+    missing store or one at another schema version raises ``StoreError``. ``retention_cycles`` /
+    ``retention_days``: what ``record_cycle`` keeps (None: everything).
+    """
+
+    def __init__(self, state_dir: str | Path, *, readonly: bool = False, retention_cycles: int | None = None,
+                 retention_days: float | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STORE_FILENAME
+        self.readonly = readonly
+        self.retention_cycles = retention_cycles
+        self.retention_days = retention_days
+        self._conn = self._connect()
+        try:
+            self._conn.row_factory = sqlite3.Row
+            if readonly:
+                self._conn.execute("PRAGMA query_only=ON")
+                self._check_version_readonly()
+            else:
+                version = self._version()  # a plain read: a refused store is not touched, not even its journal
+                if version is not None:
+                    self._refuse_newer(version)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._prepare()
+                self._conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"{self.path}: cannot open the state store ({exc})") from None
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise StoreError(f"{self.state_dir}: state_dir is not a directory (it is a file); "
+                             "point state_dir at a directory")
+        if self.readonly:
+            if not self.path.is_file():
+                raise StoreError(f"{self.path}: no state store yet (no cycle has run for this state_dir)")
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            if not os.access(self.state_dir, os.W_OK) and not Path(f"{self.path}-shm").exists():
+                # A read-only copy in a read-only directory: SQLite cannot create the WAL index there,
+                # and no writer can change the file either, so it is read as immutable.
+                uri += "&immutable=1"
+            try:
+                return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot open the state store read-only ({exc})") from None
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
-            )
+        except OSError as exc:
+            raise StoreError(f"{self.state_dir}: cannot create state_dir ({exc.strerror or exc})") from None
+        try:
+            return sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the state store ({exc})") from None
+
+    # -- schema ------------------------------------------------------------------------------
+    def _version(self) -> int | None:
+        """The stored schema version; None for an empty database. Raises for a foreign database."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+            if "meta" in tables else None
+        if row is None:
+            raise StoreError(f"{self.path}: not a tasksim state store (it has tables {sorted(tables)[:5]} but no "
+                             "schema_version); point state_dir elsewhere")
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path}: invalid schema_version {row[0]!r} in the state store") from None
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: the state store has schema version {version}, newer than this "
+                             f"tasksim's {SCHEMA_VERSION}; upgrade tasksim (the store was left untouched)")
+
+    def _check_version_readonly(self) -> None:
+        version = self._version()
+        if version is None:
+            raise StoreError(f"{self.path}: no state store yet (the database is empty)")
+        self._refuse_newer(version)
+        if version < SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: the state store has schema version {version}, older than this "
+                             f"tasksim's {SCHEMA_VERSION}; run one cycle (or `tasksim serve`) to migrate it")
+
+    def _prepare(self) -> None:
+        """Create a new store, refuse a newer one, or migrate an older one a step at a time."""
+        with self._transaction() as cur:
+            version = self._version()
+            if version is None:
+                # statement by statement: executescript() would commit the open transaction
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                for statement in _INDEXES.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                cur.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                return
+            self._refuse_newer(version)
+        while version < SCHEMA_VERSION:
+            self._migrate_step(version)
+            version += 1
+
+    def _migrate_step(self, version: int) -> None:
+        step = _MIGRATIONS.get(version)
+        if step is None:
+            raise StoreError(f"{self.path}: no migration from schema version {version}")
+        # Rebuilding tables needs foreign keys off, and that pragma is ignored inside a transaction.
+        self._conn.execute("PRAGMA foreign_keys=OFF")
+        with self._transaction() as cur:
+            current = self._version()
+            if current != version:  # another process migrated it meanwhile
+                return
+            step(cur)
+            for statement in _INDEXES.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+            if cur.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise StoreError(f"{self.path}: migration to schema version {version + 1} broke a foreign key; "
+                                 "the store was left at its old version")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()
@@ -161,18 +353,22 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
     def record_cycle(self, record: CycleRecord) -> int:
-        """Write one cycle (its sources, decision and state updates) atomically; return its id."""
+        """Write one cycle (its sources, decision, counters and state updates) and prune by the
+        retention policy, atomically; return its id."""
+        if record.status not in CYCLE_STATUSES:
+            raise StoreError(f"{self.path}: unknown cycle status {record.status!r}")
         try:
             with self._transaction() as cur:
                 cur.execute(
                     "INSERT INTO cycles(started_at, finished_at, status, config_hash, window_start, window_end,"
-                    " rows_sampled, rows_total, rows_dropped, error, drift_json, device)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " rows_sampled, rows_total, rows_dropped, error, drift_json, device, files_skipped_json)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.started_at, record.finished_at, record.status, record.config_hash,
                         record.window_start, record.window_end, record.rows_sampled, record.rows_total,
                         record.rows_dropped, record.error,
                         json.dumps(record.drift) if record.drift is not None else None, record.device,
+                        json.dumps(list(record.files_skipped)) if record.files_skipped else None,
                     ),
                 )
                 cycle_id = int(cur.lastrowid)
@@ -189,22 +385,60 @@ class Store:
                     d = record.decision
                     cur.execute(
                         "INSERT INTO decisions(cycle_id, created_at, deployed_source, recommended_source, action,"
-                        " rationale, record_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " rationale, record_json, window_start, window_end, changed)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (cycle_id, record.finished_at, d["deployed_source"], d.get("recommended_source"),
-                         d["action"], d.get("rationale", ""), json.dumps(d, default=str)),
+                         d["action"], d.get("rationale", ""), json.dumps(d, default=str), record.window_start,
+                         record.window_end, int(bool(d.get("changed", True)))),
                     )
+                counts = [("cycles_total", record.status, 1.0)]
+                counts += [("source_errors_total", s.source, 1.0) for s in record.sources if s.status == "failed"]
+                if record.files_skipped:
+                    counts.append(("window_files_skipped_total", "", float(len(record.files_skipped))))
+                cur.executemany(
+                    "INSERT INTO counters(name, label, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT(name, label) DO UPDATE SET value = value + excluded.value", counts)
                 cur.executemany(
                     "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     list(record.state_updates.items()),
                 )
+                self._prune(cur, cycle_id, record.finished_at)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write cycle ({exc})") from None
         return cycle_id
 
-    # -- reading -----------------------------------------------------------------------------
-    def get_state(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row["value"])
+    def _prune(self, cur: sqlite3.Cursor, newest: int, now: float) -> int:
+        """Delete the cycles the retention policy no longer keeps (inside the caller's transaction).
+
+        Never pruned: the newest cycle, and the cycles the exporter shows (the last ranking, the
+        last success, the last drift result), so "the last ranking stands" holds under retention."""
+        if self.retention_cycles is None and self.retention_days is None:
+            return 0
+        bounds = []
+        if self.retention_cycles is not None:
+            row = cur.execute("SELECT id FROM cycles ORDER BY id DESC LIMIT 1 OFFSET ?",
+                              (self.retention_cycles,)).fetchone()
+            if row is not None:
+                bounds.append(("id <= ?", int(row[0])))
+        if self.retention_days is not None:
+            bounds.append(("finished_at < ?", now - self.retention_days * 86400.0))
+        if not bounds:
+            return 0
+        keep = {newest}
+        for query in ("SELECT MAX(cycle_id) FROM source_results WHERE status = 'ok' AND rank IS NOT NULL",
+                      "SELECT id FROM cycles WHERE status = 'success' ORDER BY id DESC LIMIT 1",
+                      "SELECT id FROM cycles WHERE drift_json IS NOT NULL ORDER BY id DESC LIMIT 1"):
+            row = cur.execute(query).fetchone()
+            if row is not None and row[0] is not None:
+                keep.add(int(row[0]))
+        where = " OR ".join(b for b, _ in bounds)
+        marks = ",".join("?" * len(keep))
+        victims = f"SELECT id FROM cycles WHERE ({where}) AND id NOT IN ({marks})"
+        params = [v for _, v in bounds] + sorted(keep)
+        cur.execute(f"DELETE FROM source_results WHERE cycle_id IN ({victims})", params)
+        cur.execute(f"DELETE FROM decisions WHERE changed = 0 AND cycle_id IN ({victims})", params)
+        cur.execute(f"DELETE FROM cycles WHERE id IN ({victims})", params)
+        return cur.rowcount
 
     def set_state(self, key: str, value: str) -> None:
         """Store a derived value (a cache entry such as calibrated thresholds) outside any cycle."""
@@ -215,17 +449,25 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot write state ({exc})") from None
 
+    # -- reading -----------------------------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
     def snapshot(self) -> Snapshot:
-        """The latest state for the exporter, read in one transaction so it is consistent."""
+        """The latest state for the exporter, read in one transaction so it is consistent.
+
+        Every query is a counter lookup or an index walk from the newest row: the time does not
+        grow with the number of stored cycles."""
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            by_status = {r["status"]: int(r["n"]) for r in
-                         conn.execute("SELECT status, COUNT(*) AS n FROM cycles GROUP BY status")}
-            errors = {r["source"]: int(r["n"]) for r in conn.execute(
-                "SELECT source, COUNT(*) AS n FROM source_results WHERE status = 'failed' GROUP BY source")}
+            counters: dict[str, dict[str, int]] = {}
+            for r in conn.execute("SELECT name, label, value FROM counters"):
+                counters.setdefault(r["name"], {})[r["label"]] = int(r["value"])
             last = conn.execute("SELECT * FROM cycles ORDER BY id DESC LIMIT 1").fetchone()
-            last_success = conn.execute("SELECT MAX(finished_at) AS t FROM cycles WHERE status = 'success'").fetchone()
+            last_success = conn.execute(
+                "SELECT finished_at FROM cycles WHERE status = 'success' ORDER BY id DESC LIMIT 1").fetchone()
             drift_row = conn.execute(
                 "SELECT drift_json FROM cycles WHERE drift_json IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
             _, sources = self.last_ranking()
@@ -237,14 +479,15 @@ class Store:
         finally:
             conn.execute("COMMIT")
         return Snapshot(
-            cycles_by_status=by_status,
-            errors_by_source=errors,
+            cycles_by_status={k: v for k, v in counters.get("cycles_total", {}).items() if v},
+            errors_by_source={k: v for k, v in counters.get("source_errors_total", {}).items() if v},
             last_cycle=dict(last) if last is not None else None,
-            last_success_at=last_success["t"],
+            last_success_at=last_success["finished_at"] if last_success else None,
             last_drift=json.loads(drift_row["drift_json"]) if drift_row else None,
             last_sources=sources,
             last_decision=json.loads(decision["record_json"]) if decision else None,
             failed_sources=failed,
+            files_skipped_total=sum(counters.get("window_files_skipped_total", {}).values()),
         )
 
     def _source_rows(self, cycle_id: int) -> Iterator[SourceRecord]:
@@ -267,8 +510,8 @@ class Store:
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         """The decision log, newest first."""
         rows = self._conn.execute(
-            "SELECT d.id, d.cycle_id, d.record_json, c.window_start, c.window_end FROM decisions d"
-            " JOIN cycles c ON c.id = d.cycle_id ORDER BY d.id DESC LIMIT ?", (limit,)).fetchall()
+            "SELECT id, cycle_id, record_json, window_start, window_end FROM decisions"
+            " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         out = []
         for r in rows:
             rec = json.loads(r["record_json"])
@@ -279,6 +522,10 @@ class Store:
 
     def cycles(self, limit: int = 20) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn.execute("SELECT * FROM cycles ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def count_cycles(self) -> int:
+        """Cycles currently stored (after retention), not the total ever run."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM cycles").fetchone()[0])
 
     def source_history(self, source: str, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._conn.execute(
@@ -291,3 +538,4 @@ class Store:
             d["similarity"] = json.loads(d.pop("similarity_json"))
             out.append(d)
         return out
+

@@ -287,10 +287,13 @@ def test_corrupt_and_truncated_parquet(tmp_path: Path) -> None:
     files = sorted(root.rglob("*.parquet"))
     data = files[2].read_bytes()
     files[2].write_bytes(data[: len(data) // 2])  # truncated: a later file in the scan
-    with pytest.raises(DataError) as exc:
-        sample_window(_prod(root), None, None, max_rows=10, seed=0)
+    with pytest.raises(DataError) as exc:  # strict mode (production.on_bad_file: fail)
+        sample_window(_prod(root, on_bad_file="fail"), None, None, max_rows=10, seed=0)
     msg = _one_line(exc)
-    assert str(root) in msg and "Parquet" in msg
+    assert str(files[2]) in msg and "Parquet" in msg
+    # default: the truncated file is skipped and named, the others are sampled
+    window = sample_window(_prod(root), None, None, max_rows=10, seed=0)
+    assert window.table.num_rows == 10 and [p for p, _ in window.skipped_files] == [str(files[2])]
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"this is not parquet at all" * 10)
     with pytest.raises(DataError) as exc:
@@ -306,8 +309,10 @@ def test_inconsistent_file_schemas(tmp_path: Path) -> None:
     t = pq.read_table(second)
     pq.write_table(t.set_column(1, "a", pa.array(["oops"] * t.num_rows)), second)
     with pytest.raises(DataError) as exc:
-        sample_window(_prod(root), None, None, max_rows=10, seed=0)
-    assert str(root) in _one_line(exc)
+        sample_window(_prod(root, on_bad_file="fail"), None, None, max_rows=10, seed=0)
+    assert _one_line(exc) == f"{second}: column 'a' has type string; expected double (as in the dataset's first file)"
+    window = sample_window(_prod(root), None, None, max_rows=10, seed=0)
+    assert [p for p, _ in window.skipped_files] == [str(second)]
 
 
 def test_missing_path(tmp_path: Path) -> None:
