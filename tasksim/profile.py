@@ -80,11 +80,11 @@ OTDD_COMPONENTS = 32
 # domain classifier (5-fold logistic regression: ~0.4 s per source at 1000 + 1000 rows, D = 384).
 LAYER_SAMPLE_ROWS = 1000
 DOMAIN_AUC_ROWS = 1000
-# Fewest target-window rows each target-dependent measure needs (domain-classifier AUC: one per fold
-# of its 5-fold CV; transferability: labelled rows, 6 for the 5-nearest-neighbour accuracy). A
-# window with fewer rows leaves that measure out ("not computable for this window") instead of
-# failing the source.
-MEASURE_MIN_ROWS = {"mmd2": 2, "frechet": 2, "coverage": 1, "domain_classifier_auc": 5, "transferability": 6}
+# Fewest target-window rows each target-dependent measure needs (from the catalogue). A window with
+# fewer rows leaves that measure out ("not computable for this window") instead of failing the source.
+MEASURE_MIN_ROWS = {**{m: catalog.measure(m).min_target_rows
+                       for m in ("mmd2", "frechet", "coverage", "domain_classifier_auc")},
+                    "transferability": max(catalog.measure(m).min_target_rows for m in catalog.TRANSFER_MEASURES)}
 # Measures computed on each source's view of the target (and on the no-transfer baseline).
 TRANSFER_MEASURES = catalog.TRANSFER_MEASURES
 # The no-transfer baseline's measures (the target's own features, no source in between).

@@ -50,17 +50,21 @@ class Measure:
     bootstrap: bool = False  # re-scored on every confidence-bootstrap round
     default_weight: float = 0.0
     in_profile: bool = True  # computed by a cycle's profile (False: available on request only)
+    # Fewest target-window rows it needs: a smaller window leaves it "not computable for this
+    # window" instead of failing the source (MMD and Frechet need 2, the domain classifier one row
+    # per fold of its 5-fold CV, transferability 6 labelled rows for the 5-nearest-neighbour vote).
+    min_target_rows: int = 1
 
 
 def _transfer(name: str, *, probs: bool = False, bootstrap: bool = False, weight: float = 0.0,
               in_profile: bool = True) -> Measure:
     return Measure(name, "transferability", 1, needs_target_labels=True, needs_source_probs=probs,
-                   bootstrap=bootstrap, default_weight=weight, in_profile=in_profile)
+                   bootstrap=bootstrap, default_weight=weight, in_profile=in_profile, min_target_rows=6)
 
 
-def _distance(name: str, *, labels: bool = False, weight: float = 0.0) -> Measure:
+def _distance(name: str, *, labels: bool = False, weight: float = 0.0, min_rows: int = 2) -> Measure:
     return Measure(name, "distance", -1, needs_target_labels=labels, needs_source_labels=labels,
-                   needs_source_data=True, default_weight=weight)
+                   needs_source_data=True, default_weight=weight, min_target_rows=min_rows)
 
 
 # Default weights are fitted, not hand-set (docs/decisions.md, "The composite"): the weights that
@@ -76,10 +80,10 @@ _MEASURES: tuple[Measure, ...] = (
     _distance("frechet", weight=0.5),
     _distance("otdd", labels=True),
     # raw AUC (reported, not weighted): below 0.5 it means shared rows, not "closer than identical"
-    _distance("domain_classifier_auc"),
-    _distance("domain_separability", weight=0.5),  # max(0, 2 AUC - 1): 0 for a duplicate or a twin
+    _distance("domain_classifier_auc", min_rows=5),
+    _distance("domain_separability", weight=0.5, min_rows=5),  # max(0, 2 AUC - 1): 0 for a duplicate or a twin
     Measure("label_shift", "distance", -1, needs_target_labels=True, needs_source_labels=True),
-    Measure("coverage", "distance", 1, needs_source_data=True),
+    Measure("coverage", "distance", 1, needs_source_data=True),  # any one row
     # transferability of the target labels through the source's view of the target
     _transfer("logme", bootstrap=True),
     _transfer("hscore", in_profile=False),
