@@ -57,7 +57,8 @@ def test_hash_changes_with_content(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (VALID.replace("deployed_source: s1", "deployed_source: nope"), "deployed_source: 'nope' is not one of"),
-        (VALID.replace("  - {name: s1, path: s1.parquet,", "  - {name: s1,"), "sources[0].path: Field required"),
+        (VALID.replace("  - {name: s1, path: s1.parquet,", "  - {name: s1,"),
+         "sources[0]: path: give the source's dataset (path), its model (encoder), or both"),
         (VALID.replace("interval: 30s", "interval: soon"), "schedule.interval: expected a duration"),
         (VALID.replace("schedule: {interval: 30s}", "schedule: {interval: 30s, cron: '* * * * *'}"),
          "exactly one of interval or cron"),
