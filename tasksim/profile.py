@@ -296,6 +296,12 @@ class _Profiler:
         bias = torch.zeros(weight.shape[0]) if bias is None else bias
         return torch.softmax(features.float() @ weight.T + bias.to(features.device, torch.float32), dim=1)
 
+    def modality_match(self, source: SourceConfig) -> dict[str, float]:
+        """``modality_match`` (1 when the source's modality is the production data's) when both are known."""
+        tgt = self.config.production.inferred_modality(self.config.encoder)
+        src = source.inferred_modality(source.encoder or self.config.encoder)
+        return {} if tgt is None or src is None else {"modality_match": float(src == tgt)}
+
     def load(self, source: SourceConfig) -> SourceArrays | SourceProfile:
         """The source's arrays (data in the shared space, labels, its view of the target), or its
         failed / excluded profile: loading and embedding are isolated per source."""
@@ -312,18 +318,14 @@ class _Profiler:
                 raise SourceError(source.name, f"features have {shared.shape[1]} dimensions, the target's have "
                                   f"{tgt.shape[1]}: source and production must use the same input columns")
             src_labels = _labels(table, source.label_column)
-            extra: dict[str, float] = {}
-            tgt_modality = self.config.production.inferred_modality(self.config.encoder)
-            src_modality = source.inferred_modality(source.encoder or self.config.encoder)
-            if tgt_modality is not None and src_modality is not None:
-                extra["modality_match"] = float(src_modality == tgt_modality)
+            extra = self.modality_match(source)
             if source.encoder is not None and source.encoder.layers:
                 extra.update(self.layer_shifts(source, table))
             view = None
             if _labelled(self.target.known_labels()[1]) and (src_labels is not None or source.encoder is not None):
                 view = self.source_view(source, table, shared, src_labels)
             missing = quality.missing_rate(table, source.input_columns())
-        except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failure)
+        except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failed)
             return _failed(source.name, exc, time.perf_counter() - started)
         return SourceArrays(shared, src_labels, view, missing, extra, seconds=time.perf_counter() - started)
 
@@ -331,11 +333,7 @@ class _Profiler:
         """A checkpoint without a dataset: only its model's view of the target (and the practical
         criteria) can be measured; data-side criteria are missing and scored as such."""
         try:
-            extra: dict[str, float] = {}
-            tgt_modality = self.config.production.inferred_modality(self.config.encoder)
-            src_modality = source.inferred_modality(source.encoder)
-            if tgt_modality is not None and src_modality is not None:
-                extra["modality_match"] = float(src_modality == tgt_modality)
+            extra = self.modality_match(source)
             view = None
             if _labelled(self.target.known_labels()[1]):
                 own = self.own_encoder(source, None)
