@@ -2,7 +2,7 @@
 
     window  = cycle.sample()            # sample.py   production window (bounded, seeded)
     feats   = cycle.embed(window)       # embed.py    target + reference features (cached)
-    drift   = cycle.drift(window, feats)        # drift.py    per-column drift, Evidently
+    drift   = cycle.drift(window, feats)        # drift.py    typed verdict: drifted? which kind?
     profile = cycle.profile(window, feats)      # profile.py  every source vs the target
     ranking = cycle.rank(profile)               # rank.py     multi-criteria composite
     advice  = cycle.recommend(...)              # recommend.py keep/switch + fine-tuning plan
@@ -15,20 +15,20 @@ the exporter, ``tasksim history`` and the next cycle read it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import torch
 
 from tasksim.cache import EmbeddingCache
 from tasksim.config import Config, config_hash, load_config
 from tasksim.device import resolve_device
+from tasksim.drift import DriftVerdict
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
 from tasksim.profile import SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
@@ -67,6 +67,7 @@ class Features:
     reference: Window
     reference_features: torch.Tensor
     current_features: torch.Tensor
+    reference_key: str = ""  # reference content + encoder fingerprint: keys the drift caches
 
 
 @dataclass
@@ -81,7 +82,7 @@ class CycleResult:
     rows_total: int = 0
     rows_sampled: int = 0
     rows_dropped: int = 0
-    drift: dict[str, Any] | None = None
+    drift: DriftVerdict | None = None
     profiles: list[SourceProfile] = field(default_factory=list)
     ranking: Ranking | None = None
     recommendation: Recommendation | None = None
@@ -100,7 +101,7 @@ class CycleResult:
             "device": self.device,
             "window": {"start": _iso(self.window_start), "end": _iso(self.window_end), "rows_total": self.rows_total,
                        "rows_sampled": self.rows_sampled, "rows_dropped_invalid": self.rows_dropped},
-            "drift": self.drift,
+            "drift": None if self.drift is None else self.drift.to_dict(),
             "sources": profiles_to_dict(self.profiles),
             "ranking": None if self.ranking is None else [
                 {"rank": e.rank, "source": e.source, "score": round(e.score, 6),
@@ -143,6 +144,7 @@ class Cycle:
         self._encoder: Encoder | None = None
         self.started_at = time.time()
         self.stage_seconds: dict[str, float] = {}
+        self._drift_state: dict[str, str] = {}  # CUSUM state, committed with the cycle record
 
     @classmethod
     def open(cls, config_path: str | Path) -> Cycle:
@@ -198,48 +200,28 @@ class Cycle:
             raise DataError(f"{self.config.reference.path or self.config.production.path}: the reference window "
                             "has no rows; check reference.start/end or reference.path")
         self.encoder.fit(reference.table, columns)
+        ref_fingerprint = table_fingerprint(reference.table)
         ref_features = self.cache.get_or_compute(
-            data_fingerprint=table_fingerprint(reference.table), encoder_fingerprint=self.encoder.fingerprint,
+            data_fingerprint=ref_fingerprint, encoder_fingerprint=self.encoder.fingerprint,
             layer="output", compute=lambda: self.encoder.encode(reference.table, columns))
         cur_features = self.encoder.encode(sampled.window.table, columns)
         self._timed("embed", t0)
-        return Features(reference, ref_features, cur_features)
+        return Features(reference, ref_features, cur_features, f"{ref_fingerprint}:{self.encoder.fingerprint}")
 
-    def drift(self, sampled: SampledWindow, features: Features) -> dict[str, Any]:
-        from tasksim.drift import detect_drift, monitored_frames
+    def drift(self, sampled: SampledWindow, features: Features) -> DriftVerdict:
+        """The window's drift verdict (policy, tests and caches: ``tasksim.drift.DriftMonitor``)."""
+        from tasksim.drift import DriftMonitor
 
         t0 = time.perf_counter()
-        ref_frame, cur_frame = monitored_frames(
-            features.reference.table, sampled.window.table, features.reference_features,
-            features.current_features, self.config.production, self.config.drift)
-        thresholds = self._drift_thresholds(ref_frame, len(cur_frame), features) if self.config.drift.calibrate else None
-        result = detect_drift(ref_frame, cur_frame, self.config.drift, thresholds=thresholds).to_dict()
-        result["calibrated"] = thresholds is not None
+        monitor = DriftMonitor(self.config.drift, self.config.production, cache_dir=self.config.state_dir / "drift",
+                               state=self.store, seed=self.config.sampling.seed)
+        verdict = monitor.check(features.reference.table, features.reference_features, sampled.window.table,
+                                features.current_features,
+                                reference_key=features.reference_key or table_fingerprint(features.reference.table))
+        self._drift_state.update(monitor.state_updates)
+        log.info("drift: %s", verdict.summary())
         self._timed("drift", t0)
-        return result
-
-    def _drift_thresholds(self, reference: Any, window_rows: int, features: Features) -> dict[str, float] | None:
-        """Calibrated thresholds for this window size, cached per reference sample and size bucket."""
-        from tasksim.drift import calibrate_thresholds
-
-        cfg = self.config.drift
-        bucket = 1 << max(4, (max(window_rows, 1) - 1).bit_length())  # next power of two
-        if bucket * 2 > len(reference):  # too small a reference to split: fall back to fixed thresholds
-            log.warning("drift calibration skipped: reference (%d rows) too small for windows of %d rows",
-                        len(reference), window_rows)
-            return None
-        key = "drift_thresholds:" + json.dumps([table_fingerprint(features.reference.table), bucket, cfg.method,
-                                                 cfg.false_alarm_rate, cfg.calibration_control, cfg.drift_share,
-                                                 cfg.calibration_rounds, sorted(reference.columns)])
-        cached = self.store.get_state(key)
-        if cached:
-            return json.loads(cached)
-        thresholds = calibrate_thresholds(
-            reference, bucket, cfg, rounds=cfg.calibration_rounds, seed=self.config.sampling.seed,
-            false_alarm_rate=cfg.false_alarm_rate, control=cfg.calibration_control,
-            max_reference_rows=cfg.calibration_max_reference_rows)
-        self.store.set_state(key, json.dumps(thresholds))
-        return thresholds
+        return verdict
 
     def profile(self, sampled: SampledWindow, features: Features) -> list[SourceProfile]:
         t0 = time.perf_counter()
@@ -259,13 +241,11 @@ class Cycle:
         return ranking
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
-                  drift: dict[str, Any] | None) -> Recommendation:
+                  drift: DriftVerdict | None) -> Recommendation:
         _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
-        input_drift = bool(drift and drift.get("detected") and not any(
-            str(c.get("column", "")).startswith("pc") for c in drift.get("columns", [])))
         return recommend(ranking, self.config.deployed_source, self.config.ranking,
                          measures={p.source: p.measures for p in profiles},
-                         input_drift=input_drift, labelled_rows=len(labels or []),
+                         drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
                          failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
 
     # -- results -----------------------------------------------------------------------------
@@ -291,9 +271,11 @@ class Cycle:
             started_at=result.started_at, finished_at=result.finished_at, status=result.status,
             config_hash=config_hash(self.config), window_start=_iso(result.window_start),
             window_end=_iso(result.window_end), rows_sampled=result.rows_sampled, rows_total=result.rows_total,
-            rows_dropped=result.rows_dropped, error=result.error, drift=result.drift, device=result.device,
+            rows_dropped=result.rows_dropped, error=result.error,
+            drift=result.drift.to_dict() if result.drift is not None else None, device=result.device,
             sources=tuple(records), decision=decision,
-            state_updates={CURSOR_KEY: next_cursor.isoformat()} if next_cursor else {},
+            state_updates={**({CURSOR_KEY: next_cursor.isoformat()} if next_cursor else {}),
+                           **(self._drift_state if result.status == "success" else {})},
         )
         result.cycle_id = self.store.record_cycle(record)
         return result
@@ -317,7 +299,8 @@ class Cycle:
                         for p in result.profiles},
             "weights": result.ranking.weights if result.ranking else {},
             "reliability": result.ranking.reliability if result.ranking else {},
-            "drift_detected": bool(result.drift and result.drift.get("detected")),
+            "drift_detected": bool(result.drift and result.drift.drifted),
+            "drift_kind": result.drift.kind if result.drift else None,
             "previous": None if prev is None else {
                 "recommended_source": prev.get("recommended_source"), "action": prev.get("action")},
             "changed": changed,

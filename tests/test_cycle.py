@@ -26,8 +26,10 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
     assert results[1].window_start == results[0].window_end
 
     before, after = results[0], results[2]
-    assert before.drift is not None and not before.drift["detected"]
-    assert after.drift is not None and after.drift["detected"]
+    assert before.drift is not None and not before.drift.drifted and before.drift.kind == "none"
+    assert after.drift is not None and after.drift.drifted and after.drift.kind == "input"
+    assert after.drift.calibrated and after.drift.test("columns").fired
+    assert {"f0", "f1"} & set(after.drift.drifted_columns)
     assert before.ranking.best().source == "near"
     # same task, same classes: the H-score and label-noise gaps between sources are sampling noise,
     # so reliability weighting leaves the domain criteria to decide
