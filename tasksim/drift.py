@@ -1380,9 +1380,9 @@ def check_window(
         tests += [DriftTest("columns", "input", False, not_testable=why), DriftTest("mmd", "input", False,
                                                                                    not_testable=why)]
     else:
-        if cal.window_rows < 1 << max(4, m.bit_length() - 1):
-            notes.append(f"calibrated at {cal.window_rows}-row pseudo-windows: the reference ({ref.rows} rows) "
-                         f"is smaller than two windows ({m} rows)")
+        if ref.rows < 2 * m:
+            notes.append(f"the reference ({ref.rows} rows) is smaller than two windows ({m} rows): calibrated at "
+                         f"{cal.window_rows}-row pseudo-windows")
         if _fast_ks(config):
             _, p = ks_pvalues(ref.frame.to_numpy(dtype=np.float64), frame.to_numpy(dtype=np.float64))
             columns = tuple(ColumnDrift(column=c, score=float(p[j]), threshold=cal.column_thresholds[c],
