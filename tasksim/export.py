@@ -45,8 +45,9 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
                                            "fired in the last window.")),
     "tasksim_drift_test_testable": ("gauge", "1 if the drift test could run on the last window, 0 if not testable."),
     "tasksim_drift_test_statistic": ("gauge", "Statistic of the drift test in the last window."),
-    "tasksim_drift_test_threshold": ("gauge", ("Calibrated threshold of the drift test (p-value level for tests "
-                                               "with a p-value).")),
+    "tasksim_drift_test_threshold": ("gauge", ("Calibrated threshold of the drift test: of its statistic, or of its "
+                                               "p-value for tests with one (label_prior, bbse, concept).")),
+    "tasksim_drift_test_p_value": ("gauge", "Monte-Carlo p-value of the drift test, for tests with one."),
     "tasksim_source_similarity": ("gauge", "Raw similarity/transferability measure of a source to the target."),
     "tasksim_source_score": ("gauge", "Composite score of a source in [0, 1], higher is better."),
     "tasksim_source_rank": ("gauge", "Rank of a source in the last ranking (1 = best)."),
@@ -179,6 +180,7 @@ def _drift_families(verdict: DriftVerdict) -> Iterator[Metric]:
     testable = _family("tasksim_drift_test_testable", ["test"])
     statistic = _family("tasksim_drift_test_statistic", ["test"])
     test_threshold = _family("tasksim_drift_test_threshold", ["test"])
+    p_value = _family("tasksim_drift_test_p_value", ["test"])
     for test in verdict.tests:
         fired.add_metric([test.name], 1.0 if test.fired else 0.0)
         testable.add_metric([test.name], 0.0 if test.not_testable else 1.0)
@@ -186,7 +188,9 @@ def _drift_families(verdict: DriftVerdict) -> Iterator[Metric]:
             statistic.add_metric([test.name], float(test.statistic))
         if _finite(test.threshold):
             test_threshold.add_metric([test.name], float(test.threshold))
-    yield from (detected, share, score, threshold, drifted, fired, testable, statistic, test_threshold)
+        if _finite(test.p_value):
+            p_value.add_metric([test.name], float(test.p_value))
+    yield from (detected, share, score, threshold, drifted, fired, testable, statistic, test_threshold, p_value)
 
 
 def build_registry(state_dir: str | Path, *, sources: list[str] | None = None,
