@@ -268,7 +268,7 @@ class DriftConfig(_Frozen):
     max_columns: int | None = Field(default=None, ge=1)
     calibrate: bool = True
     false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
-    calibration_rounds: int = Field(default=500, ge=20, le=10000)
+    calibration_rounds: int = Field(default=600, ge=20, le=10000)
     calibration_control: Literal["any_column", "dataset"] = "dataset"
     calibration_max_reference_rows: int | None = Field(default=20000, ge=100)
     cusum: bool = True
