@@ -15,6 +15,7 @@ the exporter, ``tasksim history`` and the next cycle read it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +43,9 @@ __all__ = ["Cycle", "CycleResult", "Features", "SampledWindow", "StageRunner", "
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "window_cursor"
+#: Past windows whose labels were incomplete are re-tested when their labels arrive (this many back).
+LATE_LABEL_LOOKBACK = 3
+LATE_DRIFT_KEY = "drift_late_labels:"
 
 StageRunner = Callable[..., Any]
 
@@ -86,6 +90,7 @@ class CycleResult:
     profiles: list[SourceProfile] = field(default_factory=list)
     ranking: Ranking | None = None
     recommendation: Recommendation | None = None
+    late_drift: list[dict[str, Any]] = field(default_factory=list)  # past windows re-tested with late labels
     error: str | None = None
     cycle_id: int | None = None
     device: str | None = None
@@ -102,6 +107,7 @@ class CycleResult:
             "window": {"start": _iso(self.window_start), "end": _iso(self.window_end), "rows_total": self.rows_total,
                        "rows_sampled": self.rows_sampled, "rows_dropped_invalid": self.rows_dropped},
             "drift": None if self.drift is None else self.drift.to_dict(),
+            "drift_late_labels": self.late_drift,
             "sources": profiles_to_dict(self.profiles),
             "ranking": None if self.ranking is None else [
                 {"rank": e.rank, "source": e.source, "score": round(e.score, 6),
@@ -145,6 +151,7 @@ class Cycle:
         self.started_at = time.time()
         self.stage_seconds: dict[str, float] = {}
         self._drift_state: dict[str, str] = {}  # CUSUM state, committed with the cycle record
+        self.late_drift: list[dict[str, Any]] = []
 
     @classmethod
     def open(cls, config_path: str | Path) -> Cycle:
@@ -220,8 +227,46 @@ class Cycle:
                                 reference_key=features.reference_key or table_fingerprint(features.reference.table))
         self._drift_state.update(monitor.state_updates)
         log.info("drift: %s", verdict.summary())
+        self.late_drift = self._retest_late_labels(monitor, features)
         self._timed("drift", t0)
         return verdict
+
+    def _retest_late_labels(self, monitor: Any, features: Features) -> list[dict[str, Any]]:
+        """Re-test the last ``LATE_LABEL_LOOKBACK`` windows whose labels were incomplete, if more of
+        their labels have arrived; the updated verdict is logged and kept in the state store
+        (``drift_late_labels:<window start>``), committed with this cycle."""
+        label = self.config.production.label_column
+        if not label or self.config.window.mode != "sequential":
+            return []
+        out = []
+        for rec in self.store.cycles(limit=LATE_LABEL_LOOKBACK):
+            if rec.get("status") != "success" or not rec.get("drift_json") or not rec.get("window_start"):
+                continue
+            key = LATE_DRIFT_KEY + rec["window_start"]
+            latest = self._drift_state.get(key) or self.store.get_state(key) or rec["drift_json"]
+            before = DriftVerdict.from_dict(json.loads(latest))
+            if before.labelled_rows >= before.current_rows:
+                continue
+            s = self.config.sampling
+            window = sample_window(self.config.production, datetime.fromisoformat(rec["window_start"]),
+                                   datetime.fromisoformat(rec["window_end"]), max_rows=s.max_rows, seed=s.seed,
+                                   stratify_by_label=s.stratify_by_label)
+            if label not in window.table.column_names or window.table.num_rows == 0:
+                continue
+            labelled = window.table.num_rows - window.table.column(label).null_count
+            if labelled <= before.labelled_rows:
+                continue
+            after = monitor.check(features.reference.table, features.reference_features, window.table,
+                                  self.encoder.encode(window.table, self.config.production),
+                                  reference_key=features.reference_key, update_cusum=False)
+            log.info("drift: window %s .. %s re-tested with late labels (%d labelled rows, was %d): %s (was: %s)",
+                     rec["window_start"], rec["window_end"], after.labelled_rows, before.labelled_rows,
+                     after.summary(), before.summary())
+            self._drift_state[key] = json.dumps(after.to_dict())
+            out.append({"window_start": rec["window_start"], "window_end": rec["window_end"],
+                        "labelled_rows": after.labelled_rows, "was_labelled_rows": before.labelled_rows,
+                        "kind": after.kind, "was_kind": before.kind, "drifted": after.drifted})
+        return out
 
     def profile(self, sampled: SampledWindow, features: Features) -> list[SourceProfile]:
         t0 = time.perf_counter()
@@ -328,6 +373,7 @@ class Cycle:
                 return self.finish(result, next_cursor)
             features = step("embed", self.embed, sampled)
             result.drift = step("drift", self.drift, sampled, features)
+            result.late_drift = self.late_drift
             result.profiles = step("profile", self.profile, sampled, features)
             result.ranking = step("rank", self.rank, result.profiles, sampled)
             result.recommendation = step("recommend", self.recommend, result.ranking, result.profiles, sampled,

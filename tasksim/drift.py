@@ -1753,7 +1753,8 @@ class DriftMonitor:
         cal = self.calibration(ref, current_table.num_rows, reference_key)
         scalars = _column_frame(current_table, list(ref.scalar_columns), "current")
         cusum_key = f"drift_cusum:{self.key(reference_key)}:{cal.window_rows if cal else 0}"
-        stored = self.state.get_state(cusum_key) if self.config.cusum else None
+        # a re-test of a past window (late labels) does not read or move the running CUSUM
+        stored = self.state.get_state(cusum_key) if self.config.cusum and update_cusum else None
         state = np.array(json.loads(stored), dtype=np.float64) if stored else None
         verdict, new_state = check_window(ref, cal, scalars, current_features if ref.pca_axes is not None else None,
                                           _table_labels(current_table, self.columns), self.config,

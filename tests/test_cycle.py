@@ -207,3 +207,39 @@ def test_modality_match_is_profiled_when_both_sides_are_known(tmp_path: Path) ->
 def test_modality_is_unknown_for_plain_numeric_columns(tabular_workspace: Path) -> None:
     result = run_cycle(load_config(tabular_workspace))
     assert all("modality_match" not in p.measures for p in result.profiles)
+
+
+def test_late_labels_retest_a_past_window(tmp_path: Path) -> None:
+    """Window 1 arrives without labels; its labels arrive later, swapped between two classes (a
+    concept shift with unchanged inputs): the next cycle re-tests window 1, names the concept
+    shift, logs it and keeps the updated verdict."""
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws", windows=3, shift_at=99)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["ranking"]["bootstrap_rounds"] = 0
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    production = path.parent / "production.parquet"
+    frame = pd.read_parquet(production)
+    hour1 = (frame["ts"] >= frame["ts"].min().floor("h") + pd.Timedelta(hours=1)) & (
+        frame["ts"] < frame["ts"].min().floor("h") + pd.Timedelta(hours=2))
+    truth = frame.loc[hour1, "label"].copy()
+    frame.loc[hour1, "label"] = None
+    frame.to_parquet(production, index=False)
+    config = load_config(path)
+    first = [run_cycle(config) for _ in range(2)]
+    assert first[1].drift.labelled_rows == 0 and first[1].drift.kind == "none"
+    assert first[1].drift.test("concept").not_testable == "not testable: no labelled rows in the window"
+
+    swapped = truth.map({"class0": "class1", "class1": "class0"}).fillna(truth)
+    frame.loc[hour1, "label"] = swapped
+    frame.to_parquet(production, index=False)
+    later = run_cycle(config)
+    assert later.status == "success"
+    (late,) = [d for d in later.late_drift if d["window_start"] == first[1].window_start.isoformat()]
+    assert late["was_labelled_rows"] == 0 and late["labelled_rows"] == first[1].rows_sampled
+    assert late["drifted"] and late["kind"] == "concept" and late["was_kind"] == "none"
+    with Store(config.state_dir) as store:
+        stored = json.loads(store.get_state("drift_late_labels:" + late["window_start"]))
+    assert stored["kind"] == "concept" and stored["labelled_rows"] == late["labelled_rows"]
+    assert later.to_dict()["drift_late_labels"] == later.late_drift
