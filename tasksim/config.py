@@ -255,8 +255,9 @@ class DriftConfig(_Frozen):
     (fitted once on the reference); the reference model uses ``classifier_components``. Label tests
     need ``min_labelled_rows`` labelled rows in the window (fewer: predicted labels, BBSE).
     ``max_columns`` (default: no limit) is a guard: more monitored columns is a configuration
-    error, never a silent cut. ``threshold``, ``drift_share`` and ``calibration_control`` apply to
-    the per-column report of ``tasksim.drift.detect_drift`` only.
+    error, never a silent cut. ``calibrate: false`` leaves the input tests "not testable" (they
+    have no valid threshold without calibration). ``threshold``, ``drift_share`` and
+    ``calibration_control`` apply to the per-column report of ``tasksim.drift.detect_drift`` only.
     """
 
     method: str = "auto"

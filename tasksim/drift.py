@@ -1432,10 +1432,12 @@ def check_window(
     *,
     cusum_state: np.ndarray | None = None,
     seed: int = 0,
+    uncalibrated: str | None = None,
 ) -> tuple[DriftVerdict, np.ndarray | None]:
     """Test one window against the reference; returns the verdict and the new CUSUM state.
 
-    ``cal`` None (the reference cannot be calibrated) leaves the input tests "not testable".
+    ``cal`` None leaves the input tests "not testable" (``uncalibrated`` says why; default: the
+    reference is too small to calibrate).
     ``labels``: the window's labels (None entries: not labelled yet), or None without a label
     column. The CUSUM state (one value per component) is carried from window to window by the
     caller; None starts it at zero.
@@ -1454,8 +1456,8 @@ def check_window(
     new_state = np.zeros(0)
     mmd_z = mmd_stat = None
     if cal is None:
-        why = (f"not testable: the reference ({ref.rows} rows) is too small to calibrate "
-               f"(at least {2 * MIN_CALIBRATION_ROWS} rows)")
+        why = "not testable: " + (uncalibrated or f"the reference ({ref.rows} rows) is too small to calibrate "
+                                                  f"(at least {2 * MIN_CALIBRATION_ROWS} rows)")
         tests += [DriftTest("columns", "input", False, not_testable=why), DriftTest("mmd", "input", False,
                                                                                    not_testable=why)]
     else:
@@ -1733,7 +1735,7 @@ class DriftMonitor:
         return ref
 
     def calibration(self, ref: DriftReference, window_rows: int, reference_key: str) -> Calibration | None:
-        if ref.rows < 2 * MIN_CALIBRATION_ROWS:
+        if ref.rows < 2 * MIN_CALIBRATION_ROWS or not self.config.calibrate:
             return None
         m = calibration_rows(window_rows, ref.rows)
         key = f"drift_calibration:{self.key(reference_key)}:{m}"
@@ -1758,7 +1760,9 @@ class DriftMonitor:
         state = np.array(json.loads(stored), dtype=np.float64) if stored else None
         verdict, new_state = check_window(ref, cal, scalars, current_features if ref.pca_axes is not None else None,
                                           _table_labels(current_table, self.columns), self.config,
-                                          cusum_state=state, seed=self.seed)
+                                          cusum_state=state, seed=self.seed,
+                                          uncalibrated=None if self.config.calibrate else
+                                          "drift.calibrate is off (the input tests need calibrated thresholds)")
         if update_cusum and new_state is not None and self.config.cusum:
             self.state_updates[cusum_key] = json.dumps([round(float(v), 6) for v in new_state])
         return verdict

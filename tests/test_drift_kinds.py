@@ -282,3 +282,18 @@ def test_fine_tuning_advice_reads_the_kind(kind, strategy, trainable):
         assert kind.replace("_", "-") in plan.reasons[0] or kind in plan.reasons[0]
     with pytest.raises(ConfigError, match="drift_kind"):
         plan_fine_tuning({}, drift_kind="covariate", labelled_rows=0)
+
+
+def test_calibration_off_leaves_input_tests_not_testable(tmp_path: Path):
+    rng = np.random.default_rng(17)
+    x, y = draw(rng, 300)
+    ref_t = pa.Table.from_pandas(x.assign(label=y), preserve_index=False)
+    monitor = DriftMonitor(DriftConfig(calibrate=False), InputColumns(feature_columns=tuple(COLS), label_column="label"),
+                           cache_dir=tmp_path, state=MemState())
+    cur, cy = draw(rng, 100, swap=True)
+    verdict = monitor.check(ref_t, None, pa.Table.from_pandas(cur.assign(label=cy), preserve_index=False), None,
+                            reference_key="r")
+    assert not verdict.calibrated
+    assert verdict.test("columns").not_testable == ("not testable: drift.calibrate is off (the input tests need "
+                                                    "calibrated thresholds)")
+    assert verdict.kind == "concept"  # the label tests need no calibration
