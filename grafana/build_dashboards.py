@@ -394,7 +394,7 @@ def drift_panels() -> list[Panel]:
         row("Drift"),
         stat(
             "Drift (last cycle with data)",
-            [target(f"max(tasksim_drift_detected{{{JOB}}})", instant=True)],
+            [target(f'max(tasksim_drift_detected{{{JOB},kind=""}})', instant=True)],
             description="1 if the last cycle with data detected drift. TasksimDriftDetected fires when drift "
             "persists for 15 minutes (several cycles).",
             mappings=value_mappings({"0": ("no drift", "green"), "1": ("DRIFT", "red")}),
@@ -416,12 +416,38 @@ def drift_panels() -> list[Panel]:
         ),
         stat(
             "Drift cycles in range",
-            [target(f"sum(count_over_time((tasksim_drift_detected{{{JOB}}} == 1)[$__range:5m]))", instant=True)],
+            [target(f'sum(count_over_time((tasksim_drift_detected{{{JOB},kind=""}} == 1)[$__range:5m]))',
+                    instant=True)],
             description="Number of 5 minute steps in the selected range in which drift was reported.",
             size=(8, 5),
             color_mode="none",
             decimals=0,
         ),
+        stat(
+            "Kind of drift (last cycle with data)",
+            [target(f'max by (kind) (tasksim_drift_detected{{{JOB},kind!=""}})', "{{kind}}", instant=True)],
+            description="The kind of shift the last verdict named: input (covariate), label_prior (the class "
+            "marginal moved) or concept (the reference model's loss rose on labelled rows). The fine-tuning "
+            "advice follows it: first blocks, head, last blocks. TasksimDriftKind fires when one persists.",
+            size=(12, 5),
+            mappings=value_mappings({"0": ("no", "green"), "1": ("YES", "red")}),
+        ),
+        {
+            **_panel(
+                "table",
+                "Drift tests (last cycle with data)",
+                [target(f"max by (test) (tasksim_drift_test_{name}{{{JOB}}})", legend, instant=True, table=True)
+                 for name, legend in (("fired", "fired"), ("testable", "testable"), ("statistic", "statistic"),
+                                      ("threshold", "threshold"), ("p_value", "p-value"))],
+                description="Each test family of the verdict: columns (calibrated max over columns), mmd "
+                "(multivariate), cusum (accumulated over windows), label_prior / bbse (labels / predicted "
+                "labels), concept. testable 0 = not testable (labels missing, reference too small...).",
+                size=(12, 5),
+                defaults={"unit": "short"},
+                options={"showHeader": True},
+            ),
+            "transformations": [{"id": "merge", "options": {}}],
+        },
         timeseries(
             "Drifted column share",
             [target(f"tasksim_drift_share_ratio{{{JOB}}}", "{{instance}}")],
@@ -434,7 +460,16 @@ def drift_panels() -> list[Panel]:
         timeseries(
             "Per-column drift score",
             [target(f"tasksim_drift_column_score{{{JOB}}}", "{{column}}")],
-            description="Per-column drift statistic of the last cycle with data.",
+            description="Per-column drift statistic of the last cycle with data (KS p-value by default: lower is "
+            "more drift; a column drifted when it is at or below tasksim_drift_column_threshold, calibrated "
+            "for 1% false alarms per window over all columns).",
+            step=True,
+        ),
+        timeseries(
+            "Drifted columns",
+            [target(f"tasksim_drift_column_drifted{{{JOB}}} == 1", "{{column}}")],
+            description="Columns and principal components (pcN) flagged in each window; the flags are "
+            "family-wise calibrated, so a quiet stream shows (almost) none.",
             step=True,
         ),
         timeseries(

@@ -50,10 +50,12 @@ def format_cycle(summary: dict[str, Any]) -> str:
     drift = summary.get("drift")
     if drift:
         drifted = [c["column"] for c in drift.get("columns", []) if c.get("drifted")]
-        verdict = "DRIFT" if drift.get("detected") else "no drift"
+        verdict = f"DRIFT ({drift.get('kind', 'input')})" if drift.get("detected") else "no drift"
+        fired = [t["name"] for t in drift.get("tests", []) if t.get("fired")]
         lines.append(f"drift: {verdict} ({len(drifted)}/{len(drift.get('columns', []))} columns, share "
                      f"{drift.get('share', 0):.2f}, method {drift.get('method')})"
-                     + (f": {', '.join(drifted[:10])}" if drifted else ""))
+                     + (f": {', '.join(drifted[:10])}" if drifted else "")
+                     + (f"; tests fired: {', '.join(fired)}" if fired else ""))
     ranking = summary.get("ranking")
     sources = {s["source"]: s for s in summary.get("sources", [])}
     if ranking:

@@ -290,19 +290,23 @@ class ScheduleConfig(_Frozen):
 
 
 class DriftConfig(_Frozen):
-    """Per-column drift with Evidently.
+    """Drift tests and their calibration (``tasksim.drift``; docs/architecture.md, section Drift).
 
-    ``method`` is an Evidently stattest name (``ks``, ``wasserstein``, ``psi``, ``jensenshannon``...)
-    or ``auto`` (Evidently's default choice). ``threshold``: the stattest threshold (a p-value for
-    tests, a distance for distances). ``drift_share``: the share of drifted columns that makes the
-    dataset drifted. High-dimensional features (embeddings) are monitored through their first
-    ``embedding_components`` principal components, fitted on the reference window.
+    Every window gets one verdict (drifted? which kind: input, label prior, concept) at a
+    calibrated ``false_alarm_rate`` per window, split over four test families: a max-statistic
+    over the monitored columns (Evidently per column: ``method``, ``auto`` = Evidently's choice)
+    together with an MMD on the embeddings / all columns; a CUSUM over windows; the label marginal
+    (labels, or the reference model's predicted labels); and the reference model's loss on
+    labelled rows (concept). Thresholds are measured by bootstrapping the reference against itself
+    at the window's size bucket (``calibration_rounds``), and cached.
 
-    ``calibrate`` (default on): Evidently's default thresholds raise false alarms on most small
-    windows against a large reference and do not correct for many columns, so per-column thresholds
-    are calibrated by bootstrapping the reference against itself at the real window size, for a
-    ``false_alarm_rate`` per cycle (``calibration_control``: of the dataset verdict, or of any
-    column). Thresholds are cached in the store per reference sample and window-size bucket.
+    Embeddings are monitored through their first ``embedding_components`` principal components
+    (fitted once on the reference); the reference model uses ``classifier_components``. Label tests
+    need ``min_labelled_rows`` labelled rows in the window (fewer: predicted labels, BBSE).
+    ``max_columns`` (default: no limit) is a guard: more monitored columns is a configuration
+    error, never a silent cut. ``calibrate: false`` leaves the input tests "not testable" (they
+    have no valid threshold without calibration). ``threshold``, ``drift_share`` and
+    ``calibration_control`` apply to the per-column report of ``tasksim.drift.detect_drift`` only.
     """
 
     method: str = "auto"
@@ -310,12 +314,15 @@ class DriftConfig(_Frozen):
     drift_share: float = Field(default=0.5, gt=0, le=1)
     columns: tuple[str, ...] | None = None
     embedding_components: int = Field(default=8, ge=1, le=64)
-    max_columns: int = Field(default=32, ge=1)
+    classifier_components: int = Field(default=32, ge=1, le=256)
+    max_columns: int | None = Field(default=None, ge=1)
     calibrate: bool = True
-    false_alarm_rate: float = Field(default=0.05, gt=0, lt=1)
-    calibration_rounds: int = Field(default=100, ge=20, le=10000)
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
+    calibration_rounds: int = Field(default=600, ge=20, le=10000)
     calibration_control: Literal["any_column", "dataset"] = "dataset"
     calibration_max_reference_rows: int | None = Field(default=20000, ge=100)
+    cusum: bool = True
+    min_labelled_rows: int = Field(default=10, ge=2)
 
 
 class RankingConfig(_Frozen):

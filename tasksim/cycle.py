@@ -2,7 +2,7 @@
 
     window  = cycle.sample()            # sample.py   production window (bounded, seeded)
     feats   = cycle.embed(window)       # embed.py    target + reference features (cached)
-    drift   = cycle.drift(window, feats)        # drift.py    per-column drift, Evidently
+    drift   = cycle.drift(window, feats)        # drift.py    typed verdict: drifted? which kind?
     profile = cycle.profile(window, feats)      # profile.py  every source vs the target
     ranking = cycle.rank(profile)               # rank.py     multi-criteria composite
     advice  = cycle.recommend(...)              # recommend.py keep/switch + fine-tuning plan
@@ -29,6 +29,7 @@ import torch
 from tasksim.cache import EmbeddingCache
 from tasksim.config import Config, config_hash, load_config
 from tasksim.device import resolve_device
+from tasksim.drift import DriftVerdict
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
 from tasksim.profile import MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
@@ -47,6 +48,9 @@ FILE_RANGES_KEY = "production_file_ranges"
 # Below this many valid rows no measure that compares a source with the window can be computed
 # (coverage alone, from one row, ranks nothing): the cycle is recorded as ``insufficient_data``.
 MIN_RANKING_ROWS = min(n for m, n in MEASURE_MIN_ROWS.items() if m != "coverage")
+#: Past windows whose labels were incomplete are re-tested when their labels arrive (this many back).
+LATE_LABEL_LOOKBACK = 3
+LATE_DRIFT_KEY = "drift_late_labels:"
 
 StageRunner = Callable[..., Any]
 
@@ -72,6 +76,7 @@ class Features:
     reference: Window
     reference_features: torch.Tensor
     current_features: torch.Tensor
+    reference_key: str = ""  # reference content + encoder fingerprint: keys the drift caches
 
 
 @dataclass
@@ -86,10 +91,11 @@ class CycleResult:
     rows_total: int = 0
     rows_sampled: int = 0
     rows_dropped: int = 0
-    drift: dict[str, Any] | None = None
+    drift: DriftVerdict | None = None
     profiles: list[SourceProfile] = field(default_factory=list)
     ranking: Ranking | None = None
     recommendation: Recommendation | None = None
+    late_drift: list[dict[str, Any]] = field(default_factory=list)  # past windows re-tested with late labels
     error: str | None = None
     cycle_id: int | None = None
     device: str | None = None
@@ -110,7 +116,8 @@ class CycleResult:
             # measures the window is too small for (left out of every source's profile)
             "measures_not_computable": sorted(m for m, n in MEASURE_MIN_ROWS.items() if self.rows_sampled < n)
             if self.status in ("success", "insufficient_data") else [],
-            "drift": self.drift,
+            "drift": None if self.drift is None else self.drift.to_dict(),
+            "drift_late_labels": self.late_drift,
             "sources": profiles_to_dict(self.profiles),
             "ranking": None if self.ranking is None else self.ranking.entries_to_dicts(),
             "ranking_method": None if self.ranking is None else self.ranking.method,
@@ -151,6 +158,8 @@ class Cycle:
         self.started_at = time.time()
         self.stage_seconds: dict[str, float] = {}
         self._file_ranges: dict[str, list[int]] | None = None
+        self._drift_state: dict[str, str] = {}  # CUSUM state, committed with the cycle record
+        self.late_drift: list[dict[str, Any]] = []
 
     @classmethod
     def open(cls, config_path: str | Path) -> Cycle:
@@ -214,48 +223,66 @@ class Cycle:
             raise DataError(f"{self.config.reference.path or self.config.production.path}: the reference window "
                             "has no rows; check reference.start/end or reference.path")
         self.encoder.fit(reference.table, columns)
+        ref_fingerprint = table_fingerprint(reference.table)
         ref_features = self.cache.get_or_compute(
-            data_fingerprint=table_fingerprint(reference.table), encoder_fingerprint=self.encoder.fingerprint,
+            data_fingerprint=ref_fingerprint, encoder_fingerprint=self.encoder.fingerprint,
             layer="output", compute=lambda: self.encoder.encode(reference.table, columns))
         cur_features = self.encoder.encode(sampled.window.table, columns)
         self._timed("embed", t0)
-        return Features(reference, ref_features, cur_features)
+        return Features(reference, ref_features, cur_features, f"{ref_fingerprint}:{self.encoder.fingerprint}")
 
-    def drift(self, sampled: SampledWindow, features: Features) -> dict[str, Any]:
-        from tasksim.drift import detect_drift, monitored_frames
+    def drift(self, sampled: SampledWindow, features: Features) -> DriftVerdict:
+        """The window's drift verdict (policy, tests and caches: ``tasksim.drift.DriftMonitor``)."""
+        from tasksim.drift import DriftMonitor
 
         t0 = time.perf_counter()
-        ref_frame, cur_frame = monitored_frames(
-            features.reference.table, sampled.window.table, features.reference_features,
-            features.current_features, self.config.production, self.config.drift)
-        thresholds = self._drift_thresholds(ref_frame, len(cur_frame), features) if self.config.drift.calibrate else None
-        result = detect_drift(ref_frame, cur_frame, self.config.drift, thresholds=thresholds).to_dict()
-        result["calibrated"] = thresholds is not None
+        monitor = DriftMonitor(self.config.drift, self.config.production, cache_dir=self.config.state_dir / "drift",
+                               state=self.store, seed=self.config.sampling.seed)
+        verdict = monitor.check(features.reference.table, features.reference_features, sampled.window.table,
+                                features.current_features,
+                                reference_key=features.reference_key or table_fingerprint(features.reference.table))
+        self._drift_state.update(monitor.state_updates)
+        log.info("drift: %s", verdict.summary())
+        self.late_drift = self._retest_late_labels(monitor, features)
         self._timed("drift", t0)
-        return result
+        return verdict
 
-    def _drift_thresholds(self, reference: Any, window_rows: int, features: Features) -> dict[str, float] | None:
-        """Calibrated thresholds for this window size, cached per reference sample and size bucket."""
-        from tasksim.drift import calibrate_thresholds
-
-        cfg = self.config.drift
-        bucket = 1 << max(4, (max(window_rows, 1) - 1).bit_length())  # next power of two
-        if bucket * 2 > len(reference):  # too small a reference to split: fall back to fixed thresholds
-            log.warning("drift calibration skipped: reference (%d rows) too small for windows of %d rows",
-                        len(reference), window_rows)
-            return None
-        key = "drift_thresholds:" + json.dumps([table_fingerprint(features.reference.table), bucket, cfg.method,
-                                                 cfg.false_alarm_rate, cfg.calibration_control, cfg.drift_share,
-                                                 cfg.calibration_rounds, sorted(reference.columns)])
-        cached = self.store.get_state(key)
-        if cached:
-            return json.loads(cached)
-        thresholds = calibrate_thresholds(
-            reference, bucket, cfg, rounds=cfg.calibration_rounds, seed=self.config.sampling.seed,
-            false_alarm_rate=cfg.false_alarm_rate, control=cfg.calibration_control,
-            max_reference_rows=cfg.calibration_max_reference_rows)
-        self.store.set_state(key, json.dumps(thresholds))
-        return thresholds
+    def _retest_late_labels(self, monitor: Any, features: Features) -> list[dict[str, Any]]:
+        """Re-test the last ``LATE_LABEL_LOOKBACK`` windows whose labels were incomplete, if more of
+        their labels have arrived; the updated verdict is logged and kept in the state store
+        (``drift_late_labels:<window start>``), committed with this cycle."""
+        label = self.config.production.label_column
+        if not label or self.config.window.mode != "sequential":
+            return []
+        out = []
+        for rec in self.store.cycles(limit=LATE_LABEL_LOOKBACK):
+            if rec.get("status") != "success" or not rec.get("drift_json") or not rec.get("window_start"):
+                continue
+            key = LATE_DRIFT_KEY + rec["window_start"]
+            latest = self._drift_state.get(key) or self.store.get_state(key) or rec["drift_json"]
+            before = DriftVerdict.from_dict(json.loads(latest))
+            if before.labelled_rows >= before.current_rows:
+                continue
+            s = self.config.sampling
+            window = sample_window(self.config.production, datetime.fromisoformat(rec["window_start"]),
+                                   datetime.fromisoformat(rec["window_end"]), max_rows=s.max_rows, seed=s.seed,
+                                   stratify_by_label=s.stratify_by_label)
+            if label not in window.table.column_names or window.table.num_rows == 0:
+                continue
+            labelled = window.table.num_rows - window.table.column(label).null_count
+            if labelled <= before.labelled_rows:
+                continue
+            after = monitor.check(features.reference.table, features.reference_features, window.table,
+                                  self.encoder.encode(window.table, self.config.production),
+                                  reference_key=features.reference_key, update_cusum=False)
+            log.info("drift: window %s .. %s re-tested with late labels (%d labelled rows, was %d): %s (was: %s)",
+                     rec["window_start"], rec["window_end"], after.labelled_rows, before.labelled_rows,
+                     after.summary(), before.summary())
+            self._drift_state[key] = json.dumps(after.to_dict())
+            out.append({"window_start": rec["window_start"], "window_end": rec["window_end"],
+                        "labelled_rows": after.labelled_rows, "was_labelled_rows": before.labelled_rows,
+                        "kind": after.kind, "was_kind": before.kind, "drifted": after.drifted})
+        return out
 
     def profile(self, sampled: SampledWindow, features: Features) -> list[SourceProfile]:
         t0 = time.perf_counter()
@@ -274,13 +301,11 @@ class Cycle:
         return ranking
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
-                  drift: dict[str, Any] | None) -> Recommendation:
+                  drift: DriftVerdict | None) -> Recommendation:
         _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
-        input_drift = bool(drift and drift.get("detected") and not any(
-            str(c.get("column", "")).startswith("pc") for c in drift.get("columns", [])))
         return recommend(ranking, self.config.deployed_source, self.config.ranking,
                          measures={p.source: p.measures for p in profiles},
-                         input_drift=input_drift, labelled_rows=len(labels or []),
+                         drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
                          failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
 
     # -- results -----------------------------------------------------------------------------
@@ -306,9 +331,11 @@ class Cycle:
             started_at=result.started_at, finished_at=result.finished_at, status=result.status,
             config_hash=config_hash(self.config), window_start=_iso(result.window_start),
             window_end=_iso(result.window_end), rows_sampled=result.rows_sampled, rows_total=result.rows_total,
-            rows_dropped=result.rows_dropped, error=result.error, drift=result.drift, device=result.device,
+            rows_dropped=result.rows_dropped, error=result.error,
+            drift=result.drift.to_dict() if result.drift is not None else None, device=result.device,
             sources=tuple(records), decision=decision, files_skipped=tuple(result.files_skipped),
-            state_updates=self._state_updates(next_cursor),
+            state_updates={**self._state_updates(next_cursor),
+                           **(self._drift_state if result.status == "success" else {})},
         )
         result.cycle_id = self.store.record_cycle(record)
         return result
@@ -336,7 +363,8 @@ class Cycle:
                         for p in result.profiles},
             "weights": result.ranking.weights if result.ranking else {},
             "reliability": result.ranking.reliability if result.ranking else {},
-            "drift_detected": bool(result.drift and result.drift.get("detected")),
+            "drift_detected": bool(result.drift and result.drift.drifted),
+            "drift_kind": result.drift.kind if result.drift else None,
             "previous": None if prev is None else {
                 "recommended_source": prev.get("recommended_source"), "action": prev.get("action")},
             "changed": changed,
@@ -370,6 +398,7 @@ class Cycle:
                 return self.finish(result, next_cursor)
             features = step("embed", self.embed, sampled)
             result.drift = step("drift", self.drift, sampled, features)
+            result.late_drift = self.late_drift
             result.profiles = step("profile", self.profile, sampled, features)
             result.ranking = step("rank", self.rank, result.profiles, sampled)
             result.recommendation = step("recommend", self.recommend, result.ranking, result.profiles, sampled,

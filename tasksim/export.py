@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tasksim import __version__
+from tasksim.drift import DRIFT_KINDS, DriftVerdict
 from tasksim.store import CYCLE_STATUSES, Snapshot, Store
 
 __all__ = ["METRIC_NAMES", "StoreCollector", "build_registry", "start_metrics_server"]
@@ -35,10 +36,19 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "tasksim_cycles_total": ("counter", "Cycles run, by status (success, failed, no_data, insufficient_data)."),
     "tasksim_window_files_skipped_total": ("counter", "Production files left out of windows as unreadable."),
     "tasksim_window_rows": ("gauge", "Rows of the last production window (kind: total, sampled, dropped_invalid)."),
-    "tasksim_drift_detected": ("gauge", "1 if the last window with data drifted from the reference."),
+    "tasksim_drift_detected": ("gauge", ("1 if the last window with data drifted from the reference; with label "
+                                         "kind (input, label_prior, concept): 1 if that is the kind named.")),
     "tasksim_drift_share_ratio": ("gauge", "Share of monitored columns that drifted in the last window."),
     "tasksim_drift_column_score": ("gauge", "Per-column drift statistic of the last window."),
-    "tasksim_drift_column_drifted": ("gauge", "1 if the column drifted in the last window."),
+    "tasksim_drift_column_threshold": ("gauge", "Calibrated threshold of the per-column drift statistic."),
+    "tasksim_drift_column_drifted": ("gauge", "1 if the column drifted in the last window (family-wise calibrated)."),
+    "tasksim_drift_test_fired": ("gauge", ("1 if the drift test (columns, mmd, cusum, label_prior, bbse, concept) "
+                                           "fired in the last window.")),
+    "tasksim_drift_test_testable": ("gauge", "1 if the drift test could run on the last window, 0 if not testable."),
+    "tasksim_drift_test_statistic": ("gauge", "Statistic of the drift test in the last window."),
+    "tasksim_drift_test_threshold": ("gauge", ("Calibrated threshold of the drift test: of its statistic, or of its "
+                                               "p-value for tests with one (label_prior, bbse, concept).")),
+    "tasksim_drift_test_p_value": ("gauge", "Monte-Carlo p-value of the drift test, for tests with one."),
     "tasksim_source_similarity": ("gauge", "Raw similarity/transferability measure of a source to the target."),
     "tasksim_source_score": ("gauge", "Composite score of a source in [0, 1], higher is better."),
     "tasksim_source_rank": ("gauge", "Rank of a source in the last ranking (1 = best)."),
@@ -119,17 +129,7 @@ class StoreCollector(Collector):
             yield rows
 
         if snap.last_drift is not None:
-            detected = _family("tasksim_drift_detected")
-            detected.add_metric([], 1.0 if snap.last_drift.get("detected") else 0.0)
-            share = _family("tasksim_drift_share_ratio")
-            share.add_metric([], float(snap.last_drift.get("share", 0.0)))
-            score = _family("tasksim_drift_column_score", ["column"])
-            drifted = _family("tasksim_drift_column_drifted", ["column"])
-            for col in snap.last_drift.get("columns", []):
-                if _finite(col.get("score")):
-                    score.add_metric([str(col["column"])], float(col["score"]))
-                drifted.add_metric([str(col["column"])], 1.0 if col.get("drifted") else 0.0)
-            yield from (detected, share, score, drifted)
+            yield from _drift_families(DriftVerdict.from_dict(snap.last_drift))
 
         similarity = _family("tasksim_source_similarity", ["source", "metric"])
         composite = _family("tasksim_source_score", ["source"])
@@ -162,6 +162,40 @@ class StoreCollector(Collector):
             info = _family("tasksim_recommendation_info", ["deployed_source", "recommended_source", "action"])
             info.add_metric([d["deployed_source"], d.get("recommended_source") or "", d["action"]], 1.0)
             yield info
+
+
+def _drift_families(verdict: DriftVerdict) -> Iterator[Metric]:
+    """The drift verdict: detected (unlabelled, and one series per kind), per column, per test."""
+    detected = _family("tasksim_drift_detected")
+    detected.add_metric([], 1.0 if verdict.drifted else 0.0)
+    for kind in DRIFT_KINDS:  # same family, bounded label: the existing unlabelled series stays
+        detected.add_sample("tasksim_drift_detected", {"kind": kind}, 1.0 if verdict.kind == kind else 0.0)
+    share = _family("tasksim_drift_share_ratio")
+    share.add_metric([], float(verdict.share))
+    score = _family("tasksim_drift_column_score", ["column"])
+    threshold = _family("tasksim_drift_column_threshold", ["column"])
+    drifted = _family("tasksim_drift_column_drifted", ["column"])
+    for col in verdict.columns:
+        if _finite(col.score):
+            score.add_metric([col.column], float(col.score))
+        if _finite(col.threshold):
+            threshold.add_metric([col.column], float(col.threshold))
+        drifted.add_metric([col.column], 1.0 if col.drifted else 0.0)
+    fired = _family("tasksim_drift_test_fired", ["test"])
+    testable = _family("tasksim_drift_test_testable", ["test"])
+    statistic = _family("tasksim_drift_test_statistic", ["test"])
+    test_threshold = _family("tasksim_drift_test_threshold", ["test"])
+    p_value = _family("tasksim_drift_test_p_value", ["test"])
+    for test in verdict.tests:
+        fired.add_metric([test.name], 1.0 if test.fired else 0.0)
+        testable.add_metric([test.name], 0.0 if test.not_testable else 1.0)
+        if _finite(test.statistic):
+            statistic.add_metric([test.name], float(test.statistic))
+        if _finite(test.threshold):
+            test_threshold.add_metric([test.name], float(test.threshold))
+        if _finite(test.p_value):
+            p_value.add_metric([test.name], float(test.p_value))
+    yield from (detected, share, score, threshold, drifted, fired, testable, statistic, test_threshold, p_value)
 
 
 def build_registry(state_dir: str | Path, *, sources: list[str] | None = None,

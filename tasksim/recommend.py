@@ -17,8 +17,10 @@ The rule, in order (docs/recommendation.md explains the thresholds and the liter
    - the source ships its own model with tapped layers (``layer_mmd2:<layer>`` in the profile): surgical
      fine-tuning where the shift enters, the first tapped layer whose MMD^2 reaches half the largest
      (first, middle or last third of the network; Lee et al., ICLR 2023);
-   - input-level drift in the production window (drift detected on raw input columns): surgical
-     fine-tuning of the first blocks (Lee et al., ICLR 2023);
+   - the kind of the production window's drift verdict (``tasksim.drift.DriftVerdict.kind``):
+     ``input`` (covariate shift): surgical fine-tuning of the first blocks (Lee et al., ICLR 2023);
+     ``label_prior``: re-fit the head (body frozen) on labels with the new class marginal;
+     ``concept`` (p(y|x) moved): adapt the last blocks and the head;
    - large distribution gap (MMD^2 >= 0.2): full fine-tuning with L2-SP regularisation towards the
      source weights;
    - otherwise: fine-tune the last blocks (feature-level shift, Lee et al.) with the rest frozen.
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tasksim.config import RankingConfig
+from tasksim.errors import ConfigError
 from tasksim.rank import Ranking
 
 __all__ = ["FineTunePlan", "Recommendation", "recommend", "shift_onset", "SMALL_GAP_MMD2", "LARGE_GAP_MMD2"]
@@ -43,7 +46,7 @@ FEW_LABELS = 1000
 
 @dataclass(frozen=True)
 class FineTunePlan:
-    strategy: str  # linear_probe | lp_ft | surgical_first | surgical_middle | surgical_last | full
+    strategy: str  # linear_probe | lp_ft | head_refit | surgical_first | surgical_middle | surgical_last | full
     trainable: str
     learning_rate: float
     weight_decay: float
@@ -80,8 +83,14 @@ def shift_onset(measures: dict[str, float]) -> tuple[str, float] | None:
     return layers[i][0], i / max(1, len(layers) - 1)
 
 
-def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_rows: int) -> FineTunePlan:
-    """The documented rule (module docstring) from one source's profile and the drift verdict."""
+def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", labelled_rows: int,
+                     input_drift: bool | None = None) -> FineTunePlan:
+    """The documented rule (module docstring) from one source's profile and the drift verdict's kind
+    (``none``, ``input``, ``label_prior``, ``concept``; ``input_drift=True`` is read as ``input``)."""
+    if input_drift and drift_kind == "none":
+        drift_kind = "input"
+    if drift_kind not in ("none", "input", "label_prior", "concept"):
+        raise ConfigError(f"drift_kind: expected none, input, label_prior or concept, got {drift_kind!r}")
     mmd2 = measures.get("mmd2")
     label_shift = measures.get("label_shift")
     knn = measures.get("knn_accuracy")
@@ -102,9 +111,17 @@ def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_
                        f"{depth:.2f}): adapt the {where} blocks (surgical fine-tuning)")
         plan = (f"surgical_{where}", f"{where} blocks (from {layer}) + head", 1e-4 if where == "first" else 5e-5,
                 0.01, "freeze the other blocks")
-    elif input_drift:
+    elif drift_kind == "input":
         reasons.append("input-level drift in production: adapt the first blocks (surgical fine-tuning)")
         plan = ("surgical_first", "first blocks + head", 1e-4, 0.01, "freeze the remaining blocks")
+    elif drift_kind == "label_prior":
+        reasons.append("label-prior shift in production (the class marginal moved, inputs given the class did "
+                       "not): re-fit the head on labels with the new marginal, body frozen")
+        plan = ("head_refit", "head only (body frozen)", 1e-3, 1e-4, "class-balanced loss or prior correction")
+    elif drift_kind == "concept":
+        reasons.append("concept shift in production (the reference model's loss rose on labelled rows with "
+                       "inputs unchanged): adapt the last blocks and the head (output-level shift)")
+        plan = ("surgical_last", "last blocks + head", 5e-5, 0.01, "freeze the earlier blocks")
     elif mmd2 is not None and mmd2 >= LARGE_GAP_MMD2:
         reasons.append(f"large distribution gap (MMD^2 {mmd2:.3f} >= {LARGE_GAP_MMD2}): every layer must move")
         plan = ("full", "all layers", 3e-5, 0.01, "L2-SP towards the source weights")
@@ -121,8 +138,8 @@ def plan_fine_tuning(measures: dict[str, float], *, input_drift: bool, labelled_
 
 def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConfig, *,
               measures: dict[str, dict[str, float]], top1_probability: dict[str, float] | None = None,
-              input_drift: bool = False, labelled_rows: int = 0, failed: dict[str, str] | None = None,
-              ) -> Recommendation:
+              drift_kind: str = "none", labelled_rows: int = 0, failed: dict[str, str] | None = None,
+              input_drift: bool = False) -> Recommendation:
     """Decide keep / switch / insufficient_data and plan fine-tuning for the recommended source."""
     failed = failed or {}
     best = ranking.best() if ranking else None
@@ -133,8 +150,8 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
         return Recommendation(deployed_source, None, "insufficient_data",
                               "no source could be ranked this cycle; the last good ranking stands")
     deployed = ranking.entry(deployed_source)
-    plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), input_drift=input_drift,  # noqa: E731
-                                             labelled_rows=labelled_rows)
+    plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), drift_kind=drift_kind,  # noqa: E731
+                                             input_drift=input_drift, labelled_rows=labelled_rows)
     if deployed is None:
         why = failed.get(deployed_source) or ranking.excluded.get(deployed_source) or "it was not ranked"
         return Recommendation(deployed_source, best.source, "switch",

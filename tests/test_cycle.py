@@ -26,8 +26,10 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
     assert results[1].window_start == results[0].window_end
 
     before, after = results[0], results[2]
-    assert before.drift is not None and not before.drift["detected"]
-    assert after.drift is not None and after.drift["detected"]
+    assert before.drift is not None and not before.drift.drifted and before.drift.kind == "none"
+    assert after.drift is not None and after.drift.drifted and after.drift.kind == "input"
+    assert after.drift.calibrated and after.drift.test("columns").fired
+    assert {"f0", "f1"} & set(after.drift.drifted_columns)
     assert before.ranking.best().source == "near"
     # same task, same classes: the H-score and label-noise gaps between sources are sampling noise,
     # so reliability weighting leaves the domain criteria to decide
@@ -248,3 +250,39 @@ def test_a_source_needs_data_or_a_model(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     with pytest.raises(ConfigError, match=r"sources\[3\]: path: give the source's dataset \(path\), its model"):
         load_config(path)
+
+
+def test_late_labels_retest_a_past_window(tmp_path: Path) -> None:
+    """Window 1 arrives without labels; its labels arrive later, swapped between two classes (a
+    concept shift with unchanged inputs): the next cycle re-tests window 1, names the concept
+    shift, logs it and keeps the updated verdict."""
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws", windows=3, shift_at=99)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["ranking"]["bootstrap_rounds"] = 0
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    production = path.parent / "production.parquet"
+    frame = pd.read_parquet(production)
+    hour1 = (frame["ts"] >= frame["ts"].min().floor("h") + pd.Timedelta(hours=1)) & (
+        frame["ts"] < frame["ts"].min().floor("h") + pd.Timedelta(hours=2))
+    truth = frame.loc[hour1, "label"].copy()
+    frame.loc[hour1, "label"] = None
+    frame.to_parquet(production, index=False)
+    config = load_config(path)
+    first = [run_cycle(config) for _ in range(2)]
+    assert first[1].drift.labelled_rows == 0 and first[1].drift.kind == "none"
+    assert first[1].drift.test("concept").not_testable == "not testable: no labelled rows in the window"
+
+    swapped = truth.map({"class0": "class1", "class1": "class0"}).fillna(truth)
+    frame.loc[hour1, "label"] = swapped
+    frame.to_parquet(production, index=False)
+    later = run_cycle(config)
+    assert later.status == "success"
+    (late,) = [d for d in later.late_drift if d["window_start"] == first[1].window_start.isoformat()]
+    assert late["was_labelled_rows"] == 0 and late["labelled_rows"] == first[1].rows_sampled
+    assert late["drifted"] and late["kind"] == "concept" and late["was_kind"] == "none"
+    with Store(config.state_dir) as store:
+        stored = json.loads(store.get_state("drift_late_labels:" + late["window_start"]))
+    assert stored["kind"] == "concept" and stored["labelled_rows"] == late["labelled_rows"]
+    assert later.to_dict()["drift_late_labels"] == later.late_drift

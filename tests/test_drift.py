@@ -21,7 +21,7 @@ from tasksim.drift import (
     detect_drift,
     monitored_frames,
 )
-from tasksim.errors import DataError
+from tasksim.errors import ConfigError, DataError
 
 COLS = [f"x{i}" for i in range(10)]
 
@@ -135,8 +135,11 @@ def test_numeric_only_tables_need_no_features_and_selection_rules():
     assert list(ref.columns) == COLS
     ref, _ = monitored_frames(ref_t, cur_t, empty, empty, cols, DriftConfig(columns=("x3", "x1")))
     assert list(ref.columns) == ["x3", "x1"]
-    ref, _ = monitored_frames(ref_t, cur_t, empty, empty, cols, DriftConfig(max_columns=4))
-    assert list(ref.columns) == COLS[:4]
+    ref, _ = monitored_frames(ref_t, cur_t, empty, empty, cols, DriftConfig(max_columns=len(COLS)))
+    assert list(ref.columns) == COLS
+    # a limit that would drop columns is a configuration error (exit code 2), never a silent cut
+    with pytest.raises(ConfigError, match=r"drift.max_columns: 10 columns are monitored but max_columns is 4"):
+        monitored_frames(ref_t, cur_t, empty, empty, cols, DriftConfig(max_columns=4))
     with pytest.raises(DataError, match="not monitorable"):
         monitored_frames(ref_t, cur_t, empty, empty, cols, DriftConfig(columns=("x1", "pc1")))
     with pytest.raises(DataError, match="current window is empty"):

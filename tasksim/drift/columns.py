@@ -1,47 +1,6 @@
-"""Drift stage: which columns are monitored, per-column drift with Evidently, calibrated thresholds.
-
-Three steps, each a plain function:
-
-1. :func:`monitored_frames` turns the reference and current windows into two small numeric frames:
-   numeric scalar input columns under their own names and, for text or vector inputs, the first
-   ``embedding_components`` principal components of the encoder features (``pc1..pcK``, fitted
-   on the reference features only, so the axes stay fixed while the current window changes).
-2. :func:`detect_drift` runs one Evidently drift method per column and reports the score, the
-   threshold and the verdict of each column, and whether the share of drifted columns reaches
-   ``drift_share``.
-3. :func:`calibrate_thresholds` (optional, recommended) replaces Evidently's fixed thresholds by
-   thresholds measured on the reference itself at the real window size, with a family-wise
-   false-alarm target.
-
-Why calibrate
--------------
-Evidently's default choice depends only on the reference size: above 1000 rows it uses the
-normed Wasserstein distance (Jensen-Shannon for <= 5 distinct values) with a fixed threshold of
-0.1, whatever the window size. The null distribution of a distance shrinks like ``1/sqrt(n)``,
-so on small windows identical distributions look drifted (70-93% false alarms per column at 50-100
-rows against a 100k reference), and on large windows small shifts pass. P-value methods have no
-multiple-testing correction either: 20 columns at alpha 0.05 give a false column in 64% of the runs.
-
-:func:`calibrate_thresholds` draws ``rounds`` pseudo-windows of ``window_rows`` rows from the
-reference, compares each with the rest of the reference (a disjoint split: no row is on both
-sides), with exactly the Evidently method :func:`detect_drift` will use, and records the scores.
-Scores are put on one scale (p-values through the normal quantile, distances as standardised
-``log d``), and a split-conformal quantile of the per-round maximum over columns (a Westfall-Young
-single-step max-T) gives one common cut-off, mapped back to a per-column threshold. Identical
-distributions then flag at least one column in at most about ``false_alarm_rate`` of the windows
-(``control="any_column"``), or reach ``drift_share`` in at most about that share
-(``control="dataset"``: the k-th largest instead of the maximum). Unlike Bonferroni it needs no
-per-column extreme quantiles (200 rounds suffice for 20 columns at 5%) and it accounts for
-correlated columns.
-
-The thresholds depend only on (reference, window_rows, config, rounds, seed, options): compute
-them once per reference and cache them. They hold for the window size they were measured at:
-smaller windows than ``window_rows`` raise the false-alarm rate again (recalibrate per window-size
-bucket). With ``control="any_column"`` the dataset verdict is best read with a small
-``drift_share`` (any column); with the default 0.5 it only fires when half the columns move.
-Evidence and timings: ``docs/benchmarks.md`` (section "Drift").
-
-Evidently is imported lazily inside the functions (the import takes several seconds).
+"""Per-column drift: the monitored frames (scalar columns and principal components of vector /
+embedding inputs), Evidently's per-column tests, and the thresholds calibrated on the reference at
+the window's size (``calibrate_thresholds``).
 """
 
 from __future__ import annotations
@@ -59,33 +18,34 @@ import pyarrow as pa
 import torch
 
 from tasksim.config import DriftConfig, InputColumns
-from tasksim.errors import DataError
-
-__all__ = [
-    "ColumnDrift",
-    "DriftResult",
-    "calibrate_thresholds",
-    "detect_drift",
-    "monitored_frames",
-    "pca_components",
-]
+from tasksim.errors import ConfigError, DataError, MetricInputError, TasksimError
+from tasksim.metrics._kernels import pca_basis
+from tasksim.metrics._validate import as_features
 
 log = logging.getLogger(__name__)
+
 
 #: Evidently stattests whose score is a p-value: drift when the score is at or below the threshold.
 P_VALUE_METHODS = frozenset({
     "anderson", "chisquare", "cramer_von_mises", "empirical_mmd", "es", "fisher_exact", "g_test",
     "ks", "mannw", "t_test", "TVD", "z",
 })
+
+
 #: Evidently stattests whose score is a distance: drift when the score is at or above the threshold.
 DISTANCE_METHODS = frozenset({"ed", "hellinger", "jensenshannon", "kl_div", "psi", "wasserstein"})
+
 
 _TINY = 1e-300
 
 
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
+class DriftConfigError(ConfigError, ValueError):
+    """A drift setting cannot be applied to this data (one line, exit code 2)."""
+
+
+class DriftInternalError(TasksimError, RuntimeError):
+    """Evidently returned something the drift stage cannot read (a library change, not bad input)."""
+
 
 @dataclass(frozen=True)
 class ColumnDrift:
@@ -128,10 +88,6 @@ class DriftResult:
         return tuple(c.column for c in self.columns if c.drifted)
 
 
-# --------------------------------------------------------------------------------------------
-# Which columns are monitored
-# --------------------------------------------------------------------------------------------
-
 def _is_numeric_scalar(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
@@ -143,37 +99,21 @@ def _is_vector(t: pa.DataType) -> bool:
 
 
 def _as_matrix(x: Any, name: str) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    t = t.detach().to(device="cpu", dtype=torch.float64)
-    if t.ndim == 1:
-        t = t.unsqueeze(1)
-    if t.ndim != 2:
-        raise DataError(f"drift: {name}: expected a 2-D feature matrix (rows x dims), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).any(dim=1).sum())
-        raise DataError(f"drift: {name}: {bad} rows contain NaN or Inf")
-    return t
+    """``x`` as a finite float64 CPU matrix (the measures' one validation, worded for the drift stage)."""
+    try:
+        return as_features(x.detach() if isinstance(x, torch.Tensor) else x, name, device=torch.device("cpu"),
+                           min_rows=0)
+    except MetricInputError as exc:
+        raise DataError(f"drift: {exc}") from exc
 
 
 def pca_components(reference_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and the first ``k`` principal axes (``k x D``) of the reference features.
-
-    SVD of the centred reference in float64; ``k`` is capped at ``min(D, rows - 1)``. Signs are
-    fixed so that the largest-magnitude loading of every axis is positive, which makes the axes
-    (and the ``pcN`` series) deterministic.
-    """
+    """Mean and the first ``k`` principal axes (``k x D``) of the reference features
+    (``metrics._kernels.pca_basis``: float64, sign-fixed so the ``pcN`` series are deterministic)."""
     x = _as_matrix(reference_features, "reference features")
-    n, d = x.shape
-    if n < 2:
-        raise DataError(f"drift: need at least 2 reference rows to fit principal components, got {n}")
-    k = max(1, min(int(k), d, n - 1))
-    mean = x.mean(dim=0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    axes = vh[:k].clone()
-    pivot = axes.abs().argmax(dim=1)
-    signs = torch.sign(axes.gather(1, pivot.unsqueeze(1))).squeeze(1)
-    signs[signs == 0] = 1.0
-    return mean, axes * signs.unsqueeze(1)
+    if x.shape[0] < 2:
+        raise DataError(f"drift: need at least 2 reference rows to fit principal components, got {x.shape[0]}")
+    return pca_basis(x, k)
 
 
 def _column_frame(table: pa.Table, names: list[str], which: str) -> pd.DataFrame:
@@ -207,8 +147,8 @@ def monitored_frames(
       Feature rows must line up with table rows.
     - ``config.columns``, when given, keeps only those names (scalar names and/or ``pcN``), in that
       order; a name that is not available raises ``DataError``.
-    - At most ``config.max_columns`` columns are kept (scalars first, then components); the rest is
-      dropped with a warning.
+    - More than ``config.max_columns`` columns (when set) is a configuration error
+      (:class:`DriftConfigError`, exit code 2): no column is dropped silently.
     """
     if reference_table.num_rows == 0:
         raise DataError("drift: the reference window is empty")
@@ -261,10 +201,9 @@ def monitored_frames(
         selected = candidates
     if not selected:
         raise DataError("drift: no monitorable columns (no numeric input columns and no text/vector input)")
-    if len(selected) > config.max_columns:
-        log.warning("drift: monitoring %d of %d columns (drift.max_columns); dropped %s",
-                    config.max_columns, len(selected), selected[config.max_columns:])
-        selected = selected[: config.max_columns]
+    if config.max_columns is not None and len(selected) > config.max_columns:
+        raise DriftConfigError(f"drift.max_columns: {len(selected)} columns are monitored but max_columns is "
+                               f"{config.max_columns}; raise it, list drift.columns, or remove the limit")
 
     chosen_scalars = [c for c in selected if c in scalars]
     ref = _column_frame(reference_table, chosen_scalars, "reference")
@@ -276,10 +215,6 @@ def monitored_frames(
                 cur[name] = cur_pcs[:, i]
     return ref[selected], cur[selected]
 
-
-# --------------------------------------------------------------------------------------------
-# Evidently plumbing
-# --------------------------------------------------------------------------------------------
 
 def _evidently() -> Any:
     """Import the Evidently pieces lazily (the import takes seconds); cached by Python's import system."""
@@ -343,7 +278,7 @@ def _resolve(registry: Any, column_type: Any, ref: pd.Series, cur: pd.Series | N
     try:
         return registry.get_stattest(ref, cur if cur is not None else ref.iloc[:0], column_type, method)
     except ValueError as exc:  # unknown name, or a method that does not fit the column type
-        raise ValueError(f"drift.method: {exc}") from None
+        raise DriftConfigError(f"drift.method: {exc}") from None
 
 
 def _summary_method(names: list[str]) -> str:
@@ -362,10 +297,6 @@ def _result(cols: list[ColumnDrift], config: DriftConfig, ref_rows: int, cur_row
         current_rows=int(cur_rows),
     )
 
-
-# --------------------------------------------------------------------------------------------
-# Detection
-# --------------------------------------------------------------------------------------------
 
 def detect_drift(
     reference: pd.DataFrame,
@@ -395,7 +326,7 @@ def detect_drift(
     numbers (tested), the report engine is slower.
     """
     if engine not in ("stattest", "report"):
-        raise ValueError(f"engine: expected 'stattest' or 'report', got {engine!r}")
+        raise DriftConfigError(f"engine: expected 'stattest' or 'report', got {engine!r}")
     cols = _check_frames(reference, current)
     if thresholds is not None:
         missing = [c for c in cols if c not in thresholds]
@@ -448,7 +379,7 @@ def _detect_with_report(
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
-    registry, column_type_enum = _evidently()
+    _, column_type_enum = _evidently()
     cols = list(reference.columns)
     numerical = [c for c in cols if cleaned[c][2] == column_type_enum.Numerical]
     categorical = [c for c in cols if c not in numerical]
@@ -463,8 +394,9 @@ def _detect_with_report(
         snapshot = report.run(Dataset.from_pandas(current, data_definition=definition),
                               Dataset.from_pandas(reference, data_definition=definition))
     payload = snapshot.dict()
-    by_name = {st.display_name: st.name for per_type in registry._registered_stat_tests.values()
-               for st in per_type.values()}
+    # Evidently reports the method's display name; map it back through the stattest objects resolved
+    # above (the same ones Evidently picks), not through Evidently's private registry.
+    by_name = {st.display_name: st.name for st in stattests.values()}
     scores: dict[str, tuple[float, float, str]] = {}
     for item in payload["metrics"]:
         if item["id"] in metrics:
@@ -479,16 +411,12 @@ def _detect_with_report(
     out = []
     for mid, (c, _) in metrics.items():
         if mid not in scores or mid not in statuses:
-            raise RuntimeError(f"drift: Evidently report has no result for column {c!r} (metric {mid})")
+            raise DriftInternalError(f"drift: Evidently report has no result for column {c!r} (metric {mid})")
         score, threshold, name = scores[mid]
         out.append(ColumnDrift(column=c, score=score, threshold=threshold, drifted=statuses[mid] == "FAIL",
                                method=name))
     return out
 
-
-# --------------------------------------------------------------------------------------------
-# Calibration
-# --------------------------------------------------------------------------------------------
 
 def _p_to_z(p: np.ndarray) -> np.ndarray:
     """p-value -> standard normal score (larger = more drift); uniform p under no drift -> N(0, 1)."""
@@ -552,13 +480,13 @@ def calibrate_thresholds(
     n_ref = len(reference)
     window_rows = int(window_rows)
     if window_rows < 2:
-        raise ValueError(f"window_rows: expected >= 2, got {window_rows}")
+        raise DriftConfigError(f"window_rows: expected >= 2, got {window_rows}")
     if n_ref - window_rows < 2:
         raise DataError(f"drift: calibration needs more reference rows ({n_ref}) than window_rows ({window_rows}) + 1")
     if not 0 < false_alarm_rate < 1:
-        raise ValueError(f"false_alarm_rate: expected 0 < rate < 1, got {false_alarm_rate}")
+        raise DriftConfigError(f"false_alarm_rate: expected 0 < rate < 1, got {false_alarm_rate}")
     if control not in ("any_column", "dataset"):
-        raise ValueError(f"control: expected 'any_column' or 'dataset', got {control!r}")
+        raise DriftConfigError(f"control: expected 'any_column' or 'dataset', got {control!r}")
     if n_ref < 2 * window_rows:
         log.warning("drift calibration: reference (%d rows) is less than twice the window (%d rows); "
                     "distance thresholds will be conservative", n_ref, window_rows)
@@ -581,7 +509,7 @@ def calibrate_thresholds(
         elif st.name in DISTANCE_METHODS:
             p_value = False
         else:
-            raise ValueError(f"drift: cannot calibrate method {st.name!r} (column {c!r}): its direction is unknown")
+            raise DriftConfigError(f"drift.method: cannot calibrate method {st.name!r} (column {c!r}): its direction is unknown")
         plan[c] = (st, ctype, p_value)
         values[c] = reference[c].to_numpy()
 
@@ -593,7 +521,7 @@ def calibrate_thresholds(
     is_p = np.array([plan[c][2] for c in cols])
     fit = 0 if is_p.all() else max(10, rounds // 4)
     if rounds - fit < math.ceil(1 / false_alarm_rate):
-        raise ValueError(f"rounds: {rounds} rounds ({fit} to standardise distances) cannot resolve a "
+        raise DriftConfigError(f"drift.calibration_rounds: {rounds} rounds ({fit} to standardise distances) cannot resolve a "
                          f"false-alarm rate of {false_alarm_rate}")
     rng = np.random.default_rng(seed)
     raw = np.empty((rounds, len(cols)), dtype=np.float64)

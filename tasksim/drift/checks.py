@@ -1,0 +1,543 @@
+"""The window's drift tests against their calibrated nulls: a max-statistic over columns, the
+MMD on embeddings, CUSUMs over windows, the label prior (labels or BBSE) and the concept test
+(``check_window``), with calibration per reference and window-size bucket (``calibrate``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasksim.config import DriftConfig
+from tasksim.drift.columns import (
+    _TINY,
+    DISTANCE_METHODS,
+    P_VALUE_METHODS,
+    ColumnDrift,
+    DriftConfigError,
+    _clean,
+    _evidently,
+    _method_arg,
+    _numpy_seed,
+    _p_to_z,
+    _resolve,
+    _z_to_p,
+    detect_drift,
+)
+from tasksim.drift.reference import DriftReference, _softmax_proba
+from tasksim.drift.verdict import (
+    _Z_CLIP,
+    ALPHA_SHARES,
+    CUSUM_K,
+    LABEL_NULL_DRAWS,
+    MIN_CALIBRATION_ROWS,
+    DriftTest,
+    DriftVerdict,
+    _labels_array,
+)
+from tasksim.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Null thresholds for one reference and window-size bucket (JSON-serialisable; cached).
+
+    ``z_star``: the common cut of the input max-statistic (per-column Evidently scores and the MMD
+    statistic on one z scale); ``column_thresholds``: that cut on each column's own scale;
+    ``mmd_gamma``: (shape, scale) of the gamma law fitted by moments to the null MMD statistic
+    (Gretton et al.'s approximation), which puts the MMD on the p-value / z scale of the columns;
+    ``distance_scale``: (mu, sd) of ``log score`` for distance-like columns (Evidently distance
+    distance methods); ``cusum_h``: CUSUM alarm level for its share of the budget.
+    """
+
+    window_rows: int
+    rounds: int
+    z_star: float
+    column_thresholds: dict[str, float]
+    distance_scale: dict[str, tuple[float, float]]
+    mmd_gamma: tuple[float, float]
+    mmd_threshold: float
+    cusum_h: float
+    held_out_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**{**data, "distance_scale": {k: (float(v[0]), float(v[1]))
+                                                   for k, v in data["distance_scale"].items()},
+                      "mmd_gamma": (float(data["mmd_gamma"][0]), float(data["mmd_gamma"][1]))})
+
+    def mmd_z(self, stat: float) -> float:
+        """The MMD statistic on the common z scale (standard normal quantile of its null p-value)."""
+        from scipy.stats import gamma
+
+        shape, scale = self.mmd_gamma
+        return float(_p_to_z(np.array([gamma.sf(stat, shape, scale=scale)]))[0])
+
+
+def calibration_rows(window_rows: int, reference_rows: int) -> int:
+    """The pseudo-window size calibration uses for a window of ``window_rows`` rows: its size bucket
+    (the largest power of two not above it, at least 16), shrunk to half the reference when the
+    reference cannot hold two such windows. Statistics are scaled so that their null does not
+    depend on the window size to first order (p-values; ``m n / (m + n)`` times the MMD), so the
+    smaller pseudo-window keeps the calibration instead of skipping it (it was skipped for any
+    window above 2,048 rows with the default 5,000-row sampling caps)."""
+    bucket = 1 << max(4, int(window_rows).bit_length() - 1)
+    return int(max(MIN_CALIBRATION_ROWS, min(bucket, reference_rows // 2)))
+
+
+def _mmd_stat(phi_win_mean: np.ndarray, phi_ref_mean: np.ndarray, m: int, n: int) -> float:
+    diff = phi_win_mean - phi_ref_mean
+    return float(m * n / (m + n) * float(diff @ diff))
+
+
+def ks_pvalues(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sample Kolmogorov-Smirnov statistic and p-value per column (rows x columns inputs;
+    NaNs dropped per column). The p-value is the asymptotic Kolmogorov distribution with
+    Stephens' small-sample correction, ``Q((sqrt(en) + 0.12 + 0.11 / sqrt(en)) D)`` with
+    ``en = n m / (n + m)``; it agrees with ``scipy.stats.ks_2samp`` (tested). This is the drift
+    stage's default per-column test (``drift.method: auto`` or ``ks``): Evidently's KS calls scipy's
+    exact mode, 3 ms a call here, which made calibration (rounds x columns calls) the slowest
+    part of the stage; any other configured method still runs through Evidently.
+    """
+    from scipy.special import kolmogorov
+
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    current = np.asarray(current, dtype=np.float64).reshape(len(current), -1)
+    d = np.zeros(reference.shape[1])
+    en = np.zeros(reference.shape[1])
+    for j in range(reference.shape[1]):
+        r = np.sort(reference[:, j][np.isfinite(reference[:, j])])
+        c = np.sort(current[:, j][np.isfinite(current[:, j])])
+        if not len(r) or not len(c):
+            d[j], en[j] = np.nan, 1
+            continue
+        pooled = np.concatenate([r, c])
+        diff = (np.searchsorted(r, pooled, side="right") / len(r)
+                - np.searchsorted(c, pooled, side="right") / len(c))
+        d[j] = np.abs(diff).max()
+        en[j] = len(r) * len(c) / (len(r) + len(c))
+    root = np.sqrt(en)
+    p = np.clip(kolmogorov((root + 0.12 + 0.11 / root) * np.nan_to_num(d)), 0.0, 1.0)
+    return d, np.where(np.isnan(d), 1.0, p)
+
+
+def _weighted_ks_pvalues(reference: np.ndarray, weights: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """KS p-values per column with a weighted reference ECDF (weights >= 0); the reference size is
+    Kish's effective sample size of the weights. Used to ask whether a reweighting of the reference
+    explains a window."""
+    from scipy.special import kolmogorov
+
+    out = np.ones(reference.shape[1])
+    for j in range(reference.shape[1]):
+        ok = np.isfinite(reference[:, j]) & (weights > 0)
+        r, w = reference[ok, j], weights[ok]
+        c = np.sort(current[:, j][np.isfinite(current[:, j])])
+        if not len(r) or not len(c):
+            continue
+        order = np.argsort(r)
+        r, w = r[order], np.cumsum(w[order]) / w.sum()
+        pooled = np.concatenate([r, c])
+        pos = np.searchsorted(r, pooled, side="right")
+        cdf_r = np.where(pos > 0, w[np.maximum(pos - 1, 0)], 0.0)
+        d = np.abs(cdf_r - np.searchsorted(c, pooled, side="right") / len(c)).max()
+        n_eff = weights[ok].sum() ** 2 / (weights[ok] ** 2).sum()
+        en = n_eff * len(c) / (n_eff + len(c))
+        out[j] = float(kolmogorov((math.sqrt(en) + 0.12 + 0.11 / math.sqrt(en)) * d))
+    return out
+
+
+def _fast_ks(config: DriftConfig) -> bool:
+    return config.method in ("auto", "ks")
+
+
+def _column_plan(ref: DriftReference, config: DriftConfig) -> dict[str, tuple[Any, Any, bool]]:
+    if _fast_ks(config):
+        return {c: (None, None, True) for c in ref.columns}
+    registry, column_type_enum = _evidently()
+    method = _method_arg(config)
+    plan = {}
+    for c in ref.columns:
+        full = _clean(ref.frame[c])
+        st = _resolve(registry, column_type_enum.Numerical, full, None, method)
+        if st.name in P_VALUE_METHODS:
+            plan[c] = (st, column_type_enum.Numerical, True)
+        elif st.name in DISTANCE_METHODS:
+            plan[c] = (st, column_type_enum.Numerical, False)
+        else:
+            raise DriftConfigError(f"drift.method: cannot calibrate method {st.name!r} (column {c!r}): "
+                                   "its direction is unknown")
+    return plan
+
+
+def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, seed: int = 0) -> Calibration:
+    """Bootstrap the reference against itself at the window's size bucket and measure every null.
+
+    Each of ``config.calibration_rounds`` rounds draws a pseudo-window of
+    :func:`calibration_rows` rows and compares it with the disjoint rest of the reference (at most
+    ``calibration_max_reference_rows`` rows): Evidently's per-column score for every monitored
+    column and the MMD statistic. Scores go on one z scale (p-values by the normal quantile,
+    distances as ``log`` standardised on the first quarter of the rounds), and the
+    ``1 - alpha_input`` split-conformal quantile of the per-round maximum over components is the
+    common cut ``z_star`` (Westfall-Young max-T). The same held-out rounds, resampled into long
+    null sequences, set the CUSUM level for its share of the budget.
+    """
+    n = ref.rows
+    if n < 2 * MIN_CALIBRATION_ROWS:
+        raise DataError(f"drift: the reference has {n} rows; at least {2 * MIN_CALIBRATION_ROWS} are needed to "
+                        "calibrate")
+    m = calibration_rows(window_rows, n)
+    pseudo_rows = n - m
+    if config.calibration_max_reference_rows is not None:
+        pseudo_rows = max(2, min(pseudo_rows, int(config.calibration_max_reference_rows)))
+    rounds = config.calibration_rounds
+    alpha = config.false_alarm_rate
+    a_in, a_cusum = alpha * ALPHA_SHARES["input"], alpha * ALPHA_SHARES["cusum"]
+    plan = _column_plan(ref, config)
+    cols = ref.columns
+    components = cols + ["mmd"]
+    fit = max(10, rounds // 4)  # rounds that fit the MMD's (and distance columns') null scale
+    if rounds - fit < math.ceil(1 / a_in):
+        raise DriftConfigError(f"drift.calibration_rounds: {rounds} rounds ({fit} to standardise distances) cannot "
+                               f"resolve an input false-alarm share of {a_in:g}; use at least "
+                               f"{fit + math.ceil(1 / a_in)}")
+    values = {c: ref.frame[c].to_numpy() for c in cols}
+    matrix = ref.frame.to_numpy(dtype=np.float64)
+    phi = ref.phi.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    raw = np.empty((rounds, len(components)))
+    fast = _fast_ks(config)
+    with _numpy_seed(seed):
+        for b in range(rounds):
+            perm = rng.permutation(n)
+            win, rest = perm[:m], perm[m:m + pseudo_rows]
+            raw[b, -1] = _mmd_stat(phi[win].mean(0), phi[rest].mean(0), m, len(rest))
+            if fast:
+                raw[b, :-1] = ks_pvalues(matrix[rest], matrix[win])[1]
+                continue
+            for j, c in enumerate(cols):
+                st, ctype, _ = plan[c]
+                ref_s, cur_s = _clean(pd.Series(values[c][rest])), _clean(pd.Series(values[c][win]))
+                if ref_s.empty or cur_s.empty:
+                    raise DataError(f"drift: column {c!r} is too sparse to calibrate at {m} rows")
+                raw[b, j] = float(st(ref_s, cur_s, ctype, None).drift_score)
+    z = np.empty_like(raw)
+    scale: dict[str, tuple[float, float]] = {}
+    from scipy.stats import gamma
+
+    mmd_fit = raw[:fit, -1]
+    mean, var = float(mmd_fit.mean()), float(mmd_fit.var(ddof=1))
+    mmd_gamma = (mean * mean / var, var / mean) if mean > 0 and var > 0 else (1.0, _TINY)
+    for j, c in enumerate(components):
+        if c == "mmd":
+            z[:, j] = _p_to_z(gamma.sf(raw[:, j], mmd_gamma[0], scale=mmd_gamma[1]))
+            continue
+        if plan[c][2]:
+            z[:, j] = _p_to_z(raw[:, j])
+            continue
+        logd = np.log(np.clip(raw[:, j], _TINY, None))
+        mu, sd = float(logd[:fit].mean()), float(logd[:fit].std(ddof=1))
+        if not sd > 1e-9 * max(1.0, abs(mu)):
+            sd = float("inf")  # a degenerate null (a constant statistic): the component never fires
+        scale[c] = (mu, sd)
+        z[:, j] = (logd - mu) / sd
+    held = np.clip(np.nan_to_num(z[fit:], nan=_Z_CLIP[0]), *_Z_CLIP)
+    stat = held.max(axis=1)
+    rank = math.ceil((1 - a_in) * (len(stat) + 1))
+    z_star = float(np.sort(stat)[min(rank, len(stat)) - 1])
+    thresholds = {}
+    for c in cols:
+        if plan[c][2]:
+            thresholds[c] = _z_to_p(z_star)
+        else:
+            mu, sd = scale[c]
+            thresholds[c] = float(math.exp(mu + z_star * sd)) if math.isfinite(sd) else float("inf")
+    mmd_threshold = float(gamma.isf(_z_to_p(z_star), mmd_gamma[0], scale=mmd_gamma[1]))
+    cusum_h = _cusum_level(held, a_cusum, np.random.default_rng(seed + 7))
+    cal = Calibration(window_rows=m, rounds=rounds, z_star=z_star, column_thresholds=thresholds,
+                      distance_scale=scale, mmd_gamma=mmd_gamma, mmd_threshold=mmd_threshold, cusum_h=cusum_h,
+                      held_out_rate=float(np.mean(stat >= z_star)))
+    log.info("drift calibration: %d rounds, pseudo-window %d rows (window %d), pseudo-reference %d rows, z*=%.3f, "
+             "CUSUM h=%.2f", rounds, m, window_rows, pseudo_rows, z_star, cusum_h)
+    return cal
+
+
+@functools.lru_cache(maxsize=8)
+def _label_cusum_level(rate: float) -> float:
+    """CUSUM level for the label tests' normal scores: their p-values are (super-)uniform under no
+    drift, so the null sequence is simulated from independent standard normals."""
+    rng = np.random.default_rng(12345)
+    return _cusum_level(rng.standard_normal((20000, 2)), rate, rng)
+
+
+def _cusum_level(null_z: np.ndarray, rate: float, rng: np.random.Generator, steps: int = 40000) -> float:
+    """Alarm level h of the per-component CUSUM ``S = max(0, S + z - k)`` (alarm: max over components
+    above h) so that a stationary null sequence alarms in at most ``rate`` of the windows; windows
+    are drawn with replacement from the calibration rounds (which keeps the correlation between
+    components)."""
+    idx = rng.integers(0, len(null_z), size=steps)
+    s = np.zeros(null_z.shape[1])
+    top = np.empty(steps)
+    for t, i in enumerate(idx):
+        s = np.maximum(0.0, s + null_z[i] - CUSUM_K)
+        top[t] = s.max()
+    burn = min(1000, steps // 10)
+    return float(np.quantile(top[burn:], 1 - rate, method="higher")) + 1e-9
+
+
+def _g_stat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """G statistic of homogeneity between count vectors ``a`` and ``b`` (last axis = classes)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    na, nb = a.sum(-1, keepdims=True), b.sum(-1, keepdims=True)
+    pooled = (a + b) / (na + nb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = np.where(a > 0, a * np.log(a / (na * pooled)), 0.0)
+        tb = np.where(b > 0, b * np.log(b / (nb * pooled)), 0.0)
+    return 2 * (ta.sum(-1) + tb.sum(-1))
+
+
+def _label_prior_test(window_counts: np.ndarray, ref_counts: np.ndarray, rng: np.random.Generator
+                      ) -> tuple[float, float]:
+    """(G, Monte-Carlo p-value) of window vs reference class counts: both samples redrawn from the
+    pooled marginal (parametric bootstrap of the two-sample test)."""
+    g = float(_g_stat(window_counts, ref_counts))
+    pooled = (window_counts + ref_counts) / (window_counts.sum() + ref_counts.sum())
+    a = rng.multinomial(int(window_counts.sum()), pooled, size=LABEL_NULL_DRAWS)
+    b = rng.multinomial(int(ref_counts.sum()), pooled, size=LABEL_NULL_DRAWS)
+    null = _g_stat(a, b)
+    return g, float((1 + np.sum(null >= g - 1e-12)) / (LABEL_NULL_DRAWS + 1))
+
+
+def _bbse_weights(ref: DriftReference, predicted: np.ndarray) -> np.ndarray:
+    """Black-box shift estimation (Lipton et al., 2018): the window's class marginal from the
+    reference model's predicted labels, ``q(yhat) = C pi`` with C the reference's cross-fitted
+    P(yhat, y); least squares, clipped to the simplex."""
+    k = len(ref.classes)
+    codes, pred = ref.ref_label_codes, ref.cv_pred
+    ok = codes >= 0
+    joint = np.zeros((k, k))
+    np.add.at(joint, (pred[ok], codes[ok]), 1.0)
+    prior = joint.sum(axis=0) / joint.sum()
+    conf = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1)  # P(yhat | y)
+    q = np.bincount(predicted, minlength=k) / len(predicted)
+    w, *_ = np.linalg.lstsq(conf * prior, q, rcond=None)  # q = sum_y P(yhat|y) p(y) w(y)
+    pi = np.clip(w * prior, 0, None)
+    return pi / pi.sum() if pi.sum() > 0 else prior
+
+
+def check_window(
+    ref: DriftReference,
+    cal: Calibration | None,
+    scalars: pd.DataFrame | None,
+    features: Any,
+    labels: Any,
+    config: DriftConfig,
+    *,
+    cusum_state: np.ndarray | None = None,
+    seed: int = 0,
+    uncalibrated: str | None = None,
+) -> tuple[DriftVerdict, np.ndarray | None]:
+    """Test one window against the reference; returns the verdict and the new CUSUM state.
+
+    ``cal`` None leaves the input tests "not testable" (``uncalibrated`` says why; default: the
+    reference is too small to calibrate).
+    ``labels``: the window's labels (None entries: not labelled yet), or None without a label
+    column. The CUSUM state (one value per component) is carried from window to window by the
+    caller; None starts it at zero.
+    """
+    frame, phi, clf_x = ref.project(scalars, features)
+    m = len(frame)
+    labels_list = _labels_array(labels, m, "the current window")
+    notes = list(ref.notes)
+    tests: list[DriftTest] = []
+    rng = np.random.default_rng(seed)
+    alpha = config.false_alarm_rate
+
+    # -- input: calibrated max-statistic over columns + MMD, and the CUSUM over windows --------
+    columns: tuple[ColumnDrift, ...] = ()
+    prev_state = np.asarray(cusum_state if cusum_state is not None else [], dtype=np.float64)
+    new_state = np.zeros(0)
+    mmd_z = mmd_stat = None
+    if cal is None:
+        why = "not testable: " + (uncalibrated or f"the reference ({ref.rows} rows) is too small to calibrate "
+                                                  f"(at least {2 * MIN_CALIBRATION_ROWS} rows)")
+        tests += [DriftTest("columns", "input", False, not_testable=why), DriftTest("mmd", "input", False,
+                                                                                   not_testable=why)]
+    else:
+        if ref.rows < 2 * m:
+            notes.append(f"the reference ({ref.rows} rows) is smaller than two windows ({m} rows): calibrated at "
+                         f"{cal.window_rows}-row pseudo-windows")
+        if _fast_ks(config):
+            _, p = ks_pvalues(ref.frame.to_numpy(dtype=np.float64), frame.to_numpy(dtype=np.float64))
+            columns = tuple(ColumnDrift(column=c, score=float(p[j]), threshold=cal.column_thresholds[c],
+                                        drifted=bool(p[j] <= cal.column_thresholds[c]), method="ks")
+                            for j, c in enumerate(ref.columns))
+        else:  # a configured Evidently method, called per column
+            columns = detect_drift(ref.frame, frame, config, thresholds=cal.column_thresholds).columns
+        drifted_columns = tuple(c.column for c in columns if c.drifted)
+        zs = []
+        for col in columns:
+            if col.column in cal.distance_scale:
+                mu, sd = cal.distance_scale[col.column]
+                zs.append((math.log(max(col.score, _TINY)) - mu) / sd)
+            else:
+                zs.append(float(_p_to_z(np.array([col.score]))[0]))
+        tests.append(DriftTest("columns", "input", bool(drifted_columns), statistic=max(zs),
+                               threshold=cal.z_star, evidence=drifted_columns,
+                               detail="max over columns of the per-column score on the z scale"))
+        mmd_stat = _mmd_stat(phi.mean(0), ref.phi.mean(0, dtype=np.float64), m, ref.rows)
+        mmd_z = cal.mmd_z(mmd_stat)
+        tests.append(DriftTest("mmd", "input", bool(mmd_stat >= cal.mmd_threshold), statistic=mmd_stat,
+                               threshold=cal.mmd_threshold, evidence=("embeddings" if ref.pc_count else "all columns",)
+                               if mmd_stat >= cal.mmd_threshold else (),
+                               detail=f"m n/(m+n) x MMD^2, Gaussian kernel (bandwidth {ref.bandwidth:.3g})"))
+        if config.cusum:
+            z = np.clip(np.nan_to_num(np.array(zs + [mmd_z]), nan=_Z_CLIP[0]), *_Z_CLIP)
+            prev = prev_state[:-2] if len(prev_state) == len(z) + 2 else np.zeros(len(z))
+            new_state = np.maximum(0.0, prev + z - CUSUM_K)
+            names = [c.column for c in columns] + ["mmd"]
+            over = tuple(names[i] for i in np.flatnonzero(new_state > cal.cusum_h))
+            tests.append(DriftTest("cusum", "input", bool(over), statistic=float(new_state.max()),
+                                   threshold=cal.cusum_h, evidence=over,
+                                   detail=f"per-component CUSUM of z - {CUSUM_K} over windows"))
+
+    # -- labels: prior (true labels, else BBSE) and concept ---------------------------------------
+    known = [i for i, v in enumerate(labels_list or []) if v is not None]
+    labelled_rows = len(known)
+    prior_pi: np.ndarray | None = None
+    a_label, a_concept = alpha * ALPHA_SHARES["label_prior"], alpha * ALPHA_SHARES["concept"]
+    if ref.clf_w is None:
+        why = f"not testable: {ref.label_note or 'no reference model'}"
+        tests += [DriftTest("label_prior", "label_prior", False, not_testable=why),
+                  DriftTest("concept", "concept", False, not_testable=why)]
+    else:
+        k = len(ref.classes)
+        ref_codes = ref.ref_label_codes[ref.ref_label_codes >= 0]
+        ref_counts = np.bincount(ref_codes, minlength=k).astype(float)
+        if labelled_rows >= config.min_labelled_rows:
+            win_labels = [labels_list[i] for i in known]
+            unseen = sorted({v for v in win_labels if v not in ref.classes})
+            codes = np.array([ref.classes.index(v) if v in ref.classes else -1 for v in win_labels])
+            counts = np.bincount(codes[codes >= 0], minlength=k).astype(float)
+            if unseen:
+                tests.append(DriftTest("label_prior", "label_prior", True, p_value=0.0, threshold=a_label,
+                                       evidence=tuple(f"class {u!r} unseen in the reference" for u in unseen[:8]),
+                                       detail="labels"))
+            else:
+                g, p = _label_prior_test(counts, ref_counts, rng)
+                moved = np.argsort(-np.abs(counts / counts.sum() - ref_counts / ref_counts.sum()))[:3]
+                tests.append(DriftTest("label_prior", "label_prior", p <= a_label, statistic=g, threshold=a_label,
+                                       p_value=p, evidence=tuple(f"class {ref.classes[i]!r}: "
+                                                                 f"{counts[i] / counts.sum():.2f} vs "
+                                                                 f"{ref_counts[i] / ref_counts.sum():.2f}"
+                                                                 for i in moved) if p <= a_label else (),
+                                       detail=f"G test of the {labelled_rows} window labels vs the reference"))
+            prior_pi = counts / counts.sum() if counts.sum() else None
+            # concept: the reference model's loss on labelled rows, null stratified by class
+            rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
+            if len(rows) >= config.min_labelled_rows:
+                p_rows = _softmax_proba(clf_x[rows], ref.clf_w, ref.clf_b)
+                loss = 1.0 - p_rows[np.arange(len(rows)), codes[codes >= 0]]
+                observed = float(loss.mean())
+                null = np.zeros(LABEL_NULL_DRAWS)
+                for cls_i in range(k):
+                    n_c = int(counts[cls_i])
+                    if n_c == 0:
+                        continue
+                    pool = ref.cv_loss[(ref.ref_label_codes == cls_i) & np.isfinite(ref.cv_loss)]
+                    null += rng.choice(pool, size=(LABEL_NULL_DRAWS, n_c)).sum(axis=1)
+                null /= len(rows)
+                p = float((1 + np.sum(null >= observed - 1e-12)) / (LABEL_NULL_DRAWS + 1))
+                worst = np.argsort(-np.bincount(codes[codes >= 0], weights=loss, minlength=k)
+                                   / np.maximum(counts, 1))[:3]
+                tests.append(DriftTest("concept", "concept", p <= a_concept, statistic=observed,
+                                       threshold=a_concept, p_value=p,
+                                       evidence=tuple(f"class {ref.classes[i]!r}" for i in worst if counts[i])
+                                       if p <= a_concept else (),
+                                       detail=f"mean (1 - p(label)) of the reference model on {len(rows)} rows, "
+                                              f"null {float(null.mean()):.3f}"))
+            else:
+                tests.append(DriftTest("concept", "concept", False, not_testable=f"not testable: {len(rows)} "
+                                       f"labelled rows of known classes (< {config.min_labelled_rows})"))
+        else:
+            pred = _softmax_proba(clf_x, ref.clf_w, ref.clf_b).argmax(axis=1)
+            ref_pred = ref.cv_pred[ref.ref_label_codes >= 0]
+            g, p = _label_prior_test(np.bincount(pred, minlength=k).astype(float),
+                                     np.bincount(ref_pred, minlength=k).astype(float), rng)
+            prior_pi = _bbse_weights(ref, pred)
+            tests.append(DriftTest("bbse", "label_prior", p <= a_label, statistic=g, threshold=a_label, p_value=p,
+                                   detail=f"G test of predicted labels ({labelled_rows} labelled rows < "
+                                          f"{config.min_labelled_rows}: black-box shift estimation)"))
+            tests.append(DriftTest("concept", "concept", False, not_testable=(
+                "not testable: no labelled rows in the window" if labelled_rows == 0 else
+                f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))
+
+    # -- labels over windows: CUSUM of the label-prior and concept p-values (normal scores) ----------
+    label_state = prev_state[-2:] if len(prev_state) == len(new_state) + 2 else np.zeros(2)
+    if config.cusum:
+        h = _label_cusum_level(alpha * ALPHA_SHARES["label_cusum"])
+        for i, names in enumerate((("label_prior", "bbse"), ("concept",))):
+            ran = [t for t in tests if t.name in names and t.p_value is not None and not t.not_testable]
+            if ran:
+                z_l = float(np.clip(_p_to_z(np.array([ran[0].p_value]))[0], *_Z_CLIP))
+                label_state[i] = max(0.0, label_state[i] + z_l - CUSUM_K)
+        over = tuple(name for name, v in zip(("label_prior", "concept"), label_state, strict=True) if v > h)
+        tests.append(DriftTest("label_cusum", over[0] if over else "label_prior", bool(over),
+                               statistic=float(label_state.max()), threshold=h, evidence=over,
+                               detail=f"CUSUM over windows of the label-prior and concept p-values "
+                                      f"(normal scores - {CUSUM_K})"))
+    new_state = np.concatenate([new_state, label_state])
+
+    # -- the kind -----------------------------------------------------------------------------------
+    fired = {t.name for t in tests if t.fired}
+    input_fired = bool(fired & {"columns", "mmd", "cusum"})
+    label_fired = bool(fired & {"label_prior", "bbse"}) or any(
+        t.name == "label_cusum" and t.fired and t.kind == "label_prior" for t in tests)
+    concept_fired = "concept" in fired or any(
+        t.name == "label_cusum" and t.fired and "concept" in t.evidence for t in tests)
+    explained = False
+    if input_fired and prior_pi is not None and mmd_z is not None and cal is not None:
+        # Would the reference, reweighted to the window's class marginal, show no input shift? Then
+        # the class marginal explains it (a label-prior shift moves p(x) too).
+        codes = ref.ref_label_codes
+        class_means = np.stack([ref.phi[codes == i].mean(0, dtype=np.float64) if np.any(codes == i)
+                                else np.zeros(ref.phi.shape[1]) for i in range(len(ref.classes))])
+        reweighted = _mmd_stat(phi.mean(0), prior_pi @ class_means, m, ref.rows)
+        mmd_ok = cal.mmd_z(reweighted) < cal.z_star
+        ref_prior = np.bincount(codes[codes >= 0], minlength=len(ref.classes)) / max(1, int(np.sum(codes >= 0)))
+        weights = np.where(codes >= 0, prior_pi[np.maximum(codes, 0)] / np.maximum(ref_prior[np.maximum(codes, 0)],
+                                                                                     1e-12), 0.0)
+        if _fast_ks(config):
+            p_w = _weighted_ks_pvalues(ref.frame.to_numpy(dtype=np.float64), weights, frame.to_numpy(dtype=np.float64))
+            cols_ok = bool(np.all(p_w > np.array([cal.column_thresholds[c] for c in ref.columns])))
+        else:
+            cols_ok = "columns" not in fired
+        explained = (("mmd" not in fired or mmd_ok) and ("columns" not in fired or cols_ok)
+                     and (bool(fired & {"columns", "mmd"}) or label_fired))
+        notes.append(f"reference reweighted to the window's class marginal: MMD {reweighted:.4g}, columns "
+                     f"{'within' if cols_ok else 'beyond'} their thresholds "
+                     f"({'explains' if explained else 'does not explain'} the input shift)")
+    if input_fired:  # named label_prior when the class marginal (labels or BBSE) explains the input shift
+        kind = "label_prior" if explained else "input"
+    elif label_fired:
+        kind = "label_prior"
+    elif concept_fired:
+        kind = "concept"
+    else:
+        kind = "none"
+    verdict = DriftVerdict(drifted=kind != "none", kind=kind, tests=tuple(tests), columns=columns,
+                           reference_rows=ref.rows, current_rows=m, labelled_rows=labelled_rows,
+                           calibrated=cal is not None, false_alarm_rate=alpha,
+                           calibration_rows=cal.window_rows if cal is not None else None, notes=tuple(notes))
+    return verdict, new_state

@@ -1,0 +1,299 @@
+"""The window verdict: every kind of shift, its name and evidence, calibration, and bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from scipy.stats import ks_2samp
+
+from tasksim.config import DriftConfig, InputColumns
+from tasksim.drift import (
+    Calibration,
+    DriftConfigError,
+    DriftMonitor,
+    DriftReference,
+    DriftVerdict,
+    as_verdict,
+    calibrate,
+    calibration_rows,
+    check_window,
+    ks_pvalues,
+)
+from tasksim.errors import ConfigError, DataError, TasksimError
+from tasksim.recommend import plan_fine_tuning
+
+DIM = 10
+COLS = [f"x{i}" for i in range(DIM)]
+CFG = DriftConfig()  # the defaults: 1% false alarms per window, 500 calibration rounds
+
+
+def draw(rng: np.random.Generator, n: int, weights=(1, 1, 1), shift: np.ndarray | float = 0.0,
+         swap: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Three Gaussian classes in 10 dimensions (class k: +2 on axis k); optional input shift,
+    class marginal and a swap of the labels of classes 0 and 1 (a concept shift)."""
+    w = np.asarray(weights, dtype=float)
+    y = rng.choice(3, size=n, p=w / w.sum())
+    x = rng.normal(size=(n, DIM))
+    x[np.arange(n), y] += 2.0
+    x = x + shift
+    if swap:
+        y = np.where(y == 0, 1, np.where(y == 1, 0, y))
+    return pd.DataFrame(x, columns=COLS), [f"c{v}" for v in y]
+
+
+class MemState(dict):
+    def get_state(self, key: str) -> str | None:
+        return self.get(key)
+
+    def set_state(self, key: str, value: str) -> None:
+        self[key] = value
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[DriftReference, Calibration]:
+    x, y = draw(np.random.default_rng(0), 600)
+    ref = DriftReference.fit(x, None, y, CFG, seed=0)
+    return ref, calibrate(ref, 100, CFG, seed=0)
+
+
+def run(fitted, x, y, state=None):
+    ref, cal = fitted
+    return check_window(ref, cal, x, None, y, CFG, cusum_state=state, seed=1)
+
+
+def test_no_drift_stream_rarely_alarms_and_names_no_kind(fitted):
+    rng = np.random.default_rng(1)
+    state, alarms = None, []
+    for _ in range(40):
+        verdict, state = run(fitted, *draw(rng, 100), state)
+        alarms.append(verdict.drifted)
+        assert verdict.kind == ("none" if not verdict.drifted else verdict.kind)
+        assert verdict.calibrated and verdict.false_alarm_rate == 0.01
+    assert sum(alarms) <= 2  # 40 windows at 1%: expected 0.4
+    # per-column flags are family-wise calibrated: a quiet window flags (almost) no column
+    assert verdict.share <= 0.1
+
+
+def test_concentrated_shift_is_input_and_names_the_column(fitted):
+    shift = np.zeros(DIM)
+    shift[3] = 1.5
+    verdict, _ = run(fitted, *draw(np.random.default_rng(2), 100, shift=shift))
+    assert verdict.drifted and verdict.kind == "input"
+    assert verdict.test("columns").fired and verdict.test("columns").evidence == ("x3",)
+    assert verdict.drifted_columns == ("x3",)
+    assert "DRIFT (input)" in verdict.summary() and "x3" in verdict.summary()
+
+
+def test_diffuse_shift_is_found_by_the_multivariate_test(fitted):
+    verdict, _ = run(fitted, *draw(np.random.default_rng(3), 100, shift=0.25))
+    assert verdict.test("mmd").fired and verdict.kind == "input"
+    assert verdict.test("mmd").statistic > verdict.test("mmd").threshold
+
+
+def test_gradual_shift_accumulates_in_the_cusum(fitted):
+    rng = np.random.default_rng(4)
+    shift = np.zeros(DIM)
+    shift[5] = 0.5  # too small for one window
+    state, first = None, None
+    for t in range(10):
+        verdict, state = run(fitted, *draw(rng, 100, shift=shift), state)
+        if verdict.drifted:
+            first = (t, verdict)
+            break
+    assert first is not None, "a sustained 0.5-sd shift of one column was never found in 10 windows"
+    t, verdict = first
+    assert verdict.kind == "input"
+    cusum = verdict.test("cusum")
+    assert cusum.fired and "x5" in cusum.evidence and cusum.statistic > cusum.threshold
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_label_prior_shift_with_labels_or_predicted_labels(fitted, labelled):
+    x, y = draw(np.random.default_rng(5), 100, weights=(8, 1, 1))
+    verdict, _ = run(fitted, x, y if labelled else None)
+    assert verdict.drifted and verdict.kind == "label_prior"
+    name = "label_prior" if labelled else "bbse"
+    assert verdict.test(name).fired and verdict.test(name).p_value <= verdict.test(name).threshold
+    assert any("explains the input shift" in n for n in verdict.notes) or not verdict.test("mmd").fired
+
+
+def test_concept_shift_is_found_once_labels_arrive(fitted):
+    x, y = draw(np.random.default_rng(6), 100, swap=True)
+    unlabelled, _ = run(fitted, x, [None] * len(y))  # labels not there yet
+    assert not unlabelled.drifted and unlabelled.kind == "none"
+    assert unlabelled.test("concept").not_testable == "not testable: no labelled rows in the window"
+    assert unlabelled.test("bbse") is not None  # the prior is still checked from predicted labels
+    late, _ = run(fitted, x, y)  # the same window once its labels are filled in
+    assert late.drifted and late.kind == "concept" and late.test("concept").fired
+    assert late.labelled_rows == 100
+    few, _ = run(fitted, x, y[:5] + [None] * 95)
+    assert few.test("concept").not_testable.startswith("not testable: 5 labelled rows")
+
+
+def test_single_class_window_gets_a_verdict(fitted):
+    rng = np.random.default_rng(7)
+    x, y = draw(rng, 100, weights=(1, 0, 0))
+    verdict, _ = run(fitted, x, y)
+    assert verdict.kind == "label_prior" and verdict.test("label_prior").fired
+
+
+def test_unseen_class_is_a_label_prior_shift(fitted):
+    x, y = draw(np.random.default_rng(8), 100)
+    verdict, _ = run(fitted, x, ["new"] * 20 + y[20:])
+    assert verdict.test("label_prior").fired and "class 'new' unseen" in verdict.test("label_prior").evidence[0]
+
+
+def test_reference_without_usable_labels_says_why():
+    rng = np.random.default_rng(9)
+    x, _ = draw(rng, 200)
+    for labels, why in ((None, "the reference has no labels"),
+                        (["c0"] * 200, "the reference has a single class ('c0')")):
+        ref = DriftReference.fit(x, None, labels, CFG)
+        cur, cy = draw(rng, 100)
+        verdict, _ = check_window(ref, calibrate(ref, 100, CFG), cur, None, cy, CFG)
+        assert verdict.test("label_prior").not_testable == f"not testable: {why}"
+        assert verdict.test("concept").not_testable == f"not testable: {why}"
+
+
+def test_reference_smaller_than_two_windows():
+    rng = np.random.default_rng(10)
+    x, y = draw(rng, 150)
+    ref = DriftReference.fit(x, None, y, CFG)
+    cal = calibrate(ref, 100, CFG)
+    assert cal.window_rows == 64
+    cur, cy = draw(rng, 100)
+    verdict, _ = check_window(ref, cal, cur, None, cy, CFG)
+    assert verdict.calibrated and verdict.calibration_rows == 64
+    assert "the reference (150 rows) is smaller than two windows (100 rows): calibrated at 64-row " \
+           "pseudo-windows" in verdict.notes
+    tiny = DriftReference.fit(x.iloc[:30], None, y[:30], CFG)
+    monitor_cal = DriftMonitor(CFG, InputColumns(feature_columns=tuple(COLS)), cache_dir=Path("."), state=MemState()).calibration(tiny, 100, "k")
+    assert monitor_cal is None
+    verdict, _ = check_window(tiny, None, cur, None, cy, CFG)
+    assert not verdict.calibrated and verdict.test("columns").not_testable.startswith(
+        "not testable: the reference (30 rows) is too small to calibrate")
+    with pytest.raises(DataError, match="at least 40 are needed"):
+        calibrate(tiny, 100, CFG)
+
+
+def test_constant_reference_column_is_not_testable():
+    rng = np.random.default_rng(11)
+    x, y = draw(rng, 300)
+    x["k"] = 1.0
+    ref = DriftReference.fit(x, None, y, CFG)
+    assert "k" not in ref.columns and ref.constant_columns == ("k",)
+    cur, cy = draw(rng, 100)
+    cur["k"] = 2.0
+    verdict, _ = check_window(ref, calibrate(ref, 100, CFG), cur, None, cy, CFG)
+    assert "column 'k' not testable: constant (1) in the reference" in verdict.notes
+    with pytest.raises(DataError, match="no testable columns"):
+        DriftReference.fit(pd.DataFrame({"k": np.ones(50)}), None, None, CFG)
+
+
+def test_calibration_is_kept_for_windows_above_2048_rows(tmp_path: Path):
+    # was: skipped when twice the window's power-of-two bucket exceeded the reference (any window
+    # above 2,048 rows with the default 5,000-row caps)
+    assert calibration_rows(3000, 5000) == 2048
+    assert calibration_rows(4999, 5000) == 2500  # bucket 4096, shrunk to half the reference
+    assert calibration_rows(100, 1000) == 64
+    assert calibration_rows(300, 300) == 150
+    rng = np.random.default_rng(12)
+    ref_t = pa.table({c: rng.normal(size=5000) for c in ("a", "b")})
+    cur_t = pa.table({c: rng.normal(size=3000) for c in ("a", "b")})
+    cfg = DriftConfig(calibration_rounds=120, false_alarm_rate=0.1)
+    monitor = DriftMonitor(cfg, InputColumns(feature_columns=("a", "b")), cache_dir=tmp_path, state=MemState())
+    verdict = monitor.check(ref_t, None, cur_t, None, reference_key="ref")
+    assert verdict.calibrated and verdict.calibration_rows == 2048
+
+
+def test_monitor_caches_reference_and_calibration(tmp_path: Path):
+    from tasksim import drift
+
+    rng = np.random.default_rng(13)
+    x, y = draw(rng, 400)
+    ref_t = pa.Table.from_pandas(x.assign(label=y), preserve_index=False)
+    cur, cy = draw(rng, 100, shift=np.r_[1.5, np.zeros(DIM - 1)])
+    cur_t = pa.Table.from_pandas(cur.assign(label=cy), preserve_index=False)
+    columns = InputColumns(feature_columns=tuple(COLS), label_column="label")
+    state = MemState()
+    monitor = DriftMonitor(CFG, columns, cache_dir=tmp_path, state=state)
+    first = monitor.check(ref_t, None, cur_t, None, reference_key="ref-1")
+    assert first.kind == "input" and "x0" in first.drifted_columns
+    files = list(tmp_path.glob("reference-*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert sum(k.startswith("drift_calibration:") for k in state) == 1
+    assert len(monitor.state_updates) == 1  # the CUSUM state, for the caller to commit
+    drift._REFERENCES.clear()  # a new process: the reference model comes from the npz (no pickle)
+    again = DriftMonitor(CFG, columns, cache_dir=tmp_path, state=state).check(ref_t, None, cur_t, None,
+                                                                              reference_key="ref-1")
+    assert again.to_dict() == first.to_dict()
+
+
+def test_max_columns_that_would_drop_columns_is_a_config_error(tmp_path: Path):
+    rng = np.random.default_rng(14)
+    ref_t = pa.table({c: rng.normal(size=200) for c in COLS})
+    monitor = DriftMonitor(DriftConfig(max_columns=4), InputColumns(feature_columns=tuple(COLS)),
+                           cache_dir=tmp_path, state=MemState())
+    with pytest.raises(ConfigError, match="drift.max_columns: 10 columns are monitored but max_columns is 4"):
+        monitor.check(ref_t, None, ref_t.slice(0, 50), None, reference_key="r")
+    assert issubclass(DriftConfigError, TasksimError)
+
+
+def test_verdict_round_trip_and_old_records(fitted):
+    verdict, _ = run(fitted, *draw(np.random.default_rng(15), 100, weights=(8, 1, 1)))
+    data = verdict.to_dict()
+    assert data["detected"] is True and data["kind"] == "label_prior"
+    assert DriftVerdict.from_dict(data) == verdict
+    old = {"detected": True, "share": 0.5, "method": "ks", "columns": [
+        {"column": "pc1", "score": 0.01, "threshold": 0.05, "drifted": True, "method": "ks"}]}
+    read = as_verdict(old)
+    assert read.kind == "input" and read.drifted_columns == ("pc1",) and read.tests == ()
+    assert as_verdict(None) is None and as_verdict(verdict) is verdict
+
+
+def test_ks_pvalues_agree_with_scipy():
+    rng = np.random.default_rng(16)
+    ref = rng.normal(size=(800, 6))
+    cur = rng.normal(size=(100, 6)) + np.linspace(0, 0.6, 6)
+    cur[:7, 2] = np.nan
+    d, p = ks_pvalues(ref, cur)
+    for j in range(6):
+        c = cur[:, j][np.isfinite(cur[:, j])]
+        exact = ks_2samp(ref[:, j], c)
+        assert d[j] == pytest.approx(exact.statistic)
+        assert p[j] == pytest.approx(exact.pvalue, rel=0.15, abs=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "strategy", "trainable"), [
+    ("input", "surgical_first", "first blocks"),
+    ("label_prior", "head_refit", "head only"),
+    ("concept", "surgical_last", "last blocks"),
+    ("none", "surgical_last", "last blocks"),
+])
+def test_fine_tuning_advice_reads_the_kind(kind, strategy, trainable):
+    plan = plan_fine_tuning({"mmd2": 0.1, "label_shift": 0.0, "knn_accuracy": 0.6}, drift_kind=kind,
+                            labelled_rows=5000)
+    assert plan.strategy == strategy and plan.trainable.startswith(trainable)
+    if kind != "none":
+        assert kind.replace("_", "-") in plan.reasons[0] or kind in plan.reasons[0]
+    with pytest.raises(ConfigError, match="drift_kind"):
+        plan_fine_tuning({}, drift_kind="covariate", labelled_rows=0)
+
+
+def test_calibration_off_leaves_input_tests_not_testable(tmp_path: Path):
+    rng = np.random.default_rng(17)
+    x, y = draw(rng, 300)
+    ref_t = pa.Table.from_pandas(x.assign(label=y), preserve_index=False)
+    monitor = DriftMonitor(DriftConfig(calibrate=False), InputColumns(feature_columns=tuple(COLS), label_column="label"),
+                           cache_dir=tmp_path, state=MemState())
+    cur, cy = draw(rng, 100, swap=True)
+    verdict = monitor.check(ref_t, None, pa.Table.from_pandas(cur.assign(label=cy), preserve_index=False), None,
+                            reference_key="r")
+    assert not verdict.calibrated
+    assert verdict.test("columns").not_testable == ("not testable: drift.calibrate is off (the input tests need "
+                                                    "calibrated thresholds)")
+    assert verdict.kind == "concept"  # the label tests need no calibration
