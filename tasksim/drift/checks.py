@@ -22,6 +22,7 @@ from tasksim.drift.columns import (
     ColumnDrift,
     DriftConfigError,
     _clean,
+    _column_scores,
     _evidently,
     _method_arg,
     _numpy_seed,
@@ -225,12 +226,7 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
             if fast:
                 raw[b, :-1] = ks_pvalues(matrix[rest], matrix[win])[1]
                 continue
-            for j, c in enumerate(cols):
-                st, ctype, _ = plan[c]
-                ref_s, cur_s = _clean(pd.Series(values[c][rest])), _clean(pd.Series(values[c][win]))
-                if ref_s.empty or cur_s.empty:
-                    raise DataError(f"drift: column {c!r} is too sparse to calibrate at {m} rows")
-                raw[b, j] = float(st(ref_s, cur_s, ctype, None).drift_score)
+            raw[b, :-1] = _column_scores(values, cols, plan, rest, win, m)
     z = np.empty_like(raw)
     scale: dict[str, tuple[float, float]] = {}
     from scipy.stats import gamma

@@ -441,6 +441,20 @@ def _dataset_k(n_columns: int, drift_share: float) -> int:
     return n_columns
 
 
+def _column_scores(values: dict[str, np.ndarray], cols: list[str], plan: dict[str, tuple[Any, Any, bool]],
+                   rest: np.ndarray, win: np.ndarray, window_rows: int) -> np.ndarray:
+    """Every column's stattest score of one pseudo-window ``win`` against the reference rows ``rest``
+    (a draw of the calibration's null)."""
+    out = np.empty(len(cols), dtype=np.float64)
+    for j, c in enumerate(cols):
+        st, ctype, _ = plan[c]
+        ref_s, cur_s = _clean(pd.Series(values[c][rest])), _clean(pd.Series(values[c][win]))
+        if ref_s.empty or cur_s.empty:
+            raise DataError(f"drift: column {c!r} is too sparse to calibrate at {window_rows} rows")
+        out[j] = float(st(ref_s, cur_s, ctype, None).drift_score)
+    return out
+
+
 def calibrate_thresholds(
     reference: pd.DataFrame,
     window_rows: int,
@@ -529,12 +543,7 @@ def calibrate_thresholds(
         for b in range(rounds):
             perm = rng.permutation(n_ref)
             win, rest = perm[:window_rows], perm[window_rows:window_rows + pseudo_rows]
-            for j, c in enumerate(cols):
-                st, ctype, _ = plan[c]
-                ref_s, cur_s = _clean(pd.Series(values[c][rest])), _clean(pd.Series(values[c][win]))
-                if ref_s.empty or cur_s.empty:
-                    raise DataError(f"drift: column {c!r} is too sparse to calibrate at {window_rows} rows")
-                raw[b, j] = float(st(ref_s, cur_s, ctype, None).drift_score)
+            raw[b] = _column_scores(values, cols, plan, rest, win, window_rows)
 
     z = np.empty_like(raw)
     mu = np.zeros(len(cols))
