@@ -1,7 +1,35 @@
-"""tasksim: continuous drift monitoring and source re-selection for fine-tuned models."""
+"""tasksim: continuous drift monitoring and source re-selection for fine-tuned models.
+
+``tasksim.open(config_path)`` returns a ``Monitor`` (``.run()``, ``.rank()``, ``.history()``,
+``.report()``); see ``tasksim.api`` and the README's "Python API" section. Importing tasksim is
+cheap: torch, Evidently and pandas load on first use.
+"""
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasksim.api import CycleReport, Decision, History, Monitor, RankedSource, RankingResult
+
+__all__ = ["CycleReport", "Decision", "History", "Monitor", "RankedSource", "RankingResult", "__version__", "open"]
 
 __version__ = "0.1.0"
+
+_API_NAMES = frozenset({"CycleReport", "Decision", "History", "Monitor", "RankedSource", "RankingResult"})
+
+
+def open(config_path: str | Path) -> Monitor:  # noqa: A001 - the documented entry point
+    """Load and validate the config at ``config_path`` and return a ``tasksim.api.Monitor`` for it."""
+    from tasksim.api import open as _open
+
+    return _open(config_path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_NAMES:
+        from tasksim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tasksim' has no attribute {name!r}")
