@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API_NAMES = frozenset({"CycleReport", "Decision", "History", "Monitor", "RankedSource", "RankingResult"})
 
 
-def open(config_path: str | Path) -> Monitor:  # noqa: A001 - the documented entry point
+def open(config_path: str | Path) -> Monitor:  # shadows the builtin on purpose: the documented entry point
     """Load and validate the config at ``config_path`` and return a ``tasksim.api.Monitor`` for it."""
     from tasksim.api import open as _open
 

@@ -240,7 +240,7 @@ class Monitor:
         return f"Monitor({str(self.config.config_path)!r}, deployed={self.config.deployed_source!r})"
 
 
-def open(config_path: str | Path) -> Monitor:  # noqa: A001 - tasksim.open is the documented entry point
+def open(config_path: str | Path) -> Monitor:  # shadows the builtin on purpose: tasksim.open is the entry point
     """Load and validate ``config_path`` (one ``ConfigError`` naming the file and field when it is
     bad) and return a ``Monitor`` for it."""
     return Monitor(load_config(config_path))

@@ -16,7 +16,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _readme_example() -> str:
     text = README.read_text()
-    block = re.search(r"<!-- notebook-example -->\s*```python\n(.*?)```\s*<!-- /notebook-example -->", text, re.S)
+    block = re.search(r"<!-- notebook-example -->\s*```python\n(.*?)```\s*<!-- /notebook-example -->", text, re.DOTALL)
     assert block, "README.md has no notebook example between the markers"
     return block.group(1)
 
@@ -27,8 +27,8 @@ def test_readme_notebook_example_runs(tabular_workspace: Path, tmp_path: Path,
     assert '"demo-workspace/tasksim.yaml"' in code
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code.replace('"demo-workspace/tasksim.yaml"', repr(str(tabular_workspace))), "README.md", "exec"),
-         namespace)
+    example = code.replace('"demo-workspace/tasksim.yaml"', repr(str(tabular_workspace)))
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
     cycle, ranking, table, decisions = (namespace[k] for k in ("cycle", "ranking", "table", "decisions"))
     assert isinstance(cycle, tasksim.CycleReport) and cycle.status == "success" and cycle.cycle_id == 1
     assert cycle.top_source == table.index[0] and list(table["rank"]) == [1, 2, 3]
@@ -62,8 +62,9 @@ def test_import_is_cheap_and_public_names_are_listed() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import sys, tasksim; tasksim.Monitor; "
-                          "print(sorted(m for m in ('torch', 'pandas', 'evidently', 'prefect') if m in sys.modules))"],
+    code = ("import sys, tasksim; tasksim.Monitor; "
+            "print(sorted(m for m in ('torch', 'pandas', 'evidently', 'prefect') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code],
                          check=True, capture_output=True, text=True).stdout.strip()
     assert out == "[]"
     assert set(tasksim.__all__) >= {"open", "Monitor", "CycleReport", "RankingResult", "History", "Decision"}
