@@ -126,6 +126,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workspace / "state", ignore_errors=True)  # a rebuilt stream starts a new history
         config_path = build_demo_workspace(workspace, small=args.small)
     config = load_config(config_path)
+    _demo_fresh_start(config.state_dir, resume=args.resume)
     overrides: dict[str, Any] = {}
     if args.interval:
         overrides["schedule"] = config.schedule.model_copy(update={"interval": _duration(args.interval)})
@@ -138,8 +139,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         config = config.model_copy(update=overrides)
     print(f"demo config: {config_path}\nmetrics: http://{config.metrics.host}:{config.metrics.port}/metrics",
           file=sys.stderr)
-    serve(config, cycles=args.cycles)
+    serve(config, cycles=args.cycles, stop_when_exhausted=True)
     return 0
+
+
+def _demo_fresh_start(state_dir: Path, *, resume: bool) -> None:
+    """A rerun of the demo replays the stream from the start: the previous run's store and Prefect
+    database go, the embedding cache stays (so the replay is fast). ``--resume`` keeps them."""
+    from tasksim.store import STORE_FILENAME
+
+    store = state_dir / STORE_FILENAME
+    if not store.exists():
+        return
+    if resume:
+        print(f"demo: resuming the previous run ({store}); drop --resume to replay from the start", file=sys.stderr)
+        return
+    print("demo: replaying the stream from the start (the previous run's history and Prefect runs are removed, "
+          "the embedding cache is kept; `tasksim demo --resume` continues where it stopped)", file=sys.stderr)
+    for path in [*state_dir.glob(f"{STORE_FILENAME}*"), *(state_dir / "prefect").glob("prefect.db*")]:
+        path.unlink(missing_ok=True)
 
 
 def _duration(text: str) -> Any:
@@ -336,6 +354,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefect-port", type=int, default=None)
     sp.add_argument("--small", action="store_true", help="a smaller, faster workspace")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the workspace even if it exists")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the previous run's stream instead of replaying it from the start")
     sp.set_defaults(func=_cmd_demo)
     return p
 

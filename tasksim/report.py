@@ -32,7 +32,7 @@ from tasksim.errors import StoreError
 from tasksim.store import STORE_FILENAME
 
 __all__ = ["ReportData", "artifact_key", "cycle_line", "cycle_markdown", "cycle_table", "load_report_data",
-           "render_report", "write_report"]
+           "recorded_cycles", "render_report", "write_report"]
 
 # history shown in the charts: the last MAX_CYCLES cycles up to the chosen one
 MAX_CYCLES = 500
@@ -196,8 +196,8 @@ def _drift_figures(data: ReportData) -> list[Any]:
                                name="drifted share"))
     share.add_trace(go.Scatter(x=labels, y=[1 if c["drift"].get("detected") else 0 for c in with_drift],
                                mode="markers", name="drift detected (1/0)", marker={"symbol": "x", "size": 10}))
-    share.update_layout(title="Share of monitored columns that drifted, and the verdict", yaxis={"range": [-0.05, 1.05]},
-                        height=340, margin={"t": 50})
+    share.update_layout(title="Share of monitored columns that drifted, and the verdict",
+                        yaxis={"range": [-0.05, 1.05]}, height=340, margin={"t": 50})
     columns = sorted({col["column"] for c in with_drift for col in c["drift"].get("columns", [])})
     z: list[list[float | None]] = []
     text: list[list[str]] = []
@@ -225,7 +225,8 @@ _ERROR_PROBE = """<script>
 window.__tasksimErrors = [];
 window.addEventListener('error', function (e) { window.__tasksimErrors.push(String(e.message)); });
 (function () { var orig = console.error; console.error = function () {
-  window.__tasksimErrors.push(Array.prototype.join.call(arguments, ' ')); return orig.apply(console, arguments); }; })();
+  window.__tasksimErrors.push(Array.prototype.join.call(arguments, ' '));
+  return orig.apply(console, arguments); }; })();
 window.addEventListener('load', function () { setTimeout(function () {
   var drawn = Array.prototype.filter.call(document.querySelectorAll('.js-plotly-plot'),
     function (d) { return d.querySelector('.main-svg .trace, .main-svg .hm') !== null; });
@@ -236,7 +237,8 @@ window.addEventListener('load', function () { setTimeout(function () {
 _STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; } .card { border: 1px solid #ddd; border-radius: 6px;
-padding: 1em 1.4em; margin: 1em 0; } .switch { border-left: 6px solid #d62728; } .keep { border-left: 6px solid #2ca02c; }
+padding: 1em 1.4em; margin: 1em 0; } .switch { border-left: 6px solid #d62728; }
+.keep { border-left: 6px solid #2ca02c; }
 .insufficient_data { border-left: 6px solid #999; } table { border-collapse: collapse; } td, th { padding: 2px 10px;
 text-align: left; border-bottom: 1px solid #eee; }
 </style>"""
@@ -407,3 +409,31 @@ def cycle_markdown(summary: dict[str, Any], name: str) -> str:
                   f"{'-' if r['score'] is None else r['score']} | "
                   f"{'-' if r['top1_probability'] is None else r['top1_probability']} |" for r in table]
     return "\n".join(lines) + "\n"
+
+
+def recorded_cycles(state_dir: str | Path, *, after: int = 0) -> list[dict[str, Any]]:
+    """Cycles with id > ``after`` from the store (read-only), oldest first, each as the subset of a
+    cycle summary that ``cycle_line`` reads. An absent store gives []."""
+    if not (Path(state_dir) / STORE_FILENAME).is_file():
+        return []
+    conn = _connect_read_only(Path(state_dir))
+    try:
+        rows = conn.execute("SELECT c.*, d.record_json FROM cycles c LEFT JOIN decisions d ON d.cycle_id = c.id"
+                            " WHERE c.id > ? ORDER BY c.id", (after,)).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{Path(state_dir) / STORE_FILENAME}: cannot read the state store ({exc})") from None
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        decision = json.loads(r["record_json"]) if r["record_json"] else None
+        out.append({
+            "cycle_id": r["id"], "status": r["status"], "error": r["error"],
+            "duration_seconds": r["finished_at"] - r["started_at"],
+            "window": {"start": r["window_start"], "end": r["window_end"]},
+            "drift": json.loads(r["drift_json"]) if r["drift_json"] else None,
+            "ranking": (decision or {}).get("ranking"),
+            "recommendation": None if decision is None else {
+                k: decision.get(k) for k in ("action", "deployed_source", "recommended_source", "rationale")},
+        })
+    return out

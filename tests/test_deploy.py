@@ -45,7 +45,7 @@ def _tool(name: str) -> str:
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def _compose() -> dict:
