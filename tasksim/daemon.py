@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,7 +132,8 @@ def daemon_info(config: Config) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
+def _stop_after_cycles(config: Config, cycles: int | None,
+                       tracked: Callable[[], set[Any]] = set) -> Iterator[None]:
     """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store."""
     if not cycles:
         yield
@@ -146,7 +147,7 @@ def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
             while not done.wait(1.0):
                 if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
                     log.info("%d cycles done, stopping", cycles)
-                    _wait_for_flow_runs_to_finish(timeout=60.0)
+                    _wait_for_flow_runs_to_finish(timeout=60.0, tracked=tracked)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
@@ -216,23 +217,15 @@ def _quiet_prefect_console() -> None:
             handler.addFilter(_PrefectInfoFilter())
 
 
-def _wait_for_flow_runs_to_finish(timeout: float) -> None:
-    """Before stopping on purpose: let the flow run that wrote the last cycle reach its final state,
-    so Prefect shows it COMPLETED (a SIGTERM while it returns marks it CANCELLED, although its cycle
-    is stored as a success)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-        any_=[StateType.RUNNING, StateType.PENDING])))
+def _wait_for_flow_runs_to_finish(timeout: float, tracked: Callable[[], set[Any]]) -> None:
+    """Before stopping on purpose: let the flow runs in flight now (the one that wrote the last cycle)
+    finish and leave the runner. A runner that stops while it still tracks a run marks it CANCELLED
+    ("Runner is shutting down"), even after the run reported COMPLETED and its cycle was stored. Runs
+    that start after this point are cancelled by the stop, having recorded nothing."""
+    finishing = tracked()
     deadline = time.monotonic() + timeout
-    try:
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline and client.read_flow_runs(flow_run_filter=active, limit=1):
-                time.sleep(0.5)
-    except Exception as exc:  # noqa: BLE001 - best effort: stopping must not hang on an unreachable API
-        log.debug("could not check for running flow runs: %s", exc)
+    while time.monotonic() < deadline and finishing & tracked():
+        time.sleep(0.5)
 
 
 def serve(config: Config, *, cycles: int | None = None, run_now: bool = True,
@@ -314,7 +307,9 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
     log.info("serving deployment %s, %s", deployment, every)
     if run_now:
         threading.Thread(target=_trigger_when_ready, args=(deployment,), daemon=True).start()
-    with _stop_after_cycles(config, cycles):
+    # the flow runs the runner still tracks (its process manager returns a copy, safe to read from
+    # another thread; there is no public accessor)
+    with _stop_after_cycles(config, cycles, tracked=lambda: runner._process_manager.flow_run_ids()):
         asyncio.run(runner.start())
 
 

@@ -92,3 +92,4 @@ def test_demo_rerun_starts_fresh_but_keeps_the_embedding_cache(tmp_path: Path) -
     _demo_fresh_start(state, resume=False)
     assert not (state / STORE_FILENAME).exists() and not (state / f"{STORE_FILENAME}-wal").exists()
     assert not (state / "prefect" / "prefect.db").exists() and (state / "embeddings" / "x.npy").exists()
+
