@@ -38,4 +38,27 @@ def monitor_cycle(config_path: str) -> dict[str, Any]:
     finally:
         cycle.store.close()
     summary = result.to_dict()
+    _publish_artifacts(cycle.config.name, summary)
     return {k: summary[k] for k in ("cycle_id", "status", "duration_seconds", "recommendation")}
+
+
+def _publish_artifacts(name: str, summary: dict[str, Any]) -> None:
+    """The cycle in the Prefect UI: a markdown summary and the ranking table (keyed per deployment,
+    so the UI keeps their history). The cycle is already in the store: an artifact that cannot be
+    written is logged, not fatal."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.logging import get_run_logger
+
+    from tasksim.report import artifact_key, cycle_line, cycle_markdown, cycle_table
+
+    logger = get_run_logger()
+    logger.info("%s", cycle_line(summary))
+    try:
+        create_markdown_artifact(cycle_markdown(summary, name), key=artifact_key(name, "summary"),
+                                 description=f"tasksim cycle {summary.get('cycle_id')}: {summary.get('status')}")
+        table = cycle_table(summary)
+        if table:
+            create_table_artifact(table, key=artifact_key(name, "ranking"),
+                                  description=f"ranking at cycle {summary.get('cycle_id')}")
+    except Exception as exc:  # noqa: BLE001 - the API may be briefly unavailable; the store holds the result
+        logger.warning("could not publish the cycle's Prefect artifacts: %s: %s", type(exc).__name__, exc)

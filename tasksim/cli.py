@@ -103,7 +103,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tasksim.daemon import serve
 
-    serve(load_config(args.config), cycles=args.cycles, run_now=not args.no_run_now)
+    config = load_config(args.config)
+    if args.metrics_host is not None:
+        config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"host": args.metrics_host})})
+    serve(config, cycles=args.cycles, run_now=not args.no_run_now)
     return 0
 
 
@@ -130,19 +133,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workspace / "state", ignore_errors=True)  # a rebuilt stream starts a new history
         config_path = build_demo_workspace(workspace, small=args.small)
     config = load_config(config_path)
+    _demo_fresh_start(config.state_dir, resume=args.resume)
     overrides: dict[str, Any] = {}
     if args.interval:
         overrides["schedule"] = config.schedule.model_copy(update={"interval": _duration(args.interval)})
-    if args.metrics_port is not None:
-        overrides["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
+    if args.metrics_port is not None or args.metrics_host is not None:
+        overrides["metrics"] = config.metrics.model_copy(update={
+            k: v for k, v in (("port", args.metrics_port), ("host", args.metrics_host)) if v is not None})
     if args.prefect_port is not None:
         overrides["prefect"] = config.prefect.model_copy(update={"port": args.prefect_port})
     if overrides:
         config = config.model_copy(update=overrides)
     print(f"demo config: {config_path}\nmetrics: http://{config.metrics.host}:{config.metrics.port}/metrics",
           file=sys.stderr)
-    serve(config, cycles=args.cycles)
+    serve(config, cycles=args.cycles, stop_when_exhausted=True)
     return 0
+
+
+def _demo_fresh_start(state_dir: Path, *, resume: bool) -> None:
+    """A rerun of the demo replays the stream from the start: the previous run's store and Prefect
+    database go, the embedding cache stays (so the replay is fast). ``--resume`` keeps them."""
+    from tasksim.store import STORE_FILENAME
+
+    store = state_dir / STORE_FILENAME
+    if not store.exists():
+        return
+    if resume:
+        print(f"demo: resuming the previous run ({store}); drop --resume to replay from the start", file=sys.stderr)
+        return
+    print("demo: replaying the stream from the start (the previous run's history and Prefect runs are removed, "
+          "the embedding cache is kept; `tasksim demo --resume` continues where it stopped)", file=sys.stderr)
+    for path in [*state_dir.glob(f"{STORE_FILENAME}*"), *(state_dir / "prefect").glob("prefect.db*")]:
+        path.unlink(missing_ok=True)
 
 
 def _duration(text: str) -> Any:
@@ -265,6 +287,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tasksim.report import write_report
+
+    config = load_config(args.config)
+    out = write_report(config.state_dir, args.out, cycle=args.cycle)
+    print(f"report written to {out}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from tasksim.model_encoders import check_head_file
@@ -298,6 +329,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_config("serve", "run the daemon: Prefect server, scheduled deployment, /metrics")
     sp.add_argument("--cycles", type=int, default=None, help="exit after this many cycles")
     sp.add_argument("--no-run-now", action="store_true", help="wait for the schedule instead of running at start")
+    sp.add_argument("--metrics-host", default=None,
+                    help="metrics address, overriding metrics.host (0.0.0.0 inside a container)")
     sp.set_defaults(func=_cmd_serve)
 
     sp = with_config("trigger", "ask the running daemon for an immediate cycle")
@@ -320,6 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.set_defaults(func=_cmd_explain)
 
+    sp = with_config("report", "write a self-contained HTML report (ranking, profiles, drift, recommendation)")
+    sp.add_argument("--cycle", type=int, default=None, help="as of this cycle id (default: the latest)")
+    sp.add_argument("--out", default="report.html", help="output file (default: report.html)")
+    sp.set_defaults(func=_cmd_report)
+
     sp = with_config("validate", "check a config file and exit")
     sp.set_defaults(func=_cmd_validate)
 
@@ -328,9 +366,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cycles", type=int, default=None, help="exit after this many cycles")
     sp.add_argument("--interval", default=None, help="schedule interval, e.g. 10s")
     sp.add_argument("--metrics-port", type=int, default=None)
+    sp.add_argument("--metrics-host", default=None,
+                    help="metrics address (default 127.0.0.1; 0.0.0.0 inside a container)")
     sp.add_argument("--prefect-port", type=int, default=None)
     sp.add_argument("--small", action="store_true", help="a smaller, faster workspace")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the workspace even if it exists")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the previous run's stream instead of replaying it from the start")
     sp.set_defaults(func=_cmd_demo)
     return p
 

@@ -147,14 +147,15 @@ class Cycle:
     """The stages of one cycle over one configuration and its state store."""
 
     def __init__(self, config: Config, *, store: Store | None = None, device: torch.device | None = None,
-                 now: datetime | None = None) -> None:
+                 now: datetime | None = None, encoder: Encoder | None = None) -> None:
+        # encoder: an already built encoder for this config (a warm process reuses it across cycles)
         self.config = config
         self.device = device or resolve_device(config.device)  # before the store: a bad device opens nothing
         self.store = store or Store(config.state_dir, retention_cycles=config.retention.cycles,
                                     retention_days=config.retention.days)
         self.now = now
         self.cache = EmbeddingCache(config.state_dir / "embeddings")
-        self._encoder: Encoder | None = None
+        self._encoder: Encoder | None = encoder
         self.started_at = time.time()
         self.stage_seconds: dict[str, float] = {}
         self._file_ranges: dict[str, list[int]] | None = None

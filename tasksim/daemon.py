@@ -21,9 +21,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,10 @@ def prefect_environment(config: Config) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        # INFO reaches the Prefect UI (API log handler); the console shows warnings only, the daemon
+        # prints one line per cycle itself
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING"),
     }
 
 
@@ -220,7 +224,8 @@ def daemon_info(config: Config) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
+def _stop_after_cycles(config: Config, cycles: int | None,
+                       tracked: Callable[[], set[Any]] = set) -> Iterator[None]:
     """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store."""
     if not cycles:
         yield
@@ -234,6 +239,7 @@ def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
             while not done.wait(1.0):
                 if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
                     log.info("%d cycles done, stopping", cycles)
+                    _wait_for_flow_runs_to_finish(timeout=60.0, tracked=tracked)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
@@ -245,8 +251,79 @@ def _stop_after_cycles(config: Config, cycles: int | None) -> Iterator[None]:
         done.set()
 
 
-def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or until ``cycles`` cycles have completed).
+@contextmanager
+def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]:
+    """Print one line per recorded cycle (window, drift verdict, top source, action, duration) to
+    stdout. With ``stop_when_exhausted`` (the demo), a ``no_data`` cycle past the end of a
+    sequential stream prints why and stops the daemon (SIGTERM to ourselves)."""
+    from tasksim.report import cycle_line, recorded_cycles
+
+    seen = max((c["cycle_id"] for c in recorded_cycles(config.state_dir)), default=0)
+    stream_end = None
+    if stop_when_exhausted and config.window.mode == "sequential":
+        from tasksim.sample import production_time_range
+
+        bounds = production_time_range(config.production)
+        stream_end = None if bounds is None else bounds[1]
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal seen
+        while not done.wait(1.0):
+            try:
+                new = recorded_cycles(config.state_dir, after=seen)
+            except TasksimError as exc:  # the store may be mid-creation on the very first cycle
+                log.debug("cycle echo: %s", exc)
+                continue
+            for c in new:
+                seen = c["cycle_id"]
+                print(cycle_line(c), flush=True)
+                start = c["window"]["start"]
+                if (stream_end is not None and c["status"] == "no_data" and start
+                        and datetime.fromisoformat(start) > stream_end):
+                    print(f"the stream is used up: its last row is at {stream_end.isoformat()} and window {start} is "
+                          "empty; stopping. Run `make demo` (or `tasksim demo`) again to replay it from the start.",
+                          flush=True)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+    thread = threading.Thread(target=watch, name="tasksim-cycle-echo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+class _PrefectInfoFilter(logging.Filter):
+    """Keeps Prefect's own INFO chatter (runner polls, aborted submissions) off the daemon's terminal:
+    the daemon prints one line per cycle, and the Prefect UI has the runs' INFO logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("prefect")
+
+
+def _quiet_prefect_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _PrefectInfoFilter) for f in handler.filters):
+            handler.addFilter(_PrefectInfoFilter())
+
+
+def _wait_for_flow_runs_to_finish(timeout: float, tracked: Callable[[], set[Any]]) -> None:
+    """Before stopping on purpose: let the flow runs in flight now (the one that wrote the last cycle)
+    finish and leave the runner. A runner that stops while it still tracks a run marks it CANCELLED
+    ("Runner is shutting down"), even after the run reported COMPLETED and its cycle was stored. Runs
+    that start after this point are cancelled by the stop, having recorded nothing."""
+    finishing = tracked()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and finishing & tracked():
+        time.sleep(0.5)
+
+
+def serve(config: Config, *, cycles: int | None = None, run_now: bool = True,
+          stop_when_exhausted: bool = False) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or until ``cycles`` cycles have completed, or with
+    ``stop_when_exhausted`` until a sequential stream is used up). Prints one line per cycle.
 
     Before anything starts: the state store is opened for writing once (created, or migrated from
     an older schema; a newer one is refused) and ``state_dir/daemon.lock`` is taken, so a second
@@ -255,12 +332,12 @@ def serve(config: Config, *, cycles: int | None = None, run_now: bool = True) ->
           retention_days=config.retention.days).close()
     lock = DaemonLock(config.state_dir).acquire()
     try:
-        _serve_locked(config, cycles=cycles, run_now=run_now)
+        _serve_locked(config, cycles=cycles, run_now=run_now, stop_when_exhausted=stop_when_exhausted)
     finally:
         lock.release()
 
 
-def _serve_locked(config: Config, *, cycles: int | None, run_now: bool) -> None:
+def _serve_locked(config: Config, *, cycles: int | None, run_now: bool, stop_when_exhausted: bool) -> None:
     env = prefect_environment(config)
     server: PrefectServer | None = None
     watchdog: ServerWatchdog | None = None
@@ -280,6 +357,8 @@ def _serve_locked(config: Config, *, cycles: int | None, run_now: bool) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
         watchdog = ServerWatchdog(server, lambda: PrefectServer.start(config, env), give_up).start()
+    print(f"Prefect UI: {api_url.removesuffix('/api')}  (flow runs, task runs, logs and artifacts)", flush=True)
+    _quiet_prefect_console()
     os.environ.update(env)
     os.environ["PREFECT_API_URL"] = api_url
 
@@ -292,7 +371,8 @@ def _serve_locked(config: Config, *, cycles: int | None, run_now: bool) -> None:
                                   schedule_interval_seconds=config.schedule.longest_gap().total_seconds())
         metrics_server = start_metrics_server(registry, host=config.metrics.host, port=config.metrics.port)
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, config.metrics.port)
-        _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now)
+        with _echo_cycles(config, stop_when_exhausted=stop_when_exhausted):
+            _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now)
     except KeyboardInterrupt:
         log.info("interrupted, shutting down")
     finally:
@@ -332,21 +412,41 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
     flow = monitor_cycle.with_options(retries=config.prefect.retries,
                                       timeout_seconds=config.prefect.flow_timeout.total_seconds())
     schedule = schedule_kwargs(config)
-    # pause_on_shutdown=False: a restart must find the schedule still active; limit=1: no overlap
-    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=1)
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    # pause_on_shutdown=False: a restart must find the schedule still active.
+    # No overlap and no pile-up: the deployment allows one running cycle, and a run that would start
+    # while one runs is cancelled by the server (CANCEL_NEW) instead of queueing as a late run. The
+    # runner itself may hold 2 so that such a colliding run reaches the server and gets cancelled (with
+    # limit=1 the runner would leave it scheduled, ever later: the backlog seen before).
+    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=2)
     runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},
-                    entrypoint_type=EntrypointType.MODULE_PATH, **schedule)
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                    concurrency_limit=ConcurrencyLimitConfig(limit=1,
+                                                             collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+                    **schedule)
     deployment = f"{FLOW_NAME}/{config.name}"
     _write_json_atomic(info_path, {
         "pid": os.getpid(), "api_url": api_url, "deployment": deployment,
         "metrics_url": f"http://{config.metrics.host}:{config.metrics.port}/metrics",
         "config_path": str(config.config_path), "started_at": time.time(),
     })
-    log.info("serving deployment %s (%s)", deployment, schedule)
+    every = (f"every {_human(config.schedule.interval.total_seconds())}" if config.schedule.interval
+             else f"on cron {config.schedule.cron!r}")
+    log.info("serving deployment %s, %s", deployment, every)
     if run_now:
         threading.Thread(target=_trigger_when_ready, args=(deployment,), daemon=True).start()
-    with _stop_after_cycles(config, cycles):
+    # the flow runs the runner still tracks (its process manager returns a copy, safe to read from
+    # another thread; there is no public accessor)
+    with _stop_after_cycles(config, cycles, tracked=lambda: runner._process_manager.flow_run_ids()):
         asyncio.run(runner.start())
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _trigger_when_ready(deployment: str) -> None:
@@ -379,7 +479,18 @@ def trigger(config: Config, *, wait: float | None = 600.0) -> dict[str, Any]:
     from flows.monitor import FLOW_NAME
 
     deployment = (info or {}).get("deployment") or f"{FLOW_NAME}/{config.name}"
-    flow_run = run_deployment(deployment, timeout=wait, poll_interval=1, as_subflow=False)
-    state = flow_run.state
+    deadline = None if wait is None else time.monotonic() + wait
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        flow_run = run_deployment(deployment, timeout=remaining, poll_interval=1, as_subflow=False)
+        state = flow_run.state
+        # the deployment runs one cycle at a time and cancels a run that collides with a running one
+        # (CANCEL_NEW): a trigger then asks again, so it runs next rather than behind a backlog
+        collided = (state is not None and state.is_cancelled()
+                    and "concurrency" in (state.message or "").lower())
+        if not collided or wait == 0 or (deadline is not None and time.monotonic() >= deadline):
+            break
+        log.info("a cycle is running; the triggered run will start when it ends")
+        time.sleep(2.0)
     return {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "deployment": deployment,
             "state": state.type.value if state else None, "state_name": state.name if state else None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tasksim.store import Store
 
 pytestmark = pytest.mark.e2e
 
@@ -115,6 +118,30 @@ def test_demo_scraped_by_prometheus(workspace: Path, prometheus: tuple[int, int]
             stdout=out, stderr=subprocess.STDOUT, env=env(), timeout=900)
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
+    # the terminal: the Prefect UI address and one line per cycle (window, verdict, top source, action, duration)
+    assert f"Prefect UI: http://127.0.0.1:{prefect_port}" in text
+    lines = re.findall(r"^cycle \d+: window \S+ \S+ \| .*\| \d+\.\ds$", text, re.M)
+    assert len(lines) >= 2, text[-4000:]
+    assert all(re.search(r"\| (no drift|DRIFT) \(share [\d.]+\) \| top \S+ \| (keep|SWITCH|insufficient)", line)
+               for line in lines[:2]), lines
+    # Prefect's run states match the store: each stored cycle's run COMPLETED (none cut off as CANCELLED
+    # by the stop), and overlapping scheduled runs were cancelled by the deployment concurrency limit
+    # without ever starting (CANCEL_NEW) instead of piling up; at most one run that started after the
+    # last cycle was stored is cancelled by the stop (it recorded nothing)
+    import sqlite3
+
+    with Store(ws / "state") as store:
+        stored = store.snapshot().cycles_by_status
+    db = sqlite3.connect(f"file:{ws / 'state' / 'prefect' / 'prefect.db'}?mode=ro", uri=True)
+    try:
+        states = dict(db.execute("SELECT state_type, COUNT(*) FROM flow_run GROUP BY state_type").fetchall())
+        started_cancelled = db.execute("SELECT COUNT(*) FROM flow_run WHERE state_type = 'CANCELLED' AND "
+                                       "run_count > 0").fetchone()[0]
+    finally:
+        db.close()
+    assert states.get("COMPLETED") == sum(stored.values()), (states, stored)
+    assert not {"RUNNING", "PENDING", "CRASHED", "FAILED"} & set(states), states
+    assert started_cancelled <= 1, states
     assert not port_open(prefect_port), "the Prefect server outlived the daemon"
     assert not port_open(metrics_port), "the metrics endpoint outlived the daemon"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,25 @@ def test_flow_runs_each_stage_as_a_task(prefect_harness: None, tabular_workspace
     assert names == sorted(["sample", "embed", "drift", "profile", "rank", "recommend"])
     with Store(load_config(tabular_workspace).state_dir) as store:
         assert store.snapshot().cycles_by_status == {"success": 1}
+    # the cycle is published as Prefect artifacts: a markdown summary and the ranking table
+    from prefect.artifacts import Artifact
+
+    from tasksim.report import artifact_key
+
+    name = load_config(tabular_workspace).name
+    markdown = Artifact.get(artifact_key(name, "summary"))
+    table = Artifact.get(artifact_key(name, "ranking"))
+    assert markdown is not None and table is not None
+    assert str(markdown.flow_run_id) == str(state.state_details.flow_run_id)
+    assert f"cycle {summary['cycle_id']} (success)" in markdown.data and "## Ranking" in markdown.data
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
+    assert [r["source"] for r in rows] == [r["source"] for r in summary_ranking(tabular_workspace)]
+
+
+def summary_ranking(workspace: Path) -> list[dict]:
+    with Store(load_config(workspace).state_dir) as store:
+        _, sources = store.last_ranking()
+    return [{"source": s.source} for s in sources]
 
 
 def test_flow_failure_is_recorded_in_the_store(prefect_harness: None, tabular_workspace: Path) -> None:
