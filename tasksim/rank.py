@@ -233,14 +233,21 @@ def rank_sources(profiles: Sequence[SourceProfile], sources: Sequence[SourceConf
 def _bootstrap_rounds(candidates: dict[str, dict[str, float]], profiles: Mapping[str, SourceProfile],
                       used: Mapping[str, float]) -> list[dict[str, dict[str, float]]]:
     """Per bootstrap round: every candidate's criteria with the re-scored ``BOOTSTRAP_MEASURES`` in
-    use from its profile's round (the others keep their values). Empty unless at least two
-    candidates all carry the same number of rounds and some bootstrap measure is in use."""
+    use from its profile's round (the others keep their values; a candidate without a view of the
+    target, e.g. a dataset-only source without labels, keeps its values in every round). Empty unless
+    some bootstrap measure is in use and at least two candidates carry the same number of rounds."""
     measures = [m for m in BOOTSTRAP_MEASURES if m in used]
-    reps = [profiles[name].bootstrap for name in candidates]
-    if not measures or len(candidates) < 2 or not reps[0] or any(len(r) != len(reps[0]) for r in reps):
+    lengths = {len(profiles[name].bootstrap) for name in candidates} - {0}
+    carrying = sum(1 for name in candidates if profiles[name].bootstrap)
+    if not measures or len(lengths) != 1 or carrying < 2:
         return []
-    return [{name: {**vals, **{m: v for m, v in profiles[name].bootstrap[i].items() if m in measures}}
-             for name, vals in candidates.items()} for i in range(len(reps[0]))]
+    rounds = lengths.pop()
+
+    def picked(name: str, i: int) -> dict[str, float]:
+        boot = profiles[name].bootstrap
+        return {m: v for m, v in boot[i].items() if m in measures} if boot else {}
+
+    return [{name: {**vals, **picked(name, i)} for name, vals in candidates.items()} for i in range(rounds)]
 
 
 def _reliabilities(candidates: Mapping[str, Mapping[str, float]], used: Mapping[str, float],

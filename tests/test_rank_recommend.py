@@ -320,3 +320,19 @@ def test_missing_evidence_lowers_the_confidence_of_a_switch() -> None:
     assert recommend(Ranking((full, deployed), {}, {}), "a", config, measures={}).action == "switch"
     held = recommend(Ranking((partial, deployed), {}, {}), "a", config, measures={})
     assert held.action == "keep" and "probability only 0.40" in held.rationale
+
+
+def test_a_source_without_a_view_keeps_its_values_in_the_bootstrap() -> None:
+    """Confidence is still computed when one candidate (e.g. an unlabelled dataset-only source) has no
+    bootstrap rounds: it keeps its full-sample values in every round."""
+    rounds = tuple({"logme": 1.0 + 0.01 * i} for i in range(10))
+    weaker = tuple({"logme": 0.2 + 0.01 * i} for i in range(10))
+    profiles = [SourceProfile("a", "ok", measures={"logme": 1.0}, bootstrap=rounds),
+                SourceProfile("b", "ok", measures={"logme": 0.2}, bootstrap=weaker),
+                SourceProfile("c", "ok", measures={"logme": 0.5})]
+    ranking = rank_sources(profiles, SOURCES, RankingConfig(bootstrap_rounds=10, weights={"logme": 1.0, "cost": 0},
+                                                            reliability_weighting=False))
+    assert ranking.top1_probabilities() == {"a": 1.0, "b": 0.0, "c": 0.0}
+    lone = rank_sources(profiles[:1] + profiles[2:], SOURCES, RankingConfig(bootstrap_rounds=10,
+                                                                          weights={"logme": 1.0, "cost": 0}))
+    assert lone.top1_probabilities() == {}  # one candidate with rounds: no bootstrap
