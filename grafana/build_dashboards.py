@@ -356,7 +356,7 @@ def cycle_health_panels() -> list[Panel]:
                     f"sum by (status) (increase(tasksim_cycles_total{{{JOB}}}[$__range]))", "{{status}}", instant=True
                 )
             ],
-            description="Cycles finished in the selected time range, by status (success, failed, no_data).",
+            description="Cycles finished in the selected time range, by status (success, failed, no_data, insufficient_data).",
             size=(12, 5),
             decimals=0,
             color_mode="none",
