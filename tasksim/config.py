@@ -101,6 +101,26 @@ class InputColumns(_Frozen):
     feature_columns: tuple[str, ...] = ()
     text_column: str | None = None
     label_column: str | None = None
+    # Class names for label codes ({0: cat, 1: dog}): integer codes are never matched by name, so
+    # label semantics (class-name overlap, granularity) need the names. Unmapped codes stay codes.
+    label_names: dict[str, str] | None = None
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _label_names_as_text(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = [k for k, name in v.items() if not isinstance(name, (str, int, float)) or not str(name).strip()]
+            if bad:
+                raise ValueError(f"expected a mapping of label code -> non-empty class name; bad entries for {bad}")
+            return {str(k).strip(): str(name).strip() for k, name in v.items()}
+        return v
+
+    def named_labels(self, labels: list[str | None] | None) -> list[str | None] | None:
+        """``labels`` with every code that ``label_names`` maps replaced by its class name."""
+        if labels is None or not self.label_names:
+            return labels
+        names = self.label_names
+        return [None if v is None else names.get(v, v) for v in labels]
 
     def input_columns(self) -> list[str]:
         cols = list(self.feature_columns)

@@ -317,7 +317,7 @@ class _Profiler:
             if shared.shape[1] != tgt.shape[1]:
                 raise SourceError(source.name, f"features have {shared.shape[1]} dimensions, the target's have "
                                   f"{tgt.shape[1]}: source and production must use the same input columns")
-            src_labels = _labels(table, source.label_column)
+            src_labels = source.named_labels(_labels(table, source.label_column))
             extra = self.modality_match(source)
             if source.encoder is not None and source.encoder.layers:
                 extra.update(self.layer_shifts(source, table))
@@ -575,7 +575,7 @@ def profile_sources(config: Config, target: Target, encoder: Encoder, cache: Emb
     arrays = {name: item for name, item in loaded.items() if isinstance(item, SourceArrays)}
     weights = {**catalog.DEFAULT_WEIGHTS, **config.ranking.weights}
     profiled = {p.source: p for p in profile_arrays(
-        target.features.to(device), target.labels, arrays, seed=profiler.seed,
+        target.features.to(device), config.production.named_labels(target.labels), arrays, seed=profiler.seed,
         bootstrap_rounds=config.ranking.bootstrap_rounds,
         bootstrap_measures=tuple(m for m in catalog.BOOTSTRAP_MEASURES if weights.get(m, 0.0) > 0),
         embed_label_names=profiler.embed_label_names if config.encoder.kind == "text" else None)}

@@ -286,3 +286,35 @@ def test_late_labels_retest_a_past_window(tmp_path: Path) -> None:
         stored = json.loads(store.get_state("drift_late_labels:" + late["window_start"]))
     assert stored["kind"] == "concept" and stored["labelled_rows"] == late["labelled_rows"]
     assert later.to_dict()["drift_late_labels"] == later.late_drift
+
+
+def test_label_names_give_integer_codes_their_meaning(tmp_path: Path) -> None:
+    """Codes 0-2 are never compared by name; with label_names they are (and a wrong mapping shows)."""
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws", windows=2)
+    root = path.parent
+    cfg = yaml.safe_load(path.read_text())
+    for parquet in [root / cfg["production"]["path"], *(root / s["path"] for s in cfg["sources"])]:
+        frame = pd.read_parquet(parquet)
+        frame["label"] = frame["label"].str.removeprefix("class").astype(int)
+        frame.to_parquet(parquet)
+    cfg["ranking"]["bootstrap_rounds"] = 0
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    coded = run_cycle(load_config(path))
+    assert all("label_exact_overlap" not in p.measures for p in coded.profiles if p.status == "ok")
+    names = {0: "cat", 1: "dog", 2: "bird"}
+    cfg["production"]["label_names"] = names
+    for s in cfg["sources"]:
+        s["label_names"] = names if s["name"] != "far" else {0: "car", 1: "dog", 2: "truck"}
+    cfg["state_dir"] = "state-named"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    named = {p.source: p.measures for p in run_cycle(load_config(path)).profiles}
+    assert named["near"]["label_exact_overlap"] == 1.0
+    assert named["far"]["label_exact_overlap"] == pytest.approx(1 / 3)
+    cfg["production"]["label_names"] = {0: ""}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    from tasksim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="production.label_names: expected a mapping of label code"):
+        load_config(path)
