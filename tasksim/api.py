@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasksim.config import Config, load_config
-from tasksim.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,13 +185,8 @@ class Monitor:
         ``tasksim rank``). Raises ``DataError`` when the window has no valid rows."""
         cycle = self._cycle(now)
         try:
-            sampled = cycle.sample()
-            if sampled.empty:
-                raise DataError(f"{self.config.production.path}: the current production window "
-                                f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
-            features = cycle.embed(sampled)
-            profiles = cycle.profile(sampled, features)
-            ranking = cycle.rank(profiles, sampled)
+            ranked = cycle.rank_now()
+            sampled, profiles, ranking = ranked.sampled, ranked.profiles, ranked.ranking
         finally:
             self._keep_encoder(cycle)
             cycle.store.close()

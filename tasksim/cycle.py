@@ -309,6 +309,17 @@ class Cycle:
                          drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
                          failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
 
+    def rank_now(self) -> RankNow:
+        """Sample, embed, profile and rank the current window without recording a cycle
+        (``tasksim rank``, ``Monitor.rank``). Raises ``DataError`` when the window has no valid rows."""
+        sampled = self.sample()
+        if sampled.empty:
+            raise DataError(f"{self.config.production.path}: the current production window "
+                            f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
+        features = self.embed(sampled)
+        profiles = self.profile(sampled, features)
+        return RankNow(sampled, profiles, self.rank(profiles, sampled))
+
     # -- results -----------------------------------------------------------------------------
     def finish(self, result: CycleResult, next_cursor: datetime | None) -> CycleResult:
         """Write the cycle to the store in one transaction and return it with its id."""
@@ -427,13 +438,7 @@ def rank_now(config: Config) -> RankNow:
     """Sample, embed, profile and rank the current window; nothing is written to the decision log."""
     cycle = Cycle(config)
     try:
-        sampled = cycle.sample()
-        if sampled.empty:
-            raise DataError(f"{config.production.path}: the current production window "
-                            f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
-        features = cycle.embed(sampled)
-        profiles = cycle.profile(sampled, features)
-        return RankNow(sampled, profiles, cycle.rank(profiles, sampled))
+        return cycle.rank_now()
     finally:
         cycle.store.close()
 
