@@ -244,6 +244,7 @@ class _BaseEncoder:
         self.source = source
         self.name = cfg.kind
         self.dim: int | None = None
+        self.field = "encoder"  # where cfg sits in the configuration (set by build_encoder)
         self._fingerprint = _settings_fingerprint(cfg.kind, cfg, "")
 
     @property

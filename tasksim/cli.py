@@ -20,7 +20,7 @@ from typing import Any
 
 from tasksim import __version__
 from tasksim.config import load_config
-from tasksim.errors import ConfigError, DataError, TasksimError
+from tasksim.errors import ConfigError, TasksimError
 
 __all__ = ["format_cycle", "main"]
 
@@ -298,14 +298,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    from tasksim.model_encoders import check_head_file
+    from tasksim.preflight import check_model_files
 
-    for i, source in enumerate(config.sources):  # files the config can only name: checked here, not per cycle
-        if source.head is not None:
-            try:
-                check_head_file(source.head)
-            except DataError as exc:
-                raise ConfigError(f"{args.config}: sources[{i}].head ({source.name}): {exc}") from exc
+    try:  # model files the config can only name: loaded and checked here, not first in a cycle
+        check_model_files(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from exc
     print(f"{args.config}: ok ({len(config.sources)} sources, deployed {config.deployed_source})")
     return 0
 

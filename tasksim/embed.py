@@ -289,13 +289,18 @@ _KINDS: dict[str, type[_BaseEncoder]] = {
 }
 
 
-def build_encoder(cfg: EncoderConfig, *, device: torch.device, source: str | None = None) -> Encoder:
+def build_encoder(cfg: EncoderConfig, *, device: torch.device, source: str | None = None,
+                  field: str = "encoder") -> Encoder:
     """Build the encoder ``cfg`` describes on ``device``.
 
     With ``source`` (a source name) every failure raises ``SourceError(source, ...)``, otherwise
-    ``DataError``; each is one line naming the file and the problem.
+    ``DataError``; each is one line naming the file and the problem. ``field`` is where ``cfg``
+    sits in the configuration (``encoder``, ``sources[2].encoder``): a hint that names a key to
+    set (``input_shape``) names it there.
     """
     cls = _KINDS.get(cfg.kind)
     if cls is None:
         _fail(source, f"unknown encoder kind {cfg.kind!r} (expected one of {', '.join(_KINDS)})")
-    return cls(cfg, device, source)  # type: ignore[return-value]
+    encoder = cls(cfg, device, source)
+    encoder.field = field
+    return encoder  # type: ignore[return-value]

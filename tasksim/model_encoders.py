@@ -48,6 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})  # safetensors header dtype names
+
 _PICKLE_MESSAGE = "is a pickle file; tasksim loads only TorchScript, torch.export (.pt2) or safetensors"
 
 ArchitectureFactory = Callable[[dict[str, torch.Tensor], EncoderConfig], nn.Module]
@@ -116,7 +118,8 @@ def check_head_file(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: the head is {what}; {expected}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in ("weight", "bias") if k in shapes}
     except (OSError, SafetensorError) as exc:
         raise DataError(f"{path}: cannot read the head's safetensors header ({exc}); {expected}") from exc
     weight, bias = shapes.get("weight"), shapes.get("bias")
@@ -124,6 +127,10 @@ def check_head_file(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: the head's 'weight' has shape {weight}; {expected}")
     if bias is not None and bias != (weight[0],):
         raise DataError(f"{path}: the head's 'bias' has shape {bias} but 'weight' has {weight[0]} classes; {expected}")
+    odd = {k: t for k, t in dtypes.items() if t not in _FLOAT_DTYPES}
+    if odd:
+        raise DataError(f"{path}: the head's {', '.join(f'{k!r} has dtype {t}' for k, t in odd.items())}; "
+                        f"{expected}, as floating-point tensors")
     return int(weight[0]), int(weight[1])
 
 
@@ -183,6 +190,15 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
+def _likely_shape(width: int) -> str:
+    """A plausible image shape for ``width`` values per row ([3, s, s] or [1, s, s]), as hint text."""
+    for channels in (3, 1):
+        side = math.isqrt(width // channels)
+        if width % channels == 0 and side > 1 and channels * side * side == width:
+            return f"e.g. {[channels, side, side]}"
+    return "[channels, height, width] for images"
+
+
 class _ModuleEncoder(_BaseEncoder):
     """Batched forward of a torch module over a tensor built from the feature columns."""
 
@@ -202,7 +218,8 @@ class _ModuleEncoder(_BaseEncoder):
         if self.input_shape:
             width = math.prod(self.input_shape)
             if x.shape[1] != width:
-                self._fail(f"input columns give {x.shape[1]} values per row; input_shape "
+                key = f"{self.field}.input_shape" if self.cfg.input_shape else "the exported program's input shape"
+                self._fail(f"input columns give {x.shape[1]} values per row; {key} "
                            f"{list(self.input_shape)} needs {width}")
             x = x.reshape(x.shape[0], *self.input_shape)
         return x
@@ -211,9 +228,8 @@ class _ModuleEncoder(_BaseEncoder):
         try:
             out = self.module(xb.to(self.device, self.dtype))
         except Exception as exc:  # noqa: BLE001 - the model's own error, as one line
-            hint = ("" if self.input_shape else "; if the model takes rows of another shape (e.g. images), "
-                    "set encoder.input_shape to one row's shape, e.g. [1, 28, 28]")
-            self._fail(f"forward failed on input of shape {tuple(xb.shape)} ({_describe(exc)}){hint}")
+            self._fail(f"forward failed on input of shape {tuple(xb.shape)} ({_describe(exc)}); "
+                       f"{self._shape_hint(xb)}")
         t = _first_tensor(out)
         if t is None:
             self._fail(f"model returned {type(out).__name__}, expected a tensor")
@@ -228,6 +244,17 @@ class _ModuleEncoder(_BaseEncoder):
             bad = int((~torch.isfinite(t)).any(dim=1).sum())
             self._fail(f"model returned NaN/Inf for {bad} rows")
         return t
+
+    def _shape_hint(self, xb: torch.Tensor) -> str:
+        """Which configuration key sets the shape the model gets, and a likely value."""
+        key = f"{self.field}.input_shape"
+        if self.input_shape:
+            if self.cfg.input_shape is None:  # read from the exported program itself
+                return f"the exported program takes rows of shape {list(self.input_shape)}"
+            return (f"{key} {list(self.input_shape)} reshaped each row: set it to the shape one row "
+                    "has for this model")
+        return (f"if the model takes rows of another shape (e.g. images), set {key} to one row's "
+                f"shape, {_likely_shape(math.prod(xb.shape[1:]))}")
 
     def _batches(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
         """Batches of cfg.batch_size, or exactly the exported batch size (last one zero-padded)."""

@@ -216,7 +216,9 @@ class _Profiler:
         source: on the production window), once per cycle."""
         if source.name not in self._own_encoders:
             assert source.encoder is not None
-            own = build_encoder(source.encoder, device=self.device, source=source.name)
+            index = next((i for i, s in enumerate(self.config.sources) if s.name == source.name), None)
+            own = build_encoder(source.encoder, device=self.device, source=source.name,
+                                field="encoder" if index is None else f"sources[{index}].encoder")
             if table is None:
                 own.fit(self.target.table, self.config.production)
             else:
@@ -288,8 +290,10 @@ class _Profiler:
         except DataError as exc:
             raise SourceError(source.name, str(exc)) from exc
         if width != features.shape[1]:
-            raise SourceError(source.name, f"{source.head}: the head's 'weight' takes {width} features but the "
-                              f"source's model gives {features.shape[1]}; expected (classes, {features.shape[1]})")
+            model = "the source's model (its encoder)" if source.encoder is not None else "the shared encoder"
+            raise SourceError(source.name, f"{source.head}: the head's 'weight' takes {width} features per row but "
+                              f"{model} gives {features.shape[1]}; expected a 'weight' of shape "
+                              f"(classes, {features.shape[1]})")
         tensors = load_file(str(source.head))
         weight, bias = tensors["weight"], tensors.get("bias")
         weight = weight.to(features.device, torch.float32)

@@ -165,7 +165,7 @@ def test_torchscript_encoder(tmp_path: Path) -> None:
     reshaped = build_encoder(EncoderConfig(kind="torchscript", path=path, input_shape=(2, 2)), device=CPU)
     assert torch.allclose(reshaped.encode(table, _cols("vec")), out, atol=1e-5)
     bad_shape = build_encoder(EncoderConfig(kind="torchscript", path=path, input_shape=(3, 3)), device=CPU)
-    with pytest.raises(DataError, match=r"input columns give 4 values per row; input_shape \[3, 3\] needs 9"):
+    with pytest.raises(DataError, match=r"input columns give 4 values per row; encoder.input_shape \[3, 3\] needs 9"):
         bad_shape.encode(table, _cols("vec"))
     tapped = build_encoder(EncoderConfig(kind="torchscript", path=path, layers=("body",)), device=CPU)
     with pytest.raises(DataError, match="does not support forward hooks"):
