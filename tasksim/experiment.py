@@ -480,7 +480,7 @@ def run_trial(model: TrainableModel, spec: TrialSpec, split: Split, deadline: fl
                 trainable = sum(p.numel() for p in body) + sum(p.numel() for p in head.parameters())
     except TrialDiverged as exc:
         return TrialResult(spec, "failed", error=str(exc), seconds=time.perf_counter() - started)
-    except Exception as exc:  # noqa: BLE001 - one trial's failure is recorded; the experiment goes on
+    except Exception as exc:  # one trial's failure is recorded; the experiment goes on
         from tasksim._encoding import _describe
 
         log.warning("trial %s/%s seed %d failed", spec.source, spec.strategy, spec.seed, exc_info=exc)
@@ -785,7 +785,7 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
                 failed[name] = exc.reason
             except TasksimError as exc:
                 failed[name] = str(exc)
-            except Exception as exc:  # noqa: BLE001 - one source's model must not stop the experiment
+            except Exception as exc:  # one source's model must not stop the experiment
                 from tasksim._encoding import _describe
 
                 log.warning("source %s: cannot load its model for training", name, exc_info=exc)
@@ -806,12 +806,12 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
         from tasksim.config import config_hash
 
         hypotheses = [
-            f"H1: the predicted order {list(prediction.order)} agrees with the fine-tuning outcome of the candidates "
-            "(weighted Kendall tau > 0)",
-            f"H2: {prediction.recommended!r} ({prediction.action}) reaches the best test accuracy among the candidates "
-            f"{candidates}, or within {ONE_POINT * 100:g} point of it",
-            f"H3: the advised strategy {prediction.advised!r} is the best for {prediction.recommended!r}, or within "
-            f"{ONE_POINT * 100:g} point of it",
+            (f"H1: the predicted order {list(prediction.order)} agrees with the fine-tuning outcome of the "
+             "candidates (weighted Kendall tau > 0)"),
+            (f"H2: {prediction.recommended!r} ({prediction.action}) reaches the best test accuracy among the "
+             f"candidates {candidates}, or within {ONE_POINT * 100:g} point of it"),
+            (f"H3: the advised strategy {prediction.advised!r} is the best for {prediction.recommended!r}, or "
+             f"within {ONE_POINT * 100:g} point of it"),
         ]
         prereg = {
             "predicted_order": list(prediction.order), "predicted_scores": prediction.scores,
