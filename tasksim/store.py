@@ -130,6 +130,8 @@ CREATE TABLE experiment_outcomes (
     tau REAL,
     outcome_json TEXT NOT NULL
 );
+CREATE INDEX experiment_outcomes_status ON experiment_outcomes(status, experiment_id);
+CREATE INDEX experiments_switch ON experiments(deployed_source, recommended_source, id);
 CREATE TRIGGER experiments_append_only_u BEFORE UPDATE ON experiments
     BEGIN SELECT RAISE(ABORT, 'experiments are append-only'); END;
 CREATE TRIGGER experiments_append_only_d BEFORE DELETE ON experiments
