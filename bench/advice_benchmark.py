@@ -40,12 +40,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasksim.config import STRATEGIES  # noqa: E402
-from tasksim.experiment import (  # noqa: E402
+from tasksim.config import STRATEGIES
+from tasksim.experiment import (
     _PLAN_STRATEGY,
-    ONE_POINT,
     BODY_LR,
     FT_HEAD_LR,
+    ONE_POINT,
     WEIGHT_DECAY,
     TrainableModel,
     TrialSpec,
@@ -54,8 +54,8 @@ from tasksim.experiment import (  # noqa: E402
     stratified_split,
     summarise_trials,
 )
-from tasksim.metrics import label_shift, mmd2  # noqa: E402
-from tasksim.recommend import plan_fine_tuning  # noqa: E402
+from tasksim.metrics import label_shift, mmd2
+from tasksim.recommend import plan_fine_tuning
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -102,8 +102,7 @@ def test_experiment_preregisters_then_records_trials_and_outcome(finished: tuple
 
 
 def test_trials_are_reproducible_for_a_seed(finished: tuple[Path, Any]) -> None:
-    path, result = finished
-    from tasksim.experiment import _HeadBody  # noqa: F401 - the dataset-only model kind exists
+    _, result = finished
 
     first = {(t.spec.source, t.spec.strategy): t.score for t in result.trials if t.status == "ok"}
     torch.manual_seed(123)
@@ -148,7 +147,7 @@ def test_metrics_show_the_last_experiment(finished: tuple[Path, Any]) -> None:
 
 
 def test_store_refuses_to_rewrite_experiments(finished: tuple[Path, Any]) -> None:
-    path, result = finished
+    path, _ = finished
     conn = sqlite3.connect(load_config(path).state_dir / "tasksim.sqlite")
     try:
         for statement in ("UPDATE experiments SET trigger = 'x'", "DELETE FROM experiment_trials",
@@ -305,7 +304,7 @@ def test_kill_9_during_an_experiment_is_marked_interrupted_next_time(tmp_path: P
               "from tasksim.config import load_config; from tasksim.experiment import run_experiment;"
               f"run_experiment(load_config({str(path)!r}), on_trial=lambda r: os.kill(os.getpid(), signal.SIGKILL))")
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, timeout=120, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     config = load_config(path)
