@@ -178,17 +178,26 @@ def _kind(module: nn.Module) -> str:
 def parameter_blocks(module: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
     """The model's blocks, input to output: ``[(block name, parameter names)]``.
 
-    From the named children holding parameters: a chain of single children is walked down, and a
-    block holding more than half the parameters that splits into several (a ``ModuleList`` of
-    transformer layers, a ``Sequential`` stem) is replaced by its children, until none does. A
-    module's own parameters (not in a child) form a block of their own, first."""
-    total = _count(module)
+    From the named children holding parameters: the only block is split into its children, and so
+    is a block that leads (through a chain of single children) to a ``ModuleList`` / ``Sequential`` of
+    several (the repeated layers of a transformer or an MLP), until none does. A module's own
+    parameters (not in a child) form a block of their own, first. MiniLM: the embeddings, the six
+    layers, the pooler."""
 
     def split(prefix: str, m: nn.Module) -> list[tuple[str, nn.Module | None, tuple[str, ...]]]:
         own = tuple(prefix + n for n, _ in m.named_parameters(recurse=False))
         kids = [(prefix + n, c) for n, c in m.named_children() if _count(c) > 0]
         out: list[tuple[str, nn.Module | None, tuple[str, ...]]] = [(prefix + "(own)", None, own)] if own else []
         return out + [(n, c, ()) for n, c in kids]
+
+    def leads_to_layers(m: nn.Module) -> bool:
+        while True:
+            kids = [c for _, c in m.named_children() if _count(c) > 0]
+            if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2:
+                return True
+            if len(kids) != 1 or any(True for _ in m.named_parameters(recurse=False)):
+                return False
+            m = kids[0]
 
     def names(prefix: str, m: nn.Module) -> tuple[str, ...]:
         return tuple(f"{prefix}.{n}" for n, _ in m.named_parameters())
@@ -198,10 +207,8 @@ def parameter_blocks(module: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
         changed = False
         new: list[tuple[str, nn.Module | None, tuple[str, ...]]] = []
         for name, m, own in blocks:
-            parts = split(name + ".", m) if m is not None else []
-            if m is not None and (len(blocks) == 1 or _count(m) > total / 2) and len(parts) >= 1 and not (
-                    len(parts) == 1 and parts[0][1] is None):
-                new += parts
+            if m is not None and (len(blocks) == 1 or leads_to_layers(m)):
+                new += split(name + ".", m)
                 changed = True
             else:
                 new.append((name, m, own))
