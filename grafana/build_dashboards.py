@@ -645,6 +645,53 @@ def recommendation_panels() -> list[Panel]:
     ]
 
 
+def experiment_panels() -> list[Panel]:
+    return [
+        row("Transfer experiments"),
+        stat(
+            "Recommendation validated",
+            [target(f"tasksim_recommendation_validated{{{JOB}}}", "validated", instant=True)],
+            description="Last finished transfer experiment (tasksim experiment): 1 if its fine-tuning trials "
+            "validated the recommended source (best candidate, or within 1 point), 0 if they overturned it.",
+            mappings=value_mappings({"0": ("overturned", "red"), "1": ("validated", "green")}),
+            no_value="no experiment",
+            size=(4, 6),
+        ),
+        stat(
+            "Prediction tau",
+            [target(f"tasksim_experiment_prediction_tau{{{JOB}}}", "tau", instant=True)],
+            description="Weighted Kendall tau between the predicted order of the sources and the order of their "
+            "fine-tuned test accuracy in the last experiment (1: same order, -1: reversed).",
+            steps=((None, "red"), (0.0, "orange"), (0.5, "green")),
+            decimals=2,
+            size=(4, 6),
+        ),
+        stat(
+            "Last experiment",
+            [target(f"time() - tasksim_experiment_last_timestamp_seconds{{{JOB}}}", "age", instant=True)],
+            description="Time since the last transfer experiment finished.",
+            unit="s",
+            color_mode="none",
+            size=(4, 6),
+        ),
+        table(
+            "Trial scores",
+            [target(f"tasksim_trial_score{{{SOURCES}}}", instant=True, table=True)],
+            description="Test accuracy per source and fine-tuning strategy in the last finished experiment, "
+            "mean over seeds (tasksim_trial_score).",
+            size=(12, 6),
+            transformations=[
+                organize(
+                    hide=["Time", "__name__", "job", "instance"],
+                    rename={"source": "Source", "strategy": "Strategy", "Value": "Test accuracy"},
+                    order=["source", "strategy", "Value"],
+                )
+            ],
+            sort_by="Source",
+        ),
+    ]
+
+
 def source_error_panels() -> list[Panel]:
     return [
         row("Source errors"),
@@ -676,6 +723,7 @@ def overview_dashboard() -> dict[str, Any]:
         *drift_panels(),
         *ranking_panels(),
         *recommendation_panels(),
+        *experiment_panels(),
         *source_error_panels(),
     ]
     return {

@@ -1,4 +1,4 @@
-"""The front door: ``tasksim serve | run | trigger | rank | history | explain | demo | validate``.
+"""The front door: ``tasksim serve | run | trigger | rank | experiment | history | explain | demo | validate``.
 
 Bad input (a config, data or state problem) prints one line to stderr and exits with code 2;
 an unexpected error exits with code 1 (``--debug`` shows the traceback).
@@ -22,7 +22,7 @@ from tasksim import __version__
 from tasksim.config import load_config
 from tasksim.errors import ConfigError, TasksimError
 
-__all__ = ["format_cycle", "main"]
+__all__ = ["format_cycle", "format_experiment", "main"]
 
 EXIT_BAD_INPUT = 2
 
@@ -113,13 +113,66 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_trigger(args: argparse.Namespace) -> int:
     from tasksim.daemon import trigger
 
-    outcome = trigger(load_config(args.config), wait=args.wait)
+    outcome = trigger(load_config(args.config), wait=args.wait, experiment=args.experiment)
     if args.format == "json":
         print(json.dumps(outcome, indent=2))
     else:
         print(f"flow run {outcome['flow_run_name']} ({outcome['flow_run_id']}) of {outcome['deployment']}: "
               f"{outcome['state_name']}")
     return 0 if outcome["state"] in ("COMPLETED", "SCHEDULED", "PENDING", "RUNNING") else 1
+
+
+def format_experiment(e: dict[str, Any], *, source: str | None = None) -> str:
+    """One experiment (``Store.experiment``) in words: preregistration, trials (mean over seeds),
+    outcome; with ``source``, that source's trials only."""
+    pre = e["preregistration"]
+    out = e.get("outcome") or {}
+    when = datetime.fromtimestamp(e["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+    lines = [f"experiment {e['id']} ({e['trigger']}, {when}): {e['status']}"
+             + (f", {e['verdict']}" if e.get("verdict") else "")
+             + (f", weighted tau {e['tau']:.2f}" if e.get("tau") is not None else "")]
+    lines.append(f"  predicted: {' > '.join(pre['predicted_order'])}; {pre['action']} -> "
+                 f"{e['recommended_source']} with {e['advised_strategy']}")
+    lines.append(f"  split {e['split_hash']} ({pre['split']['train']}/{pre['split']['validation']}/"
+                 f"{pre['split']['test']} rows), {pre['seeds']} seed(s), code {pre['code_version']}")
+    if out.get("outcome_order"):
+        advised = ("best" if out.get("advised_best") else
+                   "within 1 point" if out.get("advised_within_one_point") else "not within 1 point")
+        lines.append(f"  outcome: {' > '.join(out['outcome_order'])}; best strategy for {e['recommended_source']}: "
+                     f"{out.get('best_strategy')} (advised {e['advised_strategy']}: {advised})")
+    if e["status"] == "interrupted":
+        lines.append(f"  interrupted: {out.get('reason')}")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in e["trials"]:
+        if source is None or t["source"] == source:
+            groups.setdefault((t["source"], t["strategy"]), []).append(t)
+    for (src, strategy), trials in groups.items():
+        scores = [t["score"] for t in trials if t["status"] == "ok" and t["score"] is not None]
+        if scores:
+            mean = sum(scores) / len(scores)
+            lines.append(f"  {src:<20} {strategy:<16} accuracy {mean:.3f} over {len(scores)} seed(s)"
+                         + (f" (+{len(trials) - len(scores)} not ok)" if len(trials) > len(scores) else ""))
+        else:
+            lines.append(f"  {src:<20} {strategy:<16} {trials[0]['status']}: {trials[0].get('error')}")
+    return "\n".join(lines)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.budget:
+        update = {"budget": _duration(args.budget)}
+        config = config.model_copy(update={"experiment": config.experiment.model_copy(update=update)})
+    from tasksim.experiment import run_experiment
+    from tasksim.store import Store
+
+    now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
+    result = run_experiment(config, trigger="cli", now=now)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
+    with Store(config.state_dir, readonly=True) as store:
+        print(format_experiment(store.experiment(result.experiment_id)))
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -189,8 +242,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     with _read_store(config.state_dir) as store:
         records = store.decisions(limit=args.limit) if store else []
+        experiments = store.experiments(limit=args.limit) if store else []
     if args.format == "json":
-        print(json.dumps(records, indent=2, default=str))
+        print(json.dumps(records if not experiments else {"decisions": records, "experiments": experiments},
+                         indent=2, default=str))
         return 0
     if not records:
         print("no decisions recorded yet")
@@ -198,6 +253,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
         mark = "*" if r.get("changed") else " "
         print(f"{mark} cycle {r['cycle_id']:>5}  {r.get('window_start')} .. {r.get('window_end')}  "
               f"{r['action']:<17} recommended {r.get('recommended_source')}  ({r['rationale']})")
+    if experiments:
+        print("\nexperiments (newest first):")
+        for e in experiments:
+            print(format_experiment(e))
     return 0
 
 
@@ -247,12 +306,21 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     with _read_store(config.state_dir) as store:
         decisions = store.decisions(limit=1) if store else []
         history = store.source_history(args.source, limit=args.limit) if store else []
+        experiments = [e for e in (store.experiments(limit=args.limit) if store else [])
+                       if any(t["source"] == args.source for t in e["trials"])]
     if args.format == "json":
+        trials = [{"experiment_id": e["id"], **t} for e in experiments for t in e["trials"]
+                  if t["source"] == args.source]
         print(json.dumps({"source": args.source, "last_decision": decisions[0] if decisions else None,
-                          "history": history}, indent=2, default=str))
+                          "history": history, "trials": trials}, indent=2, default=str))
         return 0
     if not history:
         print(f"{args.source}: no cycle has profiled this source yet")
+    if experiments:
+        print(f"trials of {args.source} (newest experiment first):")
+        for e in experiments:
+            print(format_experiment(e, source=args.source))
+    if not history:
         return 0
     last = history[0]
     print(f"{args.source} in cycle {last['cycle_id']} (window {last['window_start']} .. {last['window_end']}): "
@@ -333,10 +401,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = with_config("trigger", "ask the running daemon for an immediate cycle")
     sp.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the run (0: do not wait)")
+    sp.add_argument("--experiment", action="store_true",
+                    help="run a transfer experiment (deployment tasksim-experiment/<name>) instead of a cycle")
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.set_defaults(func=_cmd_trigger)
 
-    sp = with_config("history", "show the decision log, newest first")
+    sp = with_config("experiment", "test the recommendation: budgeted fine-tuning trials of the candidate sources")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.add_argument("--budget", default=None, help="wall-time budget overriding experiment.budget, e.g. 10m")
+    sp.add_argument("--now", help="pretend the current time is this ISO timestamp (UTC)")
+    sp.set_defaults(func=_cmd_experiment)
+
+    sp = with_config("history", "show the decision log and the experiments, newest first")
     sp.add_argument("--limit", type=int, default=20)
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.set_defaults(func=_cmd_history)

@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "DriftConfig",
     "EncoderConfig",
+    "ExperimentConfig",
     "MetricsConfig",
     "PrefectConfig",
     "ProductionConfig",
@@ -405,6 +406,63 @@ class PrefectConfig(_Frozen):
     _parse = field_validator("flow_timeout", "startup_timeout", mode="before")(lambda cls, v: parse_duration(v))
 
 
+STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle", "surgical_last", "full", "lora")
+
+
+class ExperimentConfig(_Frozen):
+    """Transfer experiments (``tasksim experiment``; ``tasksim.experiment``): budgeted fine-tuning
+    trials of the deployed source and the ``top_k`` ranked sources on the labelled production rows.
+
+    ``budget`` (wall time) and ``max_trials`` bound one experiment; ``seeds`` seeds per (source,
+    strategy) when ``max_trials`` allows every pair that many times, else one. ``split`` is the
+    train / validation / test share of the labelled rows (stratified, fixed for the experiment).
+    ``learning_rates`` overrides the body learning rate per strategy. ``require_validation``: a
+    switch is made only when the newest experiment on that switch validated it.
+    """
+
+    top_k: int = Field(default=2, ge=1, le=20)
+    strategies: tuple[Literal["linear_probe", "lp_ft", "surgical_first", "surgical_middle", "surgical_last",
+                              "full", "lora"], ...] = STRATEGIES
+    seeds: int = Field(default=3, ge=1, le=10)
+    budget: timedelta = timedelta(minutes=20)
+    max_trials: int = Field(default=200, ge=0)
+    max_epochs: int = Field(default=20, ge=1, le=1000)
+    patience: int = Field(default=3, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=1)
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    learning_rates: dict[str, float] = Field(default_factory=dict)
+    require_validation: bool = False
+
+    _parse_budget = field_validator("budget", mode="before")(lambda cls, v: parse_duration(v))
+
+    @field_validator("strategies")
+    @classmethod
+    def _some_strategies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one strategy")
+        if len(set(v)) != len(v):
+            raise ValueError(f"strategies appear more than once: {list(v)}")
+        return v
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"expected three positive shares (train, validation, test) summing to 1, got {list(v)}")
+        return v
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _known_rates(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(k for k in v if k not in STRATEGIES)
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+        bad = {k: r for k, r in v.items() if not r > 0}
+        if bad:
+            raise ValueError(f"learning rates must be > 0, got {bad}")
+        return v
+
+
 class Config(_Frozen):
     """The whole configuration of one tasksim deployment."""
 
@@ -423,6 +481,7 @@ class Config(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
     prefect: PrefectConfig = PrefectConfig()
     retention: RetentionConfig = RetentionConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
     device: str = "auto"
     config_path: Path | None = None
 

@@ -303,11 +303,16 @@ class Cycle:
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
                   drift: DriftVerdict | None) -> Recommendation:
+        from tasksim.experiment import gate_switch
+
         _, labels = transfer_rows(_labels_of(sampled.window, self.config.production.label_column))
-        return recommend(ranking, self.config.deployed_source, self.config.ranking,
-                         measures={p.source: p.measures for p in profiles},
-                         drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
-                         failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
+        rec = recommend(ranking, self.config.deployed_source, self.config.ranking,
+                        measures={p.source: p.measures for p in profiles},
+                        drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
+                        failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
+        # the switch rule with evidence: experiment.require_validation keeps the deployed source until an
+        # experiment validated the switch (tasksim.experiment)
+        return gate_switch(rec, self.store, self.config.experiment.require_validation)
 
     def rank_now(self) -> RankNow:
         """Sample, embed, profile and rank the current window without recording a cycle

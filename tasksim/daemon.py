@@ -425,9 +425,21 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
                     concurrency_limit=ConcurrencyLimitConfig(limit=1,
                                                              collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
                     **schedule)
+    # transfer experiments: on demand only (tasksim trigger --experiment, the Prefect UI/API), one at a time,
+    # bounded by the experiment budget (plus 10 minutes to load the models and write the outcome)
+    from flows.experiment import FLOW_NAME as EXPERIMENT_FLOW
+    from flows.experiment import experiment_flow
+
+    runner.add_flow(experiment_flow.with_options(
+                        timeout_seconds=config.experiment.budget.total_seconds() + 600),
+                    name=config.name, parameters={"config_path": str(config.config_path), "trigger": "prefect"},
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                    concurrency_limit=ConcurrencyLimitConfig(limit=1,
+                                                             collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
     deployment = f"{FLOW_NAME}/{config.name}"
     _write_json_atomic(info_path, {
         "pid": os.getpid(), "api_url": api_url, "deployment": deployment,
+        "experiment_deployment": f"{EXPERIMENT_FLOW}/{config.name}",
         "metrics_url": f"http://{config.metrics.host}:{config.metrics.port}/metrics",
         "config_path": str(config.config_path), "started_at": time.time(),
     })
@@ -462,8 +474,9 @@ def _trigger_when_ready(deployment: str) -> None:
             time.sleep(1.0)
 
 
-def trigger(config: Config, *, wait: float | None = 600.0) -> dict[str, Any]:
-    """Ask the running daemon for an immediate cycle through its Prefect deployment."""
+def trigger(config: Config, *, wait: float | None = 600.0, experiment: bool = False) -> dict[str, Any]:
+    """Ask the running daemon for an immediate cycle (``experiment``: a transfer experiment) through
+    its Prefect deployment."""
     info = daemon_info(config)
     api_url = os.environ.get("PREFECT_API_URL") or (info or {}).get("api_url")
     if not api_url:
@@ -476,9 +489,12 @@ def trigger(config: Config, *, wait: float | None = 600.0) -> dict[str, Any]:
     os.environ["PREFECT_API_URL"] = api_url
     from prefect.deployments import run_deployment
 
+    from flows.experiment import FLOW_NAME as EXPERIMENT_FLOW
     from flows.monitor import FLOW_NAME
 
     deployment = (info or {}).get("deployment") or f"{FLOW_NAME}/{config.name}"
+    if experiment:
+        deployment = (info or {}).get("experiment_deployment") or f"{EXPERIMENT_FLOW}/{config.name}"
     deadline = None if wait is None else time.monotonic() + wait
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

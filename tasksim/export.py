@@ -56,6 +56,13 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "tasksim_source_failed": ("gauge", "1 if the source failed in the last cycle."),
     "tasksim_source_errors_total": ("counter", "Cycles in which the source failed."),
     "tasksim_recommendation_info": ("gauge", "The current recommendation (value 1)."),
+    "tasksim_trial_score": ("gauge", ("Test accuracy of a source fine-tuned with a strategy in the last finished "
+                                      "experiment (mean over seeds).")),
+    "tasksim_experiment_prediction_tau": ("gauge", ("Weighted Kendall tau between the predicted order of the "
+                                                    "sources and the last experiment's outcome.")),
+    "tasksim_recommendation_validated": ("gauge", ("1 if the last finished experiment validated the recommendation, "
+                                                   "0 if it overturned it.")),
+    "tasksim_experiment_last_timestamp_seconds": ("gauge", "Unix time the last experiment finished."),
 }
 
 
@@ -162,6 +169,31 @@ class StoreCollector(Collector):
             info = _family("tasksim_recommendation_info", ["deployed_source", "recommended_source", "action"])
             info.add_metric([d["deployed_source"], d.get("recommended_source") or "", d["action"]], 1.0)
             yield info
+        if snap.last_experiment is not None:
+            yield from _experiment_families(snap.last_experiment)
+
+
+def _experiment_families(e: dict[str, Any]) -> Iterator[Metric]:
+    """The last finished experiment: trial scores (mean over seeds), tau, verdict, when."""
+    outcome = e.get("outcome") or {}
+    score = _family("tasksim_trial_score", ["source", "strategy"])
+    for source, by_strategy in sorted((outcome.get("strategy_scores") or {}).items()):
+        for strategy, value in sorted(by_strategy.items()):
+            if _finite(value):
+                score.add_metric([source, strategy], float(value))
+    yield score
+    if _finite(e.get("tau")):
+        tau = _family("tasksim_experiment_prediction_tau")
+        tau.add_metric([], float(e["tau"]))
+        yield tau
+    if e.get("verdict") in ("validated", "overturned"):
+        validated = _family("tasksim_recommendation_validated")
+        validated.add_metric([], 1.0 if e["verdict"] == "validated" else 0.0)
+        yield validated
+    if _finite(e.get("finished_at")):
+        last = _family("tasksim_experiment_last_timestamp_seconds")
+        last.add_metric([], float(e["finished_at"]))
+        yield last
 
 
 def _drift_families(verdict: DriftVerdict) -> Iterator[Metric]:

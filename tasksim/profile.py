@@ -274,12 +274,15 @@ class _Profiler:
             return SourceView(target_view, self.shipped_head_probs(source, target_view))
         if not labels:
             return SourceView(target_view, None)
-        key = f"{source.name}|{table_fingerprint(table)}|{self.encoder.fingerprint}|{source.encoder}"
-        head = load_or_fit_head(self.heads_dir, key, source_view, labels, seed=self.seed)
+        head = load_or_fit_head(self.heads_dir, self.head_key(source, table), source_view, labels, seed=self.seed)
         if source.encoder is not None:
             # the source's own encoder is its representation; the head only supplies probabilities
             return SourceView(target_view, head.probs(target_view))
         return SourceView(head.hidden(target_view), head.probs(target_view))
+
+    def head_key(self, source: SourceConfig, table: pa.Table) -> str:
+        """The cache key of the head fitted on ``source``'s data (shared by ``tasksim.experiment``)."""
+        return f"{source.name}|{table_fingerprint(table)}|{self.encoder.fingerprint}|{source.encoder}"
 
     def shipped_head_probs(self, source: SourceConfig, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities from the source's own linear head (safetensors ``weight`` C x D, ``bias`` C)."""

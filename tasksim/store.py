@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 STORE_FILENAME = "tasksim.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CYCLE_STATUSES = ("success", "failed", "no_data", "insufficient_data")
 
 # The newest schema, created as it is in a new store (older stores reach it through _MIGRATIONS).
@@ -94,6 +94,73 @@ CREATE TABLE counters (name TEXT NOT NULL, label TEXT NOT NULL, value REAL NOT N
                        PRIMARY KEY (name, label));
 """
 
+# v3: transfer experiments (tasksim.experiment). Append-only: a row is inserted once and never changed
+# (triggers refuse UPDATE and DELETE). The preregistration is written before any trial, each trial as
+# it ends (one transaction each), the outcome once at the end, or as 'interrupted' by the next run.
+_EXPERIMENT_SCHEMA = """
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    trigger TEXT NOT NULL,
+    deployed_source TEXT NOT NULL,
+    recommended_source TEXT,
+    advised_strategy TEXT,
+    split_hash TEXT NOT NULL,
+    pid INTEGER,
+    host TEXT,
+    preregistration_json TEXT NOT NULL
+);
+CREATE TABLE experiment_trials (
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    seq INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'not_applicable', 'skipped')),
+    score REAL,
+    created_at REAL NOT NULL,
+    record_json TEXT NOT NULL,
+    PRIMARY KEY (experiment_id, seq)
+);
+CREATE TABLE experiment_outcomes (
+    experiment_id INTEGER PRIMARY KEY REFERENCES experiments(id),
+    finished_at REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('finished', 'interrupted', 'failed')),
+    verdict TEXT CHECK (verdict IN ('validated', 'overturned', 'inconclusive')),
+    tau REAL,
+    outcome_json TEXT NOT NULL
+);
+CREATE INDEX experiment_outcomes_status ON experiment_outcomes(status, experiment_id);
+CREATE INDEX experiments_switch ON experiments(deployed_source, recommended_source, id);
+CREATE TRIGGER experiments_append_only_u BEFORE UPDATE ON experiments
+    BEGIN SELECT RAISE(ABORT, 'experiments are append-only'); END;
+CREATE TRIGGER experiments_append_only_d BEFORE DELETE ON experiments
+    BEGIN SELECT RAISE(ABORT, 'experiments are append-only'); END;
+CREATE TRIGGER experiment_trials_append_only_u BEFORE UPDATE ON experiment_trials
+    BEGIN SELECT RAISE(ABORT, 'experiment trials are append-only'); END;
+CREATE TRIGGER experiment_trials_append_only_d BEFORE DELETE ON experiment_trials
+    BEGIN SELECT RAISE(ABORT, 'experiment trials are append-only'); END;
+CREATE TRIGGER experiment_outcomes_append_only_u BEFORE UPDATE ON experiment_outcomes
+    BEGIN SELECT RAISE(ABORT, 'experiment outcomes are append-only'); END;
+CREATE TRIGGER experiment_outcomes_append_only_d BEFORE DELETE ON experiment_outcomes
+    BEGIN SELECT RAISE(ABORT, 'experiment outcomes are append-only'); END;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (trigger bodies kept whole)."""
+    out, current = [], []
+    for line in script.splitlines():
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
+            out.append(text)
+            current = []
+    rest = "\n".join(current).strip()
+    if rest:
+        out.append(rest)
+    return [s for s in out if s.strip(" ;\n")]
+
 # Indexes that keep every snapshot query a short index walk, whatever the number of stored cycles.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS source_results_failed ON source_results(source, status);
@@ -139,8 +206,14 @@ def _migrate_1_to_2(cur: sqlite3.Cursor) -> None:
                 " GROUP BY source")
 
 
+def _migrate_2_to_3(cur: sqlite3.Cursor) -> None:
+    """v3: the append-only experiment tables (preregistrations, trials, outcomes)."""
+    for statement in _statements(_EXPERIMENT_SCHEMA):
+        cur.execute(statement)
+
+
 # from version -> the step that brings a store to version + 1
-_MIGRATIONS: dict[int, Callable[[sqlite3.Cursor], None]] = {1: _migrate_1_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Cursor], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 @dataclass(frozen=True)
@@ -195,6 +268,7 @@ class Snapshot:
     last_decision: dict[str, Any] | None
     failed_sources: tuple[str, ...]
     files_skipped_total: int = 0
+    last_experiment: dict[str, Any] | None = None  # the newest finished experiment (``Store.experiment``)
 
 
 class Store:
@@ -297,6 +371,8 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
+                for statement in _statements(_EXPERIMENT_SCHEMA):
+                    cur.execute(statement)
                 for statement in _INDEXES.split(";"):
                     if statement.strip():
                         cur.execute(statement)
@@ -476,6 +552,9 @@ class Store:
                 failed = tuple(r["source"] for r in conn.execute(
                     "SELECT source FROM source_results WHERE cycle_id = ? AND status = 'failed'", (last["id"],)))
             decision = conn.execute("SELECT record_json FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+            finished = conn.execute("SELECT experiment_id FROM experiment_outcomes WHERE status = 'finished'"
+                                    " ORDER BY experiment_id DESC LIMIT 1").fetchone()
+            last_experiment = self.experiment(int(finished[0])) if finished else None
         finally:
             conn.execute("COMMIT")
         return Snapshot(
@@ -488,6 +567,7 @@ class Store:
             last_decision=json.loads(decision["record_json"]) if decision else None,
             failed_sources=failed,
             files_skipped_total=sum(counters.get("window_files_skipped_total", {}).values()),
+            last_experiment=last_experiment,
         )
 
     def _source_rows(self, cycle_id: int) -> Iterator[SourceRecord]:
@@ -539,3 +619,89 @@ class Store:
             out.append(d)
         return out
 
+
+    # -- experiments (append-only; tasksim.experiment) ----------------------------------------------
+    def preregister_experiment(self, *, created_at: float, trigger: str, deployed_source: str,
+                               recommended_source: str | None, advised_strategy: str | None, split_hash: str,
+                               preregistration: dict[str, Any], pid: int | None = None,
+                               host: str | None = None) -> int:
+        """Record an experiment's preregistration (before any trial runs); return its id."""
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO experiments(created_at, trigger, deployed_source, recommended_source,"
+                    " advised_strategy, split_hash, pid, host, preregistration_json)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (created_at, trigger, deployed_source, recommended_source, advised_strategy, split_hash, pid,
+                     host, json.dumps(preregistration, default=str)))
+                return int(cur.lastrowid)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot record the experiment ({exc})") from None
+
+    def record_trial(self, experiment_id: int, seq: int, *, source: str, strategy: str, seed: int, status: str,
+                     score: float | None, record: dict[str, Any], created_at: float) -> None:
+        """Record one trial as it ends (its own transaction: a killed run leaves whole trials only)."""
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO experiment_trials(experiment_id, seq, source, strategy, seed, status, score,"
+                    " created_at, record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (experiment_id, seq, source, strategy, seed, status, score, created_at,
+                     json.dumps(record, default=str)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot record trial {seq} of experiment {experiment_id} ({exc})") from None
+
+    def finish_experiment(self, experiment_id: int, *, status: str, verdict: str | None, tau: float | None,
+                          outcome: dict[str, Any], finished_at: float) -> None:
+        """Record an experiment's outcome, once (finished, failed or interrupted)."""
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO experiment_outcomes(experiment_id, finished_at, status, verdict, tau, outcome_json)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (experiment_id, finished_at, status, verdict, tau, json.dumps(outcome, default=str)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot record the outcome of experiment {experiment_id} ({exc})") from None
+
+    def open_experiments(self) -> list[dict[str, Any]]:
+        """Experiments preregistered without an outcome (running, or killed while running)."""
+        rows = self._conn.execute(
+            "SELECT e.id, e.created_at, e.pid, e.host FROM experiments e"
+            " LEFT JOIN experiment_outcomes o ON o.experiment_id = e.id WHERE o.experiment_id IS NULL"
+            " ORDER BY e.id").fetchall()
+        return [dict(r) for r in rows]
+
+    def experiment(self, experiment_id: int) -> dict[str, Any] | None:
+        """One experiment: its preregistration, trials (in order) and outcome (None while running)."""
+        row = self._conn.execute("SELECT * FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["preregistration"] = json.loads(out.pop("preregistration_json"))
+        out["trials"] = [{**json.loads(r["record_json"]), "seq": r["seq"], "source": r["source"],
+                          "strategy": r["strategy"], "seed": r["seed"], "status": r["status"], "score": r["score"]}
+                         for r in self._conn.execute("SELECT * FROM experiment_trials WHERE experiment_id = ?"
+                                                     " ORDER BY seq", (experiment_id,))]
+        outcome = self._conn.execute("SELECT * FROM experiment_outcomes WHERE experiment_id = ?",
+                                     (experiment_id,)).fetchone()
+        out["status"] = "running" if outcome is None else outcome["status"]
+        out["verdict"] = None if outcome is None else outcome["verdict"]
+        out["tau"] = None if outcome is None else outcome["tau"]
+        out["finished_at"] = None if outcome is None else outcome["finished_at"]
+        out["outcome"] = None if outcome is None else json.loads(outcome["outcome_json"])
+        return out
+
+    def experiments(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Experiments, newest first (see ``experiment``)."""
+        ids = [int(r[0]) for r in self._conn.execute("SELECT id FROM experiments ORDER BY id DESC LIMIT ?", (limit,))]
+        return [e for e in (self.experiment(i) for i in ids) if e is not None]
+
+    def latest_verdict(self, deployed_source: str, recommended_source: str) -> dict[str, Any] | None:
+        """The newest finished experiment that tested a switch from ``deployed_source`` to
+        ``recommended_source``: ``{experiment_id, verdict, finished_at}``, or None."""
+        row = self._conn.execute(
+            "SELECT o.experiment_id, o.verdict, o.finished_at FROM experiment_outcomes o"
+            " JOIN experiments e ON e.id = o.experiment_id WHERE o.status = 'finished'"
+            " AND e.deployed_source = ? AND e.recommended_source = ? ORDER BY o.experiment_id DESC LIMIT 1",
+            (deployed_source, recommended_source)).fetchone()
+        return None if row is None else dict(row)

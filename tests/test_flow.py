@@ -84,3 +84,19 @@ def test_flow_failure_is_recorded_in_the_store(prefect_harness: None, tabular_wo
         cycles = store.cycles()
     assert [c["status"] for c in cycles] == ["failed"]
     assert "production.parquet" in cycles[0]["error"]
+
+
+def test_experiment_flow_runs_each_trial_as_a_task(prefect_harness: None, tmp_path: Path) -> None:
+    from flows.experiment import experiment_flow
+    from tests.test_experiment import _workspace
+
+    path = _workspace(tmp_path, experiment={"strategies": ["linear_probe", "full"]})
+    state = experiment_flow(str(path), return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["verdict"] in ("validated", "overturned") and summary["advised_strategy"] == "linear_probe"
+    names = _task_names(state.state_details.flow_run_id)
+    assert names == sorted(f"trial-{s}-{k}-0" for s in ("near", "mlp") for k in ("linear_probe", "full"))
+    with Store(load_config(path).state_dir, readonly=True) as store:
+        (experiment,) = store.experiments()
+        assert experiment["trigger"] == "prefect" and experiment["status"] == "finished"

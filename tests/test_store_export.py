@@ -49,6 +49,14 @@ def _populate(store: Store) -> None:
     ))
     store.record_cycle(CycleRecord(started_at=200.0, finished_at=201.0, status="no_data", config_hash="abc",
                                    sources=(SourceRecord("broken", "failed", error="still missing"),)))
+    experiment = store.preregister_experiment(
+        created_at=300.0, trigger="cli", deployed_source="reviews", recommended_source="news",
+        advised_strategy="linear_probe", split_hash="0123abcd", preregistration={"predicted_order": ["news", "reviews"]})
+    store.record_trial(experiment, 0, source="news", strategy="linear_probe", seed=0, status="ok", score=0.9,
+                       record={}, created_at=301.0)
+    store.finish_experiment(experiment, status="finished", verdict="validated", tau=1.0, finished_at=310.0,
+                            outcome={"strategy_scores": {"news": {"linear_probe": 0.9, "full": 0.85},
+                                                         "reviews": {"linear_probe": 0.7}}})
 
 
 def test_golden_exposition(tmp_path: Path) -> None:
@@ -70,7 +78,8 @@ def test_exposition_names_follow_the_contract(tmp_path: Path) -> None:
             seen.add(sample.name)
             assert sample.name.startswith("tasksim_")
             assert set(sample.labels) <= {"status", "source", "metric", "column", "kind", "test", "version",
-                                          "deployed_source", "recommended_source", "action"}
+                                          "deployed_source", "recommended_source", "action",
+                                          "strategy"}
     assert seen == set(METRIC_NAMES), set(METRIC_NAMES) ^ seen
 
 
