@@ -111,7 +111,7 @@ def test_mmd2_properties(seed, n, d):
 
 # ------------------------------------------------------------------ Frechet
 
-@pytest.mark.parametrize("n,d", [(200, 6), (40, 3), (12, 20)])
+@pytest.mark.parametrize("n,d", [(200, 6), (40, 3), (12, 20), (30, 120)])
 def test_frechet_matches_sqrtm_reference(n, d):
     x, y = gauss(0, n, d, scale=1.5), gauss(1, n + 5, d, 0.4) @ np.random.default_rng(2).normal(size=(d, d))
     expected = ref.frechet_ref(x, y)
@@ -257,6 +257,27 @@ def test_domain_auc_regularisation_matches_sklearn():
     x, y = gauss(0, 60, 12), gauss(1, 70, 12, 0.5)
     assert domain_classifier_auc(x, y, folds=3, c=0.05) == pytest.approx(
         ref.domain_auc_ref(x, y, folds=3, c=0.05), abs=1e-3)
+
+
+@pytest.mark.parametrize("n,d", [(40, 300), (400, 300)])
+def test_domain_auc_wide_features_match_sklearn(n, d):
+    # more features than Newton's limit: fitted in the training rows' span (exact), by Newton when
+    # that span is narrow (n=40) and by L-BFGS when it is not (n=400)
+    x, y = gauss(0, n, d), gauss(1, n + 10, d, 0.08)
+    assert domain_classifier_auc(x, y, folds=3, seed=1) == pytest.approx(
+        ref.domain_auc_ref(x, y, folds=3, seed=1), abs=2e-3)
+
+
+def test_frechet_low_rank_path_equals_full_path():
+    # fewer rows than dimensions: the nuclear-norm path against the D x D eigendecomposition path
+    x, y = gauss(3, 25, 80, 1.2), gauss(4, 30, 80, 0.5)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    sx, sy = xc.T @ xc / 24, yc.T @ yc / 29
+    w, v = np.linalg.eigh(sx)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(half @ sy @ half), 0, None)).sum()
+    full = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * tr_sqrt
+    assert frechet_distance(x, y) == pytest.approx(full, rel=1e-7)  # the D x D path rounds its zero eigenvalues
 
 
 def test_domain_auc_separable_data_converges():

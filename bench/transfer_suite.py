@@ -1,0 +1,541 @@
+"""The transfer benchmark suite: does tasksim rank candidate sources the way real transfer ranks them,
+on three modalities, with whole benchmarks held out?
+
+    python bench/transfer_suite.py                 # images, tabular, text (cold: trains and embeds)
+    python bench/transfer_suite.py --quick         # smaller targets, 1 draw, 2 fine-tune seeds
+    python bench/transfer_suite.py --only images   # one benchmark
+    python bench/transfer_suite.py --from-json bench/.cache/suite_full.json   # evaluation only
+
+Data and models: ``bench/suite_sources.py`` (images: LeNet-5s trained here and ImageNet
+EfficientNet-Lite0 / -Lite2 as model-only sources; tabular: UCI Letter with MLP sources; text:
+MiniLM with a fitted head per source). For every (target, source):
+
+- the product's measures, exactly as a cycle computes them (``tasksim.profile.profile_arrays``:
+  shared-space distances, label criteria, batched transferability through the source's view, the
+  no-transfer baseline and gains, the confidence bootstrap) plus the measures a cycle does not
+  compute (SFDA, PARC, N-LEEP, a cross-validated linear probe), on a labelled window of 10 rows a
+  class (few-shot) and, where the pool allows, 100 rows a class, each in ``draws`` seeded draws;
+- ground truth ``lp`` (the headline): a linear probe on the source's representation trained on
+  ``gt_rows`` labelled rows a class of each draw, accuracy on a held-out test split, averaged
+  over the draws;
+- ground truth ``ft``: the source's last block(s) and a new output layer fine-tuned on draw 0's
+  labelled rows (Adam, fixed epochs), test accuracy over ``ft_seeds`` seeds, with its noise
+  ceiling (one half of the seeds predicting the other half, and a test bootstrap).
+
+Rows: every single measure (signed so that higher is predicted better), kNN accuracy (the
+baseline the literature finds hard to beat), a static prior that never looks at the target (model
+size, then source rows), random, the product's default composite, and composites chosen with a
+whole benchmark held out (leave-one-benchmark-out). Weighted tau is Vigna's (scipy's default),
+ties broken at random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# before torch starts its thread pool: idle OpenMP threads sleep instead of spinning (this bench
+# trains many small models, and spinning threads stall each other on a shared 2-core machine)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's LAPACK: spinning BLAS threads stall on 2 shared cores
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transfer_benchmark import _tie_broken_ranks, kendall_tau_b, weighted_tau  # noqa: E402
+
+from tasksim import metrics  # noqa: E402
+from tasksim.config import RankingConfig  # noqa: E402
+from tasksim.metrics import catalog  # noqa: E402
+from tasksim.profile import SourceArrays, SourceProfile, SourceView, profile_arrays  # noqa: E402
+from tasksim.rank import SourceTerms, rank_sources  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+EXTRA_MEASURES = ("sfda", "parc", "nleep", "linear_probe_accuracy")
+# every single-measure row: the catalogue's criteria the suite computes (practical ones are equal here)
+SINGLE_MEASURES = tuple(m.name for m in catalog.CATALOG.values()
+                        if m.family not in ("practical",) and m.name != "hscore")
+STATIC_ROW = "static prior (model size, then source rows)"
+RANDOM_ROW = "random order"
+DEFAULT_ROW = "default composite (tasksim rank)"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    draws: int = 3
+    gt_rows: int = 100  # labelled rows a class each ground-truth probe trains on (fewer where the pool is smaller)
+    ft_seeds: tuple[int, ...] = (0, 1, 2)
+    ft_epochs: int = 25
+    ft_lr: float = 1e-3
+    ft_batch: int = 32
+    bootstrap_rounds: int = 30  # the product's default (RankingConfig.bootstrap_rounds)
+    seed: int = 0
+
+
+QUICK = Protocol(draws=1, gt_rows=40, ft_seeds=(0, 1), ft_epochs=15)
+
+
+# =============================================================================================
+# ground truths
+# =============================================================================================
+
+def probe_correct(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
+                  c: float = 1.0) -> np.ndarray:
+    """Multinomial logistic regression (scikit-learn's objective at ``C=c``: summed cross-entropy
+    plus ``||W||^2 / (2C)``) on standardised features by L-BFGS; per test row, is it right."""
+    xtr, xte = xtr.double(), xte.double()
+    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    a = torch.cat([(xtr - mu) / sd, torch.ones(len(xtr), 1, dtype=torch.float64)], 1)
+    b = torch.cat([(xte - mu) / sd, torch.ones(len(xte), 1, dtype=torch.float64)], 1)
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    w = torch.zeros(a.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(a @ w, ytr, reduction="sum") + (w[:-1] ** 2).sum() / (2 * c)
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return ((b @ w).argmax(1) == yte).numpy()
+
+
+def finetune_correct(top: nn.Module, pre_tr: torch.Tensor, ytr: torch.Tensor, pre_te: torch.Tensor,
+                     yte: torch.Tensor, n_classes: int, seed: int, p: Protocol) -> np.ndarray:
+    """The source's ``top`` (its last block(s)) and a new output layer, fine-tuned with Adam."""
+    import copy
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(top).float().train()
+    with torch.no_grad():
+        width = model.eval()(pre_tr[:2].float()).shape[1]
+    model.train()
+    head = nn.Linear(width, n_classes)
+    opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=p.ft_lr, weight_decay=1e-4)
+    n = len(ytr)
+    with torch.enable_grad():
+        for _ in range(p.ft_epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, p.ft_batch):
+                idx = order[start:start + p.ft_batch]
+                if len(idx) < 2:
+                    continue
+                loss = nn.functional.cross_entropy(head(model(pre_tr[idx].float())), ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (head(model(pre_te.float())).argmax(1) == yte).numpy()
+
+
+# =============================================================================================
+# one target
+# =============================================================================================
+
+@dataclass
+class TargetRun:
+    benchmark: str
+    target: str
+    classes: list[str]
+    label_kind: str
+    windows: list[int]
+    # (window, draw) -> source -> measure -> value
+    measures: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # (window, draw) -> source -> bootstrap rounds of the bootstrap measures
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
+    truth: dict[str, dict[str, float]] = field(default_factory=dict)  # gt -> source -> value
+    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # gt -> source -> per test row
+    ft_per_seed: dict[str, list[float]] = field(default_factory=dict)
+    prior: dict[str, list[float]] = field(default_factory=dict)  # source -> (params, rows)
+    kinds: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _draw(labels: np.ndarray, pool: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` pool rows a class in a seeded order (windows are this order's prefixes)."""
+    rng = np.random.default_rng(seed)
+    per = [rng.permutation(pool[labels[pool] == c])[:per_class] for c in sorted(set(labels[pool].tolist()))]
+    return np.stack(per, 1).reshape(-1) if len({len(p) for p in per}) == 1 else np.concatenate(per)
+
+
+def _window(draw: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
+    seen: dict[str, int] = {}
+    out = []
+    for i in draw:
+        c = labels[i]
+        if seen.get(c, 0) < per_class:
+            seen[c] = seen.get(c, 0) + 1
+            out.append(i)
+    return np.array(out)
+
+
+def run_target(bench: object, tgt: object, p: Protocol, log: Callable[[str], None]) -> TargetRun:
+    from suite_sources import BenchSource, BenchTarget  # noqa: F401 - types of bench / tgt
+
+    started = time.perf_counter()
+    classes = sorted(set(tgt.y.tolist()))
+    code = {c: i for i, c in enumerate(classes)}
+    y_all = torch.tensor([code[v] for v in tgt.y])
+    pool_min = min(int(np.sum(tgt.y[tgt.pool] == c)) for c in classes)
+    per_draw = min(p.gt_rows, pool_min if p.draws == 1 else int(pool_min * 0.85))
+    windows = [w for w in tgt.windows if w <= per_draw]
+    run = TargetRun(bench.name, tgt.name, classes, tgt.label_kind, windows)
+    draws = [_draw(tgt.y, tgt.pool, per_draw, p.seed + 1000 * d) for d in range(p.draws)]
+    pre = {}
+    views: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for src in bench.sources:
+        x = tgt.pre_cache.get(src.name)
+        pre[src.name] = src.pre(tgt.x) if x is None else x
+        views[src.name] = src.view(pre[src.name])
+        run.prior[src.name] = [float(src.n_params), float(src.n_rows)]
+        run.kinds[src.name] = src.kind
+    run.seconds["views"] = time.perf_counter() - started
+    test = torch.from_numpy(tgt.test)
+    yte = y_all[test]
+    # --- ground truths
+    t0 = time.perf_counter()
+    run.truth = {"lp": {}, "ft": {}}
+    run.per_example = {"lp": {}, "ft": {}}
+    for src in bench.sources:
+        h = views[src.name][0]
+        correct = np.mean([probe_correct(h[torch.from_numpy(d)], y_all[torch.from_numpy(d)], h[test], yte)
+                           for d in draws], axis=0)
+        run.per_example["lp"][src.name] = correct.tolist()
+        run.truth["lp"][src.name] = float(correct.mean())
+    run.seconds["lp"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d0 = torch.from_numpy(draws[0])
+    for src in bench.sources:
+        per_seed = np.stack([finetune_correct(src.top, pre[src.name][d0], y_all[d0], pre[src.name][test], yte,
+                                              len(classes), s, p) for s in p.ft_seeds]).astype(float)
+        run.ft_per_seed[src.name] = per_seed.mean(1).tolist()
+        run.per_example["ft"][src.name] = per_seed.mean(0).tolist()
+        run.truth["ft"][src.name] = float(per_seed.mean())
+    run.seconds["ft"] = time.perf_counter() - t0
+    # --- the product's measures on each window
+    t0 = time.perf_counter()
+    boot = catalog.BOOTSTRAP_MEASURES
+    for w in windows:
+        for d, draw in enumerate(draws):
+            rows = torch.from_numpy(_window(draw, tgt.y, w))
+            labels = [str(v) for v in tgt.y[rows.numpy()]]
+            arrays = {src.name: SourceArrays(src.shared, src.labels,
+                                             SourceView(views[src.name][0][rows],
+                                                        None if views[src.name][1] is None else views[src.name][1][rows]),
+                                             missing_rate=0.0 if src.shared is not None else None)
+                      for src in bench.sources}
+            profiles = profile_arrays(tgt.shared[rows], labels, arrays, seed=p.seed, bootstrap_rounds=p.bootstrap_rounds,
+                                      bootstrap_measures=boot)
+            failed = {pr.source: pr.error for pr in profiles if pr.status != "ok"}
+            if failed:
+                raise RuntimeError(f"{tgt.name}: profile failed: {failed}")
+            key = f"{w}/{d}"
+            run.measures[key] = {pr.source: {k: float(v) for k, v in pr.measures.items()} for pr in profiles}
+            run.rounds[key] = {pr.source: [dict(r) for r in pr.bootstrap] for pr in profiles}
+            for src in bench.sources:
+                h, probs = views[src.name]
+                extra = metrics.transferability_profile(h[rows], labels, source_probs=None if probs is None else probs[rows],
+                                                        measures=list(EXTRA_MEASURES), seed=p.seed)
+                run.measures[key][src.name].update({k: float(v) for k, v in extra.items()})
+    run.seconds["measures"] = time.perf_counter() - t0
+    run.seconds["total"] = time.perf_counter() - started
+    best = max(run.truth["lp"], key=run.truth["lp"].get)
+    log(f"    {tgt.name:22s} {len(bench.sources)} sources, windows {windows} x {p.draws} draws; best lp "
+        f"{best} {run.truth['lp'][best]:.3f}; " + ", ".join(f"{k} {v:.0f}s" for k, v in run.seconds.items()))
+    return run
+
+
+# =============================================================================================
+# rows: single measures, baselines, composites
+# =============================================================================================
+
+def oriented(ms: Mapping[str, Mapping[str, float]], name: str) -> dict[str, float]:
+    d = catalog.DIRECTIONS.get(name, 1)
+    return {s: d * float(m.get(name, float("nan"))) for s, m in ms.items()}
+
+
+def static_prior(run: TargetRun) -> dict[str, float]:
+    # lexicographic: parameters first, source rows to break ties (both grow "better" in the prior)
+    return {s: float(np.log1p(v[0]) * 1e3 + np.log1p(v[1])) for s, v in run.prior.items()}
+
+
+def rank_average(ms: Mapping[str, Mapping[str, float]], names: Sequence[str],
+                 weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Mean over ``names`` of each source's normalised rank (0 worst, 1 best; ties share the mean
+    rank); a source missing a measure is averaged over the measures it has."""
+    sources = sorted(ms)
+    acc = np.zeros(len(sources))
+    tot = np.zeros(len(sources))
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    for name, wt in zip(names, weights):
+        v = np.array([oriented(ms, name)[s] for s in sources])
+        ok = np.isfinite(v)
+        if ok.sum() < 2 or np.ptp(v[ok]) == 0:
+            continue
+        r = np.full(len(v), np.nan)
+        from scipy.stats import rankdata
+
+        r[ok] = (rankdata(v[ok]) - 1) / (ok.sum() - 1)
+        acc[ok] += wt * r[ok]
+        tot[ok] += wt
+    with np.errstate(invalid="ignore"):
+        out = np.where(tot > 0, acc / np.maximum(tot, 1e-12), np.nan)
+    return {s: float(v) for s, v in zip(sources, out)}
+
+
+def product_composite(ms: Mapping[str, Mapping[str, float]], rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
+                      config: RankingConfig | None = None) -> dict[str, float]:
+    """``tasksim.rank.rank_sources`` with the product's configuration, as a cycle ranks (equal costs)."""
+    config = config or RankingConfig()
+    profiles = [SourceProfile(s, "ok", measures=dict(m), bootstrap=tuple(rounds.get(s, ())) if rounds else ())
+                for s, m in ms.items()]
+    ranking = rank_sources(profiles, [SourceTerms(name=s, cost=1.0) for s in ms], config)
+    return {e.source: e.score for e in ranking.entries}
+
+
+def wtau(score: Mapping[str, float], truth: Mapping[str, float], rng: np.random.Generator, draws: int = 50
+         ) -> tuple[float, float]:
+    """Mean (weighted tau, Kendall tau-b) with ties (and missing scores, set lowest) broken at random."""
+    names = sorted(truth)
+    a = np.array([score.get(n, np.nan) for n in names], dtype=float)
+    if not np.isfinite(a).any() or np.nanmax(a) == np.nanmin(a):
+        return 0.0, 0.0  # no information: a random order's expectation
+    a = np.where(np.isfinite(a), a, np.nanmin(a) - 1.0)
+    b = np.array([truth[n] for n in names], dtype=float)
+    ranks = _tie_broken_ranks(np.broadcast_to(a, (draws, len(a))), rng)
+    return float(np.mean(weighted_tau(ranks, b))), float(np.mean(kendall_tau_b(ranks, b)))
+
+
+# =============================================================================================
+# evaluation
+# =============================================================================================
+
+def row_scores(run: TargetRun, key: str, rows: Mapping[str, Callable[[TargetRun, str], dict[str, float]]]
+               ) -> dict[str, dict[str, float]]:
+    return {name: fn(run, key) for name, fn in rows.items()}
+
+
+def base_rows() -> dict[str, Callable[[TargetRun, str], dict[str, float]]]:
+    rows: dict[str, Callable[[TargetRun, str], dict[str, float]]] = {}
+    for m in SINGLE_MEASURES + EXTRA_MEASURES:
+        if m in rows:
+            continue
+        rows[m] = lambda run, key, m=m: oriented(run.measures[key], m)
+    rows[STATIC_ROW] = lambda run, key: static_prior(run)
+    rows[DEFAULT_ROW] = lambda run, key: product_composite(run.measures[key], run.rounds.get(key))
+    return rows
+
+
+def tau_table(runs: Sequence[TargetRun], rows: Mapping[str, Callable[[TargetRun, str], dict[str, float]]],
+              gt: str = "lp", seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """row -> target -> {"wtau", "tau", "wtau@10", "wtau@100"}: mean over windows and draws."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, dict[str, float]]] = {r: {} for r in rows}
+    out[RANDOM_ROW] = {}
+    for run in runs:
+        truth = run.truth[gt]
+        for r, fn in rows.items():
+            per_w: dict[int, list[tuple[float, float]]] = {}
+            for key in run.measures:
+                w = int(key.split("/")[0])
+                per_w.setdefault(w, []).append(wtau(fn(run, key), truth, rng))
+            cell = {f"wtau@{w}": float(np.mean([v[0] for v in vals])) for w, vals in per_w.items()}
+            cell["wtau"] = float(np.mean([cell[f"wtau@{w}"] for w in per_w]))
+            cell["tau"] = float(np.mean([v[1] for vals in per_w.values() for v in vals]))
+            out[r][run.target] = cell
+        names = sorted(truth)
+        perms = np.array([rng.permutation(len(names)) for _ in range(200)], dtype=float)
+        b = np.array([truth[n] for n in names])
+        out[RANDOM_ROW][run.target] = {"wtau": float(np.mean(weighted_tau(perms, b))),
+                                       "tau": float(np.mean(kendall_tau_b(perms, b)))}
+    return out
+
+
+def bench_mean(table: Mapping[str, Mapping[str, Mapping[str, float]]], runs: Sequence[TargetRun], bench: str,
+               stat: str = "wtau") -> dict[str, float]:
+    targets = [r.target for r in runs if r.benchmark == bench]
+    return {row: float(np.mean([cells[t][stat] for t in targets if t in cells and stat in cells[t]]))
+            for row, cells in table.items() if any(t in cells and stat in cells[t] for t in targets)}
+
+
+def candidate_sets(pool: Sequence[str], max_size: int = 4) -> list[tuple[str, ...]]:
+    return [c for k in range(1, max_size + 1) for c in itertools.combinations(pool, k)]
+
+
+# The measures a composite may aggregate: the transferability family (what literature and the
+# measured benchmarks find predictive), its gains, and the class-name overlap. Distances, quality and
+# the optional probe are reported alone.
+COMPOSITE_POOL = ("knn_accuracy", "logme", "gbc", "leep", "nce", "hscore_regularized", "transrate",
+                  "sfda", "parc", "nleep", "logme_gain", "knn_gain", "label_exact_overlap")
+
+
+def rank_matrix(ms: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(sources, matrix measures x sources) of normalised ranks, 0 worst to 1 best, NaN where a
+    source lacks the measure or the measure does not separate the sources."""
+    from scipy.stats import rankdata
+
+    sources = sorted(ms)
+    out = np.full((len(names), len(sources)), np.nan)
+    for i, name in enumerate(names):
+        d = catalog.DIRECTIONS.get(name, 1)
+        v = np.array([d * float(ms[s].get(name, np.nan)) for s in sources])
+        ok = np.isfinite(v)
+        if ok.sum() >= 2 and np.ptp(v[ok]) > 0:
+            out[i, ok] = (rankdata(v[ok]) - 1) / (ok.sum() - 1)
+    return sources, out
+
+
+def set_taus(runs: Sequence[TargetRun], cands: Sequence[tuple[str, ...]], pool: Sequence[str], gt: str = "lp",
+             seed: int = 0, tie_draws: int = 5) -> dict[str, np.ndarray]:
+    """target -> mean weighted tau (over windows, then draws) of every candidate set's rank average."""
+    rng = np.random.default_rng(seed)
+    member = np.zeros((len(cands), len(pool)))
+    for i, c in enumerate(cands):
+        member[i, [pool.index(m) for m in c]] = 1.0
+    out = {}
+    for run in runs:
+        per_w: dict[int, list[np.ndarray]] = {}
+        for key, ms in run.measures.items():
+            sources, r = rank_matrix(ms, pool)
+            have = np.isfinite(r)
+            num = member @ np.where(have, r, 0.0)
+            den = member @ have.astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                comp = np.where(den > 0, num / den, np.nan)
+            comp = np.where(np.isfinite(comp), comp, -1.0)  # missing everywhere: ranked last
+            truth = np.array([run.truth[gt][s] for s in sources])
+            vals = np.mean([weighted_tau(_tie_broken_ranks(comp, rng), truth) for _ in range(tie_draws)], axis=0)
+            flat = np.ptp(comp, axis=1) == 0
+            per_w.setdefault(int(key.split("/")[0]), []).append(np.where(flat, 0.0, vals))
+        out[run.target] = np.mean([np.mean(v, axis=0) for v in per_w.values()], axis=0)
+    return out
+
+
+def lobo(runs: Sequence[TargetRun], pool: Sequence[str] = COMPOSITE_POOL, max_size: int = 4, seed: int = 0
+         ) -> dict[str, object]:
+    """Leave-one-benchmark-out choice of the rank-averaged measure set: for each benchmark, the set
+    with the best mean (over the other benchmarks) of their mean weighted tau, scored on the held-out
+    one. Also the set that is best over all benchmarks (the in-sample choice) and the set whose worst
+    benchmark is best."""
+    cands = candidate_sets(pool, max_size)
+    per_target = set_taus(runs, cands, list(pool), seed=seed)
+    benches = sorted({r.benchmark for r in runs})
+    means = {b: np.mean([per_target[r.target] for r in runs if r.benchmark == b], axis=0) for b in benches}
+    out: dict[str, object] = {"held_out": {}, "candidates": len(cands)}
+    for b in benches:
+        others = [o for o in benches if o != b] or [b]
+        fit = np.mean([means[o] for o in others], axis=0)
+        best = int(np.argmax(fit))
+        out["held_out"][b] = {"chosen": list(cands[best]), "train_wtau": float(fit[best]),
+                              "held_out_wtau": float(means[b][best])}
+    overall = np.mean([means[b] for b in benches], axis=0)
+    worst = np.min([means[b] for b in benches], axis=0)
+    out["best_overall"] = list(cands[int(np.argmax(overall))])
+    out["best_worst_case"] = list(cands[int(np.argmax(worst))])
+    order = np.argsort(-overall)[:25]
+    out["top"] = [{"set": list(cands[i]), "mean": float(overall[i]), "worst": float(worst[i]),
+                   **{b: float(means[b][i]) for b in benches}} for i in order]
+    return out
+
+
+# =============================================================================================
+# main
+# =============================================================================================
+
+def _jsonable(run: TargetRun) -> dict:
+    return run.__dict__
+
+
+def _load(path: Path) -> tuple[list[TargetRun], dict]:
+    payload = json.loads(path.read_text())
+    return [TargetRun(**r) for r in payload["runs"]], payload.get("info", {})
+
+
+def compute(args: argparse.Namespace, p: Protocol) -> tuple[list[TargetRun], dict]:
+    from suite_sources import build_images, build_tabular, build_text
+
+    mode = "quick" if args.quick else "full"
+    builders = {"images": build_images, "tabular": build_tabular, "text": build_text}
+    runs: list[TargetRun] = []
+    info: dict[str, object] = {"mode": mode, "seconds": {}}
+    t0 = time.perf_counter()
+    for name in args.only or list(builders):
+        b0 = time.perf_counter()
+        bench = builders[name](mode, log=lambda s: print(s, flush=True))
+        print(f"[{time.perf_counter() - t0:6.0f}s] {name}: {len(bench.targets)} targets x {len(bench.sources)} "
+              f"sources; shared space {bench.shared_space}", flush=True)
+        info[name] = {"shared_space": bench.shared_space,
+                      "sources": {s.name: {"kind": s.kind, "rows": s.n_rows, "params": s.n_params,
+                                           "description": s.description} for s in bench.sources},
+                      "targets": {t.name: {"classes": sorted(set(t.y.tolist())), "pool": len(t.pool),
+                                           "test": len(t.test), "labels": t.label_kind,
+                                           "description": t.description} for t in bench.targets}}
+        for tgt in bench.targets:
+            runs.append(run_target(bench, tgt, p, lambda s: print(s, flush=True)))
+        info["seconds"][name] = time.perf_counter() - b0
+        print(f"[{time.perf_counter() - t0:6.0f}s] {name} done", flush=True)
+    info["seconds"]["total"] = time.perf_counter() - t0
+    return runs, info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=["images", "tabular", "text"])
+    ap.add_argument("--json", type=Path, default=None, help="save every raw number here")
+    ap.add_argument("--from-json", type=Path, default=None, help="evaluate saved raw numbers only")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    p = QUICK if args.quick else Protocol()
+    if args.from_json:
+        runs, info = _load(args.from_json)
+    else:
+        runs, info = compute(args, p)
+        path = args.json or CACHE / f"suite_{'quick' if args.quick else 'full'}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"runs": [_jsonable(r) for r in runs], "info": info,
+                                    "machine": platform.platform()}))
+        print(f"raw numbers saved to {path}")
+    report(runs, info)
+    return 0
+
+
+def report(runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
+    table = tau_table(runs, base_rows())
+    benches = sorted({r.benchmark for r in runs})
+    means = {b: bench_mean(table, runs, b) for b in benches}
+    for b in benches:
+        print(f"\n== {b}: mean weighted tau against probe accuracy ({sum(r.benchmark == b for r in runs)} targets)")
+        for row, v in sorted(means[b].items(), key=lambda kv: -kv[1]):
+            print(f"  {v:+.3f}  {row}")
+    lo = lobo(runs)
+    print("\n== leave-one-benchmark-out")
+    print(json.dumps(lo["held_out"], indent=1))
+    print("best overall", lo["best_overall"], "best worst-case", lo["best_worst_case"])
+    for d in lo["top"][:12]:
+        print(f"  {d['mean']:+.3f} worst {d['worst']:+.3f} " + " ".join(f"{b} {d[b]:+.3f}" for b in benches)
+              + "  " + "+".join(d["set"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
