@@ -520,6 +520,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _key_scores(run: TargetRun, key: str, rows: Mapping[str, Callable[[TargetRun, str], dict[str, float]]],
+                sources: Sequence[str]) -> np.ndarray:
+    out = np.empty((len(rows), len(sources)))
+    for i, fn in enumerate(rows.values()):
+        sc = fn(run, key)
+        v = np.array([sc.get(s, np.nan) for s in sources], dtype=float)
+        out[i] = np.where(np.isfinite(v), v, (np.nanmin(v) - 1.0) if np.isfinite(v).any() else 0.0)
+    return out
+
+
+def two_level_bootstrap(runs: Sequence[TargetRun], rows: Mapping[str, Callable[[TargetRun, str], dict[str, float]]],
+                        reference: str, rounds: int = 200, seed: int = 0, gt: str = "lp") -> dict[str, dict[str, dict]]:
+    """Per benchmark and row: the share of rounds in which ``reference`` has a higher mean weighted
+    tau than the row, and the 5-95% interval of (reference - row). A round draws the benchmark's
+    targets with replacement, then each drawn target's test rows with replacement (the ground
+    truth is re-measured on them), and one random tie-break: it asks whether the ordering would
+    hold on other targets and test sets like these."""
+    rng = np.random.default_rng(seed)
+    names = list(rows)
+    ref = names.index(reference)
+    out: dict[str, dict[str, dict]] = {}
+    for b in sorted({r.benchmark for r in runs}):
+        bruns = [r for r in runs if r.benchmark == b]
+        # per target: (rounds, rows) of weighted tau, each round one test resample and tie-break
+        per_target = []
+        for run in bruns:
+            sources = sorted(run.truth[gt])
+            outcomes = np.array([run.per_example[gt][s] for s in sources])
+            keys = list(run.measures)
+            scores = {k: _key_scores(run, k, rows, sources) for k in keys}
+            vals = np.empty((rounds, len(names)))
+            for j in range(rounds):
+                truth = outcomes[:, rng.integers(0, outcomes.shape[1], outcomes.shape[1])].mean(1)
+                per_w: dict[str, list[np.ndarray]] = {}
+                for k in keys:
+                    sc = scores[k]
+                    t = weighted_tau(_tie_broken_ranks(sc, rng), truth)
+                    per_w.setdefault(k.split("/")[0], []).append(np.where(np.ptp(sc, axis=1) == 0, 0.0, t))
+                vals[j] = np.mean([np.mean(v, axis=0) for v in per_w.values()], axis=0)
+            per_target.append(vals)
+        stack = np.stack(per_target)  # targets x rounds x rows
+        picks = rng.integers(0, len(bruns), (rounds, len(bruns)))
+        means = stack[picks, np.arange(rounds)[:, None], :].mean(1)  # rounds x rows
+        diff = means[:, ref:ref + 1] - means
+        out[b] = {n: {"mean": float(means[:, i].mean()), "p_reference_better": float(np.mean(diff[:, i] > 0)),
+                      "diff_p05": float(np.quantile(diff[:, i], 0.05)), "diff_p95": float(np.quantile(diff[:, i], 0.95))}
+                  for i, n in enumerate(names)}
+    return out
+
+
+def noise_ceilings(runs: Sequence[TargetRun], seed: int = 0, rounds: int = 50) -> dict[str, dict[str, float]]:
+    """Per benchmark: mean weighted tau of (a) the observed probe ground truth against itself on a
+    bootstrap resample of the test rows (what a predictor that knew the true order would score,
+    test noise only) and (b) the fine-tune ground truth of one half of the seeds against the other
+    half (seed noise), and (c) the probe ground truth as a predictor of the fine-tune ground truth."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    for b in sorted({r.benchmark for r in runs}):
+        lp, ft, cross = [], [], []
+        for run in (r for r in runs if r.benchmark == b):
+            sources = sorted(run.truth["lp"])
+            per = np.array([run.per_example["lp"][s] for s in sources])
+            obs = per.mean(1)
+            lp.append(np.mean([weighted_tau(obs, per[:, rng.integers(0, per.shape[1], per.shape[1])].mean(1))
+                               for _ in range(rounds)]))
+            seeds = np.array([run.ft_per_seed[s] for s in sources])
+            if seeds.shape[1] >= 2:
+                half = seeds.shape[1] // 2
+                ft.append(float(weighted_tau(seeds[:, :half].mean(1), seeds[:, half:].mean(1))))
+            cross.append(float(weighted_tau(obs, np.array([run.truth["ft"][s] for s in sources]))))
+        out[b] = {"lp_bootstrap": float(np.mean(lp)), "ft_seed_halves": float(np.mean(ft)) if ft else float("nan"),
+                  "lp_predicts_ft": float(np.mean(cross))}
+    return out
+
+
 def report(runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
     table = tau_table(runs, base_rows())
     benches = sorted({r.benchmark for r in runs})

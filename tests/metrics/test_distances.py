@@ -264,8 +264,22 @@ def test_domain_auc_wide_features_match_sklearn(n, d):
     # more features than Newton's limit: fitted in the training rows' span (exact), by Newton when
     # that span is narrow (n=40) and by L-BFGS when it is not (n=400)
     x, y = gauss(0, n, d), gauss(1, n + 10, d, 0.08)
-    assert domain_classifier_auc(x, y, folds=3, seed=1) == pytest.approx(
+    assert domain_classifier_auc(x, y, folds=3, seed=1, max_dim=None) == pytest.approx(
         ref.domain_auc_ref(x, y, folds=3, seed=1), abs=2e-3)
+
+
+def test_domain_auc_in_leading_components_matches_sklearn_on_them():
+    x, y = gauss(0, 150, 200), gauss(1, 160, 200, 0.1)
+    z = np.vstack([x, y])
+    zc = z - z.mean(0)
+    _, _, vh = np.linalg.svd(zc, full_matrices=False)
+    vh = vh[:16] * np.sign(vh[:16][np.arange(16), np.abs(vh[:16]).argmax(1)])[:, None]
+    px, py = (x - z.mean(0)) @ vh.T, (y - z.mean(0)) @ vh.T
+    assert domain_classifier_auc(x, y, folds=3, seed=2, max_dim=16) == pytest.approx(
+        ref.domain_auc_ref(px, py, folds=3, seed=2), abs=1e-3)
+    # a duplicate is never "more different" than chance; a shifted sample is found in the components
+    assert domain_classifier_auc(x, x.copy(), max_dim=16) <= 0.5
+    assert domain_classifier_auc(x, gauss(5, 150, 200, 1.0), max_dim=16) > 0.99
 
 
 def test_frechet_low_rank_path_equals_full_path():
