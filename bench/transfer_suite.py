@@ -466,7 +466,9 @@ def _jsonable(run: TargetRun) -> dict:
 
 def _load(path: Path) -> tuple[list[TargetRun], dict]:
     payload = json.loads(path.read_text())
-    return [TargetRun(**r) for r in payload["runs"]], payload.get("info", {})
+    info = dict(payload.get("info", {}))
+    info["machine"] = payload.get("machine", "")
+    return [TargetRun(**r) for r in payload["runs"]], info
 
 
 def compute(args: argparse.Namespace, p: Protocol) -> tuple[list[TargetRun], dict]:
@@ -501,14 +503,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", choices=["images", "tabular", "text"])
     ap.add_argument("--json", type=Path, default=None, help="save every raw number here")
-    ap.add_argument("--from-json", type=Path, default=None, help="evaluate saved raw numbers only")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None, help="evaluate saved raw numbers only")
+    ap.add_argument("--markdown", type=Path, default=None, help="write the report here (docs/transfer_benchmark.md)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     p = QUICK if args.quick else Protocol()
     if args.from_json:
-        runs, info = _load(args.from_json)
+        runs, info = [], {"seconds": {}}
+        for path in args.from_json:
+            more, more_info = _load(path)
+            runs += more
+            info["seconds"].update(more_info.get("seconds", {}))
+            info["machine"] = more_info.get("machine", "")
     else:
         runs, info = compute(args, p)
         path = args.json or CACHE / f"suite_{'quick' if args.quick else 'full'}.json"
@@ -516,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(json.dumps({"runs": [_jsonable(r) for r in runs], "info": info,
                                     "machine": platform.platform()}))
         print(f"raw numbers saved to {path}")
-    report(runs, info)
+    report(runs, info, args.markdown)
     return 0
 
 
@@ -595,21 +603,212 @@ def noise_ceilings(runs: Sequence[TargetRun], seed: int = 0, rounds: int = 50) -
     return out
 
 
-def report(runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
-    table = tau_table(runs, base_rows())
+HELD_OUT_ROW = "composite chosen with this benchmark held out"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:+.2f}"
+
+
+def report(runs: Sequence[TargetRun], info: Mapping[str, object], markdown: Path | None = None) -> None:
     benches = sorted({r.benchmark for r in runs})
+    lo = lobo(runs)
+    rows = base_rows()
+    held = {b: tuple(lo["held_out"][b]["chosen"]) for b in benches}
+    rows[HELD_OUT_ROW] = lambda run, key: rank_average(run.measures[key], held[run.benchmark])
+    table = tau_table(runs, rows)
+    ft_table = tau_table(runs, rows, gt="ft")
     means = {b: bench_mean(table, runs, b) for b in benches}
+    ft_means = {b: bench_mean(ft_table, runs, b) for b in benches}
     for b in benches:
         print(f"\n== {b}: mean weighted tau against probe accuracy ({sum(r.benchmark == b for r in runs)} targets)")
         for row, v in sorted(means[b].items(), key=lambda kv: -kv[1]):
             print(f"  {v:+.3f}  {row}")
-    lo = lobo(runs)
     print("\n== leave-one-benchmark-out")
     print(json.dumps(lo["held_out"], indent=1))
     print("best overall", lo["best_overall"], "best worst-case", lo["best_worst_case"])
     for d in lo["top"][:12]:
         print(f"  {d['mean']:+.3f} worst {d['worst']:+.3f} " + " ".join(f"{b} {d[b]:+.3f}" for b in benches)
               + "  " + "+".join(d["set"]))
+    singles = [r for r in rows if r not in (DEFAULT_ROW, HELD_OUT_ROW, STATIC_ROW)]
+    best_single = {b: max((r for r in singles if r in means[b]), key=lambda r: means[b][r]) for b in benches}
+    boot = {}
+    for b in benches:
+        sub = {k: rows[k] for k in (DEFAULT_ROW, HELD_OUT_ROW, best_single[b], "knn_accuracy", "logme", STATIC_ROW)}
+        boot[b] = two_level_bootstrap([r for r in runs if r.benchmark == b], sub, DEFAULT_ROW)[b]
+    ceilings = noise_ceilings(runs)
+    print("\n== two-level bootstrap (default composite against each row)")
+    print(json.dumps(boot, indent=1))
+    print(json.dumps(ceilings, indent=1))
+    if markdown is not None:
+        markdown.write_text(render_markdown(runs, info, means, ft_means, lo, boot, best_single, ceilings, table))
+        print(f"wrote {markdown}")
+
+
+def render_markdown(runs: Sequence[TargetRun], info: Mapping[str, object], means: Mapping[str, Mapping[str, float]],
+                    ft_means: Mapping[str, Mapping[str, float]], lo: Mapping[str, object],
+                    boot: Mapping[str, Mapping[str, Mapping[str, float]]], best_single: Mapping[str, str],
+                    ceilings: Mapping[str, Mapping[str, float]], table: Mapping[str, Mapping[str, Mapping[str, float]]]
+                    ) -> str:
+    benches = sorted(means)
+    n_t = {b: sum(r.benchmark == b for r in runs) for b in benches}
+    n_s = {b: len(next(r for r in runs if r.benchmark == b).truth["lp"]) for b in benches}
+    lines = ["| row | " + " | ".join(f"{b} ({n_t[b]} targets x {n_s[b]} sources)" for b in benches) + " |",
+             "|---|" + "---|" * len(benches)]
+    order = sorted(means[benches[0]], key=lambda r: -np.mean([means[b].get(r, np.nan) for b in benches]))
+    for row in order:
+        label = f"**{row}**" if row in (DEFAULT_ROW, HELD_OUT_ROW) else row
+        lines.append(f"| {label} | " + " | ".join(_fmt(means[b].get(row, np.nan)) for b in benches) + " |")
+    lines.append("| [noise ceiling: the probe ground truth against its own test bootstrap] | "
+                 + " | ".join(_fmt(ceilings[b]["lp_bootstrap"]) for b in benches) + " |")
+    main_table = "\n".join(lines)
+    verdict = []
+    for b in benches:
+        others = {r: v for r, v in means[b].items() if r not in (DEFAULT_ROW, HELD_OUT_ROW)}
+        top = max(others, key=others.get)
+        ok = means[b][DEFAULT_ROW] > others[top]
+        verdict.append(f"- **{b}**: default composite {means[b][DEFAULT_ROW]:+.2f}; best other row {top} "
+                       f"{others[top]:+.2f}: {'above every single measure and baseline' if ok else 'NOT above every row'}; "
+                       f"the composite chosen with {b} held out ({'+'.join(lo['held_out'][b]['chosen'])}) "
+                       f"{lo['held_out'][b]['held_out_wtau']:+.2f}.")
+    boot_lines = ["| benchmark | row | mean weighted tau | P(default composite better) | 5-95% of (default - row) |",
+                  "|---|---|---|---|---|"]
+    for b in benches:
+        for row, v in boot[b].items():
+            if row == DEFAULT_ROW:
+                continue
+            boot_lines.append(f"| {b} | {row} | {v['mean']:+.2f} | {v['p_reference_better']:.2f} | "
+                              f"{v['diff_p05']:+.2f} .. {v['diff_p95']:+.2f} |")
+    window_lines = ["| benchmark | window (rows a class) | default composite | best single measure there | kNN | LogME |",
+                    "|---|---|---|---|---|---|"]
+    for b in benches:
+        ws = sorted({int(k.split("@")[1]) for r in runs if r.benchmark == b for k in table[DEFAULT_ROW][r.target]
+                     if k.startswith("wtau@")})
+        for w in ws:
+            def wmean(row: str, w: int = w, b: str = b) -> float:
+                vals = [table[row][r.target].get(f"wtau@{w}") for r in runs if r.benchmark == b]
+                vals = [v for v in vals if v is not None]
+                return float(np.mean(vals)) if vals else float("nan")
+            singles = {r: wmean(r) for r in table if r not in (DEFAULT_ROW, HELD_OUT_ROW, STATIC_ROW, RANDOM_ROW)}
+            top = max(singles, key=lambda r: -np.inf if not np.isfinite(singles[r]) else singles[r])
+            window_lines.append(f"| {b} | {w} | {_fmt(wmean(DEFAULT_ROW))} | {top} {_fmt(singles[top])} | "
+                                f"{_fmt(wmean('knn_accuracy'))} | {_fmt(wmean('logme'))} |")
+    ft_lines = ["| row | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for row in (DEFAULT_ROW, HELD_OUT_ROW, "knn_accuracy", "logme", "gbc", "leep", "mmd2", "frechet", "otdd", STATIC_ROW):
+        ft_lines.append(f"| {row} | " + " | ".join(_fmt(ft_means[b].get(row, np.nan)) for b in benches) + " |")
+    ft_lines.append("| [noise ceiling: one half of the fine-tune seeds against the other] | "
+                    + " | ".join(_fmt(ceilings[b]["ft_seed_halves"]) for b in benches) + " |")
+    ft_lines.append("| [the probe ground truth as a predictor of fine-tuning] | "
+                    + " | ".join(_fmt(ceilings[b]["lp_predicts_ft"]) for b in benches) + " |")
+    lobo_lines = ["| held out | chosen on the other benchmarks | their mean | held-out weighted tau |", "|---|---|---|---|"]
+    for b in benches:
+        h = lo["held_out"][b]
+        lobo_lines.append(f"| {b} | {' + '.join(h['chosen'])} | {h['train_wtau']:+.2f} | {h['held_out_wtau']:+.2f} |")
+    top_lines = ["| measures rank-averaged | mean | worst benchmark | " + " | ".join(benches) + " |",
+                 "|---|---|---|" + "---|" * len(benches)]
+    for d in lo["top"][:10]:
+        top_lines.append(f"| {' + '.join(d['set'])} | {d['mean']:+.2f} | {d['worst']:+.2f} | "
+                         + " | ".join(f"{d[b]:+.2f}" for b in benches) + " |")
+    target_lines = ["| benchmark | target | labels | classes | best source (probe accuracy) | default composite | "
+                    "best single measure of its benchmark | kNN |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        best = max(r.truth["lp"], key=r.truth["lp"].get)
+        bs = best_single[r.benchmark]
+        target_lines.append(f"| {r.benchmark} | {r.target} | {r.label_kind} | {len(r.classes)} | {best} "
+                            f"({r.truth['lp'][best]:.3f}) | {_fmt(table[DEFAULT_ROW][r.target]['wtau'])} | "
+                            f"{bs} {_fmt(table[bs][r.target]['wtau'])} | {_fmt(table['knn_accuracy'][r.target]['wtau'])} |")
+    seconds = info.get("seconds", {}) if isinstance(info, Mapping) else {}
+    return TEMPLATE.format(
+        verdict="\n".join(verdict), main_table=main_table, boot_table="\n".join(boot_lines),
+        window_table="\n".join(window_lines), ft_table="\n".join(ft_lines), lobo_table="\n".join(lobo_lines),
+        top_table="\n".join(top_lines), target_table="\n".join(target_lines),
+        seconds=", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "see the run log",
+        machine=info.get("machine", platform.platform()) if isinstance(info, Mapping) else platform.platform())
+
+
+TEMPLATE = """# Transfer benchmark suite: does tasksim rank sources the way real transfer ranks them?
+
+`bench/transfer_suite.py` (data and models: `bench/suite_sources.py`) scores every candidate source
+of every target with exactly what a cycle computes (`tasksim.profile.profile_arrays`, then
+`tasksim.rank.rank_sources` with the default `RankingConfig`), and compares the order with the
+sources' measured transfer. Three benchmarks, three modalities, real packaged data and real models:
+
+- **images**: Fashion-MNIST, MNIST, OpenCV and scikit-learn digits; LeNet-5 sources trained here on
+  disjoint rows (other label sets, inverted images, coarse labels, shuffled labels, 300 rows, an
+  untrained net) and the ImageNet-pretrained EfficientNet-Lite0 and -Lite2 as **model-only**
+  sources (no dataset: every distance and label criterion is missing for them, and they are
+  ranked on what they have). Shared space: EfficientNet-Lite0's pooled features.
+- **tabular**: UCI Letter (16 columns, 26 named classes); MLP sources trained on other rows
+  (letter subsets, coarse labels, shuffled labels, permuted or noisy columns, a narrow net, 300
+  rows) and an untrained MLP (model only).
+- **text**: BBC News, 20 Newsgroups, Reuters, Rotten Tomatoes, election tweets and debates through
+  the packaged all-MiniLM-L6-v2, each source with its fitted head (`tasksim.heads`).
+
+Labels are named (Fashion-MNIST, letters, topics) or integer codes (digits). Each target is scored
+on few-shot windows (10 labelled rows a class) and larger ones (100 a class for images and
+tabular, 50 for text), in 3 seeded draws.
+
+**Ground truth** (the headline): linear-probe accuracy on the source's representation, trained on
+up to 100 labelled rows a class of each draw and tested on a held-out split, averaged over the 3
+draws. **Fine-tune** ground truth: the source's last block(s) and a new output layer fine-tuned
+(Adam, fixed epochs) with 3 seeds; its noise ceiling is reported beside it.
+
+## Verdict
+
+{verdict}
+
+## Mean weighted tau against probe accuracy
+
+Weighted tau is Vigna's hyperbolic weighted Kendall tau (scipy's default), ties broken at random;
+each target's value is the mean over its windows (each the mean over the draws), each benchmark's
+the mean over its targets. Single measures are signed so that higher is predicted better; a
+measure a source lacks ranks that source last.
+
+{main_table}
+
+## By window size
+
+{window_table}
+
+## Two-level bootstrap
+
+200 rounds per benchmark: the benchmark's targets drawn with replacement, then each drawn target's
+test rows with replacement (the ground truth re-measured on them), one random tie-break.
+
+{boot_table}
+
+## Choosing the composite: leave one benchmark out
+
+Candidates: every rank average of 1 to 4 measures from the transferability family, its gains and
+the class-name overlap. For each benchmark, the candidate with the best mean weighted tau on the
+other two is chosen and scored on the held-out one.
+
+{lobo_table}
+
+The best candidates over all three benchmarks (in-sample; for reading, not for choosing):
+
+{top_table}
+
+## Fine-tune ground truth
+
+{ft_table}
+
+## Per target
+
+{target_table}
+
+## How to run
+
+```
+python bench/transfer_suite.py                         # all three benchmarks, cold
+python bench/transfer_suite.py --quick                 # smaller targets, 1 draw, 2 fine-tune seeds
+python bench/transfer_suite.py --only images tabular   # some of them
+python bench/transfer_suite.py --from-json bench/.cache/suite_images.json bench/.cache/suite_tabular.json \\
+    bench/.cache/suite_text.json --markdown docs/transfer_benchmark.md   # evaluation only
+```
+
+Run time of the numbers above: {seconds}. Machine: {machine}.
+"""
 
 
 if __name__ == "__main__":
