@@ -269,17 +269,50 @@ def test_domain_auc_wide_features_match_sklearn(n, d):
 
 
 def test_domain_auc_in_leading_components_matches_sklearn_on_them():
-    x, y = gauss(0, 150, 200), gauss(1, 160, 200, 0.1)
+    # 16 strong directions over weak noise: the leading components are well determined
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    mix = np.random.default_rng(9).normal(size=(16, 200))
+    x = gauss(0, 150, 16, scale=3.0) @ mix + gauss(10, 150, 200, scale=0.05)
+    y = gauss(1, 160, 16, 0.1, 3.0) @ mix + gauss(11, 160, 200, scale=0.05)
     z = np.vstack([x, y])
     zc = z - z.mean(0)
-    _, _, vh = np.linalg.svd(zc, full_matrices=False)
-    vh = vh[:16] * np.sign(vh[:16][np.arange(16), np.abs(vh[:16]).argmax(1)])[:, None]
-    px, py = (x - z.mean(0)) @ vh.T, (y - z.mean(0)) @ vh.T
-    assert domain_classifier_auc(x, y, folds=3, seed=2, max_dim=16) == pytest.approx(
-        ref.domain_auc_ref(px, py, folds=3, seed=2), abs=1e-3)
-    # a duplicate is never "more different" than chance; a shifted sample is found in the components
+    axes = np.linalg.svd(zc, full_matrices=False)[2][:15]
+    lab = np.r_[np.zeros(len(x), dtype=int), np.ones(len(y), dtype=int)]
+    fold = ref.stratified_folds_ref(lab, 3, 2)
+    aucs = []
+    for k in range(3):  # reference: 15 exact components + the training fold's mean difference
+        tr, te = fold != k, fold == k
+        diff = zc[tr][lab[tr] == 1].mean(0) - zc[tr][lab[tr] == 0].mean(0)
+        diff -= axes.T @ (axes @ diff)
+        basis = np.vstack([axes, diff / np.linalg.norm(diff)])
+        ptr, pte = zc[tr] @ basis.T, zc[te] @ basis.T
+        scaler = StandardScaler().fit(ptr)
+        clf = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(scaler.transform(ptr), lab[tr])
+        aucs.append(roc_auc_score(lab[te], clf.decision_function(scaler.transform(pte))))
+    assert domain_classifier_auc(x, y, folds=3, seed=2, max_dim=16) == pytest.approx(float(np.mean(aucs)), abs=2e-3)
+    # a duplicate is never "more different" than chance
     assert domain_classifier_auc(x, x.copy(), max_dim=16) <= 0.5
-    assert domain_classifier_auc(x, gauss(5, 150, 200, 1.0), max_dim=16) > 0.99
+    # a shift off the leading components is seen through the mean-difference direction
+    assert domain_classifier_auc(x, x + 1.0, max_dim=16) > 0.95  # 0.28 on the leading components alone
+    null = [domain_classifier_auc(x, gauss(20 + s, 150, 16, 0.0, 3.0) @ mix + gauss(30 + s, 150, 200, scale=0.05),
+                                  seed=s, max_dim=16) for s in range(3)]
+    assert 0.35 < float(np.mean(null)) < 0.65
+
+
+def test_leading_components_span_the_pca_subspace():
+    from tasksim.metrics._kernels import leading_components, pca_basis
+
+    mix = np.random.default_rng(3).normal(size=(8, 120))
+    x = torch.from_numpy(gauss(0, 300, 8, scale=np.arange(8, 0, -1.0)) @ mix + gauss(1, 300, 120, scale=0.01))
+    _, approx = leading_components(x, 8, seed=0)
+    _, exact = pca_basis(x, 8)
+    # the same subspace: the projection of each exact axis onto the approximate span keeps its norm
+    assert torch.linalg.norm(approx @ exact.T, dim=0).min() > 0.999
+    again = leading_components(x, 8, seed=0)[1]
+    assert torch.equal(again, approx)
 
 
 def test_frechet_low_rank_path_equals_full_path():
