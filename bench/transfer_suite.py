@@ -473,7 +473,15 @@ def _load(path: Path) -> tuple[list[TargetRun], dict]:
     return [TargetRun(**r) for r in payload["runs"]], info
 
 
-def compute(args: argparse.Namespace, p: Protocol) -> tuple[list[TargetRun], dict]:
+def _save(path: Path, runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
+    """Atomically (re)write the raw numbers: a long run keeps every finished target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"runs": [_jsonable(r) for r in runs], "info": info, "machine": platform.platform()}))
+    os.replace(tmp, path)
+
+
+def compute(args: argparse.Namespace, p: Protocol, path: Path | None = None) -> tuple[list[TargetRun], dict]:
     from suite_sources import build_images, build_tabular, build_text
 
     mode = "quick" if args.quick else "full"
@@ -494,6 +502,8 @@ def compute(args: argparse.Namespace, p: Protocol) -> tuple[list[TargetRun], dic
                                            "description": t.description} for t in bench.targets}}
         for tgt in bench.targets:
             runs.append(run_target(bench, tgt, p, lambda s: print(s, flush=True)))
+            if path is not None:
+                _save(path, runs, info)
         info["seconds"][name] = time.perf_counter() - b0
         print(f"[{time.perf_counter() - t0:6.0f}s] {name} done", flush=True)
     info["seconds"]["total"] = time.perf_counter() - t0
@@ -520,11 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             info["seconds"].update(more_info.get("seconds", {}))
             info["machine"] = more_info.get("machine", "")
     else:
-        runs, info = compute(args, p)
         path = args.json or CACHE / f"suite_{'quick' if args.quick else 'full'}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"runs": [_jsonable(r) for r in runs], "info": info,
-                                    "machine": platform.platform()}))
+        runs, info = compute(args, p, path)
+        _save(path, runs, info)
         print(f"raw numbers saved to {path}")
     report(runs, info, args.markdown)
     return 0
@@ -747,8 +755,8 @@ sources' measured transfer. Three benchmarks, three modalities, real packaged da
   the packaged all-MiniLM-L6-v2, each source with its fitted head (`tasksim.heads`).
 
 Labels are named (Fashion-MNIST, letters, topics) or integer codes (digits). Each target is scored
-on few-shot windows (10 labelled rows a class) and larger ones (100 a class for images and
-tabular, 50 for text), in 3 seeded draws.
+on few-shot windows (10 labelled rows a class, in each of 3 seeded draws) and larger ones (100 a
+class for images and tabular, 50 for text; the first draw).
 
 **Ground truth** (the headline): linear-probe accuracy on the source's representation, trained on
 up to 100 labelled rows a class of each draw and tested on a held-out split, averaged over the 3
