@@ -385,7 +385,7 @@ def candidate_sets(pool: Sequence[str], max_size: int = 4) -> list[tuple[str, ..
 # The measures a composite may aggregate: the transferability family (what literature and the
 # measured benchmarks find predictive), its gains, and the class-name overlap. Distances, quality and
 # the optional probe are reported alone.
-COMPOSITE_POOL = ("knn_accuracy", "logme", "gbc", "leep", "nce", "hscore_regularized", "transrate",
+COMPOSITE_POOL = ("knn_accuracy", "logme", "gbc", "leep", "nce", "hscore_regularized", "transrate", "linear_probe_accuracy",
                   "sfda", "parc", "nleep", "logme_gain", "knn_gain", "label_exact_overlap")
 
 

@@ -31,10 +31,10 @@ def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path)
     assert after.drift.calibrated and after.drift.test("columns").fired
     assert {"f0", "f1"} & set(after.drift.drifted_columns)
     assert before.ranking.best().source == "near"
-    # same task, same classes: the H-score and label-noise gaps between sources are sampling noise,
-    # so reliability weighting leaves the domain criteria to decide
+    # same task, same classes: the transferability gaps between sources are sampling noise, so
+    # reliability weighting leaves the guard (MMD^2, the domain criterion) to decide
     assert before.ranking.reliability.get("hscore_regularized", 1.0) < 0.5
-    assert before.ranking.reliability.get("label_noise_rate", 1.0) < 0.5
+    assert before.ranking.reliability.get("logme", 1.0) < 0.5
     assert after.ranking.best().source == "moved"
     assert before.recommendation.action == "keep"
     assert after.recommendation.action == "switch" and after.recommendation.recommended_source == "moved"
@@ -230,7 +230,7 @@ def test_a_model_only_source_is_profiled_ranked_and_explained(tmp_path: Path) ->
     assert "logme" in profile.measures and "mmd2" not in profile.measures and "label_noise_rate" not in profile.measures
     entry = result.ranking.entry("checkpoint")
     assert entry is not None and 0.0 <= entry.score <= 1.0
-    data_side = {c for c in result.ranking.weights if c in ("frechet", "domain_separability", "label_noise_rate")}
+    data_side = {c for c in result.ranking.weights if c in ("mmd2", "frechet", "domain_separability", "label_noise_rate")}
     assert data_side and set(entry.missing) >= data_side and entry.completeness < 1.0
     assert result.ranking.entry("near").missing == ()
     explain = subprocess.run([sys.executable, "-m", "tasksim.cli", "explain", "checkpoint", "--config", str(path)],

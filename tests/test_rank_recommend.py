@@ -18,7 +18,7 @@ SOURCES = [src("a", cost=1), src("b", cost=1), src("c", cost=5, licence="proprie
 
 
 # The mechanics below are tested on LogME and MMD^2 with fixed weights, independent of the defaults.
-RANK = RankingConfig(weights={"logme": 2.0, "mmd2": 1.0})
+RANK = RankingConfig(weights={"logme": 2.0, "mmd2": 1.0}, normalization="minmax")  # min-max arithmetic below
 
 
 def prof(name: str, **measures: float) -> SourceProfile:
