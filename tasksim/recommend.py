@@ -83,7 +83,7 @@ def shift_onset(measures: dict[str, float]) -> tuple[str, float] | None:
     return layers[i][0], i / max(1, len(layers) - 1)
 
 
-def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", labelled_rows: int,
+def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", labelled_rows: int, classes: int | None = None,
                      input_drift: bool | None = None) -> FineTunePlan:
     """The documented rule (module docstring) from one source's profile and the drift verdict's kind
     (``none``, ``input``, ``label_prior``, ``concept``; ``input_drift=True`` is read as ``input``)."""
