@@ -743,11 +743,16 @@ def _direct(name: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | None = None,
                    step: TrialStep | None = None, on_trial: Callable[[TrialResult], None] | None = None,
-                   store: Any = None) -> ExperimentResult:
+                   store: Any = None, map_step: Callable[[list[tuple[str, Callable[..., Any], tuple[Any, ...]]]],
+                                                        list[Any]] | None = None,
+                   workers: int = 1) -> ExperimentResult:
     """Run one experiment (module docstring); everything it decides is in the store.
 
     ``step(name, fn, *args)`` runs one trial (``flows/experiment.py``: a Prefect task);
-    ``on_trial`` is called after each recorded trial."""
+    ``map_step([(name, fn, args), ...])`` instead runs a whole round of seeds at once and returns
+    the results in order (the flow submits them to its task runner, e.g. Dask, ``workers`` at a
+    time); the trials and their results are the same either way. ``on_trial`` is called after each
+    recorded trial."""
     from tasksim.cycle import Cycle, _labels_of
 
     step = step or _direct
@@ -866,27 +871,41 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
                                error=why))
         durations: list[float] = []
         run = 0
-        for spec in specs:
-            if spec.source not in models:
+        rounds = [[sp for sp in specs if sp.seed == seed] for seed in dict.fromkeys(sp.seed for sp in specs)]
+        for round_specs in rounds if map_step is not None else [[sp] for sp in specs]:
+            calls: list[TrialSpec] = []
+            planned = 0.0
+            for spec in round_specs:
+                if spec.source not in models:
+                    continue
+                model = models[spec.source]
+                why_not = model.applicable(spec.strategy)
+                if why_not is not None:
+                    if spec.seed == config.sampling.seed:
+                        record(TrialResult(spec, "not_applicable", error=why_not))
+                    continue
+                expected = sum(durations) / len(durations) if durations else one_trial
+                left = deadline - time.monotonic()
+                planned += expected / (workers if map_step is not None else 1)
+                if run >= e.max_trials or left < planned:
+                    why = (f"trial budget reached ({e.max_trials} trials)" if run >= e.max_trials else
+                           f"wall-time budget: {max(left, 0):.1f}s left, a trial takes about {expected:.1f}s")
+                    record(TrialResult(spec, "skipped", error=why))
+                    continue
+                run += 1
+                calls.append(spec)
+            if not calls:
                 continue
-            model = models[spec.source]
-            why_not = model.applicable(spec.strategy)
-            if why_not is not None:
-                if spec.seed == config.sampling.seed:
-                    record(TrialResult(spec, "not_applicable", error=why_not))
-                continue
-            expected = sum(durations) / len(durations) if durations else one_trial
-            left = deadline - time.monotonic()
-            if run >= e.max_trials or left < expected:
-                why = (f"trial budget reached ({e.max_trials} trials)" if run >= e.max_trials else
-                       f"wall-time budget: {max(left, 0):.1f}s left, a trial takes about {expected:.1f}s")
-                record(TrialResult(spec, "skipped", error=why))
-                continue
-            result = step(f"trial-{spec.source}-{spec.strategy}-{spec.seed}", run_trial, model, spec, split,
-                          deadline)
-            run += 1
-            durations.append(result.seconds)
-            record(result)
+            if map_step is None:
+                (spec,) = calls
+                outs = [step(f"trial-{spec.source}-{spec.strategy}-{spec.seed}", run_trial, models[spec.source],
+                             spec, split, deadline)]
+            else:  # one round of seeds at once on the task runner (each trial bounded by its epochs)
+                outs = map_step([(f"trial-{sp.source}-{sp.strategy}-{sp.seed}", run_trial,
+                                  (models[sp.source], sp, split, None)) for sp in calls])
+            for out in outs:
+                durations.append(out.seconds)
+                record(out)
         out = _outcome(results, prediction.scores, prediction.recommended, prediction.advised)
         finished = time.time()
         result = ExperimentResult(
