@@ -324,6 +324,7 @@ class Cycle:
         rec = recommend(ranking, self.config.deployed_source, self.config.ranking,
                         measures={p.source: p.measures for p in profiles},
                         drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
+                        classes=len(set(labels or [])) or None,
                         failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
         # the switch rule with evidence: experiment.require_validation keeps the deployed source until an
         # experiment validated the switch (tasksim.experiment)
