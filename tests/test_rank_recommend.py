@@ -183,7 +183,7 @@ def test_recommend_without_ranking() -> None:
 @pytest.mark.parametrize(
     ("measures", "input_drift", "rows", "strategy", "adapters"),
     [
-        ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "lp_ft", False),
+        ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "surgical_last", False),
         ({"mmd2": 0.01, "knn_accuracy": 0.95}, False, 5000, "linear_probe", False),
         ({"mmd2": 0.01, "knn_accuracy": 0.4}, True, 5000, "surgical_first", False),
         ({"mmd2": LARGE_GAP_MMD2 + 0.1}, False, 5000, "full", False),
