@@ -409,6 +409,45 @@ class PrefectConfig(_Frozen):
 STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle", "surgical_last", "full", "lora")
 
 
+class ExecutionConfig(_Frozen):
+    """Where an experiment's trials run (``flows/experiment.py``): the default is Prefect's
+    thread-pool task runner in the flow's process. ``dask``: a Dask scheduler address
+    (``tcp://host:8786``) or a local-cluster spec (``{n_workers: 2, threads_per_worker: 1}``) puts
+    the trials on prefect-dask's ``DaskTaskRunner`` (``pip install prefect-dask``)."""
+
+    dask: str | dict[str, Any] | None = None
+
+    @field_validator("dask")
+    @classmethod
+    def _dask(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, str) and "://" not in v:
+            raise ValueError(f"expected a scheduler address such as tcp://127.0.0.1:8786, got {v!r}")
+        if isinstance(v, dict):
+            known = {"n_workers", "threads_per_worker", "processes", "memory_limit"}
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise ValueError(f"unknown local-cluster keys {unknown}; known: {', '.join(sorted(known))}")
+        return v
+
+
+class AutoExperimentConfig(_Frozen):
+    """Experiments started by the daemon without being asked (``tasksim.autoexp``): when a cycle
+    recommends (or proposes, under ``require_validation``) a switch, or when drift persisted for
+    ``drift_windows`` consecutive windows (0: never on drift). Debounced: not while an experiment
+    runs, not within ``min_interval`` of the previous automatic request, and at most
+    ``max_per_day`` automatic requests in any 24 hours. Each run is bounded by the experiment's own
+    ``budget`` and ``max_trials``. The daemon starts it on the ``tasksim-experiment`` deployment and
+    does not wait for it: the monitoring schedule goes on."""
+
+    enabled: bool = False
+    on_switch: bool = True
+    drift_windows: int = Field(default=3, ge=0, le=1000)
+    min_interval: timedelta = timedelta(hours=6)
+    max_per_day: int = Field(default=2, ge=0, le=1000)
+
+    _parse = field_validator("min_interval", mode="before")(lambda cls, v: parse_duration(v))
+
+
 class ExperimentConfig(_Frozen):
     """Transfer experiments (``tasksim experiment``; ``tasksim.experiment``): budgeted fine-tuning
     trials of the deployed source and the ``top_k`` ranked sources on the labelled production rows.
@@ -417,7 +456,9 @@ class ExperimentConfig(_Frozen):
     strategy) when ``max_trials`` allows every pair that many times, else one. ``split`` is the
     train / validation / test share of the labelled rows (stratified, fixed for the experiment).
     ``learning_rates`` overrides the body learning rate per strategy. ``require_validation``: a
-    switch is made only when the newest experiment on that switch validated it.
+    switch is made only when the newest experiment on that switch validated it. ``refine_weights``:
+    the ranking's weights are multiplied by factors in [0.5, 2] learnt from how well each measure
+    predicted this deployment's trial outcomes (``tasksim.weightfit``). ``auto``: automatic runs.
     """
 
     top_k: int = Field(default=2, ge=1, le=20)
@@ -432,6 +473,8 @@ class ExperimentConfig(_Frozen):
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     learning_rates: dict[str, float] = Field(default_factory=dict)
     require_validation: bool = False
+    refine_weights: bool = True
+    auto: AutoExperimentConfig = AutoExperimentConfig()
 
     _parse_budget = field_validator("budget", mode="before")(lambda cls, v: parse_duration(v))
 
@@ -482,6 +525,7 @@ class Config(_Frozen):
     prefect: PrefectConfig = PrefectConfig()
     retention: RetentionConfig = RetentionConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     device: str = "auto"
     config_path: Path | None = None
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from tasksim.cache import EmbeddingCache
-from tasksim.config import Config, config_hash, load_config
+from tasksim.config import Config, RankingConfig, config_hash, load_config
 from tasksim.device import resolve_device
 from tasksim.drift import DriftVerdict
 from tasksim.embed import Encoder, build_encoder
@@ -297,9 +297,24 @@ class Cycle:
         t0 = time.perf_counter()
         if not any(p.status == "ok" for p in profiles):
             return None
-        ranking = rank_sources(profiles, self.config.sources, self.config.ranking)
+        ranking = rank_sources(profiles, self.config.sources, self.ranking_config())
         self._timed("rank", t0)
         return ranking
+
+    def ranking_config(self) -> RankingConfig:
+        """``config.ranking`` with its weights refined by this deployment's trial outcomes
+        (``tasksim.weightfit``; ``experiment.refine_weights``): each weight times a factor in [0.5, 2]."""
+        ranking = self.config.ranking
+        if not self.config.experiment.refine_weights:
+            return ranking
+        from tasksim import weightfit
+        from tasksim.rank import DEFAULT_WEIGHTS
+
+        factors = weightfit.load_factors(self.store)
+        if not factors:
+            return ranking
+        weights = weightfit.refine_weights({**DEFAULT_WEIGHTS, **ranking.weights}, factors)
+        return ranking.model_copy(update={"weights": weights})
 
     def recommend(self, ranking: Ranking | None, profiles: list[SourceProfile], sampled: SampledWindow,
                   drift: DriftVerdict | None) -> Recommendation:
@@ -309,6 +324,7 @@ class Cycle:
         rec = recommend(ranking, self.config.deployed_source, self.config.ranking,
                         measures={p.source: p.measures for p in profiles},
                         drift_kind=drift.kind if drift is not None else "none", labelled_rows=len(labels or []),
+                        classes=len(set(labels or [])) or None,
                         failed={p.source: p.error or "" for p in profiles if p.status != "ok"})
         # the switch rule with evidence: experiment.require_validation keeps the deployed source until an
         # experiment validated the switch (tasksim.experiment)

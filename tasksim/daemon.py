@@ -419,13 +419,15 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
     # while one runs is cancelled by the server (CANCEL_NEW) instead of queueing as a late run. The
     # runner itself may hold 2 so that such a colliding run reaches the server and gets cancelled (with
     # limit=1 the runner would leave it scheduled, ever later: the backlog seen before).
-    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=2)
+    # One more slot for a transfer experiment running next to the cycles (it never holds a cycle up).
+    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=3)
     runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},
                     entrypoint_type=EntrypointType.MODULE_PATH,
                     concurrency_limit=ConcurrencyLimitConfig(limit=1,
                                                              collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
                     **schedule)
-    # transfer experiments: on demand only (tasksim trigger --experiment, the Prefect UI/API), one at a time,
+    # transfer experiments: on demand (tasksim trigger --experiment, the Prefect UI/API) and automatically
+    # (experiment.auto: _auto_experiments), one at a time,
     # bounded by the experiment budget (plus 10 minutes to load the models and write the outcome)
     from flows.experiment import FLOW_NAME as EXPERIMENT_FLOW
     from flows.experiment import experiment_flow
@@ -450,8 +452,75 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
         threading.Thread(target=_trigger_when_ready, args=(deployment,), daemon=True).start()
     # the flow runs the runner still tracks (its process manager returns a copy, safe to read from
     # another thread; there is no public accessor)
-    with _stop_after_cycles(config, cycles, tracked=lambda: runner._process_manager.flow_run_ids()):
+    with _stop_after_cycles(config, cycles, tracked=lambda: runner._process_manager.flow_run_ids()), \
+            _auto_experiments(config, f"{EXPERIMENT_FLOW}/{config.name}"):
         asyncio.run(runner.start())
+
+
+@contextmanager
+def _auto_experiments(config: Config, deployment: str, *, poll: float = 2.0) -> Iterator[None]:
+    """Start transfer experiments automatically (``experiment.auto``; the rule and its debounce are
+    ``tasksim.autoexp.decide``): a watcher thread reads each newly recorded cycle from the store and,
+    when the rule says so, records the request and creates a run of the experiment deployment
+    without waiting for it (``timeout=0``). The monitoring flow never waits: the experiment runs in
+    its own flow-run process, one at a time (the deployment's concurrency limit)."""
+    auto = config.experiment.auto
+    if not auto.enabled:
+        yield
+        return
+    from tasksim.report import recorded_cycles
+
+    seen = max((c["cycle_id"] for c in recorded_cycles(config.state_dir)), default=0)
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal seen
+        while not done.wait(poll):
+            try:
+                new = recorded_cycles(config.state_dir, after=seen)
+                if not new:
+                    continue
+                seen = max(c["cycle_id"] for c in new)
+                _maybe_start_experiment(config, deployment)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a failed request
+                log.warning("automatic experiment: %s: %s", type(exc).__name__, exc)
+
+    thread = threading.Thread(target=watch, name="tasksim-auto-experiment", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _maybe_start_experiment(config: Config, deployment: str, *, now: float | None = None,
+                            start: Callable[[str, dict[str, Any]], str] | None = None) -> Any:
+    """Apply ``autoexp.decide`` to the store's newest cycles; on yes, record the request and start
+    the deployment (``start(deployment, parameters) -> flow run id``; default: Prefect's
+    ``run_deployment(..., timeout=0)``, which returns as soon as the run is created)."""
+    from tasksim import autoexp
+    from tasksim.report import recorded_cycles
+
+    now = time.time() if now is None else now
+    k = max(config.experiment.auto.drift_windows, 1)
+    latest = recorded_cycles(config.state_dir)[-(k + 5):]
+    with Store(config.state_dir) as store:
+        decision = autoexp.decide(autoexp.signals(latest), autoexp.load_requests(store),
+                                  running=bool(store.open_experiments()), now=now, auto=config.experiment.auto)
+        if not decision.start:
+            log.debug("automatic experiment: not started (%s)", decision.reason)
+            return decision
+        autoexp.record_request(store, decision, now)
+    log.info("automatic experiment: %s; starting %s", decision.reason, deployment)
+    parameters = {"config_path": str(config.config_path), "trigger": f"auto: {decision.reason}"[:200]}
+    (start or _start_deployment)(deployment, parameters)
+    return decision
+
+
+def _start_deployment(deployment: str, parameters: dict[str, Any]) -> str:
+    from prefect.deployments import run_deployment
+
+    return str(run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False).id)
 
 
 def _human(seconds: float) -> str:

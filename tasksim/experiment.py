@@ -84,7 +84,10 @@ log = logging.getLogger(__name__)
 ONE_POINT = 0.01
 """'Within 1 point': one percentage point of test accuracy."""
 HEAD_LR = 1e-2  # the new head, body frozen (linear probe and the first phase of LP-FT)
-FT_HEAD_LR = 1e-3  # the new head while blocks train with it
+# The new head trains at the same rate whatever else trains with it (and in LP-FT's probe phase): at
+# 1e-3 a fresh head was under-trained with few rows (4 steps an epoch on 100 rows), which handicapped
+# every fine-tuning strategy against the linear probe (bench/advice_benchmark.py; docs/decisions.md).
+FT_HEAD_LR = HEAD_LR
 BODY_LR = {"lp_ft": 1e-4, "surgical_first": 3e-4, "surgical_middle": 3e-4, "surgical_last": 3e-4, "full": 1e-4,
            "lora": 1e-3, "linear_probe": HEAD_LR}
 WEIGHT_DECAY = 1e-4
@@ -637,6 +640,7 @@ class _Prediction:
     scores: dict[str, float]  # composite score per ranked source
     order: tuple[str, ...]
     source: str  # where the prediction came from
+    contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # per source, per measure
 
 
 def _prediction(config: Config, cycle: Any, sampled: Any) -> _Prediction:
@@ -664,7 +668,10 @@ def _prediction(config: Config, cycle: Any, sampled: Any) -> _Prediction:
     return _Prediction(deployed=config.deployed_source, recommended=recommended, action=d.get("action", "keep"),
                        advised=_PLAN_STRATEGY.get(strategy, strategy), plan=plan,
                        scores={e["source"]: float(e["score"]) for e in ranking if e.get("score") is not None},
-                       order=tuple(e["source"] for e in ranking), source=origin)
+                       order=tuple(e["source"] for e in ranking), source=origin,
+                       contributions={e["source"]: {k: float(v) for k, v in (e.get("contributions") or {}).items()
+                                                    if isinstance(v, (int, float))}
+                                      for e in ranking if e.get("source")})
 
 
 def _load_model(config: Config, name: str, cycle: Any, table: Any, features: Callable[[], torch.Tensor]) -> TrainableModel:
@@ -736,11 +743,16 @@ def _direct(name: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | None = None,
                    step: TrialStep | None = None, on_trial: Callable[[TrialResult], None] | None = None,
-                   store: Any = None) -> ExperimentResult:
+                   store: Any = None, map_step: Callable[[list[tuple[str, Callable[..., Any], tuple[Any, ...]]]],
+                                                        list[Any]] | None = None,
+                   workers: int = 1) -> ExperimentResult:
     """Run one experiment (module docstring); everything it decides is in the store.
 
     ``step(name, fn, *args)`` runs one trial (``flows/experiment.py``: a Prefect task);
-    ``on_trial`` is called after each recorded trial."""
+    ``map_step([(name, fn, args), ...])`` instead runs a whole round of seeds at once and returns
+    the results in order (the flow submits them to its task runner, e.g. Dask, ``workers`` at a
+    time); the trials and their results are the same either way. ``on_trial`` is called after each
+    recorded trial."""
     from tasksim.cycle import Cycle, _labels_of
 
     step = step or _direct
@@ -824,6 +836,7 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
             "predicted_order": list(prediction.order), "predicted_scores": prediction.scores,
             "prediction_from": prediction.source, "action": prediction.action, "candidates": candidates,
             "advised_strategy": prediction.advised, "fine_tune_plan": prediction.plan, "hypotheses": hypotheses,
+            "predicted_contributions": {c: prediction.contributions.get(c, {}) for c in candidates},
             "split": {"hash": split.hash, **split.sizes(), "classes": list(split.classes),
                       "left_out_classes": split.left_out, "seed": config.sampling.seed, "shares": list(e.split)},
             "window": {"start": str(sampled.start), "end": str(sampled.end)},
@@ -858,27 +871,41 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
                                error=why))
         durations: list[float] = []
         run = 0
-        for spec in specs:
-            if spec.source not in models:
+        rounds = [[sp for sp in specs if sp.seed == seed] for seed in dict.fromkeys(sp.seed for sp in specs)]
+        for round_specs in rounds if map_step is not None else [[sp] for sp in specs]:
+            calls: list[TrialSpec] = []
+            planned = 0.0
+            for spec in round_specs:
+                if spec.source not in models:
+                    continue
+                model = models[spec.source]
+                why_not = model.applicable(spec.strategy)
+                if why_not is not None:
+                    if spec.seed == config.sampling.seed:
+                        record(TrialResult(spec, "not_applicable", error=why_not))
+                    continue
+                expected = sum(durations) / len(durations) if durations else one_trial
+                left = deadline - time.monotonic()
+                planned += expected / (workers if map_step is not None else 1)
+                if run >= e.max_trials or left < planned:
+                    why = (f"trial budget reached ({e.max_trials} trials)" if run >= e.max_trials else
+                           f"wall-time budget: {max(left, 0):.1f}s left, a trial takes about {expected:.1f}s")
+                    record(TrialResult(spec, "skipped", error=why))
+                    continue
+                run += 1
+                calls.append(spec)
+            if not calls:
                 continue
-            model = models[spec.source]
-            why_not = model.applicable(spec.strategy)
-            if why_not is not None:
-                if spec.seed == config.sampling.seed:
-                    record(TrialResult(spec, "not_applicable", error=why_not))
-                continue
-            expected = sum(durations) / len(durations) if durations else one_trial
-            left = deadline - time.monotonic()
-            if run >= e.max_trials or left < expected:
-                why = (f"trial budget reached ({e.max_trials} trials)" if run >= e.max_trials else
-                       f"wall-time budget: {max(left, 0):.1f}s left, a trial takes about {expected:.1f}s")
-                record(TrialResult(spec, "skipped", error=why))
-                continue
-            result = step(f"trial-{spec.source}-{spec.strategy}-{spec.seed}", run_trial, model, spec, split,
-                          deadline)
-            run += 1
-            durations.append(result.seconds)
-            record(result)
+            if map_step is None:
+                (spec,) = calls
+                outs = [step(f"trial-{spec.source}-{spec.strategy}-{spec.seed}", run_trial, models[spec.source],
+                             spec, split, deadline)]
+            else:  # one round of seeds at once on the task runner (each trial bounded by its epochs)
+                outs = map_step([(f"trial-{sp.source}-{sp.strategy}-{sp.seed}", run_trial,
+                                  (models[sp.source], sp, split, None)) for sp in calls])
+            for out in outs:
+                durations.append(out.seconds)
+                record(out)
         out = _outcome(results, prediction.scores, prediction.recommended, prediction.advised)
         finished = time.time()
         result = ExperimentResult(
@@ -890,9 +917,18 @@ def run_experiment(config: Config, *, trigger: str = "manual", now: datetime | N
             advised_best=out["advised_best"], advised_within_one_point=out["advised_within_one_point"],
             split_hash=split.hash, seeds=seeds, trials=tuple(results), failed_sources=failed, code_version=version,
             seconds=finished - started)
+        from tasksim import weightfit
+
         summary = {k: v for k, v in result.to_dict().items() if k != "trials"}
+        # how well each measure of the composite predicted the outcome (tasksim.weightfit)
+        summary["measure_taus"] = weightfit.measure_taus(
+            {c: prediction.contributions.get(c, {}) for c in candidates}, result.source_scores)
         cycle.store.finish_experiment(experiment_id, status="finished", verdict=result.verdict, tau=result.tau,
                                       outcome=summary, finished_at=finished)
+        factors = weightfit.update_factors(cycle.store)
+        if factors:
+            log.info("composite weight factors from %d measure(s): %s", len(factors),
+                     {m: round(v["factor"], 3) for m, v in factors.items()})
         log.info("experiment %d: %s (tau %s); outcome order %s", experiment_id, result.verdict,
                  "n/a" if result.tau is None else f"{result.tau:.2f}", list(result.outcome_order))
         return result

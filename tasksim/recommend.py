@@ -9,14 +9,24 @@ The rule, in order (docs/recommendation.md explains the thresholds and the liter
    with probability >= ``ranking.min_confidence``); a deployed source that failed or was excluded
    is replaced by the best one. Otherwise keep.
 3. Fine-tuning plan for the recommended source, from its profile and the drift verdict:
-   - label marginals far apart (``label_shift`` >= 0.5) or few shared classes: the output layer must
-     change: LP-FT (train a new head with the body frozen, then fine-tune everything at a low
-     learning rate; Kumar et al., ICLR 2022);
+   - label marginals far apart (``label_shift`` >= 0.5) or few shared classes: an output-level shift:
+     a new head and the last blocks (surgical fine-tuning; Lee et al., ICLR 2023). This was LP-FT
+     until the advice benchmark: over 12 runs with a changed label space (new classes, MNIST) the
+     last blocks were 0.6 points from the best strategy on average, LP-FT 1.6 (docs/decisions.md);
    - the source is close to the target (MMD^2 < 0.05) and its view separates the target's classes
      (``knn_accuracy`` >= 0.8 when measured): linear probe only (body frozen);
+   - few labelled rows per class (fewer than ``FEW_PER_CLASS`` = 80 labelled rows a class, about 50
+     training rows at the experiment's default 60% split; needs ``classes``): LP-FT. A new head
+     trained together with the blocks distorts the pretrained features (Kumar et al.), and a few
+     dozen rows a class carry too little signal to move a block; the advice benchmark
+     (docs/benchmarks.md) found LP-FT best or within 1 point at 20 training rows a class where the
+     surgical advice lost by 2-3 points;
    - the source ships its own model with tapped layers (``layer_mmd2:<layer>`` in the profile): surgical
      fine-tuning where the shift enters, the first tapped layer whose MMD^2 reaches half the largest
-     (first, middle or last third of the network; Lee et al., ICLR 2023);
+     (first, middle or last third of the network; Lee et al., ICLR 2023). The first blocks only for
+     an input-level signature: the first layer's MMD^2 at least ``INPUT_LEVEL_RATIO`` (2) times the
+     output's (the network absorbs the shift, as with pixel noise). A shift as large at the output as
+     at the first layer (blur, in the benchmark) reaches every layer: LP-FT;
    - the kind of the production window's drift verdict (``tasksim.drift.DriftVerdict.kind``):
      ``input`` (covariate shift): surgical fine-tuning of the first blocks (Lee et al., ICLR 2023);
      ``label_prior``: re-fit the head (body frozen) on labels with the new class marginal;
@@ -42,6 +52,8 @@ SMALL_GAP_MMD2 = 0.05
 LARGE_GAP_MMD2 = 0.2
 LABEL_SHIFT_NEW_HEAD = 0.5
 FEW_LABELS = 1000
+FEW_PER_CLASS = 80
+INPUT_LEVEL_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,10 +95,23 @@ def shift_onset(measures: dict[str, float]) -> tuple[str, float] | None:
     return layers[i][0], i / max(1, len(layers) - 1)
 
 
-def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", labelled_rows: int,
+def _layer_ends(measures: dict[str, float]) -> tuple[float, float]:
+    layers = [v for k, v in measures.items() if k.startswith("layer_mmd2:")]
+    return layers[0], layers[-1]
+
+
+def _input_level(measures: dict[str, float]) -> bool:
+    """An input-level signature: the first tapped layer's MMD^2 is at least ``INPUT_LEVEL_RATIO``
+    times the output's (the shift fades with depth)."""
+    first, output = _layer_ends(measures)
+    return first >= INPUT_LEVEL_RATIO * max(output, 1e-12)
+
+
+def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", labelled_rows: int, classes: int | None = None,
                      input_drift: bool | None = None) -> FineTunePlan:
     """The documented rule (module docstring) from one source's profile and the drift verdict's kind
-    (``none``, ``input``, ``label_prior``, ``concept``; ``input_drift=True`` is read as ``input``)."""
+    (``none``, ``input``, ``label_prior``, ``concept``; ``input_drift=True`` is read as ``input``);
+    ``labelled_rows`` and ``classes``: the labelled target rows and their distinct classes."""
     if input_drift and drift_kind == "none":
         drift_kind = "input"
     if drift_kind not in ("none", "input", "label_prior", "concept"):
@@ -97,14 +122,26 @@ def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", la
     adapters = 0 < labelled_rows < FEW_LABELS
     reasons: list[str] = []
     if label_shift is not None and label_shift >= LABEL_SHIFT_NEW_HEAD:
-        reasons.append(f"label marginals differ (JS divergence {label_shift:.2f} >= {LABEL_SHIFT_NEW_HEAD}): "
-                       "a new head is needed, trained before the body is unfrozen")
-        plan = ("lp_ft", "head first, then all layers", 1e-5, 0.01, "early stopping on target validation")
+        reasons.append(f"label marginals differ (JS divergence {label_shift:.2f} >= {LABEL_SHIFT_NEW_HEAD}): an "
+                       "output-level shift; a new head and the last blocks adapt (surgical fine-tuning, Lee et al.)")
+        plan = ("surgical_last", "last blocks + head", 5e-5, 0.01, "freeze the earlier blocks")
     elif mmd2 is not None and mmd2 < SMALL_GAP_MMD2 and (knn is None or knn >= 0.8):
         reasons.append(f"source is close to the target (MMD^2 {mmd2:.3f} < {SMALL_GAP_MMD2})"
                        + (f" and its features separate the target classes (kNN accuracy {knn:.2f})" if knn else ""))
         plan = ("linear_probe", "head only (body frozen)", 1e-3, 1e-4, "none needed")
-    elif (onset := shift_onset(measures)) is not None:
+    elif classes and labelled_rows > 0 and labelled_rows / classes < FEW_PER_CLASS:
+        reasons.append(f"few labelled rows per class ({labelled_rows / classes:.0f} < {FEW_PER_CLASS}): train the "
+                       "new head first with the body frozen, then everything at a low learning rate (LP-FT); too "
+                       "few rows to move blocks from a random head")
+        plan = ("lp_ft", "head first, then all layers", 1e-5, 0.01, "early stopping on target validation")
+    elif (onset := shift_onset(measures)) is not None and onset[1] < 1 / 3 and not _input_level(measures):
+        layer, _ = onset
+        first, output = _layer_ends(measures)
+        reasons.append(f"the shift is as large at the output (MMD^2 {output:.3f}) as at {layer} ({first:.3f}, less "
+                       f"than {INPUT_LEVEL_RATIO:g}x): every layer sees it; train the new head first, then all "
+                       "layers at a low learning rate (LP-FT)")
+        plan = ("lp_ft", "head first, then all layers", 1e-5, 0.01, "early stopping on target validation")
+    elif onset is not None:
         layer, depth = onset
         where = "first" if depth < 1 / 3 else "middle" if depth < 2 / 3 else "last"
         reasons.append(f"the shift enters the source's network at {layer} (MMD^2 per tapped layer, depth "
@@ -139,7 +176,7 @@ def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", la
 def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConfig, *,
               measures: dict[str, dict[str, float]], top1_probability: dict[str, float] | None = None,
               drift_kind: str = "none", labelled_rows: int = 0, failed: dict[str, str] | None = None,
-              input_drift: bool = False) -> Recommendation:
+              input_drift: bool = False, classes: int | None = None) -> Recommendation:
     """Decide keep / switch / insufficient_data and plan fine-tuning for the recommended source."""
     failed = failed or {}
     best = ranking.best() if ranking else None
@@ -151,7 +188,8 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
                               "no source could be ranked this cycle; the last good ranking stands")
     deployed = ranking.entry(deployed_source)
     plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), drift_kind=drift_kind,  # noqa: E731
-                                             input_drift=input_drift, labelled_rows=labelled_rows)
+                                             input_drift=input_drift, labelled_rows=labelled_rows,
+                                             classes=classes)
     if deployed is None:
         why = failed.get(deployed_source) or ranking.excluded.get(deployed_source) or "it was not ranked"
         return Recommendation(deployed_source, best.source, "switch",

@@ -434,6 +434,7 @@ def recorded_cycles(state_dir: str | Path, *, after: int = 0) -> list[dict[str, 
             "drift": json.loads(r["drift_json"]) if r["drift_json"] else None,
             "ranking": (decision or {}).get("ranking"),
             "recommendation": None if decision is None else {
-                k: decision.get(k) for k in ("action", "deployed_source", "recommended_source", "rationale")},
+                k: decision.get(k) for k in ("action", "deployed_source", "recommended_source", "rationale",
+                                            "details")},
         })
     return out

@@ -100,3 +100,34 @@ def test_experiment_flow_runs_each_trial_as_a_task(prefect_harness: None, tmp_pa
     with Store(load_config(path).state_dir, readonly=True) as store:
         (experiment,) = store.experiments()
         assert experiment["trigger"] == "prefect" and experiment["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_experiment_on_a_dask_local_cluster_matches_the_default_runner(prefect_harness: None, tmp_path: Path) -> None:
+    """execution: {dask: {n_workers: 2}} runs the trials on prefect-dask's DaskTaskRunner (a 2-worker
+    LocalCluster); every trial's result is the one the default runner gives."""
+    import yaml
+
+    from flows.experiment import experiment_flow
+    from tests.test_experiment import _workspace
+
+    pytest.importorskip("prefect_dask")
+    trials = {}
+    for name, execution in (("default", None), ("dask", {"dask": {"n_workers": 2, "threads_per_worker": 1,
+                                                                  "processes": True}})):
+        path = _workspace(tmp_path / name, experiment={"strategies": ["linear_probe", "full", "surgical_first"],
+                                                       "seeds": 2})
+        if execution:
+            raw = yaml.safe_load(path.read_text())
+            raw["execution"] = execution
+            path.write_text(yaml.safe_dump(raw))
+        state = experiment_flow(str(path), return_state=True)
+        assert state.is_completed(), state
+        with Store(load_config(path).state_dir, readonly=True) as store:
+            (experiment,) = store.experiments()
+            assert experiment["status"] == "finished"
+            trials[name] = sorted((t["source"], t["strategy"], t["seed"], t["status"], t["score"], t["val_score"],
+                                   t["epochs"]) for t in experiment["trials"])
+    # 2 sources x 3 strategies x 2 seeds, less the dataset-only source's surgical trials (one record)
+    assert sum(t[3] == "ok" for t in trials["default"]) == 10
+    assert trials["dask"] == trials["default"]

@@ -183,7 +183,7 @@ def test_recommend_without_ranking() -> None:
 @pytest.mark.parametrize(
     ("measures", "input_drift", "rows", "strategy", "adapters"),
     [
-        ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "lp_ft", False),
+        ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "surgical_last", False),
         ({"mmd2": 0.01, "knn_accuracy": 0.95}, False, 5000, "linear_probe", False),
         ({"mmd2": 0.01, "knn_accuracy": 0.4}, True, 5000, "surgical_first", False),
         ({"mmd2": LARGE_GAP_MMD2 + 0.1}, False, 5000, "full", False),
@@ -248,8 +248,8 @@ def test_bootstrap_gives_top1_probabilities_and_intervals() -> None:
 
 
 @pytest.mark.parametrize("profile_of_layers,strategy,layer", [
-    ({"layer_mmd2:block1": 0.30, "layer_mmd2:block2": 0.32, "layer_mmd2:block3": 0.31, "layer_mmd2:output": 0.2},
-     "surgical_first", "block1"),     # input-level shift: visible from the first layer on
+    ({"layer_mmd2:block1": 0.60, "layer_mmd2:block2": 0.32, "layer_mmd2:block3": 0.31, "layer_mmd2:output": 0.2},
+     "surgical_first", "block1"),     # input-level shift: largest at the first layer, fading with depth
     ({"layer_mmd2:block1": 0.01, "layer_mmd2:block2": 0.02, "layer_mmd2:block3": 0.25, "layer_mmd2:block4": 0.3,
       "layer_mmd2:output": 0.4}, "surgical_middle", "block3"),   # depth 2/4
     ({"layer_mmd2:block1": 0.01, "layer_mmd2:block2": 0.01, "layer_mmd2:block3": 0.02, "layer_mmd2:output": 0.3},
@@ -336,3 +336,27 @@ def test_a_source_without_a_view_keeps_its_values_in_the_bootstrap() -> None:
     lone = rank_sources(profiles[:1] + profiles[2:], SOURCES, RankingConfig(bootstrap_rounds=10,
                                                                           weights={"logme": 1.0, "cost": 0}))
     assert lone.top1_probabilities() == {}  # one candidate with rounds: no bootstrap
+
+
+def test_a_shift_as_large_at_the_output_as_at_the_first_layer_gets_lp_ft() -> None:
+    """Blur in the advice benchmark: the first layer's MMD^2 is not twice the output's, so the
+    shift reaches every layer: LP-FT, not the first blocks."""
+    flat = {"layer_mmd2:block0": 0.37, "layer_mmd2:block1": 0.28, "layer_mmd2:block2": 0.36, "layer_mmd2:output": 0.36}
+    plan = plan_fine_tuning({"mmd2": 0.36, "label_shift": 0.0, "knn_accuracy": 0.7, **flat}, drift_kind="input",
+                            labelled_rows=5000, classes=5)
+    assert plan.strategy == "lp_ft" and "every layer" in plan.reasons[0]
+
+
+@pytest.mark.parametrize(("rows", "classes", "strategy"), [
+    (167, 5, "lp_ft"),            # 33 labelled rows a class: few
+    (500, 5, "surgical_first"),   # 100 a class: enough to move the first blocks
+    (500, None, "surgical_first"),  # classes unknown: the rule does not apply
+    (0, 5, "surgical_first"),     # no labels yet: the plan is for when they come
+])
+def test_few_labelled_rows_per_class_get_lp_ft(rows: int, classes: int | None, strategy: str) -> None:
+    noise = {"layer_mmd2:block0": 1.1, "layer_mmd2:block1": 0.64, "layer_mmd2:block2": 0.41, "layer_mmd2:output": 0.41}
+    plan = plan_fine_tuning({"mmd2": 0.41, "label_shift": 0.0, "knn_accuracy": 0.6, **noise}, drift_kind="input",
+                            labelled_rows=rows, classes=classes)
+    assert plan.strategy == strategy
+    if strategy == "lp_ft":
+        assert "few labelled rows per class" in plan.reasons[0]
