@@ -272,7 +272,7 @@ def run_dataset(data: Data, *, null_windows: int, pre: int, post: int, seed: int
         alarms["ks_bonferroni"].append(methods.ks_bonferroni(frame))
         alarms["evidently"].append(methods.evidently(frame))
         if verdict.drifted:
-            kinds_on_null.append(verdict.kind)
+            kinds_on_null.append(f"{verdict.kind}: {', '.join(t.name for t in verdict.tests if t.fired)}")
         return state
 
     state = None
@@ -296,7 +296,7 @@ def run_dataset(data: Data, *, null_windows: int, pre: int, post: int, seed: int
             results[f"{name} ({mode})"] = {"expected": kind, "windows": rows}
     return {"dataset": data.name, "alarms": alarms, "kinds_on_null": kinds_on_null, "scenarios": results,
             "fit_seconds": methods.fit_seconds, "calibration_seconds": methods.calibration_seconds,
-            "calibration": {"z_star": methods.cal.z_star, "cusum_h": methods.cal.cusum_h,
+            "calibration": {"z_star": methods.cal.z_star, "ewma_z": methods.cal.ewma_z, "ewma_mmd": methods.cal.ewma_mmd,
                             "held_out_rate": methods.cal.held_out_rate}}
 
 

@@ -127,6 +127,8 @@ class DriftReference:
     clf_scale: np.ndarray | None = None
     cv_pred: np.ndarray | None = None
     cv_loss: np.ndarray | None = None
+    fold_w: np.ndarray | None = None  # the 5 cross-fitting models (folds x dims x classes)
+    fold_b: np.ndarray | None = None
     label_note: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -242,16 +244,36 @@ class DriftReference:
         folds = np.random.default_rng(seed + 1).permutation(len(labelled)) % 5
         cv_pred = np.full(len(codes), -1)
         cv_loss = np.full(len(codes), np.nan)
+        fold_w, fold_b = [], []
         for f in range(5):
             train, test = labelled[folds != f], labelled[folds == f]
             w, b = _softmax_fit(z[train], codes[train], len(classes))
+            fold_w.append(w)
+            fold_b.append(b)
             p = _softmax_proba(z[test], w, b)
             cv_pred[test] = p.argmax(axis=1)
             cv_loss[test] = 1.0 - p[np.arange(len(test)), codes[test]]
+        self.fold_w, self.fold_b = np.stack(fold_w), np.stack(fold_b)
         self.clf_w, self.clf_b = _softmax_fit(z[labelled], y, len(classes))
         self.clf_center, self.clf_scale = center, scale
         self.classes, self.ref_label_codes = tuple(classes), codes
         self.cv_pred, self.cv_loss = cv_pred, cv_loss
+
+    def predict_proba(self, clf_x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """p(y|x) of window rows, each from one of the 5 cross-fitting models drawn at random: a
+        window row is then predicted exactly as a reference row was (by a model fitted on 80% of
+        the reference, never on the row itself), so predictions, losses and the reference's
+        cross-fitted ones are exchangeable under no drift. The full-reference model is slightly
+        better than the fold models, which biased every label test (more confident on new rows)."""
+        if self.fold_w is None:  # a reference fitted before the fold models were kept
+            return _softmax_proba(clf_x, self.clf_w, self.clf_b)
+        pick = rng.integers(0, len(self.fold_w), size=len(clf_x))
+        out = np.empty((len(clf_x), self.fold_w.shape[2]))
+        for f in range(len(self.fold_w)):
+            rows = pick == f
+            if rows.any():
+                out[rows] = _softmax_proba(clf_x[rows], self.fold_w[f], self.fold_b[f])
+        return out
 
     # -- projections ----------------------------------------------------------------------
     def project(self, scalars: pd.DataFrame | None, features: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
@@ -298,7 +320,7 @@ class DriftReference:
 
     # -- persistence (npz, no pickle) -------------------------------------------------------
     _ARRAYS = ("pca_mean", "pca_axes", "scalar_center", "scalar_scale", "feature_center", "rff_w", "rff_b", "phi",
-               "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss")
+               "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss", "fold_w", "fold_b")
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename) as ``.npz``; read back without pickle."""
