@@ -305,9 +305,9 @@ class DriftReference:
         pcs = None
         if x is not None:
             pcs = (x - self.pca_mean) @ self.pca_axes.T
-            for i in range(self.pc_count):
-                frame[f"pc{i + 1}"] = pcs[:, i]
-            frame[RESIDUAL] = _residual(x, self.pca_mean, pcs)
+            extra = {f"pc{i + 1}": pcs[:, i] for i in range(self.pc_count)}
+            extra[RESIDUAL] = _residual(x, self.pca_mean, pcs)
+            frame = pd.concat([frame, pd.DataFrame(extra)], axis=1) if len(frame.columns) else pd.DataFrame(extra)
             blocks.append((x - self.feature_center) / self.feature_scale)
         mv = np.concatenate(blocks, axis=1)
         phi = math.sqrt(2.0 / RFF_DIM) * np.cos(mv @ self.rff_w + self.rff_b)
