@@ -359,6 +359,25 @@ def _confusion_test(ref: DriftReference, codes: np.ndarray, pred: np.ndarray, rn
                             LABEL_NULL_DRAWS)
 
 
+def _mixture_prior(ref: DriftReference, phi: np.ndarray) -> np.ndarray:
+    """The class marginal under which the reference's class-conditional mean embeddings best match
+    the window's (least squares in the MMD's feature space over the simplex; Zhang et al. 2013,
+    kernel mean matching under target shift). Used without labels to ask whether *some* class
+    marginal explains the window's inputs: BBSE's estimate goes through the classifier's confusion
+    and is too noisy on 100 rows to stand for the best one."""
+    from scipy.optimize import nnls
+
+    codes = ref.ref_label_codes
+    k = len(ref.classes)
+    means = np.stack([ref.phi[codes == i].mean(0, dtype=np.float64) if np.any(codes == i)
+                      else np.zeros(ref.phi.shape[1]) for i in range(k)])
+    scale = 1e3 * max(1.0, float(np.abs(means).max()))  # the sum-to-one row, weighted to hold
+    a = np.vstack([means.T, scale * np.ones((1, k))])
+    b = np.concatenate([phi.mean(0, dtype=np.float64), [scale]])
+    pi, _ = nnls(a, b)
+    return pi / pi.sum() if pi.sum() > 0 else np.full(k, 1.0 / k)
+
+
 def _explained_by_prior(ref: DriftReference, cal: Calibration, prior_pi: np.ndarray, phi: np.ndarray,
                         frame: pd.DataFrame, config: DriftConfig, fired: set[str]) -> tuple[bool, str]:
     """Does the reference, reweighted to the window's class marginal, show no input shift? Then the
@@ -591,7 +610,9 @@ def check_window(
     explained = False
     # the class marginal can only explain an input shift when it moved itself (a label test fired)
     if input_fired and label_fired and prior_pi is not None and mmd_z is not None and cal is not None:
-        explained, note = _explained_by_prior(ref, cal, prior_pi, phi, frame, config, fired)
+        labelled = any(t.name == "label_prior" and not t.not_testable for t in tests)
+        explained, note = _explained_by_prior(ref, cal, prior_pi if labelled else _mixture_prior(ref, phi), phi,
+                                              frame, config, fired)
         notes.append(note)
     # p(x) moved: input, unless the class marginal explains it and p(y|x) did not move (label prior).
     # p(x) did not visibly move: a moved p(y|x) is a concept shift (whether or not the marginal
