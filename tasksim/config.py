@@ -314,11 +314,12 @@ class DriftConfig(_Frozen):
     """Drift tests and their calibration (``tasksim.drift``; docs/architecture.md, section Drift).
 
     Every window gets one verdict (drifted? which kind: input, label prior, concept) at a
-    calibrated ``false_alarm_rate`` per window, split over four test families: a max-statistic
+    calibrated ``false_alarm_rate`` per window, split over five test families: a max-statistic
     over the monitored columns (Evidently per column: ``method``, ``auto`` = Evidently's choice)
-    together with an MMD on the embeddings / all columns; a CUSUM over windows; the label marginal
-    (labels, or the reference model's predicted labels); and the reference model's loss on
-    labelled rows (concept). Thresholds are measured by bootstrapping the reference against itself
+    together with an MMD on the embeddings / all columns; the input evidence accumulated over
+    windows (``cusum``: EWMAs whose null includes the reference's own sampling error); the label
+    marginal (labels, or the reference model's predicted labels); the reference model's loss and
+    p(predicted | label) on labelled rows (concept); and the label evidence over windows. Thresholds are measured by bootstrapping the reference against itself
     at the window's size bucket (``calibration_rounds``), and cached.
 
     Embeddings are monitored through their first ``embedding_components`` principal components

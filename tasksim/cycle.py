@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from tasksim.cache import EmbeddingCache
@@ -35,7 +37,14 @@ from tasksim.errors import DataError
 from tasksim.profile import MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
 from tasksim.rank import Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
-from tasksim.sample import Window, load_reference, production_time_range, sample_window, table_fingerprint
+from tasksim.sample import (
+    Window,
+    load_reference,
+    production_time_range,
+    reference_cache_key,
+    sample_window,
+    table_fingerprint,
+)
 from tasksim.store import CycleRecord, SourceRecord, Store
 
 __all__ = ["Cycle", "CycleResult", "Features", "RankNow", "SampledWindow", "StageRunner", "rank_now", "run_cycle"]
@@ -51,6 +60,7 @@ MIN_RANKING_ROWS = min(n for m, n in MEASURE_MIN_ROWS.items() if m != "coverage"
 #: Past windows whose labels were incomplete are re-tested when their labels arrive (this many back).
 LATE_LABEL_LOOKBACK = 3
 LATE_DRIFT_KEY = "drift_late_labels:"
+REFERENCE_CACHE_KEY = "reference_table:"
 
 StageRunner = Callable[..., Any]
 
@@ -219,18 +229,56 @@ class Cycle:
     def embed(self, sampled: SampledWindow) -> Features:
         t0 = time.perf_counter()
         columns = self.config.production
-        reference = load_reference(self.config, file_ranges=self._file_ranges)
+        reference, ref_fingerprint = self._reference()
         if reference.table.num_rows == 0:
             raise DataError(f"{self.config.reference.path or self.config.production.path}: the reference window "
                             "has no rows; check reference.start/end or reference.path")
         self.encoder.fit(reference.table, columns)
-        ref_fingerprint = table_fingerprint(reference.table)
         ref_features = self.cache.get_or_compute(
             data_fingerprint=ref_fingerprint, encoder_fingerprint=self.encoder.fingerprint,
             layer="output", compute=lambda: self.encoder.encode(reference.table, columns))
         cur_features = self.encoder.encode(sampled.window.table, columns)
         self._timed("embed", t0)
         return Features(reference, ref_features, cur_features, f"{ref_fingerprint}:{self.encoder.fingerprint}")
+
+    def _reference(self) -> tuple[Window, str]:
+        """The reference window and its content fingerprint, read and hashed once per reference: both
+        are stored (``<state_dir>/reference/<key>.arrow``, Arrow IPC read by memory map, and the
+        fingerprint in the store's state) under :func:`tasksim.sample.reference_cache_key` (the
+        reference's files, range, columns and sampling; no file is opened to compute it)."""
+        key = reference_cache_key(self.config, file_ranges=self._file_ranges)
+        path = self.config.state_dir / "reference" / f"{key}.arrow"
+        state_key = REFERENCE_CACHE_KEY + key
+        stored = self.store.get_state(state_key)
+        if stored and path.exists():
+            try:
+                meta = json.loads(stored)
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+                if table.num_rows == int(meta["rows"]):
+                    window = Window(start=self.config.reference.start, end=self.config.reference.end, table=table,
+                                    total_rows=int(meta["total_rows"]), dropped_invalid=int(meta["dropped_invalid"]),
+                                    skipped_files=tuple(tuple(x) for x in meta.get("skipped_files", ())))
+                    return window, str(meta["fingerprint"])
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+                log.warning("cannot read the stored reference %s (%s); reading the reference again", path, exc)
+        reference = load_reference(self.config, file_ranges=self._file_ranges)
+        fingerprint = table_fingerprint(reference.table)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, reference.table.schema) as writer:
+                writer.write_table(reference.table)
+            os.replace(tmp, path)
+            for old in path.parent.glob("*.arrow"):  # one reference at a time: an older one is not read again
+                if old != path:
+                    old.unlink(missing_ok=True)
+            self.store.set_state(state_key, json.dumps({
+                "fingerprint": fingerprint, "rows": reference.table.num_rows, "total_rows": reference.total_rows,
+                "dropped_invalid": reference.dropped_invalid, "skipped_files": list(reference.skipped_files)}))
+        except OSError as exc:  # a read-only or full state dir costs re-reading, not the cycle
+            log.warning("cannot store the reference in %s (%s)", path.parent, exc)
+        return reference, fingerprint
 
     def drift(self, sampled: SampledWindow, features: Features) -> DriftVerdict:
         """The window's drift verdict (policy, tests and caches: ``tasksim.drift.DriftMonitor``)."""

@@ -16,8 +16,10 @@ with a source raise ``SourceError``; each is one line naming the file or column.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -36,6 +38,7 @@ from tasksim.datafiles import (
     _FileEntry,
     _first_line,
     _kind,
+    _list_files,
     _open_dataset,
     _schema_problem,
     _time_range_us,
@@ -50,6 +53,7 @@ __all__ = [
     "load_reference",
     "load_source",
     "production_time_range",
+    "reference_cache_key",
     "sample_window",
     "table_fingerprint",
 ]
@@ -625,6 +629,29 @@ def load_reference(config: Config, *, file_ranges: MutableMapping[str, list[int]
         spec = _production_spec(config.production)
     return _sample(spec, ref.start, ref.end, max_rows=sampling.max_rows, seed=sampling.seed,
                    stratify=sampling.stratify_by_label, file_ranges=None if ref.path else file_ranges)
+
+
+def reference_cache_key(config: Config, *, file_ranges: Mapping[str, list[int]] | None = None) -> str:
+    """A cheap key of what :func:`load_reference` would return: the reference's files (path, size,
+    modification time; for a time range of the production data, the files not known to lie outside
+    it, from ``file_ranges``), the columns, the range and the sampling. Listing files opens none of
+    them, so a cycle whose key is unchanged can reuse the stored reference table and its fingerprint
+    instead of re-reading and re-hashing it."""
+    ref = config.reference
+    spec = _production_spec(config.production, path=ref.path) if ref.path else _production_spec(config.production)
+    listing = _list_files(spec.path)
+    lo = _us(_utc(ref.start)) if ref.start is not None else None
+    hi = _us(_utc(ref.end)) if ref.end is not None else None
+    h = hashlib.sha256(b"tasksim-reference-v1|")
+    h.update(json.dumps([repr(spec), str(ref.start), str(ref.end), config.sampling.max_rows, config.sampling.seed,
+                         config.sampling.stratify_by_label], default=str).encode())
+    for f in listing.files:
+        entry = f"{f.path}|{f.size}|{f.mtime}"
+        span = (file_ranges or {}).get(entry) if not ref.path else None
+        if span is not None and ((hi is not None and span[0] >= hi) or (lo is not None and span[1] < lo)):
+            continue  # known to hold no reference row
+        h.update(f"|{entry}".encode())
+    return h.hexdigest()[:32]
 
 
 def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:

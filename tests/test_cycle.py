@@ -318,3 +318,36 @@ def test_label_names_give_integer_codes_their_meaning(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="production.label_names: expected a mapping of label code"):
         load_config(path)
+
+
+def test_the_reference_is_read_and_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasksim.cycle as cycle_module
+
+    path = make_tabular_workspace(tmp_path / "ws")
+    config = load_config(path)
+    calls = {"load": 0, "hash": 0}
+    load, fingerprint = cycle_module.load_reference, cycle_module.table_fingerprint
+
+    def counted_load(*args, **kwargs):
+        calls["load"] += 1
+        return load(*args, **kwargs)
+
+    def counted_hash(table):
+        calls["hash"] += 1
+        return fingerprint(table)
+
+    monkeypatch.setattr(cycle_module, "load_reference", counted_load)
+    monkeypatch.setattr(cycle_module, "table_fingerprint", counted_hash)
+    first = run_cycle(config)
+    assert first.status == "success" and calls == {"load": 1, "hash": 1}
+    second = run_cycle(config)
+    assert second.status == "success" and calls == {"load": 1, "hash": 1}  # stored table and fingerprint reused
+    assert second.drift.reference_rows == first.drift.reference_rows
+    assert len(list((config.state_dir / "reference").glob("*.arrow"))) == 1
+    # a rewritten production file (its size or modification time) is read again
+    production = path.parent / "production.parquet"
+    frame = pd.read_parquet(production)
+    frame.iloc[::-1].to_parquet(production, index=False)
+    third = run_cycle(config)
+    assert third.status == "success" and calls["load"] == 2
+    assert len(list((config.state_dir / "reference").glob("*.arrow"))) == 1

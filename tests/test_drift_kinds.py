@@ -226,7 +226,7 @@ def test_monitor_caches_reference_and_calibration(tmp_path: Path):
     files = list(tmp_path.glob("reference-*.npz"))
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
     assert sum(k.startswith("drift_calibration:") for k in state) == 1
-    assert len(monitor.state_updates) == 1  # the CUSUM state, for the caller to commit
+    assert len(monitor.state_updates) == 1  # the accumulated (EWMA) state, for the caller to commit
     drift._REFERENCES.clear()  # a new process: the reference model comes from the npz (no pickle)
     again = DriftMonitor(CFG, columns, cache_dir=tmp_path, state=state).check(ref_t, None, cur_t, None,
                                                                               reference_key="ref-1")
@@ -297,3 +297,72 @@ def test_calibration_off_leaves_input_tests_not_testable(tmp_path: Path):
     assert verdict.test("columns").not_testable == ("not testable: drift.calibrate is off (the input tests need "
                                                     "calibrated thresholds)")
     assert verdict.kind == "concept"  # the label tests need no calibration
+
+
+def test_concept_shift_that_also_moves_the_label_marginal_is_concept():
+    # labels of an imbalanced pair swapped: the class marginal moves, the inputs do not; under a pure
+    # label-prior shift the class-stratified concept tests hold, so this is a concept shift
+    rng = np.random.default_rng(18)
+    x, y = draw(rng, 600, weights=(6, 1, 3))
+    ref = DriftReference.fit(x, None, y, CFG, seed=0)
+    cal = calibrate(ref, 100, CFG, seed=0)
+    cur, cy = draw(rng, 100, weights=(6, 1, 3), swap=True)
+    verdict, _ = check_window(ref, cal, cur, None, cy, CFG, seed=1)
+    assert verdict.test("label_prior").fired and verdict.test("concept").fired
+    assert verdict.kind == "concept"
+    assert "p(predicted | label)" in verdict.test("concept").detail
+
+
+def test_label_tests_hold_their_share_without_drift(fitted):
+    # window rows are predicted by the reference's cross-fitting models, so their predictions and
+    # losses are exchangeable with the reference's; the G tests have permutation nulls
+    ref, cal = fitted
+    rng = np.random.default_rng(19)
+    p = {"label_prior": [], "concept": []}
+    for _ in range(150):
+        x, y = draw(rng, 60)
+        verdict, _ = check_window(ref, cal, x, None, y, CFG, seed=int(rng.integers(1 << 30)))
+        for name, values in p.items():
+            values.append(verdict.test(name).p_value)
+    for name, values in p.items():
+        values = np.array(values)
+        assert np.mean(values <= 0.05) <= 0.1, name  # 5% nominal; 150 windows
+        assert np.mean(values <= 0.2) <= 0.3, name
+
+
+def test_accumulated_evidence_counts_the_reference_error():
+    from tasksim.drift.sequential import ewma_scale, ewma_step, prior_statistic
+
+    state = None
+    for _ in range(50):
+        state = ewma_step(state, np.zeros(3), 100)
+    # steady state: the windows' share lam / (2 - lam) / m plus the one shared reference, W^2 / n
+    assert ewma_scale(state, 1000) == pytest.approx(0.3 / 1.7 / 100 + 1 / 1000, rel=1e-3)
+    # the accumulated class-frequency test is valid over references and windows (simulated null)
+    rng = np.random.default_rng(20)
+    k, n, m = 8, 400, 50
+    pvals = []
+    for _ in range(40):
+        ref_counts = rng.multinomial(n, np.ones(k) / k)
+        state = None
+        for _ in range(10):
+            state = ewma_step(state, rng.multinomial(m, np.ones(k) / k) / m - ref_counts / n, m)
+            pvals.append(prior_statistic(state, ref_counts, m, rng)[1])
+    assert np.mean(np.array(pvals) <= 0.05) <= 0.08
+
+
+def test_gradual_shift_state_survives_a_json_round_trip(fitted):
+    import json
+
+    rng = np.random.default_rng(21)
+    shift = np.zeros(DIM)
+    shift[5] = 0.5
+    state = None
+    for _ in range(3):
+        _, state = run(fitted, *draw(rng, 100, shift=shift), state)
+    restored = json.loads(json.dumps(state))
+    x, y = draw(rng, 100, shift=shift)
+    a, _ = run(fitted, x, y, state)
+    b, _ = run(fitted, x, y, restored)
+    assert a.to_dict() == b.to_dict()
+    assert a.test("cusum").statistic > 0

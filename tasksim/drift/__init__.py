@@ -10,12 +10,22 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
 - :func:`calibrate` measures every null by bootstrapping the reference against itself at the
   window's size bucket (:func:`calibration_rows`), cached per reference and bucket.
 - :func:`check_window` returns a :class:`DriftVerdict`: five test families share the per-window
-  false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`): a calibrated
-  max-statistic over the columns with the MMD (concentrated and diffuse shifts), a CUSUM over
-  windows (gradual shifts), the label marginal (labels, else predicted labels: BBSE), the
-  reference model's loss on labelled rows (concept) and a CUSUM of those two. The kind is
-  ``input`` unless the window's class marginal explains the input shift (``label_prior``);
-  ``concept`` when only the loss moved. Tests that cannot run say why ("not testable: ...").
+  false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`, a union bound): a
+  calibrated max-statistic over the columns with the MMD (concentrated and diffuse shifts); the
+  evidence accumulated over windows (``cusum``: EWMAs of the columns' mean normal scores and of the
+  MMD's mean embedding, whose null includes the shared reference's own sampling error,
+  :mod:`tasksim.drift.sequential`; gradual shifts); the label marginal (labels, else predicted
+  labels: BBSE); the concept test (the reference model's loss on labelled rows, and whether
+  p(predicted label | label) moved); and the label evidence accumulated over windows
+  (``label_cusum``). Label tests predict each window row with one of the reference's 5
+  cross-fitting models, so window and reference predictions are exchangeable, and their G tests
+  have permutation nulls.
+- The kind: p(x) moved (an input test fired) -> ``input``, unless the label marginal moved too
+  (a label test fired), the reference reweighted to the window's class marginal shows no input
+  shift, and p(y|x) held (no concept test fired) -> ``label_prior``. p(x) did not visibly move:
+  a concept test fired -> ``concept`` (under a pure label-prior shift the class-stratified concept
+  tests hold, so a marginal that moved with it does not make it a prior shift); else a label test
+  -> ``label_prior``. Tests that cannot run say why ("not testable: ...").
 - Late labels: a cycle re-tests past windows whose labels arrive later (``tasksim.cycle``).
 
 Evidence and numbers: docs/benchmarks.md, "Drift verdict on real streams". The per-column
@@ -74,12 +84,14 @@ from tasksim.drift.columns import (
 )
 from tasksim.drift.monitor import _REFERENCES, DriftMonitor, StateStore  # noqa: F401  (_REFERENCES: the cache)
 from tasksim.drift.reference import DriftReference
+from tasksim.drift.sequential import EWMA_LAMBDA
 from tasksim.drift.verdict import ALPHA_SHARES, DRIFT_KINDS, DriftKind, DriftTest, DriftVerdict, as_verdict
 
 __all__ = [
     "ALPHA_SHARES",
     "DISTANCE_METHODS",
     "DRIFT_KINDS",
+    "EWMA_LAMBDA",
     "P_VALUE_METHODS",
     "Calibration",
     "ColumnDrift",

@@ -5,7 +5,6 @@ MMD on embeddings, CUSUMs over windows, the label prior (labels or BBSE) and the
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -31,11 +30,22 @@ from tasksim.drift.columns import (
     _z_to_p,
     detect_drift,
 )
-from tasksim.drift.reference import DriftReference, _softmax_proba
+from tasksim.drift.reference import DriftReference
+from tasksim.drift.sequential import (
+    EWMA_LAMBDA,
+    ReferenceScores,
+    concept_statistic,
+    concept_step,
+    ewma_scale,
+    ewma_step,
+    ewma_thresholds,
+    mc_pvalue,
+    prior_statistic,
+    to_json,
+)
 from tasksim.drift.verdict import (
     _Z_CLIP,
     ALPHA_SHARES,
-    CUSUM_K,
     LABEL_NULL_DRAWS,
     MIN_CALIBRATION_ROWS,
     DriftTest,
@@ -56,7 +66,9 @@ class Calibration:
     ``mmd_gamma``: (shape, scale) of the gamma law fitted by moments to the null MMD statistic
     (Gretton et al.'s approximation), which puts the MMD on the p-value / z scale of the columns;
     ``distance_scale``: (mu, sd) of ``log score`` for distance-like columns (Evidently distance
-    distance methods); ``cusum_h``: CUSUM alarm level for its share of the budget.
+    distance methods); ``ewma_z`` / ``ewma_mmd``: thresholds of the evidence accumulated over
+    windows (:mod:`tasksim.drift.sequential`: max |z| of the columns' mean normal scores, and the
+    MMD of the pooled windows), each at half the accumulated share of the budget.
     """
 
     window_rows: int
@@ -66,7 +78,8 @@ class Calibration:
     distance_scale: dict[str, tuple[float, float]]
     mmd_gamma: tuple[float, float]
     mmd_threshold: float
-    cusum_h: float
+    ewma_z: float
+    ewma_mmd: float
     held_out_rate: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +110,7 @@ def calibration_rows(window_rows: int, reference_rows: int) -> int:
     return int(max(MIN_CALIBRATION_ROWS, min(bucket, reference_rows // 2)))
 
 
-def _mmd_stat(phi_win_mean: np.ndarray, phi_ref_mean: np.ndarray, m: int, n: int) -> float:
+def _mmd_stat(phi_win_mean: np.ndarray, phi_ref_mean: np.ndarray, m: int, n: float) -> float:
     diff = phi_win_mean - phi_ref_mean
     return float(m * n / (m + n) * float(diff @ diff))
 
@@ -190,8 +203,8 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     column and the MMD statistic. Scores go on one z scale (p-values by the normal quantile,
     distances as ``log`` standardised on the first quarter of the rounds), and the
     ``1 - alpha_input`` split-conformal quantile of the per-round maximum over components is the
-    common cut ``z_star`` (Westfall-Young max-T). The same held-out rounds, resampled into long
-    null sequences, set the CUSUM level for its share of the budget.
+    common cut ``z_star`` (Westfall-Young max-T). The thresholds of the evidence accumulated over
+    windows come from the reference rows' covariance (:func:`tasksim.drift.sequential.ewma_thresholds`).
     """
     n = ref.rows
     if n < 2 * MIN_CALIBRATION_ROWS:
@@ -259,36 +272,22 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
             mu, sd = scale[c]
             thresholds[c] = float(math.exp(mu + z_star * sd)) if math.isfinite(sd) else float("inf")
     mmd_threshold = float(gamma.isf(_z_to_p(z_star), mmd_gamma[0], scale=mmd_gamma[1]))
-    cusum_h = _cusum_level(held, a_cusum, np.random.default_rng(seed + 7))
+    ewma_z, ewma_mmd = ewma_thresholds(reference_scores(ref), ref.phi, a_cusum, seed)
     cal = Calibration(window_rows=m, rounds=rounds, z_star=z_star, column_thresholds=thresholds,
-                      distance_scale=scale, mmd_gamma=mmd_gamma, mmd_threshold=mmd_threshold, cusum_h=cusum_h,
-                      held_out_rate=float(np.mean(stat >= z_star)))
+                      distance_scale=scale, mmd_gamma=mmd_gamma, mmd_threshold=mmd_threshold, ewma_z=ewma_z,
+                      ewma_mmd=ewma_mmd, held_out_rate=float(np.mean(stat >= z_star)))
     log.info("drift calibration: %d rounds, pseudo-window %d rows (window %d), pseudo-reference %d rows, z*=%.3f, "
-             "CUSUM h=%.2f", rounds, m, window_rows, pseudo_rows, z_star, cusum_h)
+             "accumulated: |z| %.2f, MMD %.3g", rounds, m, window_rows, pseudo_rows, z_star, ewma_z, ewma_mmd)
     return cal
 
 
-@functools.lru_cache(maxsize=8)
-def _label_cusum_level(rate: float) -> float:
-    """CUSUM level for the label tests' normal scores: their p-values are (super-)uniform under no
-    drift, so the null sequence is simulated from independent standard normals."""
-    rng = np.random.default_rng(12345)
-    return _cusum_level(rng.standard_normal((20000, 2)), rate, rng)
-
-
-def _cusum_level(null_z: np.ndarray, rate: float, rng: np.random.Generator, steps: int = 40000) -> float:
-    """Alarm level h of the per-component CUSUM ``S = max(0, S + z - k)`` (alarm: max over components
-    above h) so that a stationary null sequence alarms in at most ``rate`` of the windows; windows
-    are drawn with replacement from the calibration rounds (which keeps the correlation between
-    components)."""
-    idx = rng.integers(0, len(null_z), size=steps)
-    s = np.zeros(null_z.shape[1])
-    top = np.empty(steps)
-    for t, i in enumerate(idx):
-        s = np.maximum(0.0, s + null_z[i] - CUSUM_K)
-        top[t] = s.max()
-    burn = min(1000, steps // 10)
-    return float(np.quantile(top[burn:], 1 - rate, method="higher")) + 1e-9
+def reference_scores(ref: DriftReference) -> ReferenceScores:
+    """The reference's normal-score summaries (computed once per loaded reference)."""
+    cached = getattr(ref, "_scores", None)
+    if cached is None:
+        cached = ReferenceScores(ref.frame.to_numpy(dtype=np.float64), ref.phi)
+        ref._scores = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _g_stat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -305,14 +304,21 @@ def _g_stat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _label_prior_test(window_counts: np.ndarray, ref_counts: np.ndarray, rng: np.random.Generator
                       ) -> tuple[float, float]:
-    """(G, Monte-Carlo p-value) of window vs reference class counts: both samples redrawn from the
-    pooled marginal (parametric bootstrap of the two-sample test)."""
+    """(G, Monte-Carlo p-value) of window vs reference class counts (permutation null)."""
     g = float(_g_stat(window_counts, ref_counts))
-    pooled = (window_counts + ref_counts) / (window_counts.sum() + ref_counts.sum())
-    a = rng.multinomial(int(window_counts.sum()), pooled, size=LABEL_NULL_DRAWS)
-    b = rng.multinomial(int(ref_counts.sum()), pooled, size=LABEL_NULL_DRAWS)
-    null = _g_stat(a, b)
-    return g, float((1 + np.sum(null >= g - 1e-12)) / (LABEL_NULL_DRAWS + 1))
+    return g, mc_pvalue(g, lambda size: _permutation_g(window_counts, ref_counts, rng, size), LABEL_NULL_DRAWS)
+
+
+def _permutation_g(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Null draws of the G statistic of count vectors ``a`` and ``b`` by permutation: the pooled rows
+    are split again at random into samples of the same sizes (multivariate hypergeometric), which
+    is exact when the rows are exchangeable. (Redrawing both from the pooled frequencies, the
+    parametric bootstrap used before, never draws a category the pooled sample lacks and gave 8x
+    too many small p-values over 26 classes x 26 predicted labels.)"""
+    pooled = (np.asarray(a) + np.asarray(b)).astype(np.int64)
+    keep = pooled > 0
+    draw = rng.multivariate_hypergeometric(pooled[keep], int(np.sum(a)), size=size)
+    return _g_stat(draw, pooled[keep] - draw)
 
 
 def _bbse_weights(ref: DriftReference, predicted: np.ndarray) -> np.ndarray:
@@ -332,6 +338,73 @@ def _bbse_weights(ref: DriftReference, predicted: np.ndarray) -> np.ndarray:
     return pi / pi.sum() if pi.sum() > 0 else prior
 
 
+def _confusion_test(ref: DriftReference, codes: np.ndarray, pred: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[float, float]:
+    """(G, Monte-Carlo p-value) of "p(predicted label | label) is the reference's": per class, the
+    window's predicted labels against the reference's cross-fitted ones (two-sample G, permutation
+    null), summed over classes. A label-prior shift leaves it unchanged (that is
+    BBSE's assumption); a concept shift (labels of some inputs changed) moves it."""
+    k = len(ref.classes)
+    ref_codes, ref_pred = ref.ref_label_codes, ref.cv_pred
+    pairs = []
+    for c in np.unique(codes):
+        a = np.bincount(pred[codes == c], minlength=k)
+        b = np.bincount(ref_pred[ref_codes == c], minlength=k)
+        if b.sum():
+            pairs.append((a, b))
+    if not pairs:
+        return 0.0, 1.0
+    g_obs = float(sum(_g_stat(a, b) for a, b in pairs))
+    return g_obs, mc_pvalue(g_obs, lambda size: sum(_permutation_g(a, b, rng, size) for a, b in pairs),
+                            LABEL_NULL_DRAWS)
+
+
+def _mixture_prior(ref: DriftReference, phi: np.ndarray) -> np.ndarray:
+    """The class marginal under which the reference's class-conditional mean embeddings best match
+    the window's (least squares in the MMD's feature space over the simplex; Zhang et al. 2013,
+    kernel mean matching under target shift). Used without labels to ask whether *some* class
+    marginal explains the window's inputs: BBSE's estimate goes through the classifier's confusion
+    and is too noisy on 100 rows to stand for the best one."""
+    from scipy.optimize import nnls
+
+    codes = ref.ref_label_codes
+    k = len(ref.classes)
+    means = np.stack([ref.phi[codes == i].mean(0, dtype=np.float64) if np.any(codes == i)
+                      else np.zeros(ref.phi.shape[1]) for i in range(k)])
+    scale = 1e3 * max(1.0, float(np.abs(means).max()))  # the sum-to-one row, weighted to hold
+    a = np.vstack([means.T, scale * np.ones((1, k))])
+    b = np.concatenate([phi.mean(0, dtype=np.float64), [scale]])
+    pi, _ = nnls(a, b)
+    return pi / pi.sum() if pi.sum() > 0 else np.full(k, 1.0 / k)
+
+
+def _explained_by_prior(ref: DriftReference, cal: Calibration, prior_pi: np.ndarray, phi: np.ndarray,
+                        frame: pd.DataFrame, config: DriftConfig, fired: set[str]) -> tuple[bool, str]:
+    """Does the reference, reweighted to the window's class marginal, show no input shift? Then the
+    class marginal explains the input shift (a label-prior shift moves p(x) too, p(x|y) stays).
+    The reweighted reference has Kish's effective size, which scales the MMD like the window's."""
+    codes = ref.ref_label_codes
+    k = len(ref.classes)
+    ref_prior = np.bincount(codes[codes >= 0], minlength=k) / max(1, int(np.sum(codes >= 0)))
+    weights = np.where(codes >= 0, prior_pi[np.maximum(codes, 0)] / np.maximum(ref_prior[np.maximum(codes, 0)],
+                                                                               1e-12), 0.0)
+    n_eff = float(weights.sum() ** 2 / max(float((weights ** 2).sum()), 1e-12))
+    m = len(phi)
+    target = (weights[:, None] * ref.phi).sum(0, dtype=np.float64) / max(float(weights.sum()), 1e-12)
+    reweighted = _mmd_stat(phi.mean(0), target, m, n_eff)
+    mmd_ok = cal.mmd_z(reweighted) < cal.z_star
+    if _fast_ks(config):
+        p_w = _weighted_ks_pvalues(ref.frame.to_numpy(dtype=np.float64), weights, frame.to_numpy(dtype=np.float64))
+        cols_ok = bool(np.all(p_w > np.array([cal.column_thresholds[c] for c in ref.columns])))
+    else:
+        cols_ok = "columns" not in fired
+    explained = mmd_ok and cols_ok
+    return explained, (f"reference reweighted to the window's class marginal (effective {n_eff:.0f} rows): MMD "
+                       f"{reweighted:.4g} {'within' if mmd_ok else 'beyond'} its threshold, columns "
+                       f"{'within' if cols_ok else 'beyond'} theirs "
+                       f"({'explains' if explained else 'does not explain'} the input shift)")
+
+
 def check_window(
     ref: DriftReference,
     cal: Calibration | None,
@@ -340,17 +413,17 @@ def check_window(
     labels: Any,
     config: DriftConfig,
     *,
-    cusum_state: np.ndarray | None = None,
+    cusum_state: Any = None,
     seed: int = 0,
     uncalibrated: str | None = None,
-) -> tuple[DriftVerdict, np.ndarray | None]:
-    """Test one window against the reference; returns the verdict and the new CUSUM state.
+) -> tuple[DriftVerdict, dict[str, Any]]:
+    """Test one window against the reference; returns the verdict and the new accumulated state.
 
     ``cal`` None leaves the input tests "not testable" (``uncalibrated`` says why; default: the
     reference is too small to calibrate).
     ``labels``: the window's labels (None entries: not labelled yet), or None without a label
-    column. The CUSUM state (one value per component) is carried from window to window by the
-    caller; None starts it at zero.
+    column. The accumulated state (a JSON-ready dict, :mod:`tasksim.drift.sequential`) is carried
+    from window to window by the caller; None (or a state of an older format) starts it afresh.
     """
     frame, phi, clf_x = ref.project(scalars, features)
     m = len(frame)
@@ -359,12 +432,12 @@ def check_window(
     tests: list[DriftTest] = []
     rng = np.random.default_rng(seed)
     alpha = config.false_alarm_rate
+    prev: dict[str, Any] = cusum_state if isinstance(cusum_state, dict) else {}
+    state: dict[str, Any] = dict(prev)
 
-    # -- input: calibrated max-statistic over columns + MMD, and the CUSUM over windows --------
+    # -- input: calibrated max-statistic over columns + MMD, and the evidence over windows -------
     columns: tuple[ColumnDrift, ...] = ()
-    prev_state = np.asarray(cusum_state if cusum_state is not None else [], dtype=np.float64)
-    new_state = np.zeros(0)
-    mmd_z = mmd_stat = None
+    mmd_z = None
     if cal is None:
         why = "not testable: " + (uncalibrated or f"the reference ({ref.rows} rows) is too small to calibrate "
                                                   f"(at least {2 * MIN_CALIBRATION_ROWS} rows)")
@@ -374,8 +447,9 @@ def check_window(
         if ref.rows < 2 * m:
             notes.append(f"the reference ({ref.rows} rows) is smaller than two windows ({m} rows): calibrated at "
                          f"{cal.window_rows}-row pseudo-windows")
+        window_matrix = frame.to_numpy(dtype=np.float64)
         if _fast_ks(config):
-            _, p = ks_pvalues(ref.frame.to_numpy(dtype=np.float64), frame.to_numpy(dtype=np.float64))
+            _, p = ks_pvalues(ref.frame.to_numpy(dtype=np.float64), window_matrix)
             columns = tuple(ColumnDrift(column=c, score=float(p[j]), threshold=cal.column_thresholds[c],
                                         drifted=bool(p[j] <= cal.column_thresholds[c]), method="ks")
                             for j, c in enumerate(ref.columns))
@@ -392,35 +466,48 @@ def check_window(
         tests.append(DriftTest("columns", "input", bool(drifted_columns), statistic=max(zs),
                                threshold=cal.z_star, evidence=drifted_columns,
                                detail="max over columns of the per-column score on the z scale"))
-        mmd_stat = _mmd_stat(phi.mean(0), ref.phi.mean(0, dtype=np.float64), m, ref.rows)
+        scores = reference_scores(ref)
+        phi_diff = phi.mean(0, dtype=np.float64) - scores.phi_mean
+        mmd_stat = float(m * ref.rows / (m + ref.rows) * float(phi_diff @ phi_diff))
         mmd_z = cal.mmd_z(mmd_stat)
         tests.append(DriftTest("mmd", "input", bool(mmd_stat >= cal.mmd_threshold), statistic=mmd_stat,
                                threshold=cal.mmd_threshold, evidence=("embeddings" if ref.pc_count else "all columns",)
                                if mmd_stat >= cal.mmd_threshold else (),
                                detail=f"m n/(m+n) x MMD^2, Gaussian kernel (bandwidth {ref.bandwidth:.3g})"))
         if config.cusum:
-            z = np.clip(np.nan_to_num(np.array(zs + [mmd_z]), nan=_Z_CLIP[0]), *_Z_CLIP)
-            prev = prev_state[:-2] if len(prev_state) == len(z) + 2 else np.zeros(len(z))
-            new_state = np.maximum(0.0, prev + z - CUSUM_K)
-            names = [c.column for c in columns] + ["mmd"]
-            over = tuple(names[i] for i in np.flatnonzero(new_state > cal.cusum_h))
-            tests.append(DriftTest("cusum", "input", bool(over), statistic=float(new_state.max()),
-                                   threshold=cal.cusum_h, evidence=over,
-                                   detail=f"per-component CUSUM of z - {CUSUM_K} over windows"))
+            col_diff = scores.column_diff(window_matrix)
+            state["cols"] = to_json(ewma_step(prev.get("cols"), col_diff, m))
+            state["phi"] = to_json(ewma_step(prev.get("phi"), phi_diff, m))
+            c_cols = ewma_scale(state["cols"], ref.rows)
+            z_cols = np.abs(np.asarray(state["cols"]["e"])) / math.sqrt(c_cols)
+            e_phi = np.asarray(state["phi"]["e"])
+            mmd_acc = float(e_phi @ e_phi) / ewma_scale(state["phi"], ref.rows)
+            over = tuple(ref.columns[i] for i in np.flatnonzero(z_cols > cal.ewma_z))
+            over += ("embeddings" if ref.pc_count else "all columns",) if mmd_acc > cal.ewma_mmd else ()
+            top = float(z_cols.max()) if len(z_cols) else 0.0
+            tests.append(DriftTest("cusum", "input", bool(over), statistic=top, threshold=cal.ewma_z, evidence=over,
+                                   detail=f"evidence over windows (EWMA, weight {EWMA_LAMBDA}): max |z| of the "
+                                          f"columns' mean normal scores (threshold {cal.ewma_z:.2f}); pooled MMD "
+                                          f"{mmd_acc:.4g} (threshold {cal.ewma_mmd:.4g})"))
 
     # -- labels: prior (true labels, else BBSE) and concept ---------------------------------------
     known = [i for i, v in enumerate(labels_list or []) if v is not None]
     labelled_rows = len(known)
     prior_pi: np.ndarray | None = None
     a_label, a_concept = alpha * ALPHA_SHARES["label_prior"], alpha * ALPHA_SHARES["concept"]
+    a_lc = alpha * ALPHA_SHARES["label_cusum"] / 2
+    accumulated: list[tuple[str, float, float]] = []  # (what, statistic, p-value) of the label evidence over windows
     if ref.clf_w is None:
         why = f"not testable: {ref.label_note or 'no reference model'}"
         tests += [DriftTest("label_prior", "label_prior", False, not_testable=why),
                   DriftTest("concept", "concept", False, not_testable=why)]
     else:
         k = len(ref.classes)
-        ref_codes = ref.ref_label_codes[ref.ref_label_codes >= 0]
+        labelled_ref = ref.ref_label_codes >= 0
+        ref_codes = ref.ref_label_codes[labelled_ref]
         ref_counts = np.bincount(ref_codes, minlength=k).astype(float)
+        proba = ref.predict_proba(clf_x, rng)
+        pred = proba.argmax(axis=1)
         if labelled_rows >= config.min_labelled_rows:
             win_labels = [labels_list[i] for i in known]
             unseen = sorted({v for v in win_labels if v not in ref.classes})
@@ -439,101 +526,107 @@ def check_window(
                                                                  f"{ref_counts[i] / ref_counts.sum():.2f}"
                                                                  for i in moved) if p <= a_label else (),
                                        detail=f"G test of the {labelled_rows} window labels vs the reference"))
-            prior_pi = counts / counts.sum() if counts.sum() else None
-            # concept: the reference model's loss on labelled rows, null stratified by class
+            if counts.sum():
+                prior_pi = counts / counts.sum()
+                if config.cusum:
+                    state["prior"] = to_json(ewma_step(prev.get("prior"), prior_pi - ref_counts / ref_counts.sum(),
+                                                       int(counts.sum())))
+                    accumulated.append(("label_prior", *prior_statistic(state["prior"], ref_counts,
+                                                                        int(counts.sum()), rng)))
+            # concept: the reference model's loss on labelled rows (null stratified by class), and
+            # whether p(predicted label | label) moved; Bonferroni over the two
             rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
             if len(rows) >= config.min_labelled_rows:
-                p_rows = _softmax_proba(clf_x[rows], ref.clf_w, ref.clf_b)
-                loss = 1.0 - p_rows[np.arange(len(rows)), codes[codes >= 0]]
+                row_codes = codes[codes >= 0]
+                loss = 1.0 - proba[rows][np.arange(len(rows)), row_codes]
                 observed = float(loss.mean())
-                null = np.zeros(LABEL_NULL_DRAWS)
+                pools = []
+                null_mean = window_var = reference_var = 0.0
                 for cls_i in range(k):
                     n_c = int(counts[cls_i])
                     if n_c == 0:
                         continue
                     pool = ref.cv_loss[(ref.ref_label_codes == cls_i) & np.isfinite(ref.cv_loss)]
-                    null += rng.choice(pool, size=(LABEL_NULL_DRAWS, n_c)).sum(axis=1)
-                null /= len(rows)
-                p = float((1 + np.sum(null >= observed - 1e-12)) / (LABEL_NULL_DRAWS + 1))
-                worst = np.argsort(-np.bincount(codes[codes >= 0], weights=loss, minlength=k)
-                                   / np.maximum(counts, 1))[:3]
+                    pools.append((pool, n_c))
+                    null_mean += n_c * float(pool.mean())
+                    window_var += n_c * float(pool.var())
+                    reference_var += n_c * n_c * float(pool.var()) / len(pool)
+
+                def loss_null(size: int) -> np.ndarray:
+                    return sum(rng.choice(pool, size=(size, n_c)).sum(axis=1) for pool, n_c in pools) / len(rows)
+
+                p_loss = mc_pvalue(observed, loss_null, LABEL_NULL_DRAWS)
+                g_conf, p_conf = _confusion_test(ref, row_codes, pred[rows], rng)
+                p = min(1.0, 2 * min(p_loss, p_conf))
+                worst = np.argsort(-np.bincount(row_codes, weights=loss, minlength=k) / np.maximum(counts, 1))[:3]
                 tests.append(DriftTest("concept", "concept", p <= a_concept, statistic=observed,
                                        threshold=a_concept, p_value=p,
                                        evidence=tuple(f"class {ref.classes[i]!r}" for i in worst if counts[i])
                                        if p <= a_concept else (),
-                                       detail=f"mean (1 - p(label)) of the reference model on {len(rows)} rows, "
-                                              f"null {float(null.mean()):.3f}"))
+                                       detail=f"mean (1 - p(label)) of the reference model on {len(rows)} rows "
+                                              f"(p {p_loss:.3g}; null {null_mean / len(rows):.3f}) and p(predicted | "
+                                              f"label) (G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two"))
+                if config.cusum:
+                    nr = len(rows)
+                    state["concept"] = concept_step(prev.get("concept"), observed - null_mean / nr,
+                                                    window_var / nr ** 2, reference_var / nr ** 2)
+                    accumulated.append(("concept", *concept_statistic(state["concept"])))
             else:
                 tests.append(DriftTest("concept", "concept", False, not_testable=f"not testable: {len(rows)} "
-                                       f"labelled rows of known classes (< {config.min_labelled_rows})"))
+                                       f"labelled rows (< {config.min_labelled_rows}) of classes the reference has"))
         else:
-            pred = _softmax_proba(clf_x, ref.clf_w, ref.clf_b).argmax(axis=1)
-            ref_pred = ref.cv_pred[ref.ref_label_codes >= 0]
-            g, p = _label_prior_test(np.bincount(pred, minlength=k).astype(float),
-                                     np.bincount(ref_pred, minlength=k).astype(float), rng)
+            ref_pred = ref.cv_pred[labelled_ref]
+            pred_counts = np.bincount(pred, minlength=k).astype(float)
+            ref_pred_counts = np.bincount(ref_pred, minlength=k).astype(float)
+            g, p = _label_prior_test(pred_counts, ref_pred_counts, rng)
             prior_pi = _bbse_weights(ref, pred)
             tests.append(DriftTest("bbse", "label_prior", p <= a_label, statistic=g, threshold=a_label, p_value=p,
                                    detail=f"G test of predicted labels ({labelled_rows} labelled rows < "
                                           f"{config.min_labelled_rows}: black-box shift estimation)"))
+            if config.cusum:
+                ref_freq = ref_pred_counts / ref_pred_counts.sum()
+                state["bbse"] = to_json(ewma_step(prev.get("bbse"), pred_counts / pred_counts.sum() - ref_freq, m))
+                accumulated.append(("label_prior", *prior_statistic(state["bbse"], ref_pred_counts, m, rng)))
             tests.append(DriftTest("concept", "concept", False, not_testable=(
                 "not testable: no labelled rows in the window" if labelled_rows == 0 else
                 f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))
 
-    # -- labels over windows: CUSUM of the label-prior and concept p-values (normal scores) ----------
-    label_state = prev_state[-2:] if len(prev_state) == len(new_state) + 2 else np.zeros(2)
-    if config.cusum:
-        h = _label_cusum_level(alpha * ALPHA_SHARES["label_cusum"])
-        for i, names in enumerate((("label_prior", "bbse"), ("concept",))):
-            ran = [t for t in tests if t.name in names and t.p_value is not None and not t.not_testable]
-            if ran:
-                z_l = float(np.clip(_p_to_z(np.array([ran[0].p_value]))[0], *_Z_CLIP))
-                label_state[i] = max(0.0, label_state[i] + z_l - CUSUM_K)
-        over = tuple(name for name, v in zip(("label_prior", "concept"), label_state, strict=True) if v > h)
-        tests.append(DriftTest("label_cusum", over[0] if over else "label_prior", bool(over),
-                               statistic=float(label_state.max()), threshold=h, evidence=over,
-                               detail=f"CUSUM over windows of the label-prior and concept p-values "
-                                      f"(normal scores - {CUSUM_K})"))
-    new_state = np.concatenate([new_state, label_state])
+    # -- labels over windows: EWMA of the class frequencies and of the loss excess ------------------
+    if config.cusum and accumulated:
+        over = tuple(what for what, _, p in accumulated if p <= a_lc)
+        best = min(accumulated, key=lambda a: a[2])
+        tests.append(DriftTest("label_cusum", over[0] if over else best[0], bool(over), statistic=best[1],
+                               threshold=a_lc, p_value=best[2], evidence=over,
+                               detail="evidence over windows (EWMA, weight "
+                                      f"{EWMA_LAMBDA}): " + "; ".join(f"{w} p {p:.3g}" for w, _, p in accumulated)))
 
     # -- the kind -----------------------------------------------------------------------------------
     fired = {t.name for t in tests if t.fired}
     input_fired = bool(fired & {"columns", "mmd", "cusum"})
     label_fired = bool(fired & {"label_prior", "bbse"}) or any(
-        t.name == "label_cusum" and t.fired and t.kind == "label_prior" for t in tests)
+        t.name == "label_cusum" and t.fired and "label_prior" in t.evidence for t in tests)
     concept_fired = "concept" in fired or any(
         t.name == "label_cusum" and t.fired and "concept" in t.evidence for t in tests)
     explained = False
-    if input_fired and prior_pi is not None and mmd_z is not None and cal is not None:
-        # Would the reference, reweighted to the window's class marginal, show no input shift? Then
-        # the class marginal explains it (a label-prior shift moves p(x) too).
-        codes = ref.ref_label_codes
-        class_means = np.stack([ref.phi[codes == i].mean(0, dtype=np.float64) if np.any(codes == i)
-                                else np.zeros(ref.phi.shape[1]) for i in range(len(ref.classes))])
-        reweighted = _mmd_stat(phi.mean(0), prior_pi @ class_means, m, ref.rows)
-        mmd_ok = cal.mmd_z(reweighted) < cal.z_star
-        ref_prior = np.bincount(codes[codes >= 0], minlength=len(ref.classes)) / max(1, int(np.sum(codes >= 0)))
-        weights = np.where(codes >= 0, prior_pi[np.maximum(codes, 0)] / np.maximum(ref_prior[np.maximum(codes, 0)],
-                                                                                     1e-12), 0.0)
-        if _fast_ks(config):
-            p_w = _weighted_ks_pvalues(ref.frame.to_numpy(dtype=np.float64), weights, frame.to_numpy(dtype=np.float64))
-            cols_ok = bool(np.all(p_w > np.array([cal.column_thresholds[c] for c in ref.columns])))
-        else:
-            cols_ok = "columns" not in fired
-        explained = (("mmd" not in fired or mmd_ok) and ("columns" not in fired or cols_ok)
-                     and (bool(fired & {"columns", "mmd"}) or label_fired))
-        notes.append(f"reference reweighted to the window's class marginal: MMD {reweighted:.4g}, columns "
-                     f"{'within' if cols_ok else 'beyond'} their thresholds "
-                     f"({'explains' if explained else 'does not explain'} the input shift)")
-    if input_fired:  # named label_prior when the class marginal (labels or BBSE) explains the input shift
-        kind = "label_prior" if explained else "input"
-    elif label_fired:
-        kind = "label_prior"
+    # the class marginal can only explain an input shift when it moved itself (a label test fired)
+    if input_fired and label_fired and prior_pi is not None and mmd_z is not None and cal is not None:
+        labelled = any(t.name == "label_prior" and not t.not_testable for t in tests)
+        explained, note = _explained_by_prior(ref, cal, prior_pi if labelled else _mixture_prior(ref, phi), phi,
+                                              frame, config, fired)
+        notes.append(note)
+    # p(x) moved: input, unless the class marginal explains it and p(y|x) did not move (label prior).
+    # p(x) did not visibly move: a moved p(y|x) is a concept shift (whether or not the marginal
+    # moved with it: under a pure label-prior shift the class-stratified concept tests hold).
+    if input_fired:
+        kind = "label_prior" if explained and not concept_fired else "input"
     elif concept_fired:
         kind = "concept"
+    elif label_fired:
+        kind = "label_prior"
     else:
         kind = "none"
     verdict = DriftVerdict(drifted=kind != "none", kind=kind, tests=tuple(tests), columns=columns,
                            reference_rows=ref.rows, current_rows=m, labelled_rows=labelled_rows,
                            calibrated=cal is not None, false_alarm_rate=alpha,
                            calibration_rows=cal.window_rows if cal is not None else None, notes=tuple(notes))
-    return verdict, new_state
+    return verdict, state

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import pyarrow as pa
 
 from tasksim.config import DriftConfig, InputColumns
@@ -75,7 +74,7 @@ class DriftMonitor:
 
     def key(self, reference_key: str) -> str:
         payload = json.dumps([reference_key, self.config.model_dump(mode="json"), self.columns.model_dump(mode="json"),
-                              self.seed, "drift-reference-v1"], sort_keys=True, default=str)
+                              self.seed, "drift-reference-v3"], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def reference(self, reference_table: pa.Table, reference_features: Any, reference_key: str) -> DriftReference:
@@ -147,17 +146,20 @@ class DriftMonitor:
         ref = self.reference(reference_table, reference_features, reference_key)
         cal = self.calibration(ref, current_table.num_rows, reference_key)
         scalars = _column_frame(current_table, list(ref.scalar_columns), "current")
-        cusum_key = f"drift_cusum:{self.key(reference_key)}:{cal.window_rows if cal else 0}"
+        cusum_key = f"drift_ewma:{self.key(reference_key)}:{cal.window_rows if cal else 0}"
         # a re-test of a past window (late labels) does not read or move the running CUSUM
         stored = self.state.get_state(cusum_key) if self.config.cusum and update_cusum else None
-        state = np.array(json.loads(stored), dtype=np.float64) if stored else None
+        try:
+            state = json.loads(stored) if stored else None
+        except ValueError:  # a damaged entry restarts the accumulation, it does not fail the cycle
+            state = None
         verdict, new_state = check_window(ref, cal, scalars, current_features if ref.pca_axes is not None else None,
                                           _table_labels(current_table, self.columns), self.config,
                                           cusum_state=state, seed=self.seed,
                                           uncalibrated=None if self.config.calibrate else
                                           "drift.calibrate is off (the input tests need calibrated thresholds)")
-        if update_cusum and new_state is not None and self.config.cusum:
-            self.state_updates[cusum_key] = json.dumps([round(float(v), 6) for v in new_state])
+        if update_cusum and new_state and self.config.cusum:
+            self.state_updates[cusum_key] = json.dumps(new_state)
         return verdict
 
 

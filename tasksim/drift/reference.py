@@ -36,24 +36,31 @@ def _residual(x: np.ndarray, mean: np.ndarray, pcs: np.ndarray) -> np.ndarray:
     return np.maximum((centred * centred).sum(axis=1) - (pcs * pcs).sum(axis=1), 0.0) / x.shape[1]
 
 
-def _out_of_fold_residual(x: np.ndarray, k: int, seed: int, folds: int = 5) -> np.ndarray:
-    """The reference rows' residual, each from a basis fitted without it (5 folds). In-sample
-    residuals are biased low (the basis was fitted to those rows), which made every new window
-    look drifted (30 false alarms in 80 quiet Fashion-MNIST windows); fitted on 80% of the
-    reference, the folds' bases are slightly worse than the full one, so the bias left is
-    conservative."""
+def _out_of_fold_residual(x: np.ndarray, k: int, seed: int, folds: int = 5
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The reference rows' residual, each from a basis fitted without it (5 folds), and the fold
+    bases (means, axes). In-sample residuals are biased low (the basis was fitted to those rows),
+    which made every new window look drifted (30 false alarms in 80 quiet Fashion-MNIST windows).
+    A new row's residual under the full basis is in turn slightly *smaller* than these (that basis
+    saw 100% of the reference, not 80%): a shift of -0.4 (Fashion-MNIST) to -0.8 (MiniLM) standard
+    errors per 100-row window, which the tests accumulated over windows turned into false alarms.
+    So new rows are scored with the fold bases too (:meth:`DriftReference.project`)."""
     n = len(x)
     if n < 2 * folds:
         mean, axes = pca_components(torch.as_tensor(x), k)
-        return _residual(x, mean.numpy(), (x - mean.numpy()) @ axes.numpy().T)
+        return _residual(x, mean.numpy(), (x - mean.numpy()) @ axes.numpy().T), None, None
     fold = np.random.default_rng(seed + 3).permutation(n) % folds
     out = np.empty(n)
+    means, bases = [], []
     for f in range(folds):
         train, test = fold != f, fold == f
         mean, axes = pca_components(torch.as_tensor(x[train]), k)
         m, a = mean.numpy(), axes.numpy()
         out[test] = _residual(x[test], m, (x[test] - m) @ a.T)
-    return out
+        means.append(m)
+        bases.append(a)
+    width = min(b.shape[0] for b in bases)
+    return out, np.stack(means), np.stack([b[:width] for b in bases])
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +134,10 @@ class DriftReference:
     clf_scale: np.ndarray | None = None
     cv_pred: np.ndarray | None = None
     cv_loss: np.ndarray | None = None
+    fold_pca_mean: np.ndarray | None = None  # the 5 fold bases of the out-of-fold residual
+    fold_pca_axes: np.ndarray | None = None
+    fold_w: np.ndarray | None = None  # the 5 cross-fitting models (folds x dims x classes)
+    fold_b: np.ndarray | None = None
     label_note: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -179,7 +190,7 @@ class DriftReference:
         scalar_scale[~(scalar_scale > 1e-12)] = 1.0
         std_scalars = np.nan_to_num((sc - scalar_center) / scalar_scale) if kept else np.zeros((n, 0))
 
-        pca_mean = pca_axes = None
+        pca_mean = pca_axes = fold_pca_mean = fold_pca_axes = None
         pcs = np.zeros((n, 0))
         feature_center, feature_scale = None, 1.0
         pc_count = 0
@@ -195,7 +206,7 @@ class DriftReference:
                 raise DataError(f"drift: input column(s) {clash} clash with the principal-component names pc1..pcK, pc_residual")
             for i in range(pc_count):
                 frame[f"pc{i + 1}"] = pcs[:, i]
-            frame[RESIDUAL] = _out_of_fold_residual(x, k_total, seed)
+            frame[RESIDUAL], fold_pca_mean, fold_pca_axes = _out_of_fold_residual(x, k_total, seed)
             feature_center = x.mean(axis=0)
             feature_scale = float(np.sqrt(np.mean(x.var(axis=0)))) or 1.0
             blocks.append((x - feature_center) / feature_scale)
@@ -216,7 +227,8 @@ class DriftReference:
         ref = cls(scalar_columns=tuple(kept), pc_count=pc_count, constant_columns=tuple(constant), frame=frame,
                   pca_mean=pca_mean, pca_axes=pca_axes, scalar_center=scalar_center, scalar_scale=scalar_scale,
                   feature_center=feature_center, feature_scale=feature_scale, bandwidth=bandwidth,
-                  rff_w=rff_w, rff_b=rff_b, phi=phi.astype(np.float32), notes=tuple(notes))
+                  rff_w=rff_w, rff_b=rff_b, phi=phi.astype(np.float32), notes=tuple(notes),
+                  fold_pca_mean=fold_pca_mean, fold_pca_axes=fold_pca_axes)
         ref._fit_classifier(std_scalars, pcs[:, :config.classifier_components],
                             _labels_array(labels, n, "the reference"), config, seed)
         return ref
@@ -242,16 +254,50 @@ class DriftReference:
         folds = np.random.default_rng(seed + 1).permutation(len(labelled)) % 5
         cv_pred = np.full(len(codes), -1)
         cv_loss = np.full(len(codes), np.nan)
+        fold_w, fold_b = [], []
         for f in range(5):
             train, test = labelled[folds != f], labelled[folds == f]
             w, b = _softmax_fit(z[train], codes[train], len(classes))
+            fold_w.append(w)
+            fold_b.append(b)
             p = _softmax_proba(z[test], w, b)
             cv_pred[test] = p.argmax(axis=1)
             cv_loss[test] = 1.0 - p[np.arange(len(test)), codes[test]]
+        self.fold_w, self.fold_b = np.stack(fold_w), np.stack(fold_b)
         self.clf_w, self.clf_b = _softmax_fit(z[labelled], y, len(classes))
         self.clf_center, self.clf_scale = center, scale
         self.classes, self.ref_label_codes = tuple(classes), codes
         self.cv_pred, self.cv_loss = cv_pred, cv_loss
+
+    def predict_proba(self, clf_x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """p(y|x) of window rows, each from one of the 5 cross-fitting models drawn at random: a
+        window row is then predicted exactly as a reference row was (by a model fitted on 80% of
+        the reference, never on the row itself), so predictions, losses and the reference's
+        cross-fitted ones are exchangeable under no drift. The full-reference model is slightly
+        better than the fold models, which biased every label test (more confident on new rows)."""
+        if self.fold_w is None:  # a reference fitted before the fold models were kept
+            return _softmax_proba(clf_x, self.clf_w, self.clf_b)
+        pick = rng.integers(0, len(self.fold_w), size=len(clf_x))
+        out = np.empty((len(clf_x), self.fold_w.shape[2]))
+        for f in range(len(self.fold_w)):
+            rows = pick == f
+            if rows.any():
+                out[rows] = _softmax_proba(clf_x[rows], self.fold_w[f], self.fold_b[f])
+        return out
+
+    def _window_residual(self, x: np.ndarray, pcs: np.ndarray) -> np.ndarray:
+        """Each window row's residual under one of the 5 fold bases (row i: fold i mod 5), as each
+        reference row's was: exchangeable with the reference's out-of-fold residuals."""
+        if self.fold_pca_axes is None:  # a small reference (or a cache from before the fold bases)
+            return _residual(x, self.pca_mean, pcs)
+        out = np.empty(len(x))
+        folds = len(self.fold_pca_axes)
+        for f in range(folds):
+            rows = np.arange(f, len(x), folds)
+            if len(rows):
+                m, a = self.fold_pca_mean[f], self.fold_pca_axes[f]
+                out[rows] = _residual(x[rows], m, (x[rows] - m) @ a.T)
+        return out
 
     # -- projections ----------------------------------------------------------------------
     def project(self, scalars: pd.DataFrame | None, features: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
@@ -283,9 +329,9 @@ class DriftReference:
         pcs = None
         if x is not None:
             pcs = (x - self.pca_mean) @ self.pca_axes.T
-            for i in range(self.pc_count):
-                frame[f"pc{i + 1}"] = pcs[:, i]
-            frame[RESIDUAL] = _residual(x, self.pca_mean, pcs)
+            extra = {f"pc{i + 1}": pcs[:, i] for i in range(self.pc_count)}
+            extra[RESIDUAL] = self._window_residual(x, pcs)
+            frame = pd.concat([frame, pd.DataFrame(extra)], axis=1) if len(frame.columns) else pd.DataFrame(extra)
             blocks.append((x - self.feature_center) / self.feature_scale)
         mv = np.concatenate(blocks, axis=1)
         phi = math.sqrt(2.0 / RFF_DIM) * np.cos(mv @ self.rff_w + self.rff_b)
@@ -298,7 +344,8 @@ class DriftReference:
 
     # -- persistence (npz, no pickle) -------------------------------------------------------
     _ARRAYS = ("pca_mean", "pca_axes", "scalar_center", "scalar_scale", "feature_center", "rff_w", "rff_b", "phi",
-               "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss")
+               "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss", "fold_w", "fold_b",
+               "fold_pca_mean", "fold_pca_axes")
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename) as ``.npz``; read back without pickle."""

@@ -26,12 +26,10 @@ DriftKind = Literal["none", "input", "label_prior", "concept"]
 #: Share of the per-window false-alarm budget (``drift.false_alarm_rate``) given to each test
 #: family. The families are combined by a union bound (Bonferroni over five families), so the
 #: window-level false-alarm rate is at most the budget when every family meets its share.
-ALPHA_SHARES: dict[str, float] = {"input": 0.5, "cusum": 0.2, "label_prior": 0.1, "concept": 0.1,
-                                  "label_cusum": 0.1}
-
-
-#: CUSUM reference value on the per-component z scale (half a standard deviation of drift per window).
-CUSUM_K = 0.5
+#: ``cusum`` and ``label_cusum`` are the evidence accumulated over windows (EWMAs whose null
+#: includes the shared reference's sampling error: ``tasksim.drift.sequential``).
+ALPHA_SHARES: dict[str, float] = {"input": 0.4, "cusum": 0.2, "label_prior": 0.1, "concept": 0.15,
+                                  "label_cusum": 0.15}
 
 
 #: Monte-Carlo draws for the label-prior and concept nulls (per window; resolution 1/draws).

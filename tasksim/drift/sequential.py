@@ -1,0 +1,207 @@
+"""Evidence accumulated over windows: exponentially weighted moving averages (EWMA) of per-window
+differences from the reference, with a null that counts the reference's own sampling error.
+
+Why not a CUSUM of per-window p-values: every window is compared with the *same* finite
+reference, so consecutive window statistics share the reference's sampling error and are
+positively correlated. A CUSUM calibrated on independent windows accumulates that shared error
+as if it were drift (its false alarms per window rose above the budget on 26-class labels). Here
+each accumulated quantity is a weighted sum of window-minus-reference differences,
+
+    e_t = (1 - lam) e_{t-1} + lam (mean_t - mean_ref),
+
+whose null covariance is exactly ``(sum_i w_i^2 / m_i + W^2 / n) Sigma`` (window parts independent,
+one shared reference part of weight ``W = sum_i w_i``; ``n`` reference rows, ``Sigma`` the per-row
+covariance). The statistic ``e_t / sqrt(c_t)`` therefore has the same null law at every step and for
+every history (after one window it is the plain two-sample difference), and one threshold set at the
+window's false-alarm share holds per window. Quantities:
+
+- inputs: the mean of every monitored column's normal scores under the reference ECDF (robust,
+  near-Gaussian, sensitive to location and spread), the max over columns; and the mean embedding of
+  the MMD's random Fourier features, ``|e|^2 / c`` (the MMD on pooled, weighted windows). Their
+  thresholds come from a Gaussian simulation with the reference rows' covariance
+  (:func:`ewma_thresholds`), at half the accumulated input share each;
+- labels: the class frequencies (labels, or the reference model's predictions: BBSE), Pearson's
+  form with a simulated null (:func:`prior_statistic`); and the reference model's
+  loss on labelled rows minus its class-stratified null mean (one-sided normal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: EWMA weight of the newest window (effective memory (2 - lam) / lam, about 6 windows).
+EWMA_LAMBDA = 0.3
+
+#: Gaussian draws that set the accumulated input thresholds.
+EWMA_DRAWS = 20000
+
+
+def ewma_step(state: dict[str, Any] | None, diff: np.ndarray, rows: int) -> dict[str, Any]:
+    """One EWMA update of ``diff`` (window minus reference) over a window of ``rows`` rows."""
+    lam = EWMA_LAMBDA
+    diff = np.asarray(diff, dtype=np.float64)
+    if state is None or len(state.get("e", ())) != len(diff):
+        state = {"e": np.zeros(len(diff)), "w": 0.0, "s2": 0.0}
+    return {"e": (1 - lam) * np.asarray(state["e"], dtype=np.float64) + lam * diff,
+            "w": (1 - lam) * float(state["w"]) + lam,
+            "s2": (1 - lam) ** 2 * float(state["s2"]) + lam * lam / max(int(rows), 1),
+            "t": int(state.get("t", 0)) + 1}
+
+
+def ewma_scale(state: dict[str, Any], reference_rows: int) -> float:
+    """``c_t``: the null variance of ``e_t`` in units of one row's variance (windows + reference)."""
+    return float(state["s2"]) + float(state["w"]) ** 2 / max(int(reference_rows), 1)
+
+
+def normal_scores(sorted_ref: list[np.ndarray], frame: np.ndarray) -> np.ndarray:
+    """Each value's normal score under its column's reference ECDF (mid-ranks for ties; NaN kept)."""
+    from scipy.special import ndtri
+
+    out = np.full(frame.shape, np.nan)
+    for j, ref in enumerate(sorted_ref):
+        col = frame[:, j]
+        ok = np.isfinite(col)
+        if not len(ref) or not ok.any():
+            continue
+        rank = (np.searchsorted(ref, col[ok], side="left") + np.searchsorted(ref, col[ok], side="right")) / 2
+        out[ok, j] = ndtri(np.clip((rank + 0.5) / (len(ref) + 1), 0.5 / (len(ref) + 1), 1 - 0.5 / (len(ref) + 1)))
+    return out
+
+
+class ReferenceScores:
+    """The reference columns sorted (for normal scores), their normal scores' mean and sd, and
+    the reference RFF mean: what the accumulated input statistics need, computed once."""
+
+    def __init__(self, matrix: np.ndarray, phi: np.ndarray) -> None:
+        self.sorted = [np.sort(matrix[:, j][np.isfinite(matrix[:, j])]) for j in range(matrix.shape[1])]
+        ns = normal_scores(self.sorted, matrix)
+        self.ns = np.nan_to_num(ns - np.nanmean(ns, axis=0))
+        self.mean = np.nanmean(ns, axis=0)
+        sd = np.nanstd(ns, axis=0)
+        self.sd = np.where(sd > 1e-12, sd, np.inf)  # a column without spread never moves the statistic
+        self.phi_mean = phi.mean(axis=0, dtype=np.float64)
+
+    def column_diff(self, frame: np.ndarray) -> np.ndarray:
+        """Standardised difference of the window's mean normal score from the reference's, per column."""
+        ns = normal_scores(self.sorted, frame)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(ns, axis=0) if len(ns) else self.mean
+        return np.nan_to_num((mean - self.mean) / self.sd)
+
+
+def ewma_thresholds(scores: ReferenceScores, phi: np.ndarray, rate: float, seed: int) -> tuple[float, float]:
+    """(max |z| over columns, MMD) thresholds of the accumulated input statistics, each at ``rate / 2``
+    per window: draws of the Gaussian with the reference rows' covariance of [standardised normal
+    scores, RFF features] (the law of ``e_t / sqrt(c_t)`` under no drift, whatever the history)."""
+    z_cols = scores.ns / np.where(np.isfinite(scores.sd), scores.sd, 1.0)
+    z_cols[:, ~np.isfinite(scores.sd)] = 0.0
+    phi_c = phi.astype(np.float64) - phi.mean(axis=0, dtype=np.float64)
+    a = np.concatenate([z_cols, phi_c], axis=1)
+    cov = a.T @ a / len(a)
+    vals, vecs = np.linalg.eigh(cov)
+    root = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    rng = np.random.default_rng(seed + 11)
+    j = z_cols.shape[1]
+    top = np.empty(EWMA_DRAWS)
+    mmd = np.empty(EWMA_DRAWS)
+    for start in range(0, EWMA_DRAWS, 5000):
+        g = rng.standard_normal((min(5000, EWMA_DRAWS - start), len(vals))) @ root.T
+        top[start:start + len(g)] = np.abs(g[:, :j]).max(axis=1) if j else 0.0
+        mmd[start:start + len(g)] = (g[:, j:] ** 2).sum(axis=1)
+    q = 1 - rate / 2
+    return float(np.quantile(top, q)) if j else float("inf"), float(np.quantile(mmd, q))
+
+
+#: Monte-Carlo draws of the accumulated class-frequency statistic's null, and the windows simulated
+#: (older windows weigh less than (1 - lam)^PRIOR_HISTORY, 0.3% of the newest).
+PRIOR_DRAWS = 4000
+PRIOR_HISTORY = 16
+
+
+def mc_pvalue(observed: float, draw: Any, max_draws: int, *, hits: int = 10, batch: int = 250) -> float:
+    """Monte-Carlo p-value ``P(null >= observed)`` with Besag and Clifford's (1991) sequential
+    stopping: null draws come in batches from ``draw(size)`` and stop once ``hits`` of them reach
+    the observed value (p = hits / draws; a window far from significance costs a few dozen draws),
+    else after ``max_draws`` (p = (exceedances + 1) / (max_draws + 1)). Both are valid p-values."""
+    done = exceed = 0
+    while done < max_draws:
+        size = min(batch, max_draws - done)
+        null = np.asarray(draw(size))
+        over = np.flatnonzero(null >= observed - 1e-12)
+        if exceed + len(over) >= hits:
+            return float(hits / (done + int(over[hits - exceed - 1]) + 1))
+        exceed += len(over)
+        done += size
+    return float((exceed + 1) / (max_draws + 1))
+
+
+def _smoothed(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return (counts + 0.5) / (counts.sum(axis=-1, keepdims=True) + 0.5 * counts.shape[-1])
+
+
+def prior_statistic(state: dict[str, Any], reference_counts: np.ndarray, window_rows: int,
+                    rng: np.random.Generator) -> tuple[float, float]:
+    """(statistic, Monte-Carlo p-value) of the accumulated class-frequency difference
+    ``sum_k e_k^2 / p_k / c_t`` (Pearson's form; ``p`` the reference's smoothed frequencies). Its
+    null is simulated, not read from a chi-square: with tens of classes and 100-row windows the
+    chi-square approximation gave 5x too many small p-values. Each draw redraws the reference and
+    the last windows (``window_rows`` each, EWMA weights of the state's age) from the reference's
+    frequencies."""
+    ref_counts = np.asarray(reference_counts, dtype=np.float64)
+    n = int(ref_counts.sum())
+    if n == 0 or np.count_nonzero(ref_counts) < 2:
+        return 0.0, 1.0
+    c = ewma_scale(state, n)
+    e = np.asarray(state["e"], dtype=np.float64)
+    stat = float((e * e / _smoothed(ref_counts)).sum() / c)
+    lam = EWMA_LAMBDA
+    steps = min(int(state.get("t", 1)), PRIOR_HISTORY)
+    weights = lam * (1 - lam) ** np.arange(steps)  # newest first
+    p = ref_counts / n
+    m = max(int(window_rows), 1)
+    c_star = float((weights ** 2).sum() / m + weights.sum() ** 2 / n)
+
+    def draw(size: int) -> np.ndarray:
+        ref_star = rng.multinomial(n, p, size=size)
+        win_star = rng.multinomial(m, p, size=(size, steps)) / m
+        e_star = np.einsum("s,dsk->dk", weights, win_star) - weights.sum() * ref_star / n
+        return (e_star * e_star / _smoothed(ref_star)).sum(axis=1) / c_star
+
+    return stat, mc_pvalue(stat, draw, PRIOR_DRAWS)
+
+
+def concept_step(state: dict[str, Any] | None, excess: float, window_var: float, reference_var: float
+                 ) -> dict[str, Any]:
+    """EWMA of the window's mean loss minus its class-stratified null mean; ``window_var``: that
+    difference's variance from the window's rows, ``reference_var``: from the reference's null means."""
+    lam = EWMA_LAMBDA
+    if state is None:
+        state = {"e": 0.0, "v": 0.0, "w": 0.0}
+    return {"e": (1 - lam) * float(state["e"]) + lam * excess,
+            "v": (1 - lam) ** 2 * float(state["v"]) + lam * lam * window_var,
+            "w": (1 - lam) * float(state["w"]) + lam, "r": reference_var}
+
+
+def concept_statistic(state: dict[str, Any]) -> tuple[float, float]:
+    """(z, one-sided p-value) of the accumulated loss excess."""
+    from scipy.special import ndtr
+
+    var = float(state["v"]) + float(state["w"]) ** 2 * float(state.get("r", 0.0))
+    z = float(state["e"]) / np.sqrt(var) if var > 0 else 0.0
+    return z, float(ndtr(-z))
+
+
+def to_json(state: dict[str, Any]) -> dict[str, Any]:
+    """The state as JSON-ready values (arrays as rounded lists)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out[key] = to_json(value)
+        elif isinstance(value, np.ndarray):
+            out[key] = [round(float(v), 8) for v in value]
+        else:
+            out[key] = value
+    return out
