@@ -1,0 +1,95 @@
+"""The transfer suite's evaluation (bench/transfer_suite.py) on synthetic runs: rank averages,
+weighted tau with missing measures, the leave-one-benchmark-out search, the two-level bootstrap
+and the report. The data-building half needs minutes of CPU and is run by hand (docs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+ts = pytest.importorskip("transfer_suite")
+
+
+def _run(bench: str, target: str, seed: int, n_sources: int = 8, test_rows: int = 60) -> "ts.TargetRun":
+    rng = np.random.default_rng(seed)
+    sources = [f"s{i}" for i in range(n_sources)]
+    quality = rng.uniform(0.3, 0.95, n_sources)
+    per_example = {s: (rng.random(test_rows) < q).astype(float).tolist() for s, q in zip(sources, quality)}
+    truth = {s: float(np.mean(v)) for s, v in per_example.items()}
+    measures = {}
+    for key in ("10/0", "10/1", "100/0"):
+        measures[key] = {
+            s: {"logme": truth[s] + rng.normal(0, 0.02),        # informative
+                "knn_accuracy": truth[s] + rng.normal(0, 0.05),  # informative, noisier
+                "gbc": float(rng.normal()),                      # noise
+                "mmd2": float(rng.uniform(0, 1))}                # noise (lower is better)
+            for s in sources}
+        measures[key][sources[0]].pop("mmd2")  # a model-only source lacks the distance
+    run = ts.TargetRun(bench, target, ["a", "b"], "named", [10, 100], measures=measures,
+                       truth={"lp": truth, "ft": truth}, per_example={"lp": per_example, "ft": per_example},
+                       ft_per_seed={s: [truth[s], truth[s]] for s in sources},
+                       prior={s: [float(i), 10.0] for i, s in enumerate(sources)},
+                       kinds={s: "model" for s in sources})
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs() -> list:
+    return [_run(b, f"{b}-{i}", 10 * k + i) for k, b in enumerate(("images", "tabular", "text")) for i in range(3)]
+
+
+def test_rank_average_orients_and_skips_missing() -> None:
+    ms = {"a": {"logme": 3.0, "mmd2": 0.1}, "b": {"logme": 1.0, "mmd2": 0.9}, "c": {"logme": 2.0}}
+    got = ts.rank_average(ms, ["logme", "mmd2"])
+    assert got["a"] == pytest.approx(1.0)  # best on both (mmd2: lower is better)
+    assert got["b"] == pytest.approx(0.0)
+    assert got["c"] == pytest.approx(0.5)  # scored on the measure it has
+
+
+def test_weighted_tau_of_the_truth_is_one_and_missing_scores_rank_last() -> None:
+    rng = np.random.default_rng(0)
+    truth = {"a": 0.9, "b": 0.5, "c": 0.1}
+    assert ts.wtau(truth, truth, rng)[0] == pytest.approx(1.0)
+    assert ts.wtau({"a": 1.0, "b": 0.5}, truth, rng)[0] == pytest.approx(1.0)  # c missing: last
+    assert ts.wtau({"a": 1.0, "b": 1.0, "c": 1.0}, truth, rng) == (0.0, 0.0)  # no information
+
+
+def test_lobo_picks_the_informative_measures_and_scores_held_out(runs) -> None:
+    out = ts.lobo(runs, pool=("logme", "knn_accuracy", "gbc", "mmd2"), max_size=2)
+    for bench, held in out["held_out"].items():
+        assert "logme" in held["chosen"] and "gbc" not in held["chosen"]
+        assert held["held_out_wtau"] > 0.6
+    assert out["best_overall"][0] in ("logme", "knn_accuracy")
+
+
+def test_tau_table_rows_and_bootstrap(runs) -> None:
+    rows = {"logme": lambda run, key: ts.oriented(run.measures[key], "logme"),
+            "gbc": lambda run, key: ts.oriented(run.measures[key], "gbc")}
+    table = ts.tau_table(runs, rows)
+    means = ts.bench_mean(table, runs, "images")
+    assert means["logme"] > 0.7 > means["gbc"]
+    assert abs(means[ts.RANDOM_ROW]) < 0.2
+    boot = ts.two_level_bootstrap(runs, rows, "logme", rounds=40)
+    assert boot["images"]["gbc"]["p_reference_better"] > 0.9
+    ceilings = ts.noise_ceilings(runs, rounds=10)
+    assert 0.0 < ceilings["text"]["lp_bootstrap"] <= 1.0
+
+
+def test_default_composite_row_runs_the_products_ranking(runs) -> None:
+    scores = ts.product_composite(runs[0].measures["10/0"], None)
+    assert set(scores) == set(runs[0].truth["lp"]) and all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_report_renders_every_section(runs, tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    ts.report(runs, {"seconds": {"total": 1.0}, "machine": "test"}, out)
+    text = out.read_text()
+    for section in ("## Verdict", "## Two-level bootstrap", "leave one benchmark out", "## Per target"):
+        assert section in text
+    assert ts.DEFAULT_ROW in text
