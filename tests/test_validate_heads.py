@@ -224,6 +224,22 @@ def test_every_kind_of_source_is_ranked_run_and_explained(tmp_path: Path, capsys
     run = json.loads(out)
     assert run["status"] == "success"
     assert {r["source"] for r in run["ranking"]} >= set(kinds)
+    # the Prometheus exposition carries every kind: score, rank, top-1 probability, and the
+    # measures each has (no distance series for the model-only source)
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tasksim.config import load_config
+    from tasksim.export import StoreCollector
+
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(load_config(path).state_dir))
+    exposition = generate_latest(registry).decode()
+    for name in kinds:
+        for family in ("tasksim_source_score", "tasksim_source_rank", "tasksim_source_top1_probability"):
+            assert f'{family}{{source="{name}"}}' in exposition, (family, name)
+        assert f'tasksim_source_similarity{{metric="logme",source="{name}"}}' in exposition
+    assert 'tasksim_source_similarity{metric="mmd2",source="checkpoint"}' not in exposition
+    assert 'tasksim_source_similarity{metric="mmd2",source="withmodel"}' in exposition
     for name in kinds:
         code, out, lines = _cli(capsys, "explain", name, "--config", str(path))
         assert code == 0 and name in out, lines
