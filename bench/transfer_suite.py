@@ -467,7 +467,12 @@ def _jsonable(run: TargetRun) -> dict:
 
 
 def _load(path: Path) -> tuple[list[TargetRun], dict]:
-    payload = json.loads(path.read_text())
+    if path.suffix == ".gz":
+        import gzip
+
+        payload = json.loads(gzip.decompress(path.read_bytes()))
+    else:
+        payload = json.loads(path.read_text())
     info = dict(payload.get("info", {}))
     info["machine"] = payload.get("machine", "")
     return [TargetRun(**r) for r in payload["runs"]], info
@@ -527,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in args.from_json:
             more, more_info = _load(path)
             runs += more
-            info["seconds"].update(more_info.get("seconds", {}))
+            info["seconds"].update({k: v for k, v in more_info.get("seconds", {}).items() if k != "total"})
             info["machine"] = more_info.get("machine", "")
     else:
         path = args.json or CACHE / f"suite_{'quick' if args.quick else 'full'}.json"
@@ -827,9 +832,12 @@ python bench/transfer_suite.py --quick                 # smaller targets, 1 draw
 python bench/transfer_suite.py --only images tabular   # some of them
 python bench/transfer_suite.py --from-json bench/.cache/suite_images.json bench/.cache/suite_tabular.json \\
     bench/.cache/suite_text.json --markdown docs/transfer_benchmark.md   # evaluation only
+# this page's raw numbers: docs/cpu/transfer_suite_{{images,tabular,text}}_2026-12-05.json.gz (also --from-json)
 ```
 
-Run time of the numbers above: {seconds}. Machine: {machine}.
+Wall time of the runs behind the numbers above (each benchmark's build, ground truths and measures;
+this page's runs went in parallel with other work on a 2-core VM at load 4-11, so they are not the
+cold 2-core time): {seconds}. Machine: {machine}.
 """
 
 
