@@ -391,13 +391,13 @@ def build_tabular(mode: str = "full", seed: int = 0, log: Callable[[str], None] 
     perm_cols = rng.permutation(x.shape[1])
     specs: list[tuple[str, np.ndarray, np.ndarray, int, int, Callable[[np.ndarray], np.ndarray], str]] = []
     a = src_rows[:rows]
-    ident = lambda v: v  # noqa: E731 - the column map of sources trained on the real columns
+    ident = lambda v: v
     specs.append(("mlp-letters-all", x[a], y[a], 64, 32, ident, "all 26 letters"))
     am = a[np.isin(y[a], letters[:13])]
     specs.append(("mlp-letters-a-to-m", x[am], y[am], 64, 32, ident, "letters A-M"))
     nz = a[np.isin(y[a], letters[13:])]
     specs.append(("mlp-letters-n-to-z", x[nz], y[nz], 64, 32, ident, "letters N-Z"))
-    b = src_rows[rows:2 * rows] if not quick else src_rows[rows:2 * rows]
+    b = src_rows[rows:2 * rows]
     vw = b[np.isin(y[b], list("AEIOUY"))]
     specs.append(("mlp-vowels", x[vw], y[vw], 64, 32, ident, "vowels A E I O U Y"))
     specs.append(("mlp-coarse-halves", x[b], np.where(np.isin(y[b], letters[:13]), "first-half", "second-half"),

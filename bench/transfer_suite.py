@@ -49,19 +49,19 @@ import numpy as np
 # trains many small models, and spinning threads stall each other on a shared 2-core machine)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's LAPACK: spinning BLAS threads stall on 2 shared cores
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer_benchmark import _tie_broken_ranks, kendall_tau_b, weighted_tau  # noqa: E402
+from transfer_benchmark import _tie_broken_ranks, kendall_tau_b, weighted_tau
 
-from tasksim import metrics  # noqa: E402
-from tasksim.config import RankingConfig  # noqa: E402
-from tasksim.metrics import catalog  # noqa: E402
-from tasksim.profile import SourceArrays, SourceProfile, SourceView, profile_arrays  # noqa: E402
-from tasksim.rank import SourceTerms, rank_sources  # noqa: E402
+from tasksim import metrics
+from tasksim.config import RankingConfig
+from tasksim.metrics import catalog
+from tasksim.profile import SourceArrays, SourceProfile, SourceView, profile_arrays
+from tasksim.rank import SourceTerms, rank_sources
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 EXTRA_MEASURES = ("sfda", "parc", "nleep", "linear_probe_accuracy")
@@ -189,7 +189,7 @@ def _window(draw: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def run_target(bench: object, tgt: object, p: Protocol, log: Callable[[str], None]) -> TargetRun:
-    from suite_sources import BenchSource, BenchTarget  # noqa: F401 - types of bench / tgt
+    # bench: a suite_sources.Benchmark; tgt: one of its BenchTargets
 
     started = time.perf_counter()
     classes = sorted(set(tgt.y.tolist()))
@@ -329,11 +329,6 @@ def wtau(score: Mapping[str, float], truth: Mapping[str, float], rng: np.random.
 # =============================================================================================
 # evaluation
 # =============================================================================================
-
-def row_scores(run: TargetRun, key: str, rows: Mapping[str, Callable[[TargetRun, str], dict[str, float]]]
-               ) -> dict[str, dict[str, float]]:
-    return {name: fn(run, key) for name, fn in rows.items()}
-
 
 def base_rows() -> dict[str, Callable[[TargetRun, str], dict[str, float]]]:
     rows: dict[str, Callable[[TargetRun, str], dict[str, float]]] = {}
@@ -724,8 +719,8 @@ def render_markdown(runs: Sequence[TargetRun], info: Mapping[str, object], means
     for d in lo["top"][:10]:
         top_lines.append(f"| {' + '.join(d['set'])} | {d['mean']:+.2f} | {d['worst']:+.2f} | "
                          + " | ".join(f"{d[b]:+.2f}" for b in benches) + " |")
-    target_lines = ["| benchmark | target | labels | classes | best source (probe accuracy) | default composite | "
-                    "best single measure of its benchmark | kNN |", "|---|---|---|---|---|---|---|---|"]
+    target_lines = [("| benchmark | target | labels | classes | best source (probe accuracy) | default composite | "
+                     "best single measure of its benchmark | kNN |"), "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         best = max(r.truth["lp"], key=r.truth["lp"].get)
         bs = best_single[r.benchmark]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 ts = pytest.importorskip("transfer_suite")
 
 
-def _run(bench: str, target: str, seed: int, n_sources: int = 8, test_rows: int = 60) -> "ts.TargetRun":
+def _run(bench: str, target: str, seed: int, n_sources: int = 8, test_rows: int = 60) -> ts.TargetRun:
     rng = np.random.default_rng(seed)
     sources = [f"s{i}" for i in range(n_sources)]
     quality = rng.uniform(0.3, 0.95, n_sources)
@@ -62,7 +62,7 @@ def test_weighted_tau_of_the_truth_is_one_and_missing_scores_rank_last() -> None
 
 def test_lobo_picks_the_informative_measures_and_scores_held_out(runs) -> None:
     out = ts.lobo(runs, pool=("logme", "knn_accuracy", "gbc", "mmd2"), max_size=2)
-    for bench, held in out["held_out"].items():
+    for held in out["held_out"].values():
         assert "logme" in held["chosen"] and "gbc" not in held["chosen"]
         assert held["held_out_wtau"] > 0.6
     assert out["best_overall"][0] in ("logme", "knn_accuracy")

@@ -16,8 +16,8 @@ from tasksim.errors import MetricInputError
 from tasksim.metrics._validate import ACCUM_DTYPE
 
 __all__ = [
-    "TopK",
     "BLOCK_ELEMS",
+    "TopK",
     "average_ranks",
     "check_knn_args",
     "exclude_self",
