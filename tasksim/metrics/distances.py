@@ -356,7 +356,9 @@ def _fold_projection(ztr: torch.Tensor, zte: torch.Tensor, lab_tr: torch.Tensor,
     diff = ztr[lab_tr == 1].mean(0) - ztr[lab_tr == 0].mean(0)
     diff = diff - axes.T @ (axes @ diff)
     norm = torch.linalg.vector_norm(diff)
-    basis = axes if not float(norm) > 1e-12 * max(1.0, float(ztr.abs().max())) else torch.cat([axes, (diff / norm)[None]])
+    if not float(norm) > 1e-12 * max(1.0, float(ztr.abs().max())):  # no mean difference left to add
+        return ztr @ axes.T, zte @ axes.T
+    basis = torch.cat([axes, (diff / norm)[None]])
     return ztr @ basis.T, zte @ basis.T
 
 
@@ -379,8 +381,8 @@ def domain_classifier_auc(x: ArrayLike, y: ArrayLike, folds: int = 5, seed: int 
     components of the pooled rows (unsupervised, fitted once before the folds by the seeded
     randomized range finder of ``_kernels.leading_components``) plus each training fold's
     mean-difference direction, so a mean shift outside the leading components is still seen: in
-    a 1280-d embedding the full fit cost ~20 s a source on 2 cores. ``max_dim=None`` fits on every feature (exact, in the training rows'
-    span, by L-BFGS when that is wide).
+    a 1280-d embedding the full fit cost ~20 s a source on 2 cores. ``max_dim=None`` fits on
+    every feature (exact, in the training rows' span, by L-BFGS when that is wide).
     """
     folds = int(folds)
     if folds < 2:
