@@ -55,7 +55,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transfer_benchmark import _tie_broken_ranks, kendall_tau_b, weighted_tau
+from transfer_benchmark import _tie_broken_ranks, kendall_tau_b, oriented, weighted_tau
 
 from tasksim import metrics
 from tasksim.config import RankingConfig
@@ -269,37 +269,18 @@ def run_target(bench: object, tgt: object, p: Protocol, log: Callable[[str], Non
 # rows: single measures, baselines, composites
 # =============================================================================================
 
-def oriented(ms: Mapping[str, Mapping[str, float]], name: str) -> dict[str, float]:
-    d = catalog.DIRECTIONS.get(name, 1)
-    return {s: d * float(m.get(name, float("nan"))) for s, m in ms.items()}
-
-
 def static_prior(run: TargetRun) -> dict[str, float]:
     # lexicographic: parameters first, source rows to break ties (both grow "better" in the prior)
     return {s: float(np.log1p(v[0]) * 1e3 + np.log1p(v[1])) for s, v in run.prior.items()}
 
 
-def rank_average(ms: Mapping[str, Mapping[str, float]], names: Sequence[str],
-                 weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Mean over ``names`` of each source's normalised rank (0 worst, 1 best; ties share the mean
-    rank); a source missing a measure is averaged over the measures it has."""
-    sources = sorted(ms)
-    acc = np.zeros(len(sources))
-    tot = np.zeros(len(sources))
-    weights = [1.0] * len(names) if weights is None else list(weights)
-    for name, wt in zip(names, weights):
-        v = np.array([oriented(ms, name)[s] for s in sources])
-        ok = np.isfinite(v)
-        if ok.sum() < 2 or np.ptp(v[ok]) == 0:
-            continue
-        r = np.full(len(v), np.nan)
-        from scipy.stats import rankdata
-
-        r[ok] = (rankdata(v[ok]) - 1) / (ok.sum() - 1)
-        acc[ok] += wt * r[ok]
-        tot[ok] += wt
+def rank_average(ms: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """Mean over ``names`` of each source's normalised rank (:func:`rank_matrix`); a source missing
+    a measure is averaged over the measures it has (NaN when it has none)."""
+    sources, ranks = rank_matrix(ms, names)
+    have = np.isfinite(ranks)
     with np.errstate(invalid="ignore"):
-        out = np.where(tot > 0, acc / np.maximum(tot, 1e-12), np.nan)
+        out = np.where(have.any(0), np.where(have, ranks, 0.0).sum(0) / np.maximum(have.sum(0), 1), np.nan)
     return {s: float(v) for s, v in zip(sources, out)}
 
 
