@@ -224,6 +224,18 @@ def daemon_info(config: Config) -> dict[str, Any] | None:
 
 
 @contextmanager
+def _watching(name: str, watch: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Run ``watch(done)`` in a daemon thread named ``name`` while the block runs; ``done`` is set
+    when it exits (the one shape of the daemon's store watchers: cycle counter, echo, experiments)."""
+    done = threading.Event()
+    threading.Thread(target=watch, args=(done,), name=name, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+@contextmanager
 def _stop_after_cycles(config: Config, cycles: int | None,
                        tracked: Callable[[], set[Any]] = set) -> Iterator[None]:
     """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store."""
@@ -232,9 +244,8 @@ def _stop_after_cycles(config: Config, cycles: int | None,
         return
     with Store(config.state_dir, readonly=True) as store:
         baseline = sum(store.snapshot().cycles_by_status.values())
-    done = threading.Event()
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         with Store(config.state_dir, readonly=True) as watcher:
             while not done.wait(1.0):
                 if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
@@ -243,12 +254,8 @@ def _stop_after_cycles(config: Config, cycles: int | None,
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
-    thread = threading.Thread(target=watch, name="tasksim-cycle-counter", daemon=True)
-    thread.start()
-    try:
+    with _watching("tasksim-cycle-counter", watch):
         yield
-    finally:
-        done.set()
 
 
 @contextmanager
@@ -265,9 +272,8 @@ def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]
 
         bounds = production_time_range(config.production)
         stream_end = None if bounds is None else bounds[1]
-    done = threading.Event()
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         nonlocal seen
         while not done.wait(1.0):
             try:
@@ -287,12 +293,8 @@ def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
-    thread = threading.Thread(target=watch, name="tasksim-cycle-echo", daemon=True)
-    thread.start()
-    try:
+    with _watching("tasksim-cycle-echo", watch):
         yield
-    finally:
-        done.set()
 
 
 class _PrefectInfoFilter(logging.Filter):
@@ -471,9 +473,8 @@ def _auto_experiments(config: Config, deployment: str, *, poll: float = 2.0) -> 
     from tasksim.report import recorded_cycles
 
     seen = max((c["cycle_id"] for c in recorded_cycles(config.state_dir)), default=0)
-    done = threading.Event()
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         nonlocal seen
         while not done.wait(poll):
             try:
@@ -485,12 +486,8 @@ def _auto_experiments(config: Config, deployment: str, *, poll: float = 2.0) -> 
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive a failed request
                 log.warning("automatic experiment: %s: %s", type(exc).__name__, exc)
 
-    thread = threading.Thread(target=watch, name="tasksim-auto-experiment", daemon=True)
-    thread.start()
-    try:
+    with _watching("tasksim-auto-experiment", watch):
         yield
-    finally:
-        done.set()
 
 
 def _maybe_start_experiment(config: Config, deployment: str, *, now: float | None = None,
