@@ -93,6 +93,7 @@ _MEASURES: tuple[Measure, ...] = (
     _transfer("gbc", bootstrap=True, weight=1.0),
     _transfer("transrate"),
     _transfer("knn_accuracy", weight=1.0),
+    _transfer("ridge_probe_accuracy"),  # closed-form leave-one-out probe (transfer/ridge.py)
     _transfer("leep", probs=True, bootstrap=True, weight=1.0),
     _transfer("nce", probs=True, bootstrap=True),
     _transfer("nleep", in_profile=False),
@@ -140,7 +141,7 @@ PROBABILITY_MEASURES: frozenset[str] = frozenset(m.name for m in _MEASURES if m.
 # probabilities), in the order of the catalogue; hscore (unregularised) is part of the default
 # engine profile but not of a cycle's.
 PROFILE_MEASURES: tuple[str, ...] = (
-    "logme", "hscore", "hscore_regularized", "transrate", "gbc", "knn_accuracy", "leep", "nce",
+    "logme", "hscore", "hscore_regularized", "transrate", "gbc", "knn_accuracy", "ridge_probe_accuracy", "leep", "nce",
 )
 # Computed on request only (per source; profile_many does not batch them).
 OPTIONAL_TRANSFER_MEASURES: tuple[str, ...] = ("sfda", "parc", "nleep", "linear_probe_accuracy")

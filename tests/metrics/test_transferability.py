@@ -297,10 +297,12 @@ def test_profile_equals_individual_calls():
     f, y = make_data(400, 20, 5, seed=15)
     theta = probs_for(y, 8, 0.7)
     prof = T.transferability_profile(f, y, theta, knn_max_queries=None)
-    assert set(prof) == {"logme", "hscore", "hscore_regularized", "transrate", "gbc", "knn_accuracy", "leep", "nce"}
+    assert set(prof) == {"logme", "hscore", "hscore_regularized", "transrate", "gbc", "knn_accuracy",
+                         "ridge_probe_accuracy", "leep", "nce"}
     single = {
         "logme": T.logme(f, y), "hscore": T.hscore(f, y), "hscore_regularized": T.hscore_regularized(f, y),
         "transrate": T.transrate(f, y), "gbc": T.gbc(f, y), "knn_accuracy": T.knn_accuracy(f, y),
+        "ridge_probe_accuracy": T.ridge_probe_accuracy(f, y),
         "leep": T.leep(theta, y), "nce": T.nce(theta, y),
     }
     for key, val in single.items():
@@ -381,7 +383,8 @@ def test_profile_many_agrees_with_per_source_profiles():
     for name, res in _profile_many_cases(x, y, p).items():
         assert len(res) == k
         for i in range(k):
-            expect = {m: v for m, v in per[i].items() if not (name == "one_shot" and m == "knn_accuracy")}
+            two_pass = ("knn_accuracy", "ridge_probe_accuracy")
+            expect = {m: v for m, v in per[i].items() if not (name == "one_shot" and m in two_pass)}
             assert set(res[i]) == set(expect), name
             for m, v in expect.items():
                 assert res[i][m] == pytest.approx(v, rel=1e-9, abs=1e-11), (name, i, m)
@@ -394,6 +397,45 @@ def test_profile_many_rejects_knn_on_one_shot_iterator():
     y = np.arange(100) % 3
     with pytest.raises(MetricInputError, match="two passes"):
         T.profile_many(iter([x[:, :50], x[:, 50:]]), y, measures=["logme", "knn_accuracy"])
+    with pytest.raises(MetricInputError, match="two passes"):
+        T.profile_many(iter([x[:, :50], x[:, 50:]]), y, measures=["ridge_probe_accuracy"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the closed-form leave-one-out ridge probe, against scikit-learn refitted n times
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "d", "c"), [(60, 20, 3), (40, 100, 4), (31, 200, 2), (90, 8, 6)])
+def test_ridge_probe_matches_sklearn_leave_one_out(n, d, c):
+    from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
+
+    from tasksim.metrics.transfer.ridge import ridge_loo_batched, ridge_penalties
+
+    rng = np.random.default_rng(n + d)
+    y = np.arange(n) % c
+    x = rng.standard_normal((n, d)) * rng.uniform(0.1, 10.0, d) + np.eye(c, d)[y] * 2.0
+    st = T.precompute(x, y)
+    acc, alpha = ridge_loo_batched(st)
+    grid = ridge_penalties(st)[0].numpy()
+    # the penalty: scikit-learn's efficient leave-one-out choice over the same grid
+    assert float(alpha[0]) == pytest.approx(RidgeClassifierCV(alphas=grid).fit(x, y).alpha_, rel=1e-9)
+    # the accuracy: n refits, each without one row
+    hits = [RidgeClassifier(alpha=float(alpha[0])).fit(np.delete(x, i, 0), np.delete(y, i)).predict(x[i:i + 1])[0] == y[i]
+            for i in range(n)]
+    assert float(acc[0]) == pytest.approx(np.mean(hits), abs=1e-12)
+    assert T.ridge_probe_accuracy(x, y) == pytest.approx(float(acc[0]), abs=1e-12)
+
+
+def test_ridge_probe_properties():
+    f, y = make_data(240, 16, 4, sep=2.0, seed=21)
+    a = T.ridge_probe_accuracy(f, y)
+    assert 0.6 < a <= 1.0
+    assert T.ridge_probe_accuracy(f * 1e3 + 5.0, y) == pytest.approx(a, abs=1e-12)  # scale and shift invariant
+    rot = np.linalg.qr(np.random.default_rng(1).standard_normal((16, 16)))[0]
+    assert T.ridge_probe_accuracy(f @ rot, y) == pytest.approx(a, abs=1e-12)        # rotation invariant
+    shuffled = np.random.default_rng(0).permutation(y)
+    assert T.ridge_probe_accuracy(f, shuffled) < a - 0.3                            # labels matter
+    assert T.ridge_probe_accuracy(f, np.array(["c" + str(v * 10) for v in y])) == pytest.approx(a)  # ids are names
 
 
 def test_profile_many_n_less_than_d():

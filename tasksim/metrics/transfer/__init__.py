@@ -7,7 +7,7 @@ Invalid inputs raise :class:`tasksim.errors.MetricInputError`: NaN/Inf, fewer th
 a class with fewer than two samples, mismatched lengths.
 
 Layout: ``stats`` (the shared second-order statistics, :class:`FeatureStats`), ``evidence`` (LogME,
-H-scores, TransRate, GBC), ``probs`` (LEEP, NCE), ``knn`` (kNN accuracy), ``extra`` (NLEEP, SFDA,
+H-scores, TransRate, GBC), ``probs`` (LEEP, NCE), ``knn`` (kNN accuracy), ``ridge`` (the closed-form leave-one-out ridge probe), ``extra`` (NLEEP, SFDA,
 PARC, linear probe), ``batched`` (whole profiles of one or K sources), ``_linalg`` (the Gram and
 log-determinant kernels they share).
 """
@@ -19,6 +19,7 @@ from tasksim.metrics.transfer.evidence import gbc, hscore, hscore_regularized, l
 from tasksim.metrics.transfer.extra import linear_probe_accuracy, nleep, parc, sfda
 from tasksim.metrics.transfer.knn import knn_accuracy
 from tasksim.metrics.transfer.probs import leep, nce
+from tasksim.metrics.transfer.ridge import ridge_probe_accuracy
 from tasksim.metrics.transfer.stats import FeatureStats, precompute
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "parc",
     "precompute",
     "profile_many",
+    "ridge_probe_accuracy",
     "sfda",
     "transferability_profile",
     "transrate",

@@ -40,6 +40,7 @@ from tasksim.metrics.transfer.evidence import (
 from tasksim.metrics.transfer.extra import linear_probe_accuracy, nleep, parc, sfda
 from tasksim.metrics.transfer.knn import _knn_inmemory, knn_accuracy
 from tasksim.metrics.transfer.probs import _leep_batched, _nce_batched, _probs
+from tasksim.metrics.transfer.ridge import ridge_loo_batched
 from tasksim.metrics.transfer.stats import _CHUNK_BYTES, FeatureStats, _Accumulator, _build_inmemory, _stats, precompute
 
 __all__ = [
@@ -56,12 +57,13 @@ _OPTIONAL_MEASURES = catalog.OPTIONAL_TRANSFER_MEASURES
 _STATS_MEASURES = catalog.STATS_MEASURES
 _SHARED_STATS_MEASURES = catalog.SHARED_STATS_MEASURES
 _PROBS = catalog.PROBABILITY_MEASURES
+_RIDGE = "ridge_probe_accuracy"
 
 
 def _resolve_measures(measures: Iterable[str] | None, have_probs: bool, knn_possible: bool = True) -> list[str]:
     if measures is None:
         return [m for m in PROFILE_MEASURES if (have_probs or m not in _PROBS)
-                and (knn_possible or m != "knn_accuracy")]
+                and (knn_possible or m not in ("knn_accuracy", _RIDGE))]
     out = list(dict.fromkeys(measures))
     known = set(PROFILE_MEASURES) | set(_OPTIONAL_MEASURES)
     bad = [m for m in out if m not in known]
@@ -108,7 +110,7 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
     todo = _resolve_measures(measures, have_probs)
     out: dict[str, float] = {}
     theta = None
-    if any(m in _STATS_MEASURES or m in ("knn_accuracy", "linear_probe_accuracy") for m in todo):
+    if any(m in _STATS_MEASURES or m in ("knn_accuracy", "linear_probe_accuracy", _RIDGE) for m in todo):
         if isinstance(features, FeatureStats):
             st = _stats(features, labels)
         else:
@@ -130,6 +132,8 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
             out[m] = nleep(st, seed=seed)
         elif m == "linear_probe_accuracy":
             out[m] = linear_probe_accuracy(st, seed=seed)
+        elif m == _RIDGE:
+            out[m] = float(ridge_loo_batched(st)[0][0])
         elif m in _PROBS:
             if theta is None:
                 y_p, c_p, _ = prep_labels(y_ref, len(source_probs), raw_tensor(source_probs, "source_probs").device)
@@ -306,6 +310,9 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
     extra = [m for m in todo if m in _OPTIONAL_MEASURES]
     if extra:
         raise MetricInputError(f"profile_many does not batch {extra}; call them per source")
+    if _RIDGE in todo and not src.reiterable:
+        raise MetricInputError("ridge_probe_accuracy needs two passes over the rows: pass a list of chunks or a "
+                               "callable returning a fresh iterator instead of a one-shot iterator")
     if "knn_accuracy" in todo and not src.reiterable:
         raise MetricInputError("knn_accuracy needs two passes over the rows: pass a list of chunks or a callable "
                                "returning a fresh iterator instead of a one-shot iterator")
@@ -315,7 +322,7 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
     if src.n is not None and src.n != n:
         raise MetricInputError(f"features have {src.n} samples but labels has {n}: lengths must match")
     k, d = src.k, src.d
-    plan = _Plan(todo=todo, need_stats=any(m in _SHARED_STATS_MEASURES for m in todo),
+    plan = _Plan(todo=todo, need_stats=any(m in _SHARED_STATS_MEASURES or m == _RIDGE for m in todo),
                  need_knn="knn_accuracy" in todo, knn_k=int(knn_k), knn_metric=knn_metric,
                  transrate_eps=transrate_eps)
     if plan.need_knn:
@@ -335,6 +342,9 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
         for m in todo:
             if m in _SHARED_STATS_MEASURES:
                 results[m] = _shared_stats_measure(m, st, transrate_eps, gbc_pca_dim)
+        if _RIDGE in todo:
+            results[_RIDGE] = ridge_loo_batched(st, None if st.centred is not None else (
+                (ch.to(ACCUM_DTYPE) - st.mean.unsqueeze(1), y[s:s + ch.shape[1]]) for s, ch in src.chunks(chunk_rows)))[0]
     if have_probs and any(m in _PROBS for m in todo):
         results.update(_probability_measures(source_probs, todo, y, n_classes, k))
     cols = {m: [float(v) for v in results[m].cpu().tolist()] for m in todo if m in results}
@@ -363,7 +373,7 @@ def _inmemory_pass(src: _Sources, y: torch.Tensor, n_classes: int, counts: torch
     if plan.need_stats:
         st = _build_inmemory(full, y, n_classes, counts,
                              transrate_eps=plan.transrate_eps if "transrate" in plan.todo else None,
-                             raw=None, keep_centred="gbc" in plan.todo or "hscore_regularized" in plan.todo)
+                             raw=None, keep_centred=bool({"gbc", "hscore_regularized", _RIDGE} & set(plan.todo)))
     else:
         check_finite(full, "features")
     if plan.need_knn:
