@@ -265,6 +265,45 @@ def run_target(bench: object, tgt: object, p: Protocol, log: Callable[[str], Non
     return run
 
 
+def add_measures(bench: object, base: Sequence[TargetRun], names: Sequence[str], p: Protocol,
+                 log: Callable[[str], None], check: str = "logme", rtol: float = 1e-3) -> list[TargetRun]:
+    """``base`` (saved runs of ``bench``) with the measures ``names`` added on the same windows
+    (a measure added to the catalogue after the run), without re-measuring the ground truths.
+    Each target's views are rebuilt exactly as :func:`run_target` builds them; ``check`` is
+    recomputed on them and must equal the saved value within ``rtol`` (float32 training of the
+    sources is not bit-reproducible across thread counts; a larger gap means the views differ:
+    RuntimeError). The largest relative gap is logged."""
+    by_name = {t.name: t for t in bench.targets}  # type: ignore[attr-defined]
+    out = []
+    for run in base:
+        started = time.perf_counter()
+        gap = 0.0
+        tgt = by_name[run.target]
+        pool_min = min(int(np.sum(tgt.y[tgt.pool] == c)) for c in run.classes)
+        per_draw = min(p.gt_rows, pool_min if p.draws == 1 else int(pool_min * 0.85))
+        draws = [_draw(tgt.y, tgt.pool, per_draw, p.seed + 1000 * d) for d in range(p.draws)]
+        views = {}
+        for src in bench.sources:  # type: ignore[attr-defined]
+            x = tgt.pre_cache.get(src.name)
+            views[src.name] = src.view(src.pre(tgt.x) if x is None else x)[0]
+        for key, per_source in run.measures.items():
+            w, d = (int(v) for v in key.split("/"))
+            rows = torch.from_numpy(_window(draws[d], tgt.y, w))
+            labels = [str(v) for v in tgt.y[rows.numpy()]]
+            for src_name, ms in per_source.items():
+                got = metrics.transferability_profile(views[src_name][rows], labels, measures=[*names, check], seed=p.seed)
+                gap = max(gap, abs(got[check] - ms[check]) / max(abs(ms[check]), 1e-12))
+                if not np.isclose(got[check], ms[check], rtol=rtol, atol=1e-9):
+                    raise RuntimeError(f"{run.target} {key} {src_name}: {check} {got[check]} != saved {ms[check]}: "
+                                       "the rebuilt views differ from the saved run's")
+                ms.update({m: float(got[m]) for m in names})
+        run.seconds[f"added {'+'.join(names)}"] = time.perf_counter() - started
+        log(f"    {run.target:22s} {'+'.join(names)} added ({time.perf_counter() - started:.0f}s); "
+            f"largest relative gap of the rebuilt {check}: {gap:.1e}")
+        out.append(run)
+    return out
+
+
 # =============================================================================================
 # rows: single measures, baselines, composites
 # =============================================================================================
@@ -543,11 +582,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--from-json", type=Path, nargs="+", default=None, help="evaluate saved raw numbers only")
     ap.add_argument("--markdown", type=Path, default=None, help="write the report here (docs/transfer_benchmark.md)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--add-measures", nargs="+", default=None, metavar="MEASURE",
+                    help="with --from-json (one benchmark's file) and --json: add these measures to the saved runs "
+                         "on the same windows, keeping their ground truths")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     p = QUICK if args.quick else Protocol()
-    if args.from_json:
+    if args.add_measures:
+        if not (args.from_json and len(args.from_json) == 1 and args.json):
+            ap.error("--add-measures needs one --from-json file and --json")
+        runs, info = _load(args.from_json[0])
+        name = runs[0].benchmark
+        from suite_sources import build_images, build_tabular, build_text
+
+        builders = {"images": build_images, "tabular": build_tabular, "text": build_text}
+        bench = builders[name]("quick" if args.quick else "full", log=print)
+        runs = add_measures(bench, runs, args.add_measures, p, print)
+        _save(args.json, runs, {k: v for k, v in info.items() if k != "machine"})
+        print(f"raw numbers saved to {args.json}")
+    elif args.from_json:
         runs, info = [], {"seconds": {}}
         for path in args.from_json:
             more, more_info = _load(path)

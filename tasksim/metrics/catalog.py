@@ -68,14 +68,15 @@ def _distance(name: str, *, labels: bool = False, weight: float = 0.0, min_rows:
 
 
 # The default composite (docs/decisions.md, "The composite"; evidence: docs/transfer_benchmark.md):
-# the average of the sources' ranks (RankingConfig.normalization "rank") on the five
-# transferability measures that held up on all three benchmarks of bench/transfer_suite.py
-# (images with CNN and ImageNet sources, tabular, text): kNN accuracy, LogME, GBC, LEEP and the
-# regularised H-score, weight 1 each, with MMD^2 at half weight as the guard that breaks ties
-# between sources that transfer alike (same task, other domain: the drift case). Ranks, not
-# min-max values, so that no measure's outliers decide. Modality and cost are practical
-# criteria the benchmark cannot fit. Every other measure is still profiled, exported and
-# explained: weight it through ``ranking.weights``.
+# the average of the sources' ranks (RankingConfig.normalization "rank") on six transferability
+# measures that held up on all three benchmarks of bench/transfer_suite.py (images with CNN and
+# ImageNet sources, tabular, text): kNN accuracy, the leave-one-out ridge probe, LogME, GBC, LEEP
+# and the regularised H-score, weight 1 each, with MMD^2 at half weight as the guard that breaks
+# ties between sources that transfer alike (same task, other domain: the drift case). Chosen by
+# leave-one-benchmark-out among whole product configurations. Ranks, not min-max values, so that
+# no measure's outliers decide. Modality and cost are practical criteria the benchmark cannot
+# fit. Every other measure is still profiled, exported and explained: weight it through
+# ``ranking.weights``.
 _MEASURES: tuple[Measure, ...] = (
     # distribution alignment in the shared (deployed encoder's) feature space
     _distance("mmd2", weight=0.5),  # the guard: a tie-breaker between sources that transfer alike
@@ -93,7 +94,7 @@ _MEASURES: tuple[Measure, ...] = (
     _transfer("gbc", bootstrap=True, weight=1.0),
     _transfer("transrate"),
     _transfer("knn_accuracy", weight=1.0),
-    _transfer("ridge_probe_accuracy"),  # closed-form leave-one-out probe (transfer/ridge.py)
+    _transfer("ridge_probe_accuracy", weight=1.0),  # closed-form leave-one-out probe (transfer/ridge.py)
     _transfer("leep", probs=True, bootstrap=True, weight=1.0),
     _transfer("nce", probs=True, bootstrap=True),
     _transfer("nleep", in_profile=False),
