@@ -68,6 +68,18 @@ def test_lobo_picks_the_informative_measures_and_scores_held_out(runs) -> None:
     assert out["best_overall"][0] in ("logme", "knn_accuracy")
 
 
+def test_config_lobo_chooses_whole_product_configurations_on_the_other_benchmarks(runs) -> None:
+    candidates = {"logme": {"logme": 1.0}, "gbc": {"gbc": 1.0}, "logme + mmd": {"logme": 1.0, "mmd2": 0.5}}
+    out = ts.config_lobo(runs, candidates)
+    assert set(out["means"]) == set(candidates)
+    for bench, held in out["held_out"].items():
+        assert held["chosen"] != "gbc"  # the noise measure never wins on the other benchmarks
+        assert held["held_out_wtau"] == pytest.approx(out["means"][held["chosen"]][bench])
+    # a candidate's weights replace the evidence weights: only the named criteria are weighted
+    cfg = ts.candidate_config({"gbc": 1.0})
+    assert cfg.weights["gbc"] == 1.0 and cfg.weights["logme"] == 0.0 and "cost" not in cfg.weights
+
+
 def test_tau_table_rows_and_bootstrap(runs) -> None:
     rows = {"logme": lambda run, key: ts.oriented(run.measures[key], "logme"),
             "gbc": lambda run, key: ts.oriented(run.measures[key], "gbc")}
@@ -92,4 +104,4 @@ def test_report_renders_every_section(runs, tmp_path: Path) -> None:
     text = out.read_text()
     for section in ("## Verdict", "## Two-level bootstrap", "leave one benchmark out", "## Per target"):
         assert section in text
-    assert ts.DEFAULT_ROW in text
+    assert ts.DEFAULT_ROW in text and ts.CONFIG_HELD_OUT_ROW in text
