@@ -562,7 +562,6 @@ def check_window(
     labelled_rows = len(known)
     prior_pi: np.ndarray | None = None
     a_label, a_concept = alpha * ALPHA_SHARES["label_prior"], alpha * ALPHA_SHARES["concept"]
-    a_lc = alpha * ALPHA_SHARES["label_cusum"] / 2
     accumulated: list[tuple[str, float, float]] = []  # (what, statistic, p-value) of the label evidence over windows
     if ref.clf_w is None:
         why = f"not testable: {ref.label_note or 'no reference model'}"
@@ -658,6 +657,9 @@ def check_window(
 
     # -- labels over windows: EWMA of the class frequencies and of the loss excess ------------------
     if config.cusum and accumulated:
+        # Bonferroni over the accumulated label tests that ran (the class frequencies, and the loss
+        # excess when the window has labels; predicted labels alone: the frequencies get the share)
+        a_lc = alpha * ALPHA_SHARES["label_cusum"] / len(accumulated)
         over = tuple(what for what, _, p in accumulated if p <= a_lc)
         best = min(accumulated, key=lambda a: a[2])
         tests.append(DriftTest("label_cusum", over[0] if over else best[0], bool(over), statistic=best[1],
