@@ -37,15 +37,21 @@ def test_bad_drift_inputs_through_tasksim_run(tmp_path: Path) -> None:
 
     first = run_cycle(load_config(path))  # hour 0: the reference window itself
     assert first.status == "success" and first.drift is not None and first.drift.kind == "none"
-    proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "run", "--config", str(path), "--format", "json"],
-                          check=False, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasksim.cli", "run", "--config", str(path), "--format", "json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     drift = json.loads(proc.stdout)["drift"]
     assert drift["reference_rows"] == 120 and drift["current_rows"] == single > 60
     assert "column 'f5' not testable: constant (1) in the reference" in drift["notes"]
-    assert any(n.startswith(f"the reference (120 rows) is smaller than two windows ({single} rows)")
-               for n in drift["notes"])
+    assert any(
+        n.startswith(f"the reference (120 rows) is smaller than two windows ({single} rows)") for n in drift["notes"]
+    )
     assert drift["calibrated"] and drift["calibration_rows"] == 60
     assert "f5" not in [c["column"] for c in drift["columns"]]
     tests = {t["name"]: t for t in drift["tests"]}
