@@ -366,3 +366,57 @@ def test_gradual_shift_state_survives_a_json_round_trip(fitted):
     b, _ = run(fitted, x, y, restored)
     assert a.to_dict() == b.to_dict()
     assert a.test("cusum").statistic > 0
+
+
+def _loss_reference(rng: np.random.Generator, classes: int = 6, per_class: int = 80):
+    """A stand-in reference for the concept loss test: each class's cross-fitted 1 - p(label),
+    heavy-tailed (mostly confident, now and then a confident mistake)."""
+    from types import SimpleNamespace
+
+    codes = np.repeat(np.arange(classes), per_class)
+    p_label = np.where(rng.random(len(codes)) < 0.05, rng.uniform(1e-4, 0.05, len(codes)),
+                       rng.beta(8, 2, len(codes)))
+    return SimpleNamespace(classes=tuple(f"c{i}" for i in range(classes)), ref_label_codes=codes,
+                           cv_loss=1.0 - p_label)
+
+
+def test_concept_loss_test_is_valid_and_finds_a_shift_in_one_class():
+    from tasksim.drift.checks import _loss_test
+
+    rng = np.random.default_rng(30)
+    ref = _loss_reference(rng)
+    # no concept shift: window rows from the same laws as the reference's (within-class permutations
+    # are exact, the reference's own tail included)
+    pvals = []
+    for _ in range(120):
+        ref_new = _loss_reference(rng)  # a fresh reference each time: validity over references
+        codes = rng.integers(0, 6, 60)
+        loss = np.concatenate([_loss_reference(rng, 1, 1).cv_loss for _ in codes])
+        pvals.append(_loss_test(ref_new, codes, loss, rng)[0])
+    assert np.mean(np.array(pvals) <= 0.05) <= 0.1
+    assert np.mean(np.array(pvals) <= 0.2) <= 0.3
+    # a concept shift confined to class 2: 4 of its 10 rows carry a label the model finds implausible
+    codes = np.repeat(np.arange(6), 10)
+    loss = 1.0 - rng.beta(8, 2, 60)
+    loss[20:24] = 1.0 - 1e-4
+    joint, overall, class_p = _loss_test(ref, codes, loss, rng)
+    assert int(np.argmin(class_p)) == 2 and joint <= 0.002 and joint < overall
+
+
+def test_sparse_embeddings_monitor_their_share_of_zeros():
+    from tasksim.drift.reference import ZERO_SHARE
+
+    rng = np.random.default_rng(31)
+    basis = rng.normal(size=(5, 40))
+    sparse = lambda n: np.maximum(rng.normal(size=(n, 5)) @ basis - 1.0, 0.0)  # ReLU features
+    labels = [f"c{v}" for v in rng.integers(0, 2, 400)]
+    ref = DriftReference.fit(None, sparse(400), labels, CFG, seed=0)
+    assert ZERO_SHARE in ref.columns
+    dense = DriftReference.fit(None, rng.normal(size=(400, 40)), labels, CFG, seed=0)
+    assert ZERO_SHARE not in dense.columns
+    cal = calibrate(ref, 100, CFG, seed=0)
+    quiet, _ = check_window(ref, cal, None, sparse(100), None, CFG)
+    assert ZERO_SHARE not in quiet.test("columns").evidence
+    noisy = np.abs(sparse(100) + rng.normal(scale=0.01, size=(100, 40)))  # faint noise lifts the zeros
+    verdict, _ = check_window(ref, cal, None, noisy, None, CFG)
+    assert verdict.kind == "input" and ZERO_SHARE in verdict.test("columns").evidence

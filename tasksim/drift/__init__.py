@@ -4,8 +4,8 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
 
 - :class:`DriftReference` is fitted once per reference and cached (``.npz``, no pickle): the
   monitored columns (numeric scalar inputs by name; for text or vector inputs ``pc1..pcK``,
-  principal components of the embeddings, and ``pc_residual``, the out-of-fold reconstruction
-  error), kernel features for an MMD, and a reference-fitted multinomial logistic model with its
+  principal components of the embeddings, ``pc_residual``, the out-of-fold reconstruction
+  error, and for sparse embeddings ``pc_zero_share``, each row's share of exact zeros), kernel features for an MMD, and a reference-fitted multinomial logistic model with its
   cross-fitted predictions and losses (for label tests).
 - :func:`calibrate` measures every null by bootstrapping the reference against itself at the
   window's size bucket (:func:`calibration_rows`), cached per reference and bucket.
@@ -15,8 +15,9 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
   evidence accumulated over windows (``cusum``: EWMAs of the columns' mean normal scores and of the
   MMD's mean embedding, whose null includes the shared reference's own sampling error,
   :mod:`tasksim.drift.sequential`; gradual shifts); the label marginal (labels, else predicted
-  labels: BBSE); the concept test (the reference model's loss on labelled rows, and whether
-  p(predicted label | label) moved); and the label evidence accumulated over windows
+  labels: BBSE); the concept test (the reference model's log-loss on labelled rows against the
+  reference's rows of the same classes, overall and per class, by within-class permutations; and
+  whether p(predicted label | label) moved); and the label evidence accumulated over windows
   (``label_cusum``). Label tests predict each window row with one of the reference's 5
   cross-fitting models, so window and reference predictions are exchangeable, and their G tests
   have permutation nulls.

@@ -16,7 +16,7 @@ import pyarrow as pa
 from tasksim.config import DriftConfig, InputColumns
 from tasksim.drift.checks import Calibration, calibrate, calibration_rows, check_window
 from tasksim.drift.columns import DriftConfigError, _column_frame, _is_numeric_scalar, _is_vector
-from tasksim.drift.reference import RESIDUAL, DriftReference
+from tasksim.drift.reference import RESIDUAL, ZERO_SHARE, DriftReference
 from tasksim.drift.verdict import MIN_CALIBRATION_ROWS, DriftVerdict
 from tasksim.errors import DataError
 
@@ -74,7 +74,7 @@ class DriftMonitor:
 
     def key(self, reference_key: str) -> str:
         payload = json.dumps([reference_key, self.config.model_dump(mode="json"), self.columns.model_dump(mode="json"),
-                              self.seed, "drift-reference-v3"], sort_keys=True, default=str)
+                              self.seed, "drift-reference-v4"], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def reference(self, reference_table: pa.Table, reference_features: Any, reference_key: str) -> DriftReference:
@@ -96,7 +96,8 @@ class DriftMonitor:
         return ref
 
     def _selected(self, scalars: list[str], vector_inputs: bool) -> tuple[list[str], int]:
-        pcs = [f"pc{i + 1}" for i in range(self.config.embedding_components)] + [RESIDUAL] if vector_inputs else []
+        pcs = ([f"pc{i + 1}" for i in range(self.config.embedding_components)] + [RESIDUAL, ZERO_SHARE]
+               if vector_inputs else [])
         candidates = scalars + pcs
         if self.config.columns is not None:
             unknown = [c for c in self.config.columns if c not in candidates]
