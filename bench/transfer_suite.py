@@ -779,6 +779,9 @@ def render_markdown(runs: Sequence[TargetRun], info: Mapping[str, object], means
         for row, v in boot[b].items():
             if row == DEFAULT_ROW:
                 continue
+            if v["diff_p05"] == v["diff_p95"] == 0.0:  # the same scores in every round: the same configuration
+                boot_lines.append(f"| {b} | {row} | {v['mean']:+.2f} | (the default itself) | 0 |")
+                continue
             boot_lines.append(f"| {b} | {row} | {v['mean']:+.2f} | {v['p_reference_better']:.2f} | "
                               f"{v['diff_p05']:+.2f} .. {v['diff_p95']:+.2f} |")
     window_lines = ["| benchmark | window (rows a class) | default composite | best single measure there | kNN | LogME |",
@@ -928,12 +931,18 @@ python bench/transfer_suite.py --quick                 # smaller targets, 1 draw
 python bench/transfer_suite.py --only images tabular   # some of them
 python bench/transfer_suite.py --from-json bench/.cache/suite_images.json bench/.cache/suite_tabular.json \\
     bench/.cache/suite_text.json --markdown docs/transfer_benchmark.md   # evaluation only
-# this page's raw numbers: docs/cpu/transfer_suite_{{images,tabular,text}}_2026-12-05.json.gz (also --from-json)
+# a measure added to the catalogue after a run: add it to the saved runs on the same rebuilt views
+python bench/transfer_suite.py --from-json old_images.json --add-measures ridge_probe_accuracy --json new_images.json
 ```
 
+This page's raw numbers: `docs/cpu/transfer_suite_{{images,tabular,text}}_2026-12-06.json.gz` (also
+`--from-json`). Images and text are the 2026-12-05 runs with `ridge_probe_accuracy` added by
+`--add-measures` (same `--threads 2` as the run; the rebuilt views' LogME matched the saved values
+to 1e-4 relative or better); tabular is a fresh full run of 2026-12-06 (`--threads 1`).
+
 Wall time of the runs behind the numbers above (each benchmark's build, ground truths and measures;
-this page's runs went in parallel with other work on a 2-core VM at load 4-11, so they are not the
-cold 2-core time): {seconds}. Machine: {machine}.
+these runs went in parallel with other work on a 2-core VM at load 4-11, so they are not the cold
+2-core time): {seconds}. Machine: {machine}.
 """
 
 
