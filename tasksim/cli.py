@@ -346,6 +346,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 raw = last["similarity"].get(criterion)
                 raw_text = f"raw {_fmt(raw)}" if raw is not None else ""
                 print(f"  {criterion:<22} {value:5.2f} x {weights.get(criterion, 0) / total:4.2f}  {raw_text}")
+        carried = ((d.get("profile") or {}).get(args.source) or {}).get("carried") or {}
+        if carried:
+            print("carried from an earlier cycle (unweighted measures, measured afresh every "
+                  f"{config.ranking.unweighted_every} cycles and in drifted windows; ranking.unweighted_every):")
+            for m, origin in sorted(carried.items()):
+                print(f"  {m:<22} {_fmt(last['similarity'].get(m))}  measured in cycle {origin.get('cycle')} "
+                      f"(window {origin.get('window_start')})")
         print(f"decision: {d['action']} (recommended {d.get('recommended_source')}): {d['rationale']}")
     print("history (newest first):")
     for h in history:

@@ -1,0 +1,264 @@
+"""How a warm monitoring cycle scales with the number of sources, and where its time goes.
+
+Why (issue 15): the marginal cost of a source in a warm cycle must be at most 50 ms at a 100-row
+window. A synthetic workspace is built in a temporary directory per portfolio size: a production
+stream of 100-row hourly windows and ``--sources`` sources of 500 rows each, all 384-d features in
+one fixed-size list column, seen through the identity encoder (so no model time hides the cycle's
+own cost), 5 labelled classes per source from a pool of 20 (class means on a shared grid plus a
+per-source domain shift). Cycles run in one process through the real code path: ``Cycle(config,
+encoder=...)`` with the encoder kept between cycles, as ``tasksim.open(...).run()`` and the warm
+daemon run them (sample, embed, drift, profile, rank, recommend, store).
+
+Per size: the first cycle (cold: nothing cached on disk or in the process), then ``--warm`` warm
+cycles; the table gives the median warm cycle and its stages (``CycleResult.stage_seconds``). The
+marginal cost of a source is the slope between the smallest and the largest size. With
+``--profile``, one more warm cycle per size runs under cProfile: the cumulative seconds of the
+functions that carry a measure or a stage step (profiling adds overhead: read them as shares).
+
+``--demo`` adds the floor ratio on the demo workspace (``tasksim.demo``, MiniLM text encoder): a
+warm in-process cycle over the time it takes to embed its window alone, measured in the same run.
+
+    python bench/cycle_scaling.py                       # 10, 100, 1000 sources, 3 warm cycles each
+    python bench/cycle_scaling.py --sizes 10 100 --profile
+    python bench/cycle_scaling.py --sizes 10 --demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DIM = 384
+SOURCE_ROWS = 500
+WINDOW_ROWS = 100
+CLASS_POOL = 20
+CLASSES_PER_SOURCE = 5
+
+# Functions whose cumulative time is reported with --profile (name as cProfile shows it).
+PROFILED = (
+    # the profile stage's per-source steps
+    "load_source", "table_fingerprint", "get_or_compute", "source_view", "load_or_fit_head", "missing_rate",
+    "shared_space_measures", "mmd2", "frechet_distance", "coverage", "domain_classifier_auc", "duplicate_rate",
+    "label_noise_rate", "label_shift", "label_overlap", "otdd", "target_basis",
+    # the batched transferability and the confidence bootstrap
+    "score_views", "profile_many", "transferability_profile", "bootstrap_profiles",
+    # the other stages
+    "check", "rank_sources", "_bootstrap_rounds", "_reliabilities", "top1_and_intervals", "recommend",
+    "record_cycle",
+)
+
+
+def _matrix(rng: np.random.Generator, n: int, labels: np.ndarray, means: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return (means[labels] + shift + rng.normal(size=(n, DIM))).astype(np.float32)
+
+
+def _table(x: np.ndarray, labels: np.ndarray, ts: list[datetime] | None = None) -> pa.Table:
+    cols: dict[str, Any] = {
+        "x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), DIM),
+        "label": pa.array([f"class{v:02d}" for v in labels]),
+    }
+    if ts is not None:
+        cols["ts"] = pa.array(ts, type=pa.timestamp("us", tz="UTC"))
+    return pa.table(cols)
+
+
+def build_workspace(root: Path, sources: int, windows: int, *, seed: int = 0) -> Path:
+    """A production stream (window 0 is the reference) and ``sources`` sources; returns the config path."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    means = rng.normal(scale=1.5, size=(CLASS_POOL, DIM))
+    tables = []
+    for w in range(windows):
+        labels = rng.integers(0, CLASSES_PER_SOURCE, size=WINDOW_ROWS)
+        ts = [T0 + timedelta(hours=w, seconds=int(s)) for s in rng.integers(0, 3600, WINDOW_ROWS)]
+        tables.append(_table(_matrix(rng, WINDOW_ROWS, labels, means, np.zeros(DIM)), labels, ts))
+    pq.write_table(pa.concat_tables(tables), root / "production.parquet")
+    (root / "sources").mkdir(exist_ok=True)
+    entries = []
+    for i in range(sources):
+        first = (i * 3) % CLASS_POOL
+        classes = np.array([(first + k) % CLASS_POOL for k in range(CLASSES_PER_SOURCE)])
+        labels = classes[rng.integers(0, CLASSES_PER_SOURCE, size=SOURCE_ROWS)]
+        shift = rng.normal(scale=0.1 * (i % 7), size=DIM)
+        pq.write_table(_table(_matrix(rng, SOURCE_ROWS, labels, means, shift), labels), root / "sources" / f"s{i}.parquet")
+        entries.append({"name": f"s{i:04d}", "path": f"sources/s{i}.parquet", "feature_columns": ["x"],
+                        "label_column": "label", "licence": "mit", "cost": 1.0 + (i % 3)})
+    config = {
+        "name": f"scaling-{sources}",
+        "state_dir": "state",
+        "production": {"path": "production.parquet", "timestamp_column": "ts", "label_column": "label",
+                       "feature_columns": ["x"], "partitioning": None},
+        "window": {"mode": "sequential", "length": "1h", "start": (T0 + timedelta(hours=1)).isoformat()},
+        "reference": {"start": T0.isoformat(), "end": (T0 + timedelta(hours=1)).isoformat()},
+        "encoder": {"kind": "identity"},
+        "sources": entries,
+        "deployed_source": "s0000",
+        "schedule": {"interval": "1h"},
+    }
+    path = root / "tasksim.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _run_cycle(config: Any, encoder: Any) -> tuple[Any, Any]:
+    from tasksim.cycle import Cycle
+
+    cycle = Cycle(config, encoder=encoder)
+    try:
+        result = cycle.run()
+    finally:
+        cycle.store.close()
+    if result.status != "success":
+        raise RuntimeError(f"cycle {result.cycle_id}: {result.status}: {result.error}")
+    return result, cycle._encoder
+
+
+def _profiled(config: Any, encoder: Any) -> dict[str, float]:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _run_cycle(config, encoder)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    out: dict[str, float] = {}
+    for (filename, _, name), (_, _, _, cumulative, _) in stats.items():
+        if name in PROFILED and "tasksim" in filename:
+            key = f"{name} ({Path(filename).stem})"
+            out[key] = out.get(key, 0.0) + cumulative
+    return out
+
+
+def measure_size(sources: int, warm: int, profile: bool, root: Path) -> dict[str, Any]:
+    from tasksim.config import load_config
+
+    path = build_workspace(root / f"n{sources}", sources, windows=warm + 3 + int(profile))
+    config = load_config(path)
+    t0 = time.perf_counter()
+    first, encoder = _run_cycle(config, None)
+    first_wall = time.perf_counter() - t0
+    runs = []
+    for _ in range(warm):
+        t0 = time.perf_counter()
+        result, encoder = _run_cycle(config, encoder)
+        runs.append({"wall": time.perf_counter() - t0, **result.stage_seconds})
+    out = {"sources": sources, "first_wall": first_wall, "first_stages": dict(first.stage_seconds),
+           "warm": runs, "warm_median": {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]},
+           "best": first.ranking.best().source if first.ranking else None}
+    if profile:
+        out["profile"] = _profiled(config, encoder)
+    return out
+
+
+def demo_floor(root: Path, warm: int) -> dict[str, Any]:
+    """A warm demo cycle against embedding its window alone (the floor), in this one process."""
+    from tasksim.config import load_config
+    from tasksim.cycle import Cycle
+    from tasksim.demo import build_demo_workspace
+
+    path = build_demo_workspace(root / "demo")
+    config = load_config(path)
+    t0 = time.perf_counter()
+    _, encoder = _run_cycle(config, None)
+    first = time.perf_counter() - t0
+    cycles, floors = [], []
+    for _ in range(warm):
+        t0 = time.perf_counter()
+        result, encoder = _run_cycle(config, encoder)
+        cycles.append({"wall": time.perf_counter() - t0, **result.stage_seconds})
+        # the floor: the same window's rows through the same (warm) encoder, nothing else
+        probe = Cycle(config, encoder=encoder)
+        try:
+            window = probe.sample().window
+            t0 = time.perf_counter()
+            encoder.encode(window.table, config.production)
+            floors.append(time.perf_counter() - t0)
+        finally:
+            probe.store.close()
+    wall = statistics.median(c["wall"] for c in cycles)
+    floor = statistics.median(floors)
+    return {"first_wall": first, "warm": cycles, "floor": floors, "ratio": wall / floor,
+            "warm_median": {k: statistics.median(c.get(k, 0.0) for c in cycles) for k in cycles[0]}}
+
+
+def _fmt_stages(stages: dict[str, float]) -> str:
+    order = ("sample", "embed", "drift", "profile", "rank")
+    return " | ".join(f"{stages.get(k, 0.0):.2f}" for k in order)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--warm", type=int, default=3, help="warm cycles per size (the median is reported)")
+    ap.add_argument("--profile", action="store_true", help="one more warm cycle per size under cProfile")
+    ap.add_argument("--demo", action="store_true", help="also the warm-cycle / embedding ratio on the demo")
+    ap.add_argument("--json", type=Path, help="write the raw numbers here")
+    args = ap.parse_args(argv)
+
+    load_start = os.getloadavg()
+    results: dict[str, Any] = {"sizes": []}
+    with tempfile.TemporaryDirectory(prefix="tasksim-scaling-") as tmp:
+        for n in args.sizes:
+            results["sizes"].append(measure_size(n, args.warm, args.profile, Path(tmp)))
+            r = results["sizes"][-1]
+            print(f"# {n} sources: first cycle {r['first_wall']:.1f} s, warm median {r['warm_median']['wall']:.2f} s",
+                  file=sys.stderr, flush=True)
+        if args.demo:
+            results["demo"] = demo_floor(Path(tmp), args.warm)
+    results["load"] = [load_start[0], os.getloadavg()[0]]
+
+    print(f"## Cycle scaling ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end)\n")
+    print(f"{SOURCE_ROWS}-row sources, {WINDOW_ROWS}-row windows, {DIM}-d identity features, "
+          f"{args.warm} warm cycles per size (median)\n")
+    print("| sources | first cycle (s) | warm cycle (s) | sample | embed | drift | profile | rank (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results["sizes"]:
+        print(f"| {r['sources']} | {r['first_wall']:.1f} | {r['warm_median']['wall']:.2f} | "
+              f"{_fmt_stages(r['warm_median'])} |")
+    sizes = results["sizes"]
+    if len(sizes) >= 2:
+        lo, hi = sizes[0], sizes[-1]
+        span = hi["sources"] - lo["sources"]
+        marginal = (hi["warm_median"]["wall"] - lo["warm_median"]["wall"]) / span
+        per_stage = {k: (hi["warm_median"].get(k, 0.0) - lo["warm_median"].get(k, 0.0)) / span
+                     for k in ("profile", "rank")}
+        results["marginal_seconds"] = marginal
+        print(f"\nmarginal cost of a source in a warm cycle ({lo['sources']} -> {hi['sources']}): "
+              f"{1000 * marginal:.1f} ms (profile {1000 * per_stage['profile']:.1f} ms, rank "
+              f"{1000 * per_stage['rank']:.1f} ms); target <= 50 ms")
+    for r in sizes:
+        if "profile" in r:
+            print(f"\n### where a warm cycle's time goes, {r['sources']} sources (cProfile cumulative seconds)\n")
+            for key, sec in sorted(r["profile"].items(), key=lambda kv: -kv[1]):
+                print(f"- {key}: {sec:.3f} s ({1000 * sec / r['sources']:.2f} ms per source)")
+    if "demo" in results:
+        d = results["demo"]
+        print(f"\ndemo (MiniLM): first cycle {d['first_wall']:.1f} s; warm cycle {d['warm_median']['wall']:.2f} s "
+              f"(stages sample|embed|drift|profile|rank {_fmt_stages(d['warm_median'])}); embedding the window "
+              f"{statistics.median(d['floor']):.2f} s; ratio {d['ratio']:.2f} (target <= 3)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
