@@ -31,7 +31,9 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# --tree runs the cycles with another checkout's code (a before / after in one run)
+sys.path.insert(0, os.environ.get("TASKSIM_BENCH_TREE", str(REPO)))
 
 import numpy as np
 import pyarrow as pa
@@ -147,24 +150,52 @@ def _profiled(config: Any, encoder: Any) -> dict[str, float]:
     return out
 
 
-def measure_size(sources: int, warm: int, profile: bool, root: Path) -> dict[str, Any]:
+def child(config_path: Path, cycles: int, warm: int, profile: bool) -> dict[str, Any]:
+    """In this process: ``cycles`` cycles (the first pays the process's cold start), the last
+    ``warm`` of them reported as warm; then, with ``profile``, one more under cProfile."""
     from tasksim.config import load_config
 
-    path = build_workspace(root / f"n{sources}", sources, windows=warm + 3 + int(profile))
-    config = load_config(path)
-    t0 = time.perf_counter()
-    first, encoder = _run_cycle(config, None)
-    first_wall = time.perf_counter() - t0
+    config = load_config(config_path)
+    encoder = None
     runs = []
-    for _ in range(warm):
+    for _ in range(cycles):
         t0 = time.perf_counter()
         result, encoder = _run_cycle(config, encoder)
         runs.append({"wall": time.perf_counter() - t0, **result.stage_seconds})
-    out = {"sources": sources, "first_wall": first_wall, "first_stages": dict(first.stage_seconds),
-           "warm": runs, "warm_median": {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]},
-           "best": first.ranking.best().source if first.ranking else None}
+    out: dict[str, Any] = {"runs": runs, "best": result.ranking.best().source if result.ranking else None}
+    warm_runs = runs[-warm:] if warm else []
+    if warm_runs:
+        out["warm_median"] = {k: statistics.median(r.get(k, 0.0) for r in warm_runs) for k in warm_runs[0]}
     if profile:
         out["profile"] = _profiled(config, encoder)
+    return out
+
+
+def _spawn(tree: Path, config_path: Path, cycles: int, warm: int, profile: bool) -> dict[str, Any]:
+    env = {**os.environ, "TASKSIM_BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path), "--cycles", str(cycles),
+           "--warm", str(warm)] + (["--profile"] if profile else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tree}: child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_size(sources: int, warm: int, profile: bool, root: Path, trees: list[Path]) -> dict[str, Any]:
+    """Build the workspace, run its first cycle (cold: nothing cached anywhere) with the first tree,
+    then per tree, from a copy of the state after that first cycle: a new process's first cycle
+    (disk caches warm, process cold) and ``warm`` warm cycles, on the same windows for every tree."""
+    path = build_workspace(root / f"n{sources}", sources, windows=warm + 4 + int(profile))
+    state = path.parent / "state"
+    first = _spawn(trees[0], path, 1, 0, False)
+    primed = path.parent / "state.primed"
+    shutil.copytree(state, primed)
+    out: dict[str, Any] = {"sources": sources, "first_wall": first["runs"][0]["wall"], "first_stages": first["runs"][0],
+                           "trees": {}}
+    for tree in trees:
+        shutil.rmtree(state)
+        shutil.copytree(primed, state)
+        out["trees"][str(tree)] = _spawn(tree, path, warm + 1, warm, profile)
     return out
 
 
@@ -177,7 +208,7 @@ def demo_floor(root: Path, warm: int) -> dict[str, Any]:
     path = build_demo_workspace(root / "demo")
     config = load_config(path)
     t0 = time.perf_counter()
-    _, encoder = _run_cycle(config, None)
+    first_result, encoder = _run_cycle(config, None)
     first = time.perf_counter() - t0
     cycles, floors = [], []
     for _ in range(warm):
@@ -187,15 +218,18 @@ def demo_floor(root: Path, warm: int) -> dict[str, Any]:
         # the floor: the same window's rows through the same (warm) encoder, nothing else
         probe = Cycle(config, encoder=encoder)
         try:
+            probe.store.set_state("window_cursor", result.window_start.isoformat())
             window = probe.sample().window
             t0 = time.perf_counter()
             encoder.encode(window.table, config.production)
             floors.append(time.perf_counter() - t0)
+            probe.store.set_state("window_cursor", result.window_end.isoformat())
         finally:
             probe.store.close()
     wall = statistics.median(c["wall"] for c in cycles)
     floor = statistics.median(floors)
-    return {"first_wall": first, "warm": cycles, "floor": floors, "ratio": wall / floor,
+    return {"first_wall": first, "first_stages": dict(first_result.stage_seconds), "warm": cycles,
+            "floor": floors, "ratio": wall / floor,
             "warm_median": {k: statistics.median(c.get(k, 0.0) for c in cycles) for k in cycles[0]}}
 
 
@@ -210,16 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=3, help="warm cycles per size (the median is reported)")
     ap.add_argument("--profile", action="store_true", help="one more warm cycle per size under cProfile")
     ap.add_argument("--demo", action="store_true", help="also the warm-cycle / embedding ratio on the demo")
+    ap.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to time as well")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cycles", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.cycles, args.warm, args.profile), default=str))
+        return 0
 
+    trees = [REPO, *(t.resolve() for t in args.tree)]
     load_start = os.getloadavg()
-    results: dict[str, Any] = {"sizes": []}
+    results: dict[str, Any] = {"sizes": [], "trees": [str(t) for t in trees]}
     with tempfile.TemporaryDirectory(prefix="tasksim-scaling-") as tmp:
         for n in args.sizes:
-            results["sizes"].append(measure_size(n, args.warm, args.profile, Path(tmp)))
+            results["sizes"].append(measure_size(n, args.warm, args.profile, Path(tmp), trees))
             r = results["sizes"][-1]
-            print(f"# {n} sources: first cycle {r['first_wall']:.1f} s, warm median {r['warm_median']['wall']:.2f} s",
+            print(f"# {n} sources: first cycle {r['first_wall']:.1f} s; warm median "
+                  + ", ".join(f"{Path(t).name} {v['warm_median']['wall']:.2f} s" for t, v in r["trees"].items()),
                   file=sys.stderr, flush=True)
         if args.demo:
             results["demo"] = demo_floor(Path(tmp), args.warm)
@@ -228,32 +270,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## Cycle scaling ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end)\n")
     print(f"{SOURCE_ROWS}-row sources, {WINDOW_ROWS}-row windows, {DIM}-d identity features, "
-          f"{args.warm} warm cycles per size (median)\n")
-    print("| sources | first cycle (s) | warm cycle (s) | sample | embed | drift | profile | rank (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"{args.warm} warm cycles per size (median); trees: {', '.join(str(t) for t in trees)}\n")
+    print("| tree | sources | first cycle, cold (s) | new process, 1st cycle (s) | warm cycle (s) "
+          "| sample | embed | drift | profile | rank (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["sizes"]:
-        print(f"| {r['sources']} | {r['first_wall']:.1f} | {r['warm_median']['wall']:.2f} | "
-              f"{_fmt_stages(r['warm_median'])} |")
+        for t, v in r["trees"].items():
+            print(f"| {Path(t).name} | {r['sources']} | {r['first_wall']:.1f} | {v['runs'][0]['wall']:.1f} | "
+                  f"{v['warm_median']['wall']:.2f} | {_fmt_stages(v['warm_median'])} |")
     sizes = results["sizes"]
     if len(sizes) >= 2:
         lo, hi = sizes[0], sizes[-1]
         span = hi["sources"] - lo["sources"]
-        marginal = (hi["warm_median"]["wall"] - lo["warm_median"]["wall"]) / span
-        per_stage = {k: (hi["warm_median"].get(k, 0.0) - lo["warm_median"].get(k, 0.0)) / span
-                     for k in ("profile", "rank")}
-        results["marginal_seconds"] = marginal
-        print(f"\nmarginal cost of a source in a warm cycle ({lo['sources']} -> {hi['sources']}): "
-              f"{1000 * marginal:.1f} ms (profile {1000 * per_stage['profile']:.1f} ms, rank "
-              f"{1000 * per_stage['rank']:.1f} ms); target <= 50 ms")
+        results["marginal_seconds"] = {}
+        for t in results["trees"]:
+            a, b = lo["trees"][t]["warm_median"], hi["trees"][t]["warm_median"]
+            marginal = (b["wall"] - a["wall"]) / span
+            per_stage = {k: (b.get(k, 0.0) - a.get(k, 0.0)) / span for k in ("profile", "rank")}
+            results["marginal_seconds"][t] = marginal
+            print(f"\nmarginal cost of a source in a warm cycle, {Path(t).name} ({lo['sources']} -> {hi['sources']}): "
+                  f"{1000 * marginal:.1f} ms (profile {1000 * per_stage['profile']:.1f} ms, rank "
+                  f"{1000 * per_stage['rank']:.1f} ms); target <= 50 ms")
     for r in sizes:
-        if "profile" in r:
-            print(f"\n### where a warm cycle's time goes, {r['sources']} sources (cProfile cumulative seconds)\n")
-            for key, sec in sorted(r["profile"].items(), key=lambda kv: -kv[1]):
-                print(f"- {key}: {sec:.3f} s ({1000 * sec / r['sources']:.2f} ms per source)")
+        for t, v in r["trees"].items():
+            if "profile" in v:
+                print(f"\n### where a warm cycle's time goes, {Path(t).name}, {r['sources']} sources "
+                      "(cProfile cumulative seconds)\n")
+                for key, sec in sorted(v["profile"].items(), key=lambda kv: -kv[1]):
+                    print(f"- {key}: {sec:.3f} s ({1000 * sec / r['sources']:.2f} ms per source)")
     if "demo" in results:
         d = results["demo"]
-        print(f"\ndemo (MiniLM): first cycle {d['first_wall']:.1f} s; warm cycle {d['warm_median']['wall']:.2f} s "
-              f"(stages sample|embed|drift|profile|rank {_fmt_stages(d['warm_median'])}); embedding the window "
+        print(f"\ndemo (MiniLM): first cycle {d['first_wall']:.1f} s (stages sample|embed|drift|profile|rank "
+              f"{_fmt_stages(d['first_stages'])}); warm cycle {d['warm_median']['wall']:.2f} s "
+              f"({_fmt_stages(d['warm_median'])}); embedding the window alone "
               f"{statistics.median(d['floor']):.2f} s; ratio {d['ratio']:.2f} (target <= 3)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
