@@ -185,6 +185,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"building the demo workspace in {workspace} ...", file=sys.stderr)
         shutil.rmtree(workspace / "state", ignore_errors=True)  # a rebuilt stream starts a new history
         config_path = build_demo_workspace(workspace, small=args.small)
+    if args.prebuild:  # an install step: fill the first cycle's caches, then stop
+        from tasksim.demo import prebuild
+
+        stages = prebuild(config_path)
+        print("demo caches prebuilt (" + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + ")",
+              file=sys.stderr)
+        return 0
     config = load_config(config_path)
     _demo_fresh_start(config.state_dir, resume=args.resume)
     overrides: dict[str, Any] = {}
@@ -452,6 +459,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefect-port", type=int, default=None)
     sp.add_argument("--small", action="store_true", help="a smaller, faster workspace")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the workspace even if it exists")
+    sp.add_argument("--prebuild", action="store_true",
+                    help="build the workspace and fill the caches its first cycle needs (source embeddings, "
+                         "heads), then exit: an install step, so that the first ranking comes quickly")
     sp.add_argument("--resume", action="store_true",
                     help="continue the previous run's stream instead of replaying it from the start")
     sp.set_defaults(func=_cmd_demo)
