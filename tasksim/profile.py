@@ -215,7 +215,9 @@ def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple
     for (_, has_probs), names in groups.items():
         wanted = tuple(m for m in measures if has_probs or m not in catalog.PROBABILITY_MEASURES)
         feats = [views[n].features for n in names]
-        probs = [views[n].probs for n in names] if has_probs else None
+        probs: list[torch.Tensor] | torch.Tensor | None = [views[n].probs for n in names] if has_probs else None
+        if isinstance(probs, list) and len({(p.shape, p.dtype, p.device) for p in probs}) == 1:
+            probs = torch.stack(probs)  # equal class counts: LEEP / NCE of all sources in one batch
         try:
             results = metrics.profile_many(feats, labels, source_probs=probs, measures=wanted, seed=seed)
             out.update(zip(names, results))
