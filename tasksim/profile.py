@@ -560,7 +560,7 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
                           missing_rate: float | None = None, seed: int = 0,
                           embed_label_names: Callable[[list[str]], torch.Tensor] | None = None,
                           otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                          known: Mapping[str, float] | None = None, skip: frozenset[str] = frozenset()
+                          known: Mapping[str, float] | None = None, carried: Mapping[str, float] | None = None
                           ) -> dict[str, float]:
     """The profile's measures of one source in the shared feature space (the deployed encoder's).
 
@@ -571,7 +571,8 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     when the caller kept them from an earlier window), label semantics and class balance (label
     shift, exact and, with ``embed_label_names``, semantic overlap, granularity) and OTDD in the
     target's principal components (``otdd_basis``; default :func:`target_basis` of ``target_x``).
-    Measures of ``CARRIED_MEASURES`` in ``skip`` are left out (the caller carries earlier values).
+    A measure of ``CARRIED_MEASURES`` in ``carried`` takes that earlier value instead of being
+    measured, where it would be measured now (a measure not computable for this window stays out).
     """
     out: dict[str, float] = {}
     s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
@@ -580,15 +581,20 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     n_t = target_x.shape[0]
     if n_t >= MEASURE_MIN_ROWS["mmd2"]:
         out["mmd2"] = metrics.mmd2(xs, xt)
-    if n_t >= MEASURE_MIN_ROWS["frechet"] and "frechet" not in skip:
-        out["frechet"] = metrics.frechet_distance(source_x, target_x)
-    if n_t >= MEASURE_MIN_ROWS["coverage"] and "coverage" not in skip:
-        out["coverage"] = quality.coverage(xs, xt)
-    if n_t >= MEASURE_MIN_ROWS["domain_classifier_auc"] and not {"domain_classifier_auc", "domain_separability"} <= skip:
-        out["domain_classifier_auc"] = metrics.domain_classifier_auc(
-            _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
-            _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
-        out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
+    carried = carried or {}
+    if n_t >= MEASURE_MIN_ROWS["frechet"]:
+        out["frechet"] = carried["frechet"] if "frechet" in carried else metrics.frechet_distance(source_x, target_x)
+    if n_t >= MEASURE_MIN_ROWS["coverage"]:
+        out["coverage"] = carried["coverage"] if "coverage" in carried else quality.coverage(xs, xt)
+    if n_t >= MEASURE_MIN_ROWS["domain_classifier_auc"]:
+        if {"domain_classifier_auc", "domain_separability"} <= set(carried):
+            out["domain_classifier_auc"] = carried["domain_classifier_auc"]
+            out["domain_separability"] = carried["domain_separability"]
+        else:
+            out["domain_classifier_auc"] = metrics.domain_classifier_auc(
+                _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
+                _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
+            out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
     out.update(source_only_measures(source_x, source_labels, seed=seed) if known is None else known)
     if missing_rate is not None:
         out["missing_rate"] = missing_rate
@@ -598,7 +604,9 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
                                           embed=embed_label_names))
         tl_idx = _subsample(len(target_labels), DISTANCE_SAMPLE_ROWS, seed + 1)
         ys, yt = _take_list(source_labels, s_idx), _take_list(target_labels, tl_idx)
-        if _labelled(ys) and _labelled(yt) and "otdd" not in skip:
+        if _labelled(ys) and _labelled(yt) and "otdd" in carried:
+            out["otdd"] = carried["otdd"]
+        elif _labelled(ys) and _labelled(yt):
             mean, axes = otdd_basis() if otdd_basis is not None else target_basis(target_x)
             xtl = _take(_take(target_x, target_label_rows), tl_idx)
             out["otdd"] = metrics.otdd((xs - mean) @ axes, ys, (xtl - mean) @ axes, yt)
@@ -710,14 +718,14 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
             out = {} if src.features is None else shared_space_measures(
                 src.features, src.labels, target_x, known_labels, target_label_rows=known_rows,
                 missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis,
-                known=src.known, skip=frozenset(src.carried))
+                known=src.known, carried=src.carried)
         except Exception as exc:  # isolation: one source's failing measure must not stop the others
             described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
             continue
         out.update({k: float(v) for k, v in src.extra.items()})
-        out.update({k: float(v) for k, v in src.carried.items()})
+        used = [k for k in src.carried if k in out]  # offered values the window could have measured
         described[name] = SourceProfile(name, "ok", measures=out, seconds=src.seconds + time.perf_counter() - started,
-                                        carried={k: dict(src.carried_from.get(k, {})) for k in src.carried},
+                                        carried={k: dict(src.carried_from.get(k, {})) for k in used},
                                         data_fingerprint=src.data_fingerprint)
 
     rows, labels = transfer_rows(target_labels)
