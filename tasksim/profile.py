@@ -274,38 +274,43 @@ class SourceMemo:
     times (``dataset_fingerprint``: nothing is read to check it), the sampling settings, the
     shared encoder's fingerprint and the device, so an edited file or a changed setting is a miss.
     Least recently used entries go beyond ``max_bytes`` (``$TASKSIM_SOURCE_MEMO_MB``, default
-    2048 MiB). Thread-safe.
+    2048 MiB; an entry counts its features, labels and kept table; the head fitted later, ~D x 128
+    floats, is not counted). Thread-safe.
     """
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self.max_bytes = _memo_bytes() if max_bytes is None else int(max_bytes)
-        self._entries: OrderedDict[str, _SourceState] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[_SourceState, int]] = OrderedDict()  # state, its size at insertion
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: str) -> _SourceState | None:
         with self._lock:
-            state = self._entries.get(key)
-            if state is None:
+            entry = self._entries.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return state
+            return entry[0]
 
     def put(self, key: str, state: _SourceState) -> None:
         with self._lock:
-            self._entries[key] = state
-            self._entries.move_to_end(key)
-            total = sum(s.nbytes for s in self._entries.values())
-            while total > self.max_bytes and self._entries:
-                _, dropped = self._entries.popitem(last=False)
-                total -= dropped.nbytes
+            old = self._entries.pop(key, None)
+            self._bytes -= old[1] if old is not None else 0
+            size = state.nbytes
+            self._entries[key] = (state, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
             self.hits = self.misses = 0
 
     def __len__(self) -> int:
