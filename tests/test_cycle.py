@@ -380,6 +380,7 @@ def test_a_warm_process_reuses_each_sources_window_independent_work(tmp_path: Pa
     source again and gives the same profile; an edited source file is read afresh."""
     path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=60)
     config = load_config(path)
+    config = config.model_copy(update={"ranking": config.ranking.model_copy(update={"bootstrap_rounds": 0})})
     SOURCE_MEMO.clear()
     cold = rank_now(config)
     assert SOURCE_MEMO.misses == 3 and SOURCE_MEMO.hits == 0 and len(SOURCE_MEMO) == 3
