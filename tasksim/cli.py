@@ -185,6 +185,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"building the demo workspace in {workspace} ...", file=sys.stderr)
         shutil.rmtree(workspace / "state", ignore_errors=True)  # a rebuilt stream starts a new history
         config_path = build_demo_workspace(workspace, small=args.small)
+    if args.prebuild:  # an install step: fill the first cycle's caches, then stop
+        from tasksim.demo import prebuild
+
+        stages = prebuild(config_path)
+        print("demo caches prebuilt (" + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + ")",
+              file=sys.stderr)
+        return 0
     config = load_config(config_path)
     _demo_fresh_start(config.state_dir, resume=args.resume)
     overrides: dict[str, Any] = {}
@@ -346,6 +353,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 raw = last["similarity"].get(criterion)
                 raw_text = f"raw {_fmt(raw)}" if raw is not None else ""
                 print(f"  {criterion:<22} {value:5.2f} x {weights.get(criterion, 0) / total:4.2f}  {raw_text}")
+        carried = ((d.get("profile") or {}).get(args.source) or {}).get("carried") or {}
+        if carried:
+            print("carried from an earlier cycle (unweighted measures, measured afresh every "
+                  f"{config.ranking.unweighted_every} cycles and in drifted windows; ranking.unweighted_every):")
+            for m, origin in sorted(carried.items()):
+                print(f"  {m:<22} {_fmt(last['similarity'].get(m))}  measured in cycle {origin.get('cycle')} "
+                      f"(window {origin.get('window_start')})")
         print(f"decision: {d['action']} (recommended {d.get('recommended_source')}): {d['rationale']}")
     print("history (newest first):")
     for h in history:
@@ -445,6 +459,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefect-port", type=int, default=None)
     sp.add_argument("--small", action="store_true", help="a smaller, faster workspace")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the workspace even if it exists")
+    sp.add_argument("--prebuild", action="store_true",
+                    help="build the workspace and fill the caches its first cycle needs (source embeddings, "
+                         "heads), then exit: an install step, so that the first ranking comes quickly")
     sp.add_argument("--resume", action="store_true",
                     help="continue the previous run's stream instead of replaying it from the start")
     sp.set_defaults(func=_cmd_demo)

@@ -356,6 +356,11 @@ class RankingConfig(_Frozen):
     with ``reliability_weighting``, the same rounds (and the standard errors the profile carries)
     scale each criterion's weight by the share of its spread across sources that is not noise;
     a switch needs the new best to lead by ``switch_margin`` with probability >= ``min_confidence``.
+    ``unweighted_every``: the costly shared-space measures the composite does not weigh (weight 0:
+    ``tasksim.profile.CARRIED_MEASURES``, e.g. the domain classifier and OTDD) are measured afresh for
+    each source once every this many cycles (staggered across sources) and in every window with
+    drift; in between, a source carries its last value, and ``explain`` and the run JSON say from
+    which cycle and window (1: every measure in every cycle).
     """
 
     weights: dict[str, float] = Field(default_factory=dict)
@@ -365,6 +370,7 @@ class RankingConfig(_Frozen):
     switch_margin: float = Field(default=0.05, ge=0)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     bootstrap_rounds: int = Field(default=30, ge=0, le=10000)
+    unweighted_every: int = Field(default=4, ge=1, le=1000)
     reliability_weighting: bool = True
     allowed_licences: tuple[str, ...] | None = None
     excluded_access: tuple[str, ...] = ("unavailable",)

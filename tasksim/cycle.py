@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,8 +35,17 @@ from tasksim.device import resolve_device
 from tasksim.drift import DriftVerdict
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError
-from tasksim.profile import MEASURE_MIN_ROWS, SourceProfile, Target, profile_sources, profiles_to_dict, transfer_rows
-from tasksim.rank import Ranking, rank_sources
+from tasksim.profile import (
+    CARRIED_MEASURES,
+    MEASURE_MIN_ROWS,
+    CarriedValues,
+    SourceProfile,
+    Target,
+    profile_sources,
+    profiles_to_dict,
+    transfer_rows,
+)
+from tasksim.rank import DEFAULT_WEIGHTS, Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import (
     Window,
@@ -170,6 +180,7 @@ class Cycle:
         self.stage_seconds: dict[str, float] = {}
         self._file_ranges: dict[str, list[int]] | None = None
         self._drift_state: dict[str, str] = {}  # CUSUM state, committed with the cycle record
+        self._drifted = False  # this window's drift verdict (a drifted window measures everything afresh)
         self.late_drift: list[dict[str, Any]] = []
 
     @classmethod
@@ -291,6 +302,7 @@ class Cycle:
                                 features.current_features,
                                 reference_key=features.reference_key or table_fingerprint(features.reference.table))
         self._drift_state.update(monitor.state_updates)
+        self._drifted = bool(verdict.drifted)
         log.info("drift: %s", verdict.summary())
         self.late_drift = self._retest_late_labels(monitor, features)
         self._timed("drift", t0)
@@ -337,9 +349,51 @@ class Cycle:
         t0 = time.perf_counter()
         target = Target(sampled.window.table, features.current_features,
                         _labels_of(sampled.window, self.config.production.label_column))
-        profiles = profile_sources(self.config, target, self.encoder, self.cache, self.device)
+        profiles = profile_sources(self.config, target, self.encoder, self.cache, self.device,
+                                   carry=self.carry_plan())
         self._timed("profile", t0)
         return profiles
+
+    def carry_plan(self) -> dict[str, CarriedValues]:
+        """Which sources keep which unweighted ``CARRIED_MEASURES`` from the last decision instead of
+        measuring them again (``ranking.unweighted_every``): none when that is 1, when this window
+        drifted, or when the configuration changed since; else each source measures them afresh
+        once every ``unweighted_every`` cycles (staggered by its name, so the cost is spread over
+        the cycles) or when its carried value is that old, and carries them in the others."""
+        every = self.config.ranking.unweighted_every
+        if every <= 1 or self._drifted:
+            return {}
+        weights = {**DEFAULT_WEIGHTS, **self.ranking_config().weights}
+        eligible = {m for m in CARRIED_MEASURES if weights.get(m, 0.0) <= 0}
+        if not {"domain_classifier_auc", "domain_separability"} <= eligible:  # one computation
+            eligible -= {"domain_classifier_auc", "domain_separability"}
+        decisions = self.store.decisions(limit=1) if eligible else []
+        if not decisions or decisions[0].get("config_hash") != config_hash(self.config):
+            return {}
+        last = decisions[0]
+        newest = self.store.cycles(limit=1)
+        now_id = (int(newest[0]["id"]) if newest else int(last["cycle_id"])) + 1
+        fresh = {"cycle": last["cycle_id"], "window_start": last.get("window_start")}
+        plan = {}
+        for name, prof in (last.get("profile") or {}).items():
+            if prof.get("status") != "ok" or not prof.get("data"):
+                continue
+            if (now_id + zlib.crc32(name.encode())) % every == 0:
+                continue  # this source's turn to measure afresh
+            carried = prof.get("carried") or {}
+            values, origin = {}, {}
+            for m in eligible:
+                value = prof.get("measures", {}).get(m)
+                source = carried.get(m) or fresh
+                if value is None or now_id - int(source.get("cycle") or 0) >= every:
+                    continue
+                values[m], origin[m] = float(value), dict(source)
+            if ("domain_classifier_auc" in values) != ("domain_separability" in values):
+                values.pop("domain_classifier_auc", None)
+                values.pop("domain_separability", None)
+            if values:
+                plan[name] = CarriedValues(values, {m: origin[m] for m in values}, prof["data"])
+        return plan
 
     def rank(self, profiles: list[SourceProfile], sampled: SampledWindow) -> Ranking | None:
         t0 = time.perf_counter()
@@ -356,7 +410,6 @@ class Cycle:
         if not self.config.experiment.refine_weights:
             return ranking
         from tasksim import weightfit
-        from tasksim.rank import DEFAULT_WEIGHTS
 
         factors = weightfit.load_factors(self.store)
         if not factors:
@@ -440,7 +493,9 @@ class Cycle:
             "window": {"start": _iso(result.window_start), "end": _iso(result.window_end)},
             "ranking": result.ranking.entries_to_dicts() if result.ranking else [],
             "pareto_front": list(result.ranking.pareto_front) if result.ranking else [],
-            "profile": {p.source: {"status": p.status, "error": p.error, "measures": p.measures}
+            "profile": {p.source: {"status": p.status, "error": p.error, "measures": p.measures,
+                                   **({"data": p.data_fingerprint} if p.data_fingerprint else {}),
+                                   **({"carried": p.carried} if p.carried else {})}
                         for p in result.profiles},
             "weights": result.ranking.weights if result.ranking else {},
             "reliability": result.ranking.reliability if result.ranking else {},

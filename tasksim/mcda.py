@@ -106,7 +106,7 @@ def normalize(values: Mapping[str, float], direction: int, method: Normalization
         if not scale > 0.0:
             scale = MEANAD_TO_SIGMA * float(dev.mean())
         u = _logistic((s - med) / scale)
-    return {k: float(min(max(x, 0.0), 1.0)) for k, x in zip(names, u)}
+    return dict(zip(names, np.clip(u, 0.0, 1.0).tolist()))
 
 
 def _matrix(matrix: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],

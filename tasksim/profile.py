@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,17 +48,21 @@ from tasksim.cache import EmbeddingCache
 from tasksim.config import Config, InputColumns, SourceConfig
 from tasksim.embed import Encoder, build_encoder
 from tasksim.errors import DataError, SourceError, TasksimError
-from tasksim.heads import load_or_fit_head
+from tasksim.heads import SourceHead, load_or_fit_head
 from tasksim.metrics import catalog, quality
 from tasksim.metrics._kernels import pca_basis, subsample_indices
 from tasksim.model_encoders import check_head_file
-from tasksim.sample import load_source, table_fingerprint
+from tasksim.sample import dataset_fingerprint, load_source, table_fingerprint
 
 __all__ = [
+    "CARRIED_MEASURES",
     "DISTANCE_SAMPLE_ROWS",
     "MEASURE_MIN_ROWS",
+    "SOURCE_MEMO",
     "TRANSFER_MEASURES",
+    "CarriedValues",
     "SourceArrays",
+    "SourceMemo",
     "SourceProfile",
     "SourceView",
     "Target",
@@ -66,6 +73,7 @@ __all__ = [
     "profiles_to_dict",
     "score_views",
     "shared_space_measures",
+    "source_only_measures",
     "target_basis",
     "transfer_rows",
 ]
@@ -89,6 +97,21 @@ MEASURE_MIN_ROWS = {**{m: catalog.measure(m).min_target_rows
 TRANSFER_MEASURES = catalog.TRANSFER_MEASURES
 # The no-transfer baseline's measures (the target's own features, no source in between).
 BASELINE_MEASURES = ("logme", "knn_accuracy")
+# Window-dependent shared-space measures a source may carry over from an earlier cycle when the
+# composite does not weigh them (``ranking.unweighted_every``): the costliest per-source work after
+# the weighted measures (the domain classifier's 5-fold fits, OTDD's Sinkhorn). The classifier's AUC
+# and separability are one computation: both are carried or neither.
+CARRIED_MEASURES = ("frechet", "coverage", "domain_classifier_auc", "domain_separability", "otdd")
+
+
+@dataclass(frozen=True)
+class CarriedValues:
+    """A source's ``CARRIED_MEASURES`` values from an earlier cycle, offered to this one: used only
+    if the source's rows are still the ones they were measured on (``data_fingerprint``)."""
+
+    values: Mapping[str, float]
+    origin: Mapping[str, Mapping[str, Any]]  # measure -> {"cycle": id, "window_start": iso}
+    data_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,9 @@ class SourceProfile:
     # Confidence bootstrap over the target rows: per round, the re-scored transferability measures
     # (``bootstrap_profiles``); the ranking turns them into top-1 probabilities and reliabilities.
     bootstrap: tuple[dict[str, float], ...] = field(default=(), repr=False, compare=False)
+    # measure -> {"cycle": id, "window_start": iso} of a CARRIED_MEASURES value from an earlier cycle
+    carried: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,13 @@ class SourceArrays:
     missing_rate: float | None = None  # share of missing input values in the source's table
     extra: dict[str, float] = field(default_factory=dict)  # measured by the caller (modality, layer shifts)
     seconds: float = 0.0  # time the caller spent loading it
+    # the window-independent measures of ``features`` (:func:`source_only_measures`), when the caller
+    # already has them (a warm process keeps them across cycles: ``SourceMemo``); None: computed here
+    known: Mapping[str, float] | None = None
+    # CARRIED_MEASURES values from an earlier window (not measured again now) and where each came from
+    carried: Mapping[str, float] = field(default_factory=dict)
+    carried_from: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    data_fingerprint: str | None = None  # content hash of the source's sampled rows (None: model only)
 
 
 def _labels(table: pa.Table, column: str | None) -> list[str] | None:
@@ -182,7 +215,9 @@ def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple
     for (_, has_probs), names in groups.items():
         wanted = tuple(m for m in measures if has_probs or m not in catalog.PROBABILITY_MEASURES)
         feats = [views[n].features for n in names]
-        probs = [views[n].probs for n in names] if has_probs else None
+        probs: list[torch.Tensor] | torch.Tensor | None = [views[n].probs for n in names] if has_probs else None
+        if isinstance(probs, list) and len({(p.shape, p.dtype, p.device) for p in probs}) == 1:
+            probs = torch.stack(probs)  # equal class counts: LEEP / NCE of all sources in one batch
         try:
             results = metrics.profile_many(feats, labels, source_probs=probs, measures=wanted, seed=seed)
             out.update(zip(names, results))
@@ -198,6 +233,111 @@ def score_views(views: dict[str, SourceView], labels: list[str], measures: tuple
     return out
 
 
+@dataclass
+class _SourceState:
+    """What a source is before any window is seen: read, embedded, labelled and measured once."""
+
+    table: pa.Table | None  # kept only for a source with its own model (it encodes the rows again)
+    fingerprint: str  # content hash of the sampled table (the embedding and head caches' key)
+    shared: torch.Tensor  # (N, D) in the shared space, on the profile's device
+    labels: list[str] | None
+    missing_rate: float | None
+    known: dict[str, float]  # source_only_measures of ``shared``
+    head: SourceHead | None = None  # the head fitted on its data, once asked for
+
+    @property
+    def nbytes(self) -> int:
+        size = self.shared.element_size() * self.shared.nelement() + 64 * len(self.labels or ())
+        if self.table is not None:
+            size += self.table.nbytes
+        if self.head is not None:
+            size += sum(t.element_size() * t.nelement() for t in self.head.weights.values())
+        return size
+
+
+def _memo_bytes() -> int:
+    try:
+        return int(float(os.environ.get("TASKSIM_SOURCE_MEMO_MB", "2048")) * 2**20)
+    except ValueError:
+        log.warning("TASKSIM_SOURCE_MEMO_MB=%r is not a number; using 2048", os.environ["TASKSIM_SOURCE_MEMO_MB"])
+        return 2048 * 2**20
+
+
+class SourceMemo:
+    """Every source's window-independent work, kept by a warm process across cycles.
+
+    A source's sampled rows, their shared-space features, labels, missing rate, the measures that
+    depend on the source alone (:func:`source_only_measures`) and its fitted head do not change
+    from one window to the next; a long-lived process (``tasksim.open(...).run()``, the daemon's
+    warm worker) computes them in the first cycle that sees the source and reuses them after.
+    An entry is keyed by the source's configuration, its files' paths, sizes and modification
+    times (``dataset_fingerprint``: nothing is read to check it), the sampling settings, the
+    shared encoder's fingerprint and the device, so an edited file or a changed setting is a miss.
+    Least recently used entries go beyond ``max_bytes`` (``$TASKSIM_SOURCE_MEMO_MB``, default
+    2048 MiB; an entry counts its features, labels and kept table; the head fitted later, ~D x 128
+    floats, is not counted). Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = _memo_bytes() if max_bytes is None else int(max_bytes)
+        self._entries: OrderedDict[str, tuple[_SourceState, int]] = OrderedDict()  # state, its size at insertion
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> _SourceState | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: str, state: _SourceState) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self._bytes -= old[1] if old is not None else 0
+            size = state.nbytes
+            self._entries[key] = (state, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The process's memo (one per process: every cycle of a warm process shares it).
+SOURCE_MEMO = SourceMemo()
+
+
+def source_only_measures(source_x: torch.Tensor, source_labels: list[str] | None, *, seed: int = 0
+                         ) -> dict[str, float]:
+    """The profile measures that depend on the source alone (not on the window): the duplicate
+    rate of its features and, with labels, its estimated label-noise rate (on the seeded
+    ``DISTANCE_SAMPLE_ROWS`` subsample that :func:`shared_space_measures` uses) with its binomial
+    standard error."""
+    out = {"duplicate_rate": quality.duplicate_rate(source_x)}
+    if source_labels is not None and _labelled(source_labels):
+        s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
+        xs = _take(source_x, s_idx)
+        out["label_noise_rate"] = rate = quality.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
+        # binomial standard error over the rows it was estimated on
+        rows = max(1, min(xs.shape[0], quality.LABEL_NOISE_MAX_SAMPLES))
+        out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / rows)
+    return {k: float(v) for k, v in out.items()}
+
+
 class _Profiler:
     def __init__(self, config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
                  device: torch.device) -> None:
@@ -210,6 +350,7 @@ class _Profiler:
         self.heads_dir = config.state_dir / "heads"
         self._label_embeddings: dict[str, torch.Tensor] = {}
         self._own_encoders: dict[str, Encoder] = {}
+        self.carry: Mapping[str, CarriedValues] = {}
 
     def own_encoder(self, source: SourceConfig, table: pa.Table | None) -> Encoder:
         """The source's own model (``source.encoder``), fitted on the source's data (a model-only
@@ -239,10 +380,10 @@ class _Profiler:
         return {f"layer_mmd2:{n}": metrics.mmd2(_take(src[n].to(self.device), s_idx),
                                                 _take(tgt[n].to(self.device), t_idx)) for n in names}
 
-    def encode_source(self, source: SourceConfig, table: pa.Table) -> torch.Tensor:
+    def encode_source(self, source: SourceConfig, table: pa.Table, fingerprint: str | None = None) -> torch.Tensor:
         try:
             return self.cache.get_or_compute(
-                data_fingerprint=table_fingerprint(table), encoder_fingerprint=self.encoder.fingerprint,
+                data_fingerprint=fingerprint or table_fingerprint(table), encoder_fingerprint=self.encoder.fingerprint,
                 layer="output", compute=lambda: self.encoder.encode(table, source))
         except TasksimError as exc:
             raise SourceError(source.name, f"cannot embed its data with the shared encoder: {exc}") from exc
@@ -256,16 +397,17 @@ class _Profiler:
             self._label_embeddings.update(zip(missing, vectors))
         return torch.stack([self._label_embeddings[n] for n in names])
 
-    def source_view(self, source: SourceConfig, table: pa.Table, shared: torch.Tensor,
-                    labels: list[str] | None) -> SourceView:
+    def source_view(self, source: SourceConfig, table: pa.Table | None, shared: torch.Tensor,
+                    labels: list[str] | None, *, state: _SourceState | None = None) -> SourceView:
         """The source's encoder (or a head fitted on its data) applied to the target; its probabilities
-        come from its shipped head, else from the fitted head."""
+        come from its shipped head, else from the fitted head (kept in ``state`` when given)."""
         t = self.target
+        fingerprint = state.fingerprint if state is not None else table_fingerprint(table)
         if source.encoder is not None:
             own = self.own_encoder(source, table)
             target_view = own.encode(t.table, self.config.production).to(self.device)
             source_view = self.cache.get_or_compute(
-                data_fingerprint=table_fingerprint(table), encoder_fingerprint=own.fingerprint, layer="output",
+                data_fingerprint=fingerprint, encoder_fingerprint=own.fingerprint, layer="output",
                 compute=lambda: own.encode(table, source)).to(self.device)
         else:
             target_view = t.features.to(self.device)
@@ -274,7 +416,12 @@ class _Profiler:
             return SourceView(target_view, self.shipped_head_probs(source, target_view))
         if not labels:
             return SourceView(target_view, None)
-        head = load_or_fit_head(self.heads_dir, self.head_key(source, table), source_view, labels, seed=self.seed)
+        head = state.head if state is not None else None
+        if head is None:
+            head = load_or_fit_head(self.heads_dir, self._head_key(source, fingerprint), source_view, labels,
+                                    seed=self.seed)
+            if state is not None:
+                state.head = head
         if source.encoder is not None:
             # the source's own encoder is its representation; the head only supplies probabilities
             return SourceView(target_view, head.probs(target_view))
@@ -282,7 +429,39 @@ class _Profiler:
 
     def head_key(self, source: SourceConfig, table: pa.Table) -> str:
         """The cache key of the head fitted on ``source``'s data (shared by ``tasksim.experiment``)."""
-        return f"{source.name}|{table_fingerprint(table)}|{self.encoder.fingerprint}|{source.encoder}"
+        return self._head_key(source, table_fingerprint(table))
+
+    def _head_key(self, source: SourceConfig, fingerprint: str) -> str:
+        return f"{source.name}|{fingerprint}|{self.encoder.fingerprint}|{source.encoder}"
+
+    def memo_key(self, source: SourceConfig) -> str | None:
+        """The key of ``source`` in ``SOURCE_MEMO``; None when its files cannot be listed (the load
+        itself then says why)."""
+        try:
+            files = dataset_fingerprint(str(source.path))
+        except Exception:  # an unlistable source is not memoised: load_source says why, in one line
+            return None
+        return "|".join((source.model_dump_json(), files, self.config.sampling.model_dump_json(),
+                         self.encoder.fingerprint, str(self.device)))
+
+    def source_state(self, source: SourceConfig) -> _SourceState:
+        """The source's window-independent state: from ``SOURCE_MEMO`` in a warm process, else read,
+        embedded and measured now (and memoised)."""
+        key = self.memo_key(source)
+        state = SOURCE_MEMO.get(key) if key is not None else None
+        if state is not None:
+            return state
+        table = load_source(source, self.config.sampling)
+        fingerprint = table_fingerprint(table)
+        shared = self.encode_source(source, table, fingerprint).to(self.device)
+        labels = source.named_labels(_labels(table, source.label_column))
+        state = _SourceState(table=table if source.encoder is not None else None, fingerprint=fingerprint,
+                             shared=shared, labels=labels,
+                             missing_rate=quality.missing_rate(table, source.input_columns()),
+                             known=source_only_measures(shared, labels, seed=self.seed))
+        if key is not None:
+            SOURCE_MEMO.put(key, state)
+        return state
 
     def shipped_head_probs(self, source: SourceConfig, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities from the source's own linear head (safetensors ``weight`` C x D, ``bias`` C)."""
@@ -318,23 +497,27 @@ class _Profiler:
         if source.model_only:
             return self.load_model_only(source, started)
         try:
-            table = load_source(source, self.config.sampling)
-            shared = self.encode_source(source, table).to(self.device)
+            state = self.source_state(source)
+            shared, table, src_labels = state.shared, state.table, state.labels
             tgt = self.target.features
             if shared.shape[1] != tgt.shape[1]:
                 raise SourceError(source.name, f"features have {shared.shape[1]} dimensions, the target's have "
                                   f"{tgt.shape[1]}: source and production must use the same input columns")
-            src_labels = source.named_labels(_labels(table, source.label_column))
             extra = self.modality_match(source)
             if source.encoder is not None and source.encoder.layers:
                 extra.update(self.layer_shifts(source, table))
             view = None
             if _labelled(self.target.known_labels()[1]) and (src_labels is not None or source.encoder is not None):
-                view = self.source_view(source, table, shared, src_labels)
-            missing = quality.missing_rate(table, source.input_columns())
+                view = self.source_view(source, table, shared, src_labels, state=state)
         except Exception as exc:  # isolation: one broken source must not stop the cycle (worded by _failed)
             return _failed(source.name, exc, time.perf_counter() - started)
-        return SourceArrays(shared, src_labels, view, missing, extra, seconds=time.perf_counter() - started)
+        offered = self.carry.get(source.name)
+        carried = offered if offered is not None and offered.data_fingerprint == state.fingerprint else None
+        return SourceArrays(shared, src_labels, view, state.missing_rate, extra,
+                            seconds=time.perf_counter() - started, known=state.known,
+                            carried=dict(carried.values) if carried else {},
+                            carried_from=dict(carried.origin) if carried else {},
+                            data_fingerprint=state.fingerprint)
 
     def load_model_only(self, source: SourceConfig, started: float) -> SourceArrays | SourceProfile:
         """A checkpoint without a dataset: only its model's view of the target (and the practical
@@ -381,16 +564,20 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
                           target_labels: list[str] | None, *, target_label_rows: torch.Tensor | None = None,
                           missing_rate: float | None = None, seed: int = 0,
                           embed_label_names: Callable[[list[str]], torch.Tensor] | None = None,
-                          otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+                          otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                          known: Mapping[str, float] | None = None, carried: Mapping[str, float] | None = None
                           ) -> dict[str, float]:
     """The profile's measures of one source in the shared feature space (the deployed encoder's).
 
     ``source_x`` (N_s, D) and ``target_x`` (N_t, D) are both sides' features; ``target_labels``
     are the labels of the rows ``target_label_rows`` of ``target_x`` (None: all rows). Distribution
     alignment (MMD^2, Frechet, domain-classifier AUC, coverage) on seeded subsamples, data quality
-    (duplicates, ``missing_rate`` as given, label noise), label semantics and class balance (label
+    (duplicates, ``missing_rate`` as given, label noise: :func:`source_only_measures`, or ``known``
+    when the caller kept them from an earlier window), label semantics and class balance (label
     shift, exact and, with ``embed_label_names``, semantic overlap, granularity) and OTDD in the
     target's principal components (``otdd_basis``; default :func:`target_basis` of ``target_x``).
+    A measure of ``CARRIED_MEASURES`` in ``carried`` takes that earlier value instead of being
+    measured, where it would be measured now (a measure not computable for this window stays out).
     """
     out: dict[str, float] = {}
     s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
@@ -399,30 +586,32 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     n_t = target_x.shape[0]
     if n_t >= MEASURE_MIN_ROWS["mmd2"]:
         out["mmd2"] = metrics.mmd2(xs, xt)
+    carried = carried or {}
     if n_t >= MEASURE_MIN_ROWS["frechet"]:
-        out["frechet"] = metrics.frechet_distance(source_x, target_x)
+        out["frechet"] = carried["frechet"] if "frechet" in carried else metrics.frechet_distance(source_x, target_x)
     if n_t >= MEASURE_MIN_ROWS["coverage"]:
-        out["coverage"] = quality.coverage(xs, xt)
+        out["coverage"] = carried["coverage"] if "coverage" in carried else quality.coverage(xs, xt)
     if n_t >= MEASURE_MIN_ROWS["domain_classifier_auc"]:
-        out["domain_classifier_auc"] = metrics.domain_classifier_auc(
-            _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
-            _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
-        out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
-    out["duplicate_rate"] = quality.duplicate_rate(source_x)
+        if {"domain_classifier_auc", "domain_separability"} <= set(carried):
+            out["domain_classifier_auc"] = carried["domain_classifier_auc"]
+            out["domain_separability"] = carried["domain_separability"]
+        else:
+            out["domain_classifier_auc"] = metrics.domain_classifier_auc(
+                _take(xs, _subsample(xs.shape[0], DOMAIN_AUC_ROWS, seed)),
+                _take(xt, _subsample(xt.shape[0], DOMAIN_AUC_ROWS, seed + 1)), seed=seed)
+            out["domain_separability"] = metrics.domain_separability(out["domain_classifier_auc"])
+    out.update(source_only_measures(source_x, source_labels, seed=seed) if known is None else known)
     if missing_rate is not None:
         out["missing_rate"] = missing_rate
-    if source_labels is not None and _labelled(source_labels):
-        out["label_noise_rate"] = rate = quality.label_noise_rate(xs, _take_list(source_labels, s_idx), seed=seed)
-        # binomial standard error over the rows it was estimated on
-        rows = max(1, min(xs.shape[0], quality.LABEL_NOISE_MAX_SAMPLES))
-        out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / rows)
     if source_labels is not None and target_labels is not None:
         out["label_shift"] = metrics.label_shift(source_labels, target_labels)
         out.update(quality.label_overlap(sorted(set(source_labels)), sorted(set(target_labels)),
                                           embed=embed_label_names))
         tl_idx = _subsample(len(target_labels), DISTANCE_SAMPLE_ROWS, seed + 1)
         ys, yt = _take_list(source_labels, s_idx), _take_list(target_labels, tl_idx)
-        if _labelled(ys) and _labelled(yt):
+        if _labelled(ys) and _labelled(yt) and "otdd" in carried:
+            out["otdd"] = carried["otdd"]
+        elif _labelled(ys) and _labelled(yt):
             mean, axes = otdd_basis() if otdd_basis is not None else target_basis(target_x)
             xtl = _take(_take(target_x, target_label_rows), tl_idx)
             out["otdd"] = metrics.otdd((xs - mean) @ axes, ys, (xtl - mean) @ axes, yt)
@@ -533,12 +722,16 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
         try:
             out = {} if src.features is None else shared_space_measures(
                 src.features, src.labels, target_x, known_labels, target_label_rows=known_rows,
-                missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis)
+                missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis,
+                known=src.known, carried=src.carried)
         except Exception as exc:  # isolation: one source's failing measure must not stop the others
             described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
             continue
         out.update({k: float(v) for k, v in src.extra.items()})
-        described[name] = SourceProfile(name, "ok", measures=out, seconds=src.seconds + time.perf_counter() - started)
+        used = [k for k in src.carried if k in out]  # offered values the window could have measured
+        described[name] = SourceProfile(name, "ok", measures=out, seconds=src.seconds + time.perf_counter() - started,
+                                        carried={k: dict(src.carried_from.get(k, {})) for k in used},
+                                        data_fingerprint=src.data_fingerprint)
 
     rows, labels = transfer_rows(target_labels)
     views = {n: sources[n].view for n, p in described.items() if p.status == "ok" and sources[n].view is not None}
@@ -563,7 +756,7 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
                 continue
             measures = {**prof.measures, **{k: float(v) for k, v in result.items()}}
             add_transfer_gains(measures, baseline)
-            described[name] = SourceProfile(name, "ok", measures=measures, seconds=prof.seconds, view=views[name])
+            described[name] = replace(prof, measures=measures, view=views[name])
         profiles = bootstrap_profiles(list(described.values()), labels, bootstrap_rounds, bootstrap_measures)
     else:
         profiles = list(described.values())
@@ -573,11 +766,14 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
 
 
 def profile_sources(config: Config, target: Target, encoder: Encoder, cache: EmbeddingCache,
-                    device: torch.device) -> list[SourceProfile]:
+                    device: torch.device, carry: Mapping[str, CarriedValues] | None = None) -> list[SourceProfile]:
     """Load and embed every configured source, then profile them against ``target`` with
     :func:`profile_arrays`; failures are isolated per source. The confidence bootstrap re-scores
-    the bootstrap measures the ranking weighs (``ranking.weights`` over the defaults)."""
+    the bootstrap measures the ranking weighs (``ranking.weights`` over the defaults). ``carry``:
+    per source, earlier values of unweighted ``CARRIED_MEASURES`` to keep instead of measuring them
+    (``tasksim.cycle`` decides which; see ``ranking.unweighted_every``)."""
     profiler = _Profiler(config, target, encoder, cache, device)
+    profiler.carry = carry or {}
     loaded = {source.name: profiler.load(source) for source in config.sources}
     arrays = {name: item for name, item in loaded.items() if isinstance(item, SourceArrays)}
     weights = {**catalog.DEFAULT_WEIGHTS, **config.ranking.weights}
@@ -591,4 +787,4 @@ def profile_sources(config: Config, target: Target, encoder: Encoder, cache: Emb
 
 def profiles_to_dict(profiles: list[SourceProfile]) -> list[dict[str, Any]]:
     return [{"source": p.source, "status": p.status, "error": p.error, "measures": p.measures,
-             "seconds": round(p.seconds, 3)} for p in profiles]
+             "seconds": round(p.seconds, 3), **({"carried": p.carried} if p.carried else {})} for p in profiles]

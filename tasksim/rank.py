@@ -260,7 +260,10 @@ def _reliabilities(candidates: Mapping[str, Mapping[str, float]], used: Mapping[
         values = {s: v[c] for s, v in candidates.items() if c in v}
         noise: dict[str, float] = {}
         if c in BOOTSTRAP_MEASURES and len(rounds) > 1:
-            noise = {s: float(np.var([r[s][c] for r in rounds], ddof=1)) for s in values}
+            # one (rounds x sources) array per criterion: no per-source numpy call (1000 sources)
+            names = list(values)
+            spread = np.var(np.array([[r[s][c] for s in names] for r in rounds], dtype=np.float64), axis=0, ddof=1)
+            noise = dict(zip(names, spread.tolist()))
         else:
             se = {s: candidates[s].get(f"{c}_se") for s in values}
             if all(x is not None and math.isfinite(x) for x in se.values()):

@@ -11,17 +11,39 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasksim.cli import main
 from tasksim.config import load_config
-from tasksim.cycle import run_cycle
+from tasksim.cycle import rank_now, run_cycle
+from tasksim.profile import CARRIED_MEASURES, SOURCE_MEMO
+from tasksim.rank import DEFAULT_WEIGHTS
 from tasksim.store import Store
 
 from .conftest import make_tabular_workspace
 
 
-def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path) -> None:
+def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path, capsys) -> None:
     config = load_config(tabular_workspace)
-    results = [run_cycle(config) for _ in range(4)]
+    results = [run_cycle(config) for _ in range(2)]
+    # the unweighted distances (ranking.unweighted_every, default 4) are carried between their
+    # refreshes, staggered by source name: in cycle 2 'far' measures afresh, the others carry cycle 1's
+    capsys.readouterr()
+    assert main(["explain", "near", "--config", str(tabular_workspace)]) == 0
+    explained = capsys.readouterr().out
+    results += [run_cycle(config) for _ in range(2)]
     assert [r.status for r in results] == ["success"] * 4
+    eligible = {m for m in CARRIED_MEASURES if DEFAULT_WEIGHTS.get(m, 0.0) == 0}
+    if not {"domain_classifier_auc", "domain_separability"} <= eligible:
+        eligible -= {"domain_classifier_auc", "domain_separability"}
+    first, second = ({p.source: p for p in r.profiles} for r in results[:2])
+    assert not results[1].drift.drifted and eligible
+    for name in ("near", "moved"):
+        assert set(second[name].carried) == eligible
+        assert {m: second[name].measures[m] for m in eligible} == {m: first[name].measures[m] for m in eligible}
+        assert {o["cycle"] for o in second[name].carried.values()} == {results[0].cycle_id}
+    assert second["far"].carried == {}
+    assert second["far"].measures["frechet"] != first["far"].measures["frechet"]  # a new window, measured
+    assert "carried from an earlier cycle" in explained and f"measured in cycle {results[0].cycle_id}" in explained
+    assert all(not p.carried for r in results[2:] for p in r.profiles)  # drifted windows: all afresh
     # sequential windows: consecutive, one hour each
     assert results[1].window_start == results[0].window_end
 
@@ -351,3 +373,27 @@ def test_the_reference_is_read_and_hashed_once(tmp_path: Path, monkeypatch: pyte
     third = run_cycle(config)
     assert third.status == "success" and calls["load"] == 2
     assert len(list((config.state_dir / "reference").glob("*.arrow"))) == 1
+
+
+def test_a_warm_process_reuses_each_sources_window_independent_work(tmp_path: Path) -> None:
+    """SOURCE_MEMO: the second ranking of the same window in one process reads, embeds and measures no
+    source again and gives the same profile; an edited source file is read afresh."""
+    path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=60)
+    config = load_config(path)
+    config = config.model_copy(update={"ranking": config.ranking.model_copy(update={"bootstrap_rounds": 0})})
+    SOURCE_MEMO.clear()
+    cold = rank_now(config)
+    assert SOURCE_MEMO.misses == 3 and SOURCE_MEMO.hits == 0 and len(SOURCE_MEMO) == 3
+    warm = rank_now(config)
+    assert SOURCE_MEMO.hits == 3
+    assert [p.measures for p in warm.profiles] == [p.measures for p in cold.profiles]
+    assert [e.source for e in warm.ranking.entries] == [e.source for e in cold.ranking.entries]
+
+    far = tmp_path / "ws" / "sources" / "far.parquet"
+    frame = pd.read_parquet(far)
+    frame.loc[:, "f0"] += 1.0
+    frame.to_parquet(far, index=False)
+    edited = {p.source: p for p in rank_now(config).profiles}
+    assert SOURCE_MEMO.misses == 4 and SOURCE_MEMO.hits == 5
+    assert edited["far"].measures["duplicate_rate"] == pytest.approx(0.0)
+    assert edited["far"].measures["mmd2"] != {p.source: p for p in cold.profiles}["far"].measures["mmd2"]

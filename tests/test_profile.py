@@ -174,3 +174,18 @@ def test_metrics_namespace_lists_every_family_export_once() -> None:
     light = subprocess.run([sys.executable, "-c", "import sys, tasksim.config, tasksim.metrics.catalog; "
                             "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
     assert light.stdout.strip() == "False"  # the config validates weights without loading torch
+
+
+def test_source_memo_evicts_the_least_recently_used_beyond_its_budget() -> None:
+    from tasksim.profile import SourceMemo, _SourceState
+
+    memo = SourceMemo(max_bytes=100_000)  # room for two 100 x 100 float32 feature matrices
+    for i in range(4):
+        memo.put(f"k{i}", _SourceState(None, "f", torch.zeros(100, 100), None, None, {}))
+        if i == 1:
+            assert memo.get("k0") is not None  # k0 is now the most recently used
+    assert len(memo) == 2 and memo.get("k1") is None and memo.get("k3") is not None
+    memo.put("k3", _SourceState(None, "g", torch.zeros(10, 10), None, None, {}))  # replaced, not added
+    assert len(memo) == 2 and memo.get("k3").fingerprint == "g"
+    memo.clear()
+    assert len(memo) == 0 and memo.hits == 0

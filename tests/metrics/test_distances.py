@@ -55,6 +55,14 @@ def test_mmd2_matches_reference(bandwidth):
     assert mmd2(x, y, bandwidth) == pytest.approx(ref.mmd2_unbiased_ref(x, y, bw), rel=1e-9, abs=1e-12)
 
 
+def test_mmd2_median_path_is_the_general_path_at_the_median_bandwidth():
+    # bandwidth=None below 2000 pooled rows takes one pooled distance matrix for the median and
+    # the kernel sums; it must equal the general path given the same bandwidth
+    x, y = gauss(11, 300, 24), gauss(12, 90, 24, shift=0.3)
+    assert mmd2(x, y) == pytest.approx(mmd2(x, y, median_bandwidth(x, y)), rel=1e-10, abs=1e-13)
+    assert mmd2(x[:7], y[:5]) == pytest.approx(mmd2(x[:7], y[:5], median_bandwidth(x[:7], y[:5])), rel=1e-10)
+
+
 def test_mmd2_chunking_gives_the_same_sum(monkeypatch):
     x, y = gauss(0, 97, 3), gauss(1, 53, 3, 0.4)
     full = mmd2(x, y, 1.3)
