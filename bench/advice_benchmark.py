@@ -34,7 +34,7 @@ reference activations and labels a cycle would compare with). Text scenarios:
 
 Per-layer MMD² for MiniLM: the embeddings and each of the 6 layers mean-pooled over the attention
 mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 32 tokens,
-6 epochs at most, batch 16; full size: 128 tokens, 15 epochs. Every strategy including LoRA.
+5 epochs at most, batch 16; full size: 128 tokens, 15 epochs. Every strategy including LoRA.
 
 Each scenario is run at two label budgets: ``few`` (20 training rows per class) and ``more``
 (120 per class; text: 60), with 20 validation rows per class and a fixed test set of 60 rows per
@@ -96,6 +96,7 @@ TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
 MEASURES_ONLY = False
+CHECKPOINT: dict = {}  # --json: the path, rewritten after every scenario run (a killed run keeps its rows)
 
 
 def load_fashion() -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +270,9 @@ def run_scenario(name: str, model: TrainableModel, ty: torch.Tensor, measures: d
     for strategy in strategies:
         for seed in (0, 1, 2):
             spec = TrialSpec(model.source, strategy, seed, BODY_LR[strategy], FT_HEAD_LR, WEIGHT_DECAY, epochs, 3, batch)
-            trials.append(run_trial(model, spec, split))
+            trials.append(trial := run_trial(model, spec, split))
+            print(f"  {name} [{regime}] {strategy} seed {seed}: {trial.status} "
+                  f"{'' if trial.score is None else f'{trial.score:.3f} '}({trial.seconds:.0f}s)", file=sys.stderr)
     scores = summarise_trials(trials).get(model.source, {})
     row = {"scenario": name, "regime": regime, "drift_kind": drift_kind, "classes": classes,
            "train_rows": len(split.train), "test_rows": len(split.test), "scores": scores, "measures": measures,
@@ -439,6 +442,10 @@ def _text_data() -> tuple[list[str], list[int], list[str], list[int], list[str],
 
 
 def _progress(row: dict, started: float) -> None:
+    if CHECKPOINT.get("path") is not None:
+        report = CHECKPOINT["report"]
+        CHECKPOINT["path"].write_text(json.dumps({"scenarios": report, "partial": True,
+                                                  "seconds": time.perf_counter() - started}, indent=2, default=str))
     adv = row["advised_score"]
     print(f"{row['scenario']} [{row['regime']}, {row['train_rows']} train rows]: advised {row['advised']} "
           f"{float('nan') if adv is None else adv:.3f}, best {row['best']} {row['best_score']:.3f} "
@@ -512,13 +519,14 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = 10 if args.quick else 30
     if args.quick:
         PER_CLASS["more"] = 60
-    args.text_tokens, args.text_epochs = (32, 6) if args.quick else (128, 15)
+    args.text_tokens, args.text_epochs = (32, 5) if args.quick else (128, 15)
     started = time.perf_counter()
     from tasksim.device import resolve_device
 
     device = resolve_device(args.device)
     report: list[dict] = []
     meta: dict = {}
+    CHECKPOINT.update(path=args.json, report=report)
     if not args.no_images:
         meta.update(image_scenarios(args, device, report, started))
     if args.text:
