@@ -306,6 +306,8 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     src_act = activations(body, x[src[:600]])
     src_labels = [f"fashion{v}" for v in y[src[:600]].tolist()]
     for name, (transform, sx, sy, kind) in scenarios.items():
+        if args.scenarios and not any(t in name for t in args.scenarios):
+            continue
         for regime in args.regimes:
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
@@ -503,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS))
     ap.add_argument("--text-regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS),
                     help="label budgets of the text scenarios")
+    ap.add_argument("--scenarios", nargs="+", default=[],
+                    help="only the image scenarios whose name contains one of these words (noise, blur, ...)")
     ap.add_argument("--text-scenarios", nargs="+", default=[],
                     help="only the text scenarios whose name contains one of these words (typos, Reuters, movie)")
     ap.add_argument("--measures-only", action="store_true", help="print the measures and the advice, run no trials")
