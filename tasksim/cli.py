@@ -136,7 +136,11 @@ def _auto_experiment(config: Any, args: argparse.Namespace, now: datetime | None
         print(f"\nautomatic experiment: {decision.reason}; running it now (budget "
               f"{config.experiment.budget.total_seconds():g}s; Ctrl-C stops it, the next run marks it interrupted)",
               flush=True)
-    result = run_experiment(config, trigger=f"auto: {decision.reason}"[:200], now=now)
+    try:
+        result = run_experiment(config, trigger=f"auto: {decision.reason}"[:200], now=now)
+    except TasksimError as exc:  # the cycle succeeded: its exit status stays 0, the reason is printed
+        print(f"tasksim: automatic experiment not run: {exc}", file=sys.stderr)
+        return {"started": False, "reason": decision.reason, "error": str(exc)}
     if text:
         from tasksim.store import Store
 

@@ -184,3 +184,25 @@ def test_tasksim_run_runs_the_automatic_experiment_after_its_cycle(tmp_path: Pat
     assert "no automatic experiment (--no-experiment)" in out and f"tasksim experiment --config {path}" in out
     with Store(config.state_dir, readonly=True) as store:
         assert len(store.experiments()) == 1
+
+
+def test_tasksim_run_keeps_its_exit_status_when_the_automatic_experiment_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No labelled rows: the experiment is refused with its reason; the cycle's run still exits 0."""
+    import tasksim.cycle
+    from tasksim import cli
+    from tests.test_experiment import _workspace
+
+    path = _workspace(tmp_path, labels=False, action="switch", recommended="mlp",
+                      experiment={"auto": {"enabled": True, "drift_windows": 0}})
+
+    class FakeResult:
+        def to_dict(self) -> dict:
+            return {"cycle_id": 1}
+
+    monkeypatch.setattr(tasksim.cycle, "run_cycle", lambda config, now=None: FakeResult())
+    assert cli.main(["run", "--config", str(path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    auto = json.loads(captured.out)["automatic_experiment"]
+    assert not auto["started"] and "labelled rows" in auto["error"]
+    assert "automatic experiment not run" in captured.err
