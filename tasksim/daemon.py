@@ -492,22 +492,15 @@ def _auto_experiments(config: Config, deployment: str, *, poll: float = 2.0) -> 
 
 def _maybe_start_experiment(config: Config, deployment: str, *, now: float | None = None,
                             start: Callable[[str, dict[str, Any]], str] | None = None) -> Any:
-    """Apply ``autoexp.decide`` to the store's newest cycles; on yes, record the request and start
+    """``autoexp.claim`` (decide on the store's newest cycles, record the request); on yes, start
     the deployment (``start(deployment, parameters) -> flow run id``; default: Prefect's
     ``run_deployment(..., timeout=0)``, which returns as soon as the run is created)."""
     from tasksim import autoexp
-    from tasksim.report import recorded_cycles
 
-    now = time.time() if now is None else now
-    k = max(config.experiment.auto.drift_windows, 1)
-    latest = recorded_cycles(config.state_dir)[-(k + 5):]
-    with Store(config.state_dir) as store:
-        decision = autoexp.decide(autoexp.signals(latest), autoexp.load_requests(store),
-                                  running=bool(store.open_experiments()), now=now, auto=config.experiment.auto)
-        if not decision.start:
-            log.debug("automatic experiment: not started (%s)", decision.reason)
-            return decision
-        autoexp.record_request(store, decision, now)
+    decision = autoexp.claim(config, now=now)
+    if not decision.start:
+        log.debug("automatic experiment: not started (%s)", decision.reason)
+        return decision
     log.info("automatic experiment: %s; starting %s", decision.reason, deployment)
     parameters = {"config_path": str(config.config_path), "trigger": f"auto: {decision.reason}"[:200]}
     (start or _start_deployment)(deployment, parameters)

@@ -15,6 +15,9 @@ The rule, in order (docs/recommendation.md explains the thresholds and the liter
      last blocks were 0.6 points from the best strategy on average, LP-FT 1.6 (docs/decisions.md);
    - the source is close to the target (MMD^2 < 0.05) and its view separates the target's classes
      (``knn_accuracy`` >= 0.8 when measured): linear probe only (body frozen);
+   - the shift is there at the first tapped layer and grows with depth (the output's MMD^2 above the
+     first layer's; the same label space): full fine-tuning. Added from the advice benchmark's low-contrast runs,
+     where full fine-tuning beat LP-FT by 3-7 points with two source CNNs (docs/decisions.md);
    - few labelled rows per class (fewer than ``FEW_PER_CLASS`` = 80 labelled rows a class, about 50
      training rows at the experiment's default 60% split; needs ``classes``): LP-FT. A new head
      trained together with the blocks distorts the pretrained features (Kumar et al.), and a few
@@ -46,7 +49,7 @@ from tasksim.config import RankingConfig
 from tasksim.errors import ConfigError
 from tasksim.rank import Ranking
 
-__all__ = ["FineTunePlan", "Recommendation", "recommend", "shift_onset", "SMALL_GAP_MMD2", "LARGE_GAP_MMD2"]
+__all__ = ["LARGE_GAP_MMD2", "SMALL_GAP_MMD2", "FineTunePlan", "Recommendation", "recommend", "shift_onset"]
 
 SMALL_GAP_MMD2 = 0.05
 LARGE_GAP_MMD2 = 0.2
@@ -54,6 +57,10 @@ LABEL_SHIFT_NEW_HEAD = 0.5
 FEW_LABELS = 1000
 FEW_PER_CLASS = 80
 INPUT_LEVEL_RATIO = 2.0
+DEPTH_GROWTH_RATIO = 1.0
+"""A shift present at the first tapped layer whose output MMD^2 is above this multiple of the first
+layer's grows with depth (0 turns the rule off; bench/advice_benchmark.py does, to show the rules
+before it)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,17 @@ def _layer_ends(measures: dict[str, float]) -> tuple[float, float]:
     return layers[0], layers[-1]
 
 
+def _grows_with_depth(measures: dict[str, float]) -> bool:
+    """The shift is already there at the first tapped layer (``shift_onset`` in the first third) and
+    grows with depth: the output's MMD^2 exceeds ``DEPTH_GROWTH_RATIO`` times the first layer's.
+    False without layer measures, and for a shift that enters later (surgical middle / last)."""
+    onset = shift_onset(measures)
+    if onset is None or onset[1] >= 1 / 3 or DEPTH_GROWTH_RATIO <= 0:
+        return False
+    first, output = _layer_ends(measures)
+    return output > DEPTH_GROWTH_RATIO * first
+
+
 def _input_level(measures: dict[str, float]) -> bool:
     """An input-level signature: the first tapped layer's MMD^2 is at least ``INPUT_LEVEL_RATIO``
     times the output's (the shift fades with depth)."""
@@ -129,6 +147,12 @@ def plan_fine_tuning(measures: dict[str, float], *, drift_kind: str = "none", la
         reasons.append(f"source is close to the target (MMD^2 {mmd2:.3f} < {SMALL_GAP_MMD2})"
                        + (f" and its features separate the target classes (kNN accuracy {knn:.2f})" if knn else ""))
         plan = ("linear_probe", "head only (body frozen)", 1e-3, 1e-4, "none needed")
+    elif _grows_with_depth(measures):
+        first, output = _layer_ends(measures)
+        reasons.append(f"the shift grows with depth (MMD^2 {first:.3f} at the first tapped layer, {output:.3f} at the "
+                       "output): the source's features, not only its inputs, are off for the target; fine-tune "
+                       "every layer (full fine-tuning)")
+        plan = ("full", "all layers", 1e-4, 0.01, "early stopping on target validation")
     elif classes and labelled_rows > 0 and labelled_rows / classes < FEW_PER_CLASS:
         reasons.append(f"few labelled rows per class ({labelled_rows / classes:.0f} < {FEW_PER_CLASS}): train the "
                        "new head first with the body frozen, then everything at a low learning rate (LP-FT); too "
@@ -187,7 +211,7 @@ def recommend(ranking: Ranking | None, deployed_source: str, config: RankingConf
         return Recommendation(deployed_source, None, "insufficient_data",
                               "no source could be ranked this cycle; the last good ranking stands")
     deployed = ranking.entry(deployed_source)
-    plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), drift_kind=drift_kind,  # noqa: E731
+    plan_for = lambda name: plan_fine_tuning(measures.get(name, {}), drift_kind=drift_kind,
                                              input_drift=input_drift, labelled_rows=labelled_rows,
                                              classes=classes)
     if deployed is None:

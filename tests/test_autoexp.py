@@ -3,6 +3,7 @@ request path with a fake deployment start (no Prefect server)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -134,3 +135,74 @@ def test_daemon_requests_without_waiting_and_debounces(tmp_path: Path) -> None:
                                      advised_strategy="linear_probe", split_hash="h", preregistration={})
     d = _maybe_start_experiment(config, "d", now=NOW + 9000, start=start)
     assert not d.start and "running" in d.reason and len(started) == 2
+
+
+def test_tasksim_run_runs_the_automatic_experiment_after_its_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``tasksim run`` (no daemon): the cycle's summary first, then the automatic experiment in
+    process when ``experiment.auto`` says so, under the daemon's debounce; disabled (or with
+    ``--no-experiment``) it only says how to run one. The cycle is a fake that records a switch."""
+    import tasksim.cycle
+    from tasksim import cli
+    from tests.test_experiment import _workspace
+
+    path = _workspace(tmp_path, experiment={"strategies": ["linear_probe"], "max_epochs": 2,
+                                            "auto": {"enabled": True, "drift_windows": 0, "min_interval": "1h"}})
+    config = load_config(path)
+
+    class FakeResult:
+        def to_dict(self) -> dict:
+            return {"cycle_id": None}
+
+    def fake_cycle(config: object, now: object = None) -> FakeResult:
+        with Store(load_config(path).state_dir) as store:
+            store.record_cycle(CycleRecord(
+                started_at=3.0, finished_at=4.0, status="success", config_hash="x", drift={"drifted": False},
+                decision={"deployed_source": "near", "recommended_source": "mlp", "action": "switch",
+                          "rationale": "t", "fine_tune": {"strategy": "linear_probe"},
+                          "ranking": [{"source": s, "rank": i + 1, "score": 1.0 - 0.2 * i}
+                                      for i, s in enumerate(["mlp", "near", "moved"])]}))
+        return FakeResult()
+
+    monkeypatch.setattr(tasksim.cycle, "run_cycle", fake_cycle)
+    monkeypatch.setattr(cli, "format_cycle", lambda summary: "CYCLE SUMMARY")
+    assert cli.main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("CYCLE SUMMARY") < out.index("automatic experiment: cycle 2 recommends switching near -> mlp")
+    with Store(config.state_dir, readonly=True) as store:
+        experiments = store.experiments()
+        assert [e["trigger"] for e in experiments] == ["auto: cycle 2 recommends switching near -> mlp"]
+        assert experiments[0]["status"] == "finished"
+        assert [r["cycle_id"] for r in autoexp.load_requests(store)] == [2]
+    # the next run's cycle is debounced (min_interval 1h): no second experiment, and it says why
+    assert cli.main(["run", "--config", str(path), "--format", "json"]) == 0
+    auto = json.loads(capsys.readouterr().out)["automatic_experiment"]
+    assert not auto["started"] and "min_interval" in auto["reason"]
+    # --no-experiment: nothing runs, the command to run is printed
+    assert cli.main(["run", "--config", str(path), "--no-experiment"]) == 0
+    out = capsys.readouterr().out
+    assert "no automatic experiment (--no-experiment)" in out and f"tasksim experiment --config {path}" in out
+    with Store(config.state_dir, readonly=True) as store:
+        assert len(store.experiments()) == 1
+
+
+def test_tasksim_run_keeps_its_exit_status_when_the_automatic_experiment_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No labelled rows: the experiment is refused with its reason; the cycle's run still exits 0."""
+    import tasksim.cycle
+    from tasksim import cli
+    from tests.test_experiment import _workspace
+
+    path = _workspace(tmp_path, labels=False, action="switch", recommended="mlp",
+                      experiment={"auto": {"enabled": True, "drift_windows": 0}})
+
+    class FakeResult:
+        def to_dict(self) -> dict:
+            return {"cycle_id": 1}
+
+    monkeypatch.setattr(tasksim.cycle, "run_cycle", lambda config, now=None: FakeResult())
+    assert cli.main(["run", "--config", str(path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    auto = json.loads(captured.out)["automatic_experiment"]
+    assert not auto["started"] and "labelled rows" in auto["error"]
+    assert "automatic experiment not run" in captured.err

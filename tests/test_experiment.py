@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sqlite3
@@ -88,6 +89,9 @@ def test_experiment_preregisters_then_records_trials_and_outcome(finished: tuple
     pre = e["preregistration"]
     assert pre["predicted_order"] == ["near", "mlp", "moved", "far"] and pre["advised_strategy"] == "linear_probe"
     assert len(pre["hypotheses"]) == 3 and pre["split"]["hash"] == e["split_hash"] == result.split_hash
+    from tasksim.device import resolve_device
+
+    assert pre["device"] == str(resolve_device(load_config(path).device))  # trials run where the config says
     assert e["status"] == "finished" and e["verdict"] == result.verdict
     # every trial: hyperparameters, seed, split hash, code version
     ok = [t for t in e["trials"] if t["status"] == "ok"]
@@ -225,6 +229,29 @@ def test_surgical_trains_one_third_and_lora_only_adapters() -> None:
     mlp = TrainableModel("mlp", MLP([6, 16, 16, 8]), _tensor_forward(x, cpu), cpu, description="mlp")
     assert "transformer" in (mlp.applicable("lora") or "")
     assert run_trial(mlp, TrialSpec("mlp", "lora", 0, 1e-3, 1e-3, 1e-4, 2, 2, 16), split).status == "not_applicable"
+
+
+OTHER_DEVICE = os.environ.get("TASKSIM_TEST_OTHER_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+
+
+@pytest.mark.skipif(OTHER_DEVICE is None, reason="no CUDA device (or TASKSIM_TEST_OTHER_DEVICE) on this machine")
+def test_trials_run_on_the_accelerator_and_agree_with_the_cpu() -> None:
+    """On a CUDA machine every strategy trains on the GPU (the module, the head and the batches) and
+    reaches the CPU's accuracy up to floating-point noise (run: pytest -k accelerator)."""
+    x, split = _toy_split()
+    other = torch.device(OTHER_DEVICE)  # type: ignore[arg-type]
+    for strategy in ("linear_probe", "lp_ft", "surgical_last", "full", "lora"):
+        spec = TrialSpec("toy", strategy, 0, 1e-3, 1e-3, 1e-4, 3, 2, 16)
+        torch.manual_seed(0)
+        cpu_model = _ToyTransformer()
+        gpu_model = copy.deepcopy(cpu_model)
+        cpu = run_trial(TrainableModel("toy", cpu_model, _tensor_forward(x, torch.device("cpu")), torch.device("cpu"),
+                                       description="toy"), spec, split)
+        tm = TrainableModel("toy", gpu_model, _tensor_forward(x, other), other, description="toy")
+        assert next(tm.module.parameters()).device.type == other.type
+        gpu = run_trial(tm, spec, split)
+        assert cpu.status == gpu.status == "ok", (strategy, cpu.error, gpu.error)
+        assert abs(cpu.score - gpu.score) <= 0.1, strategy  # one or two test rows may flip
 
 
 def test_split_is_stratified_fixed_and_hashed() -> None:

@@ -360,3 +360,29 @@ def test_few_labelled_rows_per_class_get_lp_ft(rows: int, classes: int | None, s
     assert plan.strategy == strategy
     if strategy == "lp_ft":
         assert "few labelled rows per class" in plan.reasons[0]
+
+
+@pytest.mark.parametrize(("rows", "label_shift", "strategy"), [
+    (500, 0.0, "full"),            # low contrast in the advice benchmark: first 0.58, output 0.75
+    (167, 0.0, "full"),            # before the few-labels rule: LP-FT lost by 3-7 points there
+    (500, 1.0, "surgical_last"),   # a new label space stays an output-level shift
+])
+def test_a_shift_growing_with_depth_from_the_first_layer_gets_full_fine_tuning(rows: int, label_shift: float,
+                                                                               strategy: str) -> None:
+    growing = {"layer_mmd2:block0": 0.58, "layer_mmd2:block1": 0.74, "layer_mmd2:block2": 0.75,
+               "layer_mmd2:output": 0.75}
+    plan = plan_fine_tuning({"mmd2": 0.75, "label_shift": label_shift, "knn_accuracy": 0.8, **growing},
+                            drift_kind="input", labelled_rows=rows, classes=5)
+    assert plan.strategy == strategy
+    if strategy == "full":
+        assert "grows with depth" in plan.reasons[0]
+
+
+def test_the_depth_rule_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/advice_benchmark.py sets the ratio to 0 to show the rules before it."""
+    import tasksim.recommend
+
+    growing = {"layer_mmd2:block0": 0.58, "layer_mmd2:block1": 0.74, "layer_mmd2:output": 0.75}
+    monkeypatch.setattr(tasksim.recommend, "DEPTH_GROWTH_RATIO", 0.0)
+    plan = plan_fine_tuning({"mmd2": 0.75, "label_shift": 0.0, **growing}, labelled_rows=500, classes=5)
+    assert plan.strategy == "lp_ft"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasksim import weightfit
@@ -37,6 +37,7 @@ def test_factors_are_bounded_and_shrunk_toward_one() -> None:
     assert mixed["knn"]["factor"] == pytest.approx(1.0) and mixed["knn"]["experiments"] == 2
 
 
+@settings(deadline=None)  # no wall-clock limit: the shared CI host is loaded (a 200 ms deadline flaked)
 @given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(-5, 5), max_size=3), max_size=30))
 def test_factor_always_in_bounds(taus: list[dict[str, float]]) -> None:
     for v in weightfit.factors_from_taus(taus).values():
