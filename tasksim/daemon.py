@@ -304,7 +304,13 @@ class _PrefectInfoFilter(logging.Filter):
     the daemon prints one line per cycle, and the Prefect UI has the runs' INFO logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith("prefect")
+        if not record.name.startswith("prefect"):
+            return True
+        if record.name == "prefect.task_runs" and str(record.msg).startswith("Timeout of %s seconds configured"):
+            # the warm worker runs cycles in a thread, where Prefect applies a stage's timeout only
+            # between blocking calls and warns once per stage; the warning stays in the Prefect UI
+            return False
+        return record.levelno >= logging.WARNING
 
 
 def _quiet_prefect_console() -> None:

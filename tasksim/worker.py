@@ -136,7 +136,7 @@ class WarmWorker:
                 state = None
             if state is None or not state.is_pending():
                 if state is not None:
-                    log.info("warm worker: run %s not started (%s: %s)", run.name, state.name, state.message)
+                    log.debug("warm worker: run %s not started (%s: %s)", run.name, state.name, state.message)
                 if not busy:
                     self._busy.release()
                 continue
@@ -158,7 +158,7 @@ class WarmWorker:
             started = time.perf_counter()
             try:
                 state = self._execute(run)
-                log.info(
+                log.debug(
                     "warm worker: run %s %s in %.1fs",
                     run.name,
                     getattr(state, "name", state),
