@@ -32,6 +32,7 @@ from tasksim.config import Config
 from tasksim.errors import TasksimError
 from tasksim.export import build_registry, start_metrics_server
 from tasksim.store import Store
+from tasksim.worker import EXECUTOR_THREAD as WARM_EXECUTOR_THREAD
 
 __all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "daemon_info",
            "prefect_environment", "schedule_kwargs", "serve", "trigger"]
@@ -300,17 +301,18 @@ def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]
 
 
 class _PrefectInfoFilter(logging.Filter):
-    """Keeps Prefect's own INFO chatter (runner polls, aborted submissions) off the daemon's terminal:
-    the daemon prints one line per cycle, and the Prefect UI has the runs' INFO logs."""
+    """Keeps INFO chatter off the daemon's terminal, which prints one line per cycle: Prefect's own
+    (runner polls, aborted submissions; the Prefect UI has the runs' INFO logs) and the stages' INFO
+    lines of a cycle the warm worker runs in this process (``tasksim run`` shows them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("prefect"):
-            return True
         if record.name == "prefect.task_runs" and str(record.msg).startswith("Timeout of %s seconds configured"):
             # the warm worker runs cycles in a thread, where Prefect applies a stage's timeout only
             # between blocking calls and warns once per stage; the warning stays in the Prefect UI
             return False
-        return record.levelno >= logging.WARNING
+        if record.levelno >= logging.WARNING:
+            return True
+        return not record.name.startswith("prefect") and record.threadName != WARM_EXECUTOR_THREAD
 
 
 def _quiet_prefect_console() -> None:
@@ -579,8 +581,9 @@ def trigger(config: Config, *, wait: float | None = 600.0, experiment: bool = Fa
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         flow_run = run_deployment(deployment, timeout=remaining, poll_interval=1, as_subflow=False)
         state = flow_run.state
-        # the deployment runs one cycle at a time and cancels a run that collides with a running one
-        # (CANCEL_NEW): a trigger then asks again, so it runs next rather than behind a backlog
+        # the warm worker keeps a run made by hand scheduled while a cycle runs and starts it next; a
+        # run that still collided (cancelled by the deployment's CANCEL_NEW limit, e.g. taken by
+        # another poller) is asked for again, so it runs next rather than behind a backlog
         collided = (state is not None and state.is_cancelled()
                     and "concurrency" in (state.message or "").lower())
         if not collided or wait == 0 or (deadline is not None and time.monotonic() >= deadline):

@@ -32,9 +32,11 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-__all__ = ["WarmWorker"]
+__all__ = ["EXECUTOR_THREAD", "WarmWorker"]
 
 log = logging.getLogger(__name__)
+
+EXECUTOR_THREAD = "tasksim-warm-executor"  # the thread the cycles run in (the daemon's log filter reads it)
 
 
 class WarmWorker:
@@ -66,7 +68,7 @@ class WarmWorker:
         self._in_flight: UUID | None = None
         self._threads = [
             threading.Thread(target=self._poll_loop, name="tasksim-warm-poller", daemon=True),
-            threading.Thread(target=self._execute_loop, name="tasksim-warm-executor", daemon=True),
+            threading.Thread(target=self._execute_loop, name=EXECUTOR_THREAD, daemon=True),
         ]
 
     # -- public -----------------------------------------------------------------------------
