@@ -58,9 +58,9 @@ def main() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasksim.cli", "serve", "--config", str(config)],
         env=env,
-        stdout=open(log, "wb"),
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child's for its lifetime
         stderr=subprocess.STDOUT,
-    )  # noqa: SIM115 - the child's
+    )
     time.sleep(args.seconds)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
