@@ -193,6 +193,8 @@ class WarmWorker:
 
         try:
             with get_client(sync_client=True) as client:
-                client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
+                # through the server's rules (not force=True): the transition releases the
+                # deployment's concurrency slot
+                client.set_flow_run_state(flow_run_id, Cancelled(message=message))
         except Exception as exc:  # noqa: BLE001 - best effort at shutdown; the server may be gone
             log.warning("warm worker: could not mark run %s cancelled: %s", flow_run_id, exc)
