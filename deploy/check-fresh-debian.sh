@@ -11,8 +11,12 @@
 #   * `make test` and `make demo` pass from the fresh clone, installing into the clone's .venv;
 #   * a second `make install` skips pip (stamp) and takes seconds.
 # Env: PYTHON (default /usr/bin/python3), KEEP=1 keeps the clone, TORCH_SPEC / TORCH_INDEX_URL as in
-# the Makefile. Needs git and make; run as root on a bare machine so that missing Debian packages
-# (python3-venv, prometheus, ...) get installed.
+# the Makefile. Needs git and make (installed when run as root); run as root on a bare machine so that
+# missing packages get installed: python3.X-venv for the interpreter's own version (python3.11-venv on
+# Debian 12, python3.12-venv on Ubuntu 24.04, whose python3 is 3.12 and PEP 668 "externally managed"
+# too), prometheus, postgresql, ... (deploy/install.sh; names the distribution lacks are skipped and
+# listed). Run on Debian 12 only so far: Ubuntu 24.04 is handled in code but was not run (no
+# containers where this was written).
 set -euo pipefail
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
@@ -24,6 +28,19 @@ trap cleanup EXIT
 fail() { echo "check-fresh-debian: FAIL: $*" >&2; exit 1; }
 step() { echo "check-fresh-debian: $*" >&2; }
 
+# A bare Debian 12 / Ubuntu 24.04 image may lack git and make (the README's commands need make).
+for tool in git make; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+            step "installing $tool (apt-get)"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+        else
+            fail "$tool is missing (as root: apt-get install $tool)"
+        fi
+    fi
+done
+[ -r /etc/os-release ] && step "system: $(. /etc/os-release && echo "$PRETTY_NAME")"
 [ -x "$PYTHON" ] || fail "$PYTHON: no such interpreter"
 step "system python: $PYTHON ($("$PYTHON" -V 2>&1)); externally managed: $(
     "$PYTHON" -c 'import sysconfig, os; print(os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")))')"

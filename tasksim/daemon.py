@@ -32,6 +32,7 @@ from tasksim.config import Config
 from tasksim.errors import TasksimError
 from tasksim.export import build_registry, start_metrics_server
 from tasksim.store import Store
+from tasksim.worker import EXECUTOR_THREAD as WARM_EXECUTOR_THREAD
 
 __all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "daemon_info",
            "prefect_environment", "schedule_kwargs", "serve", "trigger"]
@@ -44,6 +45,8 @@ LOCK_FILE = "daemon.lock"
 # restarts it before giving up (then the daemon stops with one line saying so).
 WATCHDOG_SECONDS = 5.0
 MAX_SERVER_RESTARTS = 3
+# On SIGTERM, how long a cycle in flight may take to finish before its run is marked Cancelled.
+STOP_GRACE_SECONDS = 30.0
 
 
 class DaemonLock:
@@ -93,6 +96,12 @@ def prefect_environment(config: Config) -> dict[str, str]:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        # The server's late_runs service marks a scheduled run nobody started within 15 s "Late"; on
+        # SQLite those transitions fail with "database is locked" while other writes go on
+        # (bench/sqlite_late_runs.py: 1534 error lines, 767 failed "Late" transitions in 120 s; none
+        # with the service off). The warm worker starts or cancels every run when it comes due, so
+        # "Late" only ever marked runs that piled up; the flow runs' states are unchanged without it.
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
         # INFO reaches the Prefect UI (API log handler); the console shows warnings only, the daemon
         # prints one line per cycle itself
@@ -298,11 +307,18 @@ def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]
 
 
 class _PrefectInfoFilter(logging.Filter):
-    """Keeps Prefect's own INFO chatter (runner polls, aborted submissions) off the daemon's terminal:
-    the daemon prints one line per cycle, and the Prefect UI has the runs' INFO logs."""
+    """Keeps INFO chatter off the daemon's terminal, which prints one line per cycle: Prefect's own
+    (runner polls, aborted submissions; the Prefect UI has the runs' INFO logs) and the stages' INFO
+    lines of a cycle the warm worker runs in this process (``tasksim run`` shows them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith("prefect")
+        if record.name == "prefect.task_runs" and str(record.msg).startswith("Timeout of %s seconds configured"):
+            # the warm worker runs cycles in a thread, where Prefect applies a stage's timeout only
+            # between blocking calls and warns once per stage; the warning stays in the Prefect UI
+            return False
+        if record.levelno >= logging.WARNING:
+            return True
+        return not record.name.startswith("prefect") and record.threadName != WARM_EXECUTOR_THREAD
 
 
 def _quiet_prefect_console() -> None:
@@ -312,10 +328,9 @@ def _quiet_prefect_console() -> None:
 
 
 def _wait_for_flow_runs_to_finish(timeout: float, tracked: Callable[[], set[Any]]) -> None:
-    """Before stopping on purpose: let the flow runs in flight now (the one that wrote the last cycle)
-    finish and leave the runner. A runner that stops while it still tracks a run marks it CANCELLED
-    ("Runner is shutting down"), even after the run reported COMPLETED and its cycle was stored. Runs
-    that start after this point are cancelled by the stop, having recorded nothing."""
+    """Before stopping on purpose: let the flow run in flight now (the one that wrote the last cycle)
+    report its final state to Prefect; the store is written a moment before the flow returns. A run
+    still in flight at the stop would be marked CANCELLED after its cycle was stored."""
     finishing = tracked()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and finishing & tracked():
@@ -406,57 +421,63 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
                          run_now: bool) -> None:
     import asyncio
 
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.runner import Runner
 
     from flows.monitor import FLOW_NAME, monitor_cycle
+    from tasksim.embed import keep_encoders_loaded
+    from tasksim.worker import WarmWorker
 
+    # No overlap and no pile-up: the deployment allows one running cycle, and a run that would start
+    # while one runs is cancelled by the server (CANCEL_NEW) instead of queueing as a late run.
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     flow = monitor_cycle.with_options(retries=config.prefect.retries,
                                       timeout_seconds=config.prefect.flow_timeout.total_seconds())
-    schedule = schedule_kwargs(config)
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    # The cycles run warm, in this process (tasksim.worker): the deployment is registered here with
+    # its schedule and concurrency limit, and the WarmWorker executes its runs with Prefect's flow
+    # engine; torch, Evidently and the encoder stay loaded between cycles.
+    deployment = flow.to_deployment(name=config.name, parameters={"config_path": str(config.config_path)},
+                                    entrypoint_type=EntrypointType.MODULE_PATH, concurrency_limit=one_at_a_time,
+                                    **schedule_kwargs(config))
+    deployment.work_pool_name = None  # a served deployment: no work pool, this process polls for its runs
+    deployment.work_queue_name = None
+    deployment_id = deployment.apply()
+    keep_encoders_loaded()
+    worker = WarmWorker(flow, deployment_id, max_runs=cycles).start()
 
-    # pause_on_shutdown=False: a restart must find the schedule still active.
-    # No overlap and no pile-up: the deployment allows one running cycle, and a run that would start
-    # while one runs is cancelled by the server (CANCEL_NEW) instead of queueing as a late run. The
-    # runner itself may hold 2 so that such a colliding run reaches the server and gets cancelled (with
-    # limit=1 the runner would leave it scheduled, ever later: the backlog seen before).
-    # One more slot for a transfer experiment running next to the cycles (it never holds a cycle up).
-    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=3)
-    runner.add_flow(flow, name=config.name, parameters={"config_path": str(config.config_path)},
-                    entrypoint_type=EntrypointType.MODULE_PATH,
-                    concurrency_limit=ConcurrencyLimitConfig(limit=1,
-                                                             collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-                    **schedule)
-    # transfer experiments: on demand (tasksim trigger --experiment, the Prefect UI/API) and automatically
-    # (experiment.auto: _auto_experiments), one at a time,
-    # bounded by the experiment budget (plus 10 minutes to load the models and write the outcome)
+    # Transfer experiments (long, GPU/CPU heavy) keep Prefect's Runner: each in its own subprocess, on
+    # demand (tasksim trigger --experiment, the Prefect UI/API) and automatically (experiment.auto:
+    # _auto_experiments), one at a time, bounded by the experiment budget (plus 10 minutes to load the
+    # models and write the outcome). pause_on_shutdown=False: a restart must find schedules active.
+    # limit=2 lets a colliding run reach the server and be cancelled (with limit=1 the runner would
+    # leave it scheduled, ever later).
     from flows.experiment import FLOW_NAME as EXPERIMENT_FLOW
     from flows.experiment import experiment_flow
 
+    runner = Runner(name=f"tasksim-{config.name}", pause_on_shutdown=False, limit=2)
     runner.add_flow(experiment_flow.with_options(
                         timeout_seconds=config.experiment.budget.total_seconds() + 600),
                     name=config.name, parameters={"config_path": str(config.config_path), "trigger": "prefect"},
-                    entrypoint_type=EntrypointType.MODULE_PATH,
-                    concurrency_limit=ConcurrencyLimitConfig(limit=1,
-                                                             collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
-    deployment = f"{FLOW_NAME}/{config.name}"
+                    entrypoint_type=EntrypointType.MODULE_PATH, concurrency_limit=one_at_a_time)
+    name = f"{FLOW_NAME}/{config.name}"
     _write_json_atomic(info_path, {
-        "pid": os.getpid(), "api_url": api_url, "deployment": deployment,
+        "pid": os.getpid(), "api_url": api_url, "deployment": name,
         "experiment_deployment": f"{EXPERIMENT_FLOW}/{config.name}",
         "metrics_url": f"http://{config.metrics.host}:{config.metrics.port}/metrics",
-        "config_path": str(config.config_path), "started_at": time.time(),
+        "config_path": str(config.config_path), "started_at": time.time(), "worker": "warm, in process",
     })
     every = (f"every {_human(config.schedule.interval.total_seconds())}" if config.schedule.interval
              else f"on cron {config.schedule.cron!r}")
-    log.info("serving deployment %s, %s", deployment, every)
+    log.info("serving deployment %s, %s, warm in this process", name, every)
     if run_now:
-        threading.Thread(target=_trigger_when_ready, args=(deployment,), daemon=True).start()
-    # the flow runs the runner still tracks (its process manager returns a copy, safe to read from
-    # another thread; there is no public accessor)
-    with _stop_after_cycles(config, cycles, tracked=lambda: runner._process_manager.flow_run_ids()), \
-            _auto_experiments(config, f"{EXPERIMENT_FLOW}/{config.name}"):
-        asyncio.run(runner.start())
+        threading.Thread(target=_trigger_when_ready, args=(name,), daemon=True).start()
+    try:
+        with _stop_after_cycles(config, cycles, tracked=worker.in_flight), \
+                _auto_experiments(config, f"{EXPERIMENT_FLOW}/{config.name}"):
+            asyncio.run(runner.start())
+    finally:
+        worker.stop(grace=STOP_GRACE_SECONDS)
 
 
 @contextmanager
@@ -559,8 +580,9 @@ def trigger(config: Config, *, wait: float | None = 600.0, experiment: bool = Fa
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         flow_run = run_deployment(deployment, timeout=remaining, poll_interval=1, as_subflow=False)
         state = flow_run.state
-        # the deployment runs one cycle at a time and cancels a run that collides with a running one
-        # (CANCEL_NEW): a trigger then asks again, so it runs next rather than behind a backlog
+        # the warm worker keeps a run made by hand scheduled while a cycle runs and starts it next; a
+        # run that still collided (cancelled by the deployment's CANCEL_NEW limit, e.g. taken by
+        # another poller) is asked for again, so it runs next rather than behind a backlog
         collided = (state is not None and state.is_cancelled()
                     and "concurrency" in (state.message or "").lower())
         if not collided or wait == 0 or (deadline is not None and time.monotonic() >= deadline):

@@ -22,7 +22,9 @@ import logging
 import math
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ __all__ = [
     "ArchitectureFactory",
     "Encoder",
     "build_encoder",
+    "keep_encoders_loaded",
     "register_architecture",
     "registered_architectures",
     "table_to_tensor",
@@ -301,6 +304,47 @@ def build_encoder(cfg: EncoderConfig, *, device: torch.device, source: str | Non
     cls = _KINDS.get(cfg.kind)
     if cls is None:
         _fail(source, f"unknown encoder kind {cfg.kind!r} (expected one of {', '.join(_KINDS)})")
-    encoder = cls(cfg, device, source)
-    encoder.field = field
+    if _loaded is None or cfg.kind not in _REUSABLE_KINDS:
+        encoder = cls(cfg, device, source)
+        encoder.field = field
+        return encoder  # type: ignore[return-value]
+    key = (cfg, str(device), source, field, _file_stamp(cfg.path))
+    with _loaded_lock:
+        encoder = _loaded.get(key)
+        if encoder is None:
+            encoder = cls(cfg, device, source)
+            encoder.field = field
+            _loaded[key] = encoder
+            while len(_loaded) > _MAX_LOADED:
+                _loaded.popitem(last=False)
+        else:
+            _loaded.move_to_end(key)
     return encoder  # type: ignore[return-value]
+
+
+# Model encoders kept loaded between cycles in a long-lived process (keep_encoders_loaded). Only kinds
+# without fitted state: a ``tabular`` encoder is fitted per reference table and stays per cycle.
+_REUSABLE_KINDS = ("text", "torchscript", "safetensors")
+_MAX_LOADED = 4
+_loaded: OrderedDict[tuple[Any, ...], Any] | None = None
+_loaded_lock = threading.Lock()
+
+
+def keep_encoders_loaded(enabled: bool = True) -> None:
+    """In a long-lived process (the daemon's warm worker), let ``build_encoder`` return the model
+    encoder it built before for the same settings, device and model file (path, size and mtime):
+    the model is loaded once, not once per cycle. At most four are kept (least recently used
+    dropped). ``enabled=False`` drops them and builds anew on every call (the default)."""
+    global _loaded
+    with _loaded_lock:
+        _loaded = OrderedDict() if enabled else None
+
+
+def _file_stamp(path: Path | None) -> tuple[Any, ...]:
+    if path is None:
+        return ()
+    try:
+        st = Path(path).expanduser().stat()
+    except OSError:
+        return (str(path),)
+    return (str(path), st.st_size, st.st_mtime_ns)

@@ -93,3 +93,25 @@ def test_demo_rerun_starts_fresh_but_keeps_the_embedding_cache(tmp_path: Path) -
     assert not (state / STORE_FILENAME).exists() and not (state / f"{STORE_FILENAME}-wal").exists()
     assert not (state / "prefect" / "prefect.db").exists() and (state / "embeddings" / "x.npy").exists()
 
+
+
+def test_console_filter_keeps_one_line_per_cycle() -> None:
+    """The daemon's terminal: no INFO from Prefect nor from the stages of a cycle the warm worker runs
+    in its thread; warnings from anywhere, and the daemon's own INFO, pass."""
+    import logging
+
+    from tasksim.worker import EXECUTOR_THREAD
+
+    def record(name: str, level: int, thread: str = "MainThread", msg: str = "m") -> logging.LogRecord:
+        r = logging.LogRecord(name, level, __file__, 1, msg, None, None)
+        r.threadName = thread
+        return r
+
+    keep = daemon._PrefectInfoFilter().filter
+    assert keep(record("tasksim.daemon", logging.INFO))
+    assert not keep(record("prefect.flow_runs", logging.INFO))
+    assert keep(record("prefect.flow_runs", logging.WARNING))
+    assert not keep(record("tasksim.profile", logging.INFO, EXECUTOR_THREAD))
+    assert keep(record("tasksim.profile", logging.WARNING, EXECUTOR_THREAD))
+    assert not keep(record("prefect.task_runs", logging.WARNING, EXECUTOR_THREAD,
+                           "Timeout of %s seconds configured for this task, but the task is running in a worker thread"))

@@ -153,3 +153,17 @@ def test_compose_grafana_datasource_keeps_the_dashboards_uid() -> None:
     (h,), (c,) = host["datasources"], compose["datasources"]
     assert {k: v for k, v in c.items() if k != "url"} == {k: v for k, v in h.items() if k != "url"}
     assert c["url"] == "http://prometheus:9090"
+
+
+def test_install_script_installs_what_the_e2e_tests_start() -> None:
+    """CI runs deploy/install.sh (make test): it must install the servers tests/test_e2e.py starts
+    (Prometheus; PostgreSQL's initdb/pg_ctl for the Prefect server), and both scripts parse."""
+    import re
+
+    text = (DEPLOY / "install.sh").read_text()
+    packages = set(re.search(r'^DEBIAN_PACKAGES="([^"]*)"', text, re.MULTILINE).group(1).split())
+    assert {"prometheus", "postgresql"} <= packages
+    assert 'python${pyver}-venv' in text  # python3.12-venv on Ubuntu 24.04, python3.11-venv on Debian 12
+    for script in ("install.sh", "check-fresh-debian.sh"):
+        result = _run("bash", "-n", str(DEPLOY / script))
+        assert result.returncode == 0, result.stderr

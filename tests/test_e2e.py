@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,11 +51,26 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo workspace, its caches (embeddings, reference, heads) filled by one in-process
+    cycle and its store removed: every test here copies it and pays the cold first cycle once, not
+    once per test (as a second ``make demo`` does: the demo keeps its caches)."""
     from tasksim.demo import build_demo_workspace
+    from tasksim.store import STORE_FILENAME
 
     ws = tmp_path_factory.mktemp("demo")
     build_demo_workspace(ws, small=True)
+    out = subprocess.run([*TASKSIM, "run", "--config", str(ws / "tasksim.yaml")], check=False, capture_output=True,
+                         text=True, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for path in (ws / "state").glob(f"{STORE_FILENAME}*"):
+        path.unlink()
     return ws
+
+
+def server_log_errors(log: Path) -> list[str]:
+    """Lines of a Prefect server log that report a locked SQLite database (or any traceback's error)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [line for line in text.splitlines() if "database is locked" in line]
 
 
 def set_ports(ws: Path, metrics_port: int, prefect_port: int, interval: str) -> Path:
@@ -143,6 +159,8 @@ def test_demo_scraped_by_prometheus(workspace: Path, prometheus: tuple[int, int]
     assert not {"RUNNING", "PENDING", "CRASHED", "FAILED"} & set(states), states
     assert started_cancelled <= 1, states
     assert not port_open(prefect_port), "the Prefect server outlived the daemon"
+    # the SQLite API database was never locked (prefect_environment's settings; see docs/architecture.md)
+    assert not server_log_errors(ws / "state" / "prefect" / "server.log")
     assert not port_open(metrics_port), "the metrics endpoint outlived the daemon"
 
     from tasksim.config import load_config
@@ -237,3 +255,188 @@ def test_trigger_and_restart_resume(workspace: Path, tmp_path: Path) -> None:
         cycles = store.cycles()
     assert len(cycles) == 2
     assert cycles[0]["window_start"] == first[0]["window_end"]
+    assert not server_log_errors(ws / "state" / "prefect" / "server.log")
+
+
+# -- the production topology without containers: Postgres + Prefect server + daemon + Prometheus ----
+RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules" / "tasksim-alerts.yml"
+
+
+def pg_binary(name: str) -> str | None:
+    """Debian's PostgreSQL binaries live in /usr/lib/postgresql/<version>/bin (not on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return str(versions[-1]) if versions else None
+
+
+@pytest.fixture()
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb into a temp dir, trust auth); yields the
+    SQLAlchemy URL Prefect's server takes. initdb refuses root: as root it runs as Debian's
+    ``postgres`` user."""
+    import pwd
+    import tempfile
+
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl not found (Debian package postgresql; deploy/install.sh installs it)")
+    as_user: list[str] = []
+    root = tempfile.mkdtemp(prefix="tasksim-pg-")  # not under pytest's 0700 tmp dirs: the server user reads it
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user for initdb (Debian package postgresql)")
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root and runuser is missing: cannot run initdb as the postgres user")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = [runuser, "-u", "postgres", "--"]
+    data, port = Path(root) / "data", free_port()
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "tasksim", "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", f"{root}/postgres.log", "-w", "-t", "60",
+                        "-o", options, "start"], check=True, capture_output=True, timeout=120)
+        try:
+            yield f"postgresql+asyncpg://tasksim@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
+                           capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def short_rules(path: Path) -> Path:
+    """The project's alert rules with every ``for:`` window cut to 1s (15m and 10m in the file,
+    which a test cannot wait for); expressions, labels and annotations are the file's own."""
+    import yaml
+
+    raw = yaml.safe_load(RULES.read_text())
+    for group in raw["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "1s"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def alerts(port: int) -> dict[str, str]:
+    body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=10).read())
+    return {a["labels"]["alertname"]: a["state"] for a in body["data"]["alerts"]}
+
+
+def flow_runs(api_url: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=b'{"limit": 200}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+
+def parse_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_postgres_prefect_daemon_prometheus(workspace: Path, postgres: str, tmp_path: Path) -> None:
+    """CI's copy of deploy/compose.yaml without containers: Prefect's server on PostgreSQL, ``tasksim
+    serve`` pointed at it (warm worker), Prometheus scraping it with the project's alert rules. Two
+    scheduled cycles past the demo's shift make the drift and the switch alerts fire; a trigger sent
+    while the schedule keeps firing completes within the cycle in flight plus its own."""
+    import yaml
+
+    prometheus_bin = shutil.which("prometheus")
+    if prometheus_bin is None:
+        pytest.skip("Debian's prometheus package is not installed (deploy/install.sh installs it)")
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    prefect_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    config_path = set_ports(ws, metrics_port, prefect_port, "10s")
+    manifest = json.loads((ws / "manifest.json").read_text())
+    raw = yaml.safe_load(config_path.read_text())
+    raw["window"]["start"] = manifest["shift"]["shift_start"]  # the cycles see Reuters, not BBC News
+    config_path.write_text(yaml.safe_dump(raw))
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    server_env = {**env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_DATABASE_CONNECTION_URL": postgres}
+    daemon_env = {**env(), "PREFECT_API_URL": api_url}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], name: str, environ: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child's for its lifetime
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environ or env(), stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    def wait_for(what: str, predicate: Any, timeout: float, proc: subprocess.Popen[bytes], name: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert proc.poll() is None, f"{name} exited: " + (tmp_path / f"{name}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s"
+            time.sleep(0.5)
+
+    prom_cfg = tmp_path / "prometheus.yml"
+    prom_cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(short_rules(tmp_path / "tasksim-alerts.yml"))],
+        "scrape_configs": [{"job_name": "tasksim", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
+    }))
+    try:
+        server = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                        str(prefect_port)], "prefect-server", server_env)
+        prom = start([prometheus_bin, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                      f"--web.listen-address=127.0.0.1:{prom_port}"], "prometheus")
+        from tasksim.daemon import _healthy
+
+        wait_for("the Prefect server on Postgres answers", lambda: _healthy(api_url), 240, server, "prefect-server")
+        wait_for("prometheus answers", lambda: port_open(prom_port), 60, prom, "prometheus")
+        daemon = start([*TASKSIM, "serve", "--config", str(config_path), "--no-run-now"], "serve", daemon_env)
+
+        def stored() -> list[dict]:
+            from tasksim.report import recorded_cycles
+
+            return recorded_cycles(ws / "state")
+
+        wait_for("two scheduled cycles", lambda: len(stored()) >= 2, 600, daemon, "serve")
+        first_two = stored()[:2]
+        assert [c["status"] for c in first_two] == ["success", "success"], first_two
+        assert all(c["drift"]["detected"] for c in first_two), first_two
+        assert first_two[-1]["recommendation"]["action"] == "switch", first_two[-1]
+        wait_for("the drift and switch alerts fire in Prometheus",
+                 lambda: {alerts(prom_port).get(a) for a in ("TasksimDriftDetected", "TasksimSourceSwitchRecommended")}
+                 == {"firing"}, 60, prom, "prometheus")
+
+        # a trigger while the 10 s schedule keeps the worker busy: it waits for at most the cycle in
+        # flight, then runs next
+        out = subprocess.run([*TASKSIM, "trigger", "--config", str(config_path), "--wait", "600", "--format",
+                              "json"], check=False, capture_output=True, text=True, env=daemon_env, timeout=700)
+        assert out.returncode == 0, out.stdout + out.stderr
+        triggered = json.loads(out.stdout)
+        assert triggered["state"] == "COMPLETED", triggered
+        runs = flow_runs(api_url)
+        mine = next(r for r in runs if r["id"] == triggered["flow_run_id"])
+        created, began, ended = (parse_time(mine[k]) for k in ("created", "start_time", "end_time"))
+        # no backlog ahead of it: at most one other cycle started while it waited
+        ahead = [r["name"] for r in runs if r["start_time"] and created < parse_time(r["start_time"]) < began]
+        assert len(ahead) <= 1, ahead
+        with Store(ws / "state", readonly=True) as store:
+            durations = [c["finished_at"] - c["started_at"] for c in store.cycles(limit=100)]
+        # within the cycle in flight when it was created plus its own
+        assert (ended - created) <= 2 * max(durations) + 15, (ended - created, durations)
+        print(f"trigger: created -> completed in {ended - created:.1f}s, waited {began - created:.1f}s; "
+              f"cycles took {', '.join(f'{d:.1f}' for d in durations[::-1])}s")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=90) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    # Prefect's run states match the store (the flow runs live in Postgres now)
+    assert "database is locked" not in (tmp_path / "prefect-server.log").read_text(errors="replace")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +134,75 @@ def test_experiment_on_a_dask_local_cluster_matches_the_default_runner(prefect_h
     # 2 sources x 3 strategies x 2 seeds, less the dataset-only source's surgical trials (one record)
     assert sum(t[3] == "ok" for t in trials["default"]) == 10
     assert trials["dask"] == trials["default"]
+
+
+# -- the warm worker (tasksim.worker) against the harness's API: its rules without an API are in
+# tests/test_worker.py
+def _state(run_id: Any) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def _wait(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_warm_worker_runs_execute_in_this_process_one_at_a_time_and_a_trigger_waits_its_turn(
+        prefect_harness: None) -> None:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments import run_deployment
+    from prefect.deployments.runner import EntrypointType
+
+    from tasksim.worker import WarmWorker
+    from tests.test_worker import GATE, RAN, warm_probe
+
+    deployment = warm_probe.to_deployment(
+        name="warm", parameters={"tag": "default"}, entrypoint_type=EntrypointType.MODULE_PATH,
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
+    deployment.work_pool_name = deployment.work_queue_name = None
+    deployment_id = deployment.apply()
+    RAN.clear()
+    GATE.clear()
+    worker = WarmWorker(warm_probe, deployment_id, poll_seconds=0.2).start()
+    try:
+        first = run_deployment("tasksim-test-warm/warm", parameters={"tag": "first"}, timeout=0)
+        _wait(lambda: worker.in_flight() == {first.id})
+        second = run_deployment("tasksim-test-warm/warm", parameters={"tag": "second"}, timeout=0)
+        time.sleep(1.0)  # several polls while the first one runs
+        assert _state(second.id).is_scheduled()  # made by hand: waits, neither cancelled nor started
+        GATE.set()
+        _wait(lambda: _state(second.id).is_completed())
+        assert _state(first.id).is_completed()
+    finally:
+        GATE.set()
+        worker.stop(grace=10)
+    assert [tag for tag, _, _ in RAN] == ["first", "second"]
+    assert {pid for _, pid, _ in RAN} == {os.getpid()}  # warm: no subprocess
+    assert {thread for _, _, thread in RAN} == {"tasksim-warm-executor"}
+
+
+def test_warm_worker_stop_cancels_a_run_that_did_not_finish(prefect_harness: None) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.deployments.runner import EntrypointType
+
+    from tasksim.worker import WarmWorker
+    from tests.test_worker import GATE, warm_probe
+
+    deployment = warm_probe.to_deployment(name="warm-stop", parameters={"tag": "x"},
+                                          entrypoint_type=EntrypointType.MODULE_PATH, concurrency_limit=1)
+    deployment.work_pool_name = deployment.work_queue_name = None
+    worker = WarmWorker(warm_probe, deployment.apply(), poll_seconds=0.2).start()
+    GATE.clear()
+    try:
+        run = run_deployment("tasksim-test-warm/warm-stop", timeout=0)
+        _wait(lambda: worker.in_flight() == {run.id})
+        worker.stop(grace=0.5)
+        state = _state(run.id)
+        assert state.is_cancelled() and "did not finish" in (state.message or "")
+    finally:
+        GATE.set()

@@ -1,0 +1,262 @@
+"""A scheduled cycle (the daemon's warm worker) against an in-process warm cycle, on the demo.
+
+Issue 15 asks that a scheduled cycle cost at most 1.2x an in-process warm cycle. One run:
+
+1. workspace: the small demo (``tasksim.demo``), its caches filled by one cycle, the store removed
+   (as a second ``make demo`` starts: caches kept);
+2. scheduled: ``tasksim serve --no-run-now`` with an ``--interval`` schedule, until ``--cycles``
+   scheduled flow runs COMPLETED. Per run, the cost is Prefect's ``end_time - expected_start_time``:
+   from the moment the schedule made it due to its final state, so it includes the worker's poll
+   delay, the state proposals, the task runs, logs and artifacts. The first run is the process's
+   first cycle (imports, model load) and is reported apart; runs cancelled by the concurrency limit
+   (due while one ran) cost nothing and are counted;
+3. in process: this process replays the same windows with a fresh store: the first (warm-up) cycle,
+   then one ``Cycle.run()`` per window, timed (no Prefect);
+4. ratio: median scheduled cost / median in-process warm cycle over the same windows.
+
+    python bench/warm_worker.py                     # 4 scheduled cycles, 5 s interval
+    python bench/warm_worker.py --cycles 6 --interval 10s --keep /tmp/ws
+    python bench/warm_worker.py --workspace demo-workspace   # copy a built demo (its caches) instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TASKSIM = [sys.executable, "-m", "tasksim.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out.update(
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return out
+
+
+def _drop_store(ws: Path) -> None:
+    from tasksim.store import STORE_FILENAME
+
+    for path in (ws / "state").glob(f"{STORE_FILENAME}*"):
+        path.unlink()
+    shutil.rmtree(ws / "state" / "prefect", ignore_errors=True)
+
+
+def build(ws: Path, interval: str, source: Path | None = None) -> Path:
+    """The small demo in ``ws`` (or a copy of the built workspace ``source``), caches filled."""
+    import yaml
+
+    from tasksim.demo import build_demo_workspace
+
+    if source is not None:
+        shutil.copytree(source, ws)
+        config = ws / "tasksim.yaml"
+    else:
+        config = build_demo_workspace(ws, small=True)
+    raw = yaml.safe_load(config.read_text())
+    raw["metrics"] = {"host": "127.0.0.1", "port": _free_port()}
+    raw["prefect"] = {**raw.get("prefect", {}), "host": "127.0.0.1", "port": _free_port()}
+    raw["schedule"] = {"interval": interval}
+    config.write_text(yaml.safe_dump(raw))
+    _drop_store(ws)
+    subprocess.run([*TASKSIM, "run", "--config", str(config)], check=True, env=_env(), capture_output=True)
+    _drop_store(ws)
+    return config
+
+
+def prefect_server(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prefect server (SQLite) that stays up for every phase, so each is measured next to it."""
+    from tasksim.daemon import _healthy
+
+    port = _free_port()
+    env = {
+        **_env(),
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child's for its lifetime
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 300
+    while not _healthy(api):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the Prefect server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = api
+    return proc, api
+
+
+def scheduled(config: Path, cycles: int, log: Path) -> dict[str, Any]:
+    """Serve until ``cycles`` scheduled runs completed; their costs from Prefect's API."""
+    from tasksim.config import load_config
+    from tasksim.daemon import daemon_info
+
+    cfg = load_config(config)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*TASKSIM, "serve", "--config", str(config), "--no-run-now"],
+        env={**_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]},
+        stdout=open(log, "wb"),  # noqa: SIM115 - the child's for its lifetime
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        while daemon_info(cfg) is None:
+            if proc.poll() is not None:
+                raise SystemExit(f"tasksim serve exited: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        runs: list[Any] = []
+        while len([r for r in runs if _state(r) == "COMPLETED"]) < cycles:
+            if proc.poll() is not None:
+                raise SystemExit(f"tasksim serve exited: {log.read_text()[-2000:]}")
+            if time.monotonic() - started > 3600:
+                raise SystemExit("no progress in an hour")
+            time.sleep(2.0)
+            runs = _flow_runs()
+        ready = time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    done = sorted((r for r in runs if _state(r) == "COMPLETED"), key=lambda r: r.expected_start_time)
+    costs = [(r.end_time - r.expected_start_time).total_seconds() for r in done]
+    in_flow = [r.total_run_time.total_seconds() for r in done]
+    cancelled = sum(_state(r) == "CANCELLED" for r in runs)
+    return {
+        "costs": costs,
+        "run_times": in_flow,
+        "cancelled": cancelled,
+        "seconds_to_last": ready,
+        "windows": len(done),
+    }
+
+
+def _state(run: Any) -> str:
+    return run.state_type.value if run.state_type is not None else ""
+
+
+def _flow_runs() -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(limit=200)
+
+
+def in_process(config: Path, windows: int, *, flow: bool = False) -> list[float]:
+    """The same windows replayed here: a warm-up cycle, then ``windows - 1`` timed cycles; with
+    ``flow``, each through the monitoring flow (Prefect engine, a task per stage, artifacts, logs to
+    the API) called in this process, without the daemon."""
+    from tasksim.cycle import Cycle
+    from tasksim.embed import keep_encoders_loaded
+
+    ws = config.parent
+    _drop_store(ws)
+    keep_encoders_loaded()  # what the daemon's process does
+    times = []
+    for i in range(windows):
+        t0 = time.perf_counter()
+        if flow:
+            from flows.monitor import monitor_cycle
+
+            state = monitor_cycle(str(config), return_state=True)
+            status = state.result()["status"] if state.is_completed() else state.name
+        else:
+            cycle = Cycle.open(config)
+            try:
+                status = cycle.run().status
+            finally:
+                cycle.store.close()
+        if status != "success":
+            raise SystemExit(f"in-process cycle {i}: {status}")
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=4, help="completed scheduled runs to measure (incl. the first)")
+    parser.add_argument("--interval", default="5s")
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
+    parser.add_argument("--workspace", type=Path, help="copy this built demo workspace instead of building one")
+    args = parser.parse_args()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="tasksim-warm-bench-"))
+    ws = root / "ws"
+    t0 = time.monotonic()
+    config = build(ws, args.interval, args.workspace)
+    print(f"workspace built and warmed in {time.monotonic() - t0:.0f}s: {ws}", flush=True)
+    server, _ = prefect_server(root / "prefect-home", root / "prefect-server.log")
+    try:
+        sched = scheduled(config, args.cycles, root / "serve.log")
+        print(f"scheduled: {json.dumps(sched)}", flush=True)
+        local = in_process(config, sched["windows"])
+        print(f"in process: {json.dumps(local)}", flush=True)
+        via_flow = in_process(config, sched["windows"], flow=True)
+        print(f"in process through the flow: {json.dumps(via_flow)}", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    warm_sched, warm_local, warm_flow = sched["costs"][1:], local[1:], via_flow[1:]
+    median = statistics.median
+    load = os.getloadavg()
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; one Prefect server (SQLite) up in every phase"
+    )
+    print(
+        f"first scheduled cycle (process start, imports, model load): {sched['costs'][0]:.1f}s; "
+        f"first in-process cycle: {local[0]:.1f}s"
+    )
+    print(
+        f"warm scheduled cycle, due -> final state: median {median(warm_sched):.2f}s "
+        f"({', '.join(f'{c:.1f}' for c in warm_sched)}); Running -> Completed "
+        f"{', '.join(f'{c:.1f}' for c in sched['run_times'][1:])}"
+    )
+    print(
+        f"warm in-process cycle (Cycle.run): median {median(warm_local):.2f}s "
+        f"({', '.join(f'{c:.1f}' for c in warm_local)})"
+    )
+    print(
+        f"warm in-process cycle through the flow (no daemon): median {median(warm_flow):.2f}s "
+        f"({', '.join(f'{c:.1f}' for c in warm_flow)})"
+    )
+    print(f"runs cancelled by the concurrency limit (due while one ran): {sched['cancelled']}")
+    print(
+        f"ratio scheduled / in-process: {median(warm_sched) / median(warm_local):.2f}x (goal <= 1.2x); "
+        f"flow / in-process {median(warm_flow) / median(warm_local):.2f}x; "
+        f"scheduled / flow {median(warm_sched) / median(warm_flow):.2f}x"
+    )
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The warm worker (tasksim.worker): a deployment's runs executed in this process, one at a time,
+a run made by hand ahead of scheduled ones, a scheduled run that collides cancelled by the server,
+and the model encoders kept loaded between cycles (tasksim.embed.keep_encoders_loaded)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import torch
+from prefect import flow
+
+from tasksim import embed
+from tasksim.config import EncoderConfig
+from tasksim.worker import WarmWorker
+
+RAN: list[tuple[str, int, str]] = []
+GATE = threading.Event()
+
+
+@flow(name="tasksim-test-warm", persist_result=False)
+def warm_probe(tag: str) -> str:
+    GATE.wait(30)
+    RAN.append((tag, os.getpid(), threading.current_thread().name))
+    return tag
+
+
+# -- the polling rule, with a stand-in client ----------------------------------------------------
+class _Client:
+    """Answers get_scheduled_flow_runs_for_deployments with fixed runs; propose_state_sync is patched."""
+
+    def __init__(self, runs: list[Any]) -> None:
+        self.runs = runs
+
+    def get_scheduled_flow_runs_for_deployments(self, ids: list[Any], scheduled_before: Any = None) -> list[Any]:
+        return list(self.runs)
+
+    def read_flow_run(self, run_id: Any) -> Any:
+        return next(r for r in self.runs if r.id == run_id)
+
+
+def _run(name: str, auto: bool, minute: int) -> Any:
+    from datetime import datetime, timezone
+
+    return SimpleNamespace(
+        id=uuid4(),
+        name=name,
+        auto_scheduled=auto,
+        expected_start_time=datetime(2026, 1, 1, 0, minute, tzinfo=timezone.utc),
+        created=None,
+    )
+
+
+def test_poll_takes_a_hand_made_run_first_and_cancels_colliding_scheduled_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.states import Cancelled, Pending
+
+    proposed: list[str] = []
+    slot = {"free": True}
+
+    def propose(client: Any, state: Any, flow_run_id: Any, force: bool = False) -> Any:
+        run = client.read_flow_run(flow_run_id)
+        proposed.append(run.name)
+        if slot["free"]:  # the server's deployment concurrency rule (limit 1, CANCEL_NEW)
+            slot["free"] = False
+            return Pending()
+        return Cancelled(message="Deployment concurrency limit reached.")
+
+    monkeypatch.setattr("prefect.utilities.engine.propose_state_sync", propose)
+    scheduled_old, scheduled_new, trigger = _run("s1", True, 1), _run("s2", True, 2), _run("t", False, 3)
+    worker = WarmWorker(warm_probe, uuid4())
+    worker._poll_once(_Client([scheduled_new, trigger, scheduled_old]))
+    # the trigger (made by hand) is taken first although it is the latest; both scheduled runs come
+    # due while it is taken: proposed and cancelled by the server, never queued behind it
+    assert proposed == ["t", "s1", "s2"]
+    assert worker._queue.get_nowait().name == "t" and worker._queue.empty()
+
+    # busy: a second trigger is left scheduled (not proposed, so not cancelled); it starts next
+    later = _run("t2", False, 4)
+    proposed.clear()
+    worker._poll_once(_Client([later, _run("s3", True, 5)]))
+    assert proposed == ["s3"] and worker._queue.empty()
+    worker._release()  # the run in flight ended
+    slot["free"] = True
+    worker._poll_once(_Client([_run("s4", True, 0), later]))
+    assert proposed == ["s3", "t2", "s4"] and worker._queue.get_nowait().name == "t2"
+
+
+def test_poll_stops_taking_runs_after_max_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.states import Pending
+
+    monkeypatch.setattr("prefect.utilities.engine.propose_state_sync", lambda *a, **k: Pending())
+    worker = WarmWorker(warm_probe, uuid4(), max_runs=1)
+    worker._poll_once(_Client([_run("a", False, 0)]))
+    worker._release()
+    worker._poll_once(_Client([_run("b", False, 1)]))
+    assert worker.runs_started == 1 and worker._queue.qsize() == 1
+
+
+# -- encoders kept loaded --------------------------------------------------------------------------
+def test_keep_encoders_loaded_reuses_model_encoders_only(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+
+    class Fake:
+        def __init__(self, cfg: Any, device: Any, source: Any) -> None:
+            built.append(cfg.kind)
+
+    monkeypatch.setitem(embed._KINDS, "text", Fake)
+    cpu = torch.device("cpu")
+    text = EncoderConfig(kind="text")
+    try:
+        assert embed.build_encoder(text, device=cpu) is not embed.build_encoder(text, device=cpu)  # off by default
+        embed.keep_encoders_loaded()
+        a = embed.build_encoder(text, device=cpu)
+        assert embed.build_encoder(text, device=cpu) is a
+        assert embed.build_encoder(EncoderConfig(kind="text", batch_size=64), device=cpu) is not a
+        tab = EncoderConfig(kind="tabular")
+        assert embed.build_encoder(tab, device=cpu) is not embed.build_encoder(tab, device=cpu)  # fitted state
+        assert built == ["text"] * 4
+    finally:
+        embed.keep_encoders_loaded(False)
