@@ -44,6 +44,11 @@ def _residual(x: np.ndarray, mean: np.ndarray, pcs: np.ndarray) -> np.ndarray:
     return np.maximum((centred * centred).sum(axis=1) - (pcs * pcs).sum(axis=1), 0.0) / x.shape[1]
 
 
+def _pca_folds(n: int, seed: int, folds: int = 5) -> np.ndarray:
+    """The fold of each reference row for the fold bases (shared by the residual and the classifier)."""
+    return np.random.default_rng(seed + 3).permutation(n) % folds
+
+
 def _out_of_fold_residual(x: np.ndarray, k: int, seed: int, folds: int = 5
                           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The reference rows' residual, each from a basis fitted without it (5 folds), and the fold
@@ -57,7 +62,7 @@ def _out_of_fold_residual(x: np.ndarray, k: int, seed: int, folds: int = 5
     if n < 2 * folds:
         mean, axes = pca_components(torch.as_tensor(x), k)
         return _residual(x, mean.numpy(), (x - mean.numpy()) @ axes.numpy().T), None, None
-    fold = np.random.default_rng(seed + 3).permutation(n) % folds
+    fold = _pca_folds(n, seed, folds)
     out = np.empty(n)
     means, bases = [], []
     for f in range(folds):
@@ -146,6 +151,8 @@ class DriftReference:
     fold_pca_axes: np.ndarray | None = None
     fold_w: np.ndarray | None = None  # the 5 cross-fitting models (folds x dims x classes)
     fold_b: np.ndarray | None = None
+    fold_clf_center: np.ndarray | None = None  # their inputs' standardisation (folds x dims), on the fold bases
+    fold_clf_scale: np.ndarray | None = None
     label_note: str | None = None
     notes: tuple[str, ...] = ()
 
@@ -241,11 +248,16 @@ class DriftReference:
                   rff_w=rff_w, rff_b=rff_b, phi=phi.astype(np.float32), notes=tuple(notes),
                   fold_pca_mean=fold_pca_mean, fold_pca_axes=fold_pca_axes)
         ref._fit_classifier(std_scalars, pcs[:, :config.classifier_components],
-                            _labels_array(labels, n, "the reference"), config, seed)
+                            _labels_array(labels, n, "the reference"), config, seed, x=x)
         return ref
 
     def _fit_classifier(self, std_scalars: np.ndarray, pcs: np.ndarray, labels: list[str | None] | None,
-                        config: DriftConfig, seed: int) -> None:
+                        config: DriftConfig, seed: int, x: np.ndarray | None = None) -> None:
+        """The reference model (full reference) and its 5 cross-fitting models. With embeddings
+        and fold bases, fold f's model reads principal components of fold f's basis (fitted
+        without fold f's rows, the folds of the out-of-fold residual): on the full basis the
+        held-out rows' components were in-sample, their losses optimistic against new rows'
+        (a bias of about 0.003-0.004 in mean ``1 - p(label)`` on MiniLM text, 1,000 rows)."""
         if labels is None or all(v is None for v in labels):
             self.label_note = "the reference has no labels"
             return
@@ -262,19 +274,37 @@ class DriftReference:
         center, scale = _standardise(z[labelled])
         z = (z - center) / scale
         y = codes[labelled]
-        folds = np.random.default_rng(seed + 1).permutation(len(labelled)) % 5
+        on_fold_bases = x is not None and self.fold_pca_axes is not None and pcs.shape[1] > 0
+        if on_fold_bases:
+            row_fold = _pca_folds(len(codes), seed, len(self.fold_pca_axes))
+            folds = row_fold[labelled]
+            kc = min(pcs.shape[1], self.fold_pca_axes.shape[1])
+        else:
+            folds = np.random.default_rng(seed + 1).permutation(len(labelled)) % 5
         cv_pred = np.full(len(codes), -1)
         cv_loss = np.full(len(codes), np.nan)
-        fold_w, fold_b = [], []
-        for f in range(5):
+        fold_w, fold_b, fold_center, fold_scale = [], [], [], []
+        for f in range(len(self.fold_pca_axes) if on_fold_bases else 5):
             train, test = labelled[folds != f], labelled[folds == f]
-            w, b = _softmax_fit(z[train], codes[train], len(classes))
+            if on_fold_bases:
+                m, a = self.fold_pca_mean[f], self.fold_pca_axes[f][:kc]
+                zf = np.concatenate([std_scalars, (x - m) @ a.T], axis=1)
+                c, s = _standardise(zf[train])
+                zf = (zf - c) / s
+                fold_center.append(c)
+                fold_scale.append(s)
+            else:
+                zf = z
+            w, b = _softmax_fit(zf[train], codes[train], len(classes))
             fold_w.append(w)
             fold_b.append(b)
-            p = _softmax_proba(z[test], w, b)
-            cv_pred[test] = p.argmax(axis=1)
-            cv_loss[test] = 1.0 - p[np.arange(len(test)), codes[test]]
+            if len(test):
+                p = _softmax_proba(zf[test], w, b)
+                cv_pred[test] = p.argmax(axis=1)
+                cv_loss[test] = 1.0 - p[np.arange(len(test)), codes[test]]
         self.fold_w, self.fold_b = np.stack(fold_w), np.stack(fold_b)
+        if on_fold_bases:
+            self.fold_clf_center, self.fold_clf_scale = np.stack(fold_center), np.stack(fold_scale)
         self.clf_w, self.clf_b = _softmax_fit(z[labelled], y, len(classes))
         self.clf_center, self.clf_scale = center, scale
         self.classes, self.ref_label_codes = tuple(classes), codes
@@ -285,15 +315,19 @@ class DriftReference:
         window row is then predicted exactly as a reference row was (by a model fitted on 80% of
         the reference, never on the row itself), so predictions, losses and the reference's
         cross-fitted ones are exchangeable under no drift. The full-reference model is slightly
-        better than the fold models, which biased every label test (more confident on new rows)."""
+        better than the fold models, which biased every label test (more confident on new rows).
+        ``clf_x`` from :meth:`project`: rows x inputs, or folds x rows x inputs when each fold
+        model reads its own fold basis (row i, drawn fold f: ``clf_x[f, i]``)."""
         if self.fold_w is None:  # a reference fitted before the fold models were kept
             return _softmax_proba(clf_x, self.clf_w, self.clf_b)
-        pick = rng.integers(0, len(self.fold_w), size=len(clf_x))
-        out = np.empty((len(clf_x), self.fold_w.shape[2]))
+        rows_n = clf_x.shape[-2]
+        pick = rng.integers(0, len(self.fold_w), size=rows_n)
+        out = np.empty((rows_n, self.fold_w.shape[2]))
         for f in range(len(self.fold_w)):
             rows = pick == f
             if rows.any():
-                out[rows] = _softmax_proba(clf_x[rows], self.fold_w[f], self.fold_b[f])
+                xf = clf_x[f, rows] if clf_x.ndim == 3 else clf_x[rows]
+                out[rows] = _softmax_proba(xf, self.fold_w[f], self.fold_b[f])
         return out
 
     def _window_residual(self, x: np.ndarray, pcs: np.ndarray) -> np.ndarray:
@@ -348,7 +382,13 @@ class DriftReference:
         mv = np.concatenate(blocks, axis=1)
         phi = math.sqrt(2.0 / RFF_DIM) * np.cos(mv @ self.rff_w + self.rff_b)
         clf_x = None
-        if self.clf_w is not None:
+        if self.clf_w is not None and self.fold_clf_center is not None and x is not None:
+            # each fold model's inputs on its own fold basis (folds x rows x inputs)
+            kc = self.fold_clf_center.shape[1] - std_scalars.shape[1]
+            clf_x = np.stack([(np.concatenate([std_scalars, (x - self.fold_pca_mean[f]) @ self.fold_pca_axes[f][:kc].T],
+                                              axis=1) - self.fold_clf_center[f]) / self.fold_clf_scale[f]
+                              for f in range(len(self.fold_clf_center))])
+        elif self.clf_w is not None:
             k = self.clf_center.shape[0] - std_scalars.shape[1]
             z = np.concatenate([std_scalars, pcs[:, :k] if pcs is not None else np.zeros((n, 0))], axis=1)
             clf_x = (z - self.clf_center) / self.clf_scale
@@ -357,7 +397,7 @@ class DriftReference:
     # -- persistence (npz, no pickle) -------------------------------------------------------
     _ARRAYS = ("pca_mean", "pca_axes", "scalar_center", "scalar_scale", "feature_center", "rff_w", "rff_b", "phi",
                "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss", "fold_w", "fold_b",
-               "fold_pca_mean", "fold_pca_axes")
+               "fold_pca_mean", "fold_pca_axes", "fold_clf_center", "fold_clf_scale")
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename) as ``.npz``; read back without pickle."""
