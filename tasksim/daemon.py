@@ -233,15 +233,18 @@ def daemon_info(config: Config) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _watching(name: str, watch: Callable[[threading.Event], None]) -> Iterator[None]:
+def _watching(name: str, watch: Callable[[threading.Event], None], grace: float = 5.0) -> Iterator[None]:
     """Run ``watch(done)`` in a daemon thread named ``name`` while the block runs; ``done`` is set
-    when it exits (the one shape of the daemon's store watchers: cycle counter, echo, experiments)."""
+    when it exits, and the thread gets ``grace`` seconds to finish its last pass (the one shape of
+    the daemon's store watchers: cycle counter, echo, experiments)."""
     done = threading.Event()
-    threading.Thread(target=watch, args=(done,), name=name, daemon=True).start()
+    thread = threading.Thread(target=watch, args=(done,), name=name, daemon=True)
+    thread.start()
     try:
         yield
     finally:
         done.set()
+        thread.join(timeout=grace)
 
 
 @contextmanager
@@ -283,24 +286,33 @@ def _echo_cycles(config: Config, *, stop_when_exhausted: bool) -> Iterator[None]
         stream_end = None if bounds is None else bounds[1]
 
     def watch(done: threading.Event) -> None:
+        while True:
+            stopping = done.wait(1.0)
+            # after ``done`` one last pass: a cycle recorded just before the daemon stops is printed too
+            if echo_new() or stopping:
+                return
+
+    def echo_new() -> bool:
+        """Print the cycles recorded since the last pass; True once the stream is used up (the
+        daemon is then stopped)."""
         nonlocal seen
-        while not done.wait(1.0):
-            try:
-                new = recorded_cycles(config.state_dir, after=seen)
-            except TasksimError as exc:  # the store may be mid-creation on the very first cycle
-                log.debug("cycle echo: %s", exc)
-                continue
-            for c in new:
-                seen = c["cycle_id"]
-                print(cycle_line(c), flush=True)
-                start = c["window"]["start"]
-                if (stream_end is not None and c["status"] == "no_data" and start
-                        and datetime.fromisoformat(start) > stream_end):
-                    print(f"the stream is used up: its last row is at {stream_end.isoformat()} and window {start} is "
-                          "empty; stopping. Run `make demo` (or `tasksim demo`) again to replay it from the start.",
-                          flush=True)
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
+        try:
+            new = recorded_cycles(config.state_dir, after=seen)
+        except TasksimError as exc:  # the store may be mid-creation on the very first cycle
+            log.debug("cycle echo: %s", exc)
+            return False
+        for c in new:
+            seen = c["cycle_id"]
+            print(cycle_line(c), flush=True)
+            start = c["window"]["start"]
+            if (stream_end is not None and c["status"] == "no_data" and start
+                    and datetime.fromisoformat(start) > stream_end):
+                print(f"the stream is used up: its last row is at {stream_end.isoformat()} and window {start} is "
+                      "empty; stopping. Run `make demo` (or `tasksim demo`) again to replay it from the start.",
+                      flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return True
+        return False
 
     with _watching("tasksim-cycle-echo", watch):
         yield
