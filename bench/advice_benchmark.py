@@ -253,6 +253,17 @@ def OLD_RULES(measures: dict[str, float], *, drift_kind: str, labelled_rows: int
     return SimpleNamespace(strategy=s, reasons=("rules before the advice benchmark",))
 
 
+def shift_measures(src_act: dict[str, torch.Tensor], tgt_act: dict[str, torch.Tensor], src_labels: list[str],
+                   prefix: str, ty: torch.Tensor) -> dict[str, float]:
+    """What the rules read: MMD² at every tapped layer (the output's is ``mmd2``), the label shift
+    against the source's labels and kNN accuracy on the output features."""
+    measures = {f"layer_mmd2:{k}": mmd2(src_act[k], tgt_act[k]) for k in src_act}
+    measures["mmd2"] = measures["layer_mmd2:output"]
+    measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty.tolist()])
+    measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty)
+    return measures
+
+
 def run_scenario(name: str, model: TrainableModel, ty: torch.Tensor, measures: dict[str, float], drift_kind: str,
                  regime: str, per_class: int, strategies: tuple[str, ...], epochs: int, batch: int) -> dict | None:
     classes = len(set(ty.tolist()))
@@ -313,11 +324,7 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx, ty = transform(sx[idx]), sy[idx]
             prefix = "digit" if name.startswith("domain") else "fashion"
-            tgt_act = activations(body, tx[:600])
-            measures = {f"layer_mmd2:{k}": mmd2(src_act[k], tgt_act[k]) for k in src_act}
-            measures["mmd2"] = measures["layer_mmd2:output"]
-            measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty[:600].tolist()])
-            measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty[:600])
+            measures = shift_measures(src_act, activations(body, tx[:600]), src_labels, prefix, ty[:600])
             model = TrainableModel("cnn", body, _tensor_forward(tx, device), device, description="source CNN")
             row = run_scenario(name, model, ty, measures, kind, regime, per_class, IMAGE_STRATEGIES, args.epochs, 32)
             if row is not None:
@@ -406,11 +413,7 @@ def text_scenarios(args: argparse.Namespace, device: torch.device, report: list,
             if noisy:
                 tx = typos(tx, 0.4, torch.Generator().manual_seed(1))
             ty = ys[idx]
-            tgt_act = text_activations(st, tx[:300])
-            measures = {f"layer_mmd2:{k}": mmd2(src_act[k], tgt_act[k]) for k in src_act}
-            measures["mmd2"] = measures["layer_mmd2:output"]
-            measures["label_shift"] = label_shift(src_labels, [f"{prefix}{v}" for v in ty[:300].tolist()])
-            measures["knn_accuracy"] = knn_accuracy(tgt_act["output"], ty[:300])
+            measures = shift_measures(src_act, text_activations(st, tx[:300]), src_labels, prefix, ty[:300])
             model = TrainableModel("minilm", st, _text_forward(tx, device), device, description="all-MiniLM-L6-v2")
             row = run_scenario(name, model, ty, measures, kind, regime, per_class, TEXT_STRATEGIES,
                                args.text_epochs, 16)

@@ -177,6 +177,14 @@ def _draw(labels: np.ndarray, pool: np.ndarray, per_class: int, seed: int) -> np
     return np.stack(per, 1).reshape(-1) if len({len(p) for p in per}) == 1 else np.concatenate(per)
 
 
+def _draws(tgt: object, classes: Sequence[str], p: Protocol) -> tuple[int, list[np.ndarray]]:
+    """Rows a class in each labelled draw, and the protocol's seeded draws of one target (the
+    ground truths' and the windows' rows; :func:`add_measures` rebuilds the same ones)."""
+    pool_min = min(int(np.sum(tgt.y[tgt.pool] == c)) for c in classes)  # type: ignore[attr-defined]
+    per_draw = min(p.gt_rows, pool_min if p.draws == 1 else int(pool_min * 0.85))
+    return per_draw, [_draw(tgt.y, tgt.pool, per_draw, p.seed + 1000 * d) for d in range(p.draws)]  # type: ignore[attr-defined]
+
+
 def _window(draw: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
     seen: dict[str, int] = {}
     out = []
@@ -195,11 +203,9 @@ def run_target(bench: object, tgt: object, p: Protocol, log: Callable[[str], Non
     classes = sorted(set(tgt.y.tolist()))
     code = {c: i for i, c in enumerate(classes)}
     y_all = torch.tensor([code[v] for v in tgt.y])
-    pool_min = min(int(np.sum(tgt.y[tgt.pool] == c)) for c in classes)
-    per_draw = min(p.gt_rows, pool_min if p.draws == 1 else int(pool_min * 0.85))
+    per_draw, draws = _draws(tgt, classes, p)
     windows = [w for w in tgt.windows if w <= per_draw]
     run = TargetRun(bench.name, tgt.name, classes, tgt.label_kind, windows)
-    draws = [_draw(tgt.y, tgt.pool, per_draw, p.seed + 1000 * d) for d in range(p.draws)]
     pre = {}
     views: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for src in bench.sources:
@@ -279,9 +285,7 @@ def add_measures(bench: object, base: Sequence[TargetRun], names: Sequence[str],
         started = time.perf_counter()
         gap = 0.0
         tgt = by_name[run.target]
-        pool_min = min(int(np.sum(tgt.y[tgt.pool] == c)) for c in run.classes)
-        per_draw = min(p.gt_rows, pool_min if p.draws == 1 else int(pool_min * 0.85))
-        draws = [_draw(tgt.y, tgt.pool, per_draw, p.seed + 1000 * d) for d in range(p.draws)]
+        _, draws = _draws(tgt, run.classes, p)
         views = {}
         for src in bench.sources:  # type: ignore[attr-defined]
             x = tgt.pre_cache.get(src.name)
