@@ -48,7 +48,9 @@ def format_cycle(summary: dict[str, Any]) -> str:
     if summary.get("measures_not_computable"):
         lines.append(f"not computable for this window: {', '.join(summary['measures_not_computable'])}")
     drift = summary.get("drift")
-    if drift:
+    if drift and drift.get("tested") is False:
+        lines.append("drift: not tested: " + "; ".join(drift.get("notes") or ["no test could run"]))
+    elif drift:
         drifted = [c["column"] for c in drift.get("columns", []) if c.get("drifted")]
         verdict = f"DRIFT ({drift.get('kind', 'input')})" if drift.get("detected") else "no drift"
         fired = [t["name"] for t in drift.get("tests", []) if t.get("fired")]

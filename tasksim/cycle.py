@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -49,6 +50,7 @@ from tasksim.rank import DEFAULT_WEIGHTS, Ranking, rank_sources
 from tasksim.recommend import Recommendation, recommend
 from tasksim.sample import (
     Window,
+    in_reference_period,
     load_reference,
     production_time_range,
     reference_cache_key,
@@ -298,15 +300,38 @@ class Cycle:
         t0 = time.perf_counter()
         monitor = DriftMonitor(self.config.drift, self.config.production, cache_dir=self.config.state_dir / "drift",
                                state=self.store, seed=self.config.sampling.seed)
-        verdict = monitor.check(features.reference.table, features.reference_features, sampled.window.table,
-                                features.current_features,
-                                reference_key=features.reference_key or table_fingerprint(features.reference.table))
+        table, feats, inside = self._outside_reference(sampled.window.table, features.current_features)
+        if table.num_rows == 0:
+            label = self.config.production.label_column
+            labelled = (sampled.window.table.num_rows - sampled.window.table.column(label).null_count
+                        if label and label in sampled.window.table.column_names else 0)
+            ref = self.config.reference
+            verdict = DriftVerdict.untested(
+                f"the window lies in the reference period ({_iso(ref.start) or 'its start'} .. {_iso(ref.end)}): it is the "
+                "reference's own data, so it is not tested against it", reference_rows=features.reference.table.num_rows,
+                current_rows=sampled.window.table.num_rows, labelled_rows=labelled,
+                false_alarm_rate=self.config.drift.false_alarm_rate)
+        else:
+            if inside:
+                log.info("drift: %d of the window's %d rows lie in the reference period and are left out of the "
+                         "drift tests", inside, sampled.window.table.num_rows)
+            verdict = monitor.check(features.reference.table, features.reference_features, table, feats,
+                                    reference_key=features.reference_key or table_fingerprint(features.reference.table))
         self._drift_state.update(monitor.state_updates)
         self._drifted = bool(verdict.drifted)
         log.info("drift: %s", verdict.summary())
         self.late_drift = self._retest_late_labels(monitor, features)
         self._timed("drift", t0)
         return verdict
+
+    def _outside_reference(self, table: pa.Table, feats: torch.Tensor) -> tuple[pa.Table, torch.Tensor, int]:
+        """The window's rows (and their features) that do not lie in the reference period, and how
+        many did (:func:`tasksim.sample.in_reference_period`)."""
+        inside = in_reference_period(self.config, table)
+        if inside is None or not inside.any():
+            return table, feats, 0
+        keep = np.flatnonzero(~inside)
+        return table.take(pa.array(keep)), feats[torch.as_tensor(keep, device=feats.device)], int(inside.sum())
 
     def _retest_late_labels(self, monitor: Any, features: Features) -> list[dict[str, Any]]:
         """Re-test the last ``LATE_LABEL_LOOKBACK`` windows whose labels were incomplete, if more of
@@ -333,8 +358,11 @@ class Cycle:
             labelled = window.table.num_rows - window.table.column(label).null_count
             if labelled <= before.labelled_rows:
                 continue
-            after = monitor.check(features.reference.table, features.reference_features, window.table,
-                                  self.encoder.encode(window.table, self.config.production),
+            table, feats, _ = self._outside_reference(window.table,
+                                                      self.encoder.encode(window.table, self.config.production))
+            if table.num_rows == 0:
+                continue
+            after = monitor.check(features.reference.table, features.reference_features, table, feats,
                                   reference_key=features.reference_key, update_cusum=False)
             log.info("drift: window %s .. %s re-tested with late labels (%d labelled rows, was %d): %s (was: %s)",
                      rec["window_start"], rec["window_end"], after.labelled_rows, before.labelled_rows,

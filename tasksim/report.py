@@ -337,6 +337,9 @@ def _verdict(summary: dict[str, Any]) -> str:
     drift = summary.get("drift")
     if not drift:
         return "no drift result"
+    if drift.get("tested") is False:
+        return "not tested (reference period)" if "reference period" in " ".join(drift.get("notes") or []) \
+            else "not tested"
     return f"{'DRIFT' if drift.get('detected') else 'no drift'} (share {drift.get('share', 0):.2f})"
 
 

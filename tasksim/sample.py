@@ -50,6 +50,7 @@ from tasksim.errors import DataError, SourceError
 __all__ = [
     "Window",
     "dataset_fingerprint",
+    "in_reference_period",
     "load_reference",
     "load_source",
     "production_time_range",
@@ -629,6 +630,29 @@ def load_reference(config: Config, *, file_ranges: MutableMapping[str, list[int]
         spec = _production_spec(config.production)
     return _sample(spec, ref.start, ref.end, max_rows=sampling.max_rows, seed=sampling.seed,
                    stratify=sampling.stratify_by_label, file_ranges=None if ref.path else file_ranges)
+
+
+def in_reference_period(config: Config, table: pa.Table) -> np.ndarray | None:
+    """Which rows of a production window lie in the reference period (``reference.start <= ts <
+    reference.end``): they are the reference's own data, so testing them for drift against the
+    reference tests the reference against itself (a window that shares rows with the reference
+    looks *more* alike than a fresh one, and an accumulating test reads the difference as drift).
+    None when the reference is a separate dataset (``reference.path``) or the table has no
+    timestamp column."""
+    ref = config.reference
+    ts = config.production.timestamp_column
+    if ref.path is not None or ts not in table.column_names:
+        return None
+    column = table.column(ts)
+    if not pa.types.is_timestamp(column.type):
+        return None
+    ticks = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    inside = np.ones(len(ticks), dtype=bool)
+    if ref.start is not None:
+        inside &= ticks >= _us(ref.start)
+    if ref.end is not None:
+        inside &= ticks < _us(ref.end)
+    return inside
 
 
 def reference_cache_key(config: Config, *, file_ranges: Mapping[str, list[int]] | None = None) -> str:

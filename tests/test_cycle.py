@@ -397,3 +397,36 @@ def test_a_warm_process_reuses_each_sources_window_independent_work(tmp_path: Pa
     assert SOURCE_MEMO.misses == 4 and SOURCE_MEMO.hits == 5
     assert edited["far"].measures["duplicate_rate"] == pytest.approx(0.0)
     assert edited["far"].measures["mmd2"] != {p.source: p for p in cold.profiles}["far"].measures["mmd2"]
+
+
+def test_windows_in_the_reference_period_are_not_tested_against_it(tmp_path: Path, capsys) -> None:
+    """A window's rows that lie in the reference period are the reference's own data: a window that
+    lies wholly in it gets an untested verdict (and does not feed the accumulated tests), a window
+    that straddles its end is tested on its rows after the end."""
+    import yaml
+
+    path = make_tabular_workspace(tmp_path / "ws", windows=3, shift_at=3)
+    raw = yaml.safe_load(path.read_text())
+    start = pd.Timestamp(raw["reference"]["start"])
+    raw["reference"]["end"] = (start + pd.Timedelta(minutes=90)).isoformat()  # window 2 straddles the end
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(path)
+
+    assert main(["run", "--config", str(path), "--no-experiment"]) == 0
+    out = capsys.readouterr().out
+    assert "drift: not tested: the window lies in the reference period" in out
+    with Store(config.state_dir) as store:
+        first = store.cycles(limit=1)[0]
+    verdict = json.loads(first["drift_json"])
+    assert verdict["tested"] is False and verdict["detected"] is False and verdict["tests"] == []
+    assert verdict["current_rows"] == 300 and first["status"] == "success"
+
+    second = run_cycle(config)
+    production = pd.read_parquet(tmp_path / "ws" / "production.parquet")
+    ts = pd.to_datetime(production["ts"], utc=True)
+    window = (ts >= start + pd.Timedelta(hours=1)) & (ts < start + pd.Timedelta(hours=2))
+    after_end = window & (ts >= start + pd.Timedelta(minutes=90))
+    assert 0 < after_end.sum() < window.sum()
+    assert second.drift.tested and second.drift.current_rows == int(after_end.sum())
+    assert not second.drift.drifted
+    assert second.ranking.best() is not None  # profiling and ranking still see the whole window

@@ -94,9 +94,24 @@ class DriftVerdict:
     calibration_rows: int | None = None
     notes: tuple[str, ...] = ()
 
+    @classmethod
+    def untested(cls, reason: str, *, reference_rows: int, current_rows: int, labelled_rows: int,
+                 false_alarm_rate: float) -> DriftVerdict:
+        """A window no test ran on (e.g. it lies in the reference period): not drifted, kind
+        ``none``, no tests, ``reason`` as its note."""
+        return cls(drifted=False, kind="none", tests=(), columns=(), reference_rows=reference_rows,
+                   current_rows=current_rows, labelled_rows=labelled_rows, calibrated=False,
+                   false_alarm_rate=false_alarm_rate, notes=(reason,))
+
     @property
     def detected(self) -> bool:
         return self.drifted
+
+    @property
+    def tested(self) -> bool:
+        """Whether any test ran (False for an :meth:`untested` verdict; a per-column result stored
+        before verdicts had tests counts as tested)."""
+        return bool(self.tests or self.columns)
 
     @property
     def share(self) -> float:
@@ -118,6 +133,8 @@ class DriftVerdict:
 
     def summary(self) -> str:
         """One line: the verdict, its kind and the evidence of the tests that fired."""
+        if not self.tested:
+            return "not tested: " + (self.notes[0] if self.notes else "no test could run")
         if not self.drifted:
             return "no drift"
         parts = [f"{t.name}: {', '.join(t.evidence[:8]) or t.detail}" for t in self.tests if t.fired]
@@ -128,6 +145,7 @@ class DriftVerdict:
         out["columns"] = [asdict(c) for c in self.columns]
         out["tests"] = [asdict(t) for t in self.tests]
         out["detected"] = self.drifted  # the key older readers (and dashboards) use
+        out["tested"] = self.tested
         out["share"] = self.share
         out["method"] = self.method
         return out
