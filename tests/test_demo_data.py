@@ -106,7 +106,8 @@ def test_production_covers_the_windows(demo: Path) -> None:
     prod = pd.read_parquet(config.production.path)
     assert {"ts", "text", "label"} <= set(prod.columns)
     assert str(prod["ts"].dt.tz) == "UTC"
-    start, length = pd.Timestamp(config.window.start), pd.Timedelta(config.window.length)
+    manifest = json.loads((demo.parent / "manifest.json").read_text())
+    start, length = pd.Timestamp(manifest["start"]), pd.Timedelta(config.window.length)
     assert prod["ts"].min() >= start and prod["ts"].max() < start + WINDOWS * length
     window = (prod["ts"] - start) // length
     counts = window.value_counts()
@@ -117,12 +118,15 @@ def test_production_covers_the_windows(demo: Path) -> None:
     # reference = the first windows, strictly before the shift
     assert pd.Timestamp(config.reference.start) == start
     assert start < pd.Timestamp(config.reference.end) <= start + SHIFT_AT * length
+    # the schedule starts where the reference ends: no window is tested against its own rows
+    assert pd.Timestamp(config.window.start) == pd.Timestamp(config.reference.end)
 
 
 def test_the_shift_exists(demo: Path) -> None:
     config = load_config(demo)
     prod = pd.read_parquet(config.production.path)
-    shift = pd.Timestamp(config.window.start) + SHIFT_AT * pd.Timedelta(config.window.length)
+    start = pd.Timestamp(json.loads((demo.parent / "manifest.json").read_text())["start"])
+    shift = start + SHIFT_AT * pd.Timedelta(config.window.length)
     before, after = prod[prod["ts"] < shift], prod[prod["ts"] >= shift]
     bbc_topics = set(pd.read_parquet(config.source("bbc-news").path)["label"])
     r8_topics = set(pd.read_parquet(config.source("reuters-r8").path)["label"])
