@@ -73,7 +73,7 @@ SIZES: dict[str, dict[str, int]] = {
               "source_cap": 80, "bbc_source_per_class": 16},
     # bench/transfer_suite.py: one pool (train + gt) per target that 10- and 100-per-class windows
     # and the ground-truth probes draw from, and a test split
-    "suite": {"train_per_class": 10, "gt_train_per_class": 60, "test_per_class": 60, "source_per_class": 40,
+    "suite": {"train_per_class": 10, "gt_train_per_class": 60, "test_per_class": 300, "source_per_class": 40,
               "source_cap": 240, "bbc_source_per_class": 60},
     "suite-quick": {"train_per_class": 10, "gt_train_per_class": 30, "test_per_class": 30,
                     "source_per_class": 15, "source_cap": 90, "bbc_source_per_class": 16},
