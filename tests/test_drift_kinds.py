@@ -425,7 +425,7 @@ def test_sparse_embeddings_monitor_their_share_of_zeros():
 def test_loss_variance_covers_a_reference_class_that_missed_its_hard_rows():
     """Skewed losses (most rows near 0, 12% near 1), 50 reference rows of a class: the plug-in
     variance shrinks with an optimistic sample mean, so "reference mean too low" reaches z 3.09
-    27x too often; the bound of the accumulated loss test keeps it at the normal rate."""
+    26x too often (2.6%); the bound of the accumulated loss test keeps it near the normal rate (0.15%)."""
     from tasksim.drift.sequential import loss_variance
 
     rng = np.random.default_rng(5)

@@ -193,7 +193,7 @@ def loss_variance(class_losses: np.ndarray, overall_mean: float) -> float:
     mean 0.11 / variance 0.03 where the other rows of the corpus gave 0.23 / 0.09: the plug-in
     null put its stationary excess at z 4.0 (the corpus's own variance: 3.4; the bound: 2.5) and it
     alarmed in 26 of 100 quiet windows. Over 75 references the stationary z's spread was 1.17
-    with the plug-in, 0.79 with the bound (``docs/decisions.md``)."""
+    with the plug-in, 0.78 with the bound (``docs/decisions.md``)."""
     losses = np.asarray(class_losses, dtype=np.float64)
     if not len(losses):
         return 0.25
