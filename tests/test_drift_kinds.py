@@ -420,3 +420,24 @@ def test_sparse_embeddings_monitor_their_share_of_zeros():
     noisy = np.abs(sparse(100) + rng.normal(scale=0.01, size=(100, 40)))  # faint noise lifts the zeros
     verdict, _ = check_window(ref, cal, None, noisy, None, CFG)
     assert verdict.kind == "input" and ZERO_SHARE in verdict.test("columns").evidence
+
+
+def test_loss_variance_covers_a_reference_class_that_missed_its_hard_rows():
+    """Skewed losses (most rows near 0, 12% near 1), 50 reference rows of a class: the plug-in
+    variance shrinks with an optimistic sample mean, so "reference mean too low" reaches z 3.09
+    26x too often (2.6%); the bound of the accumulated loss test keeps it near the normal rate (0.15%)."""
+    from tasksim.drift.sequential import loss_variance
+
+    rng = np.random.default_rng(5)
+    draws, n = 4000, 50
+    law = lambda size: np.where(rng.random(size) < 0.12, rng.beta(5, 2, size), rng.beta(1, 30, size))
+    mu = float(law(400_000).mean())
+    losses = law((draws, n))
+    mean = losses.mean(axis=1)
+    z_plugin = (mu - mean) / np.sqrt(losses.var(axis=1) / n)
+    z_bound = np.array([(mu - mean[i]) / np.sqrt(loss_variance(losses[i], float(mean[i])) / n)
+                        for i in range(draws)])
+    assert np.mean(z_plugin > 3.09) > 0.01  # the failure the bound fixes (nominal 0.001)
+    assert np.mean(z_bound > 3.09) <= 0.002
+    assert all(loss_variance(row, 0.5) >= row.var() for row in losses[:50])
+    assert loss_variance(np.zeros(3), 0.2) > 0  # a tiny class of easy rows still has a spread

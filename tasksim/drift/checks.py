@@ -39,6 +39,7 @@ from tasksim.drift.sequential import (
     ewma_scale,
     ewma_step,
     ewma_thresholds,
+    loss_variance,
     mc_pvalue,
     prior_statistic,
     to_json,
@@ -607,14 +608,17 @@ def check_window(
                 loss = 1.0 - proba[rows][np.arange(len(rows)), row_codes]
                 observed = float(loss.mean())
                 null_mean = window_var = reference_var = 0.0
+                finite = np.isfinite(ref.cv_loss) & (ref.ref_label_codes >= 0)
+                overall = float(ref.cv_loss[finite].mean())
                 for cls_i in range(k):
                     n_c = int(counts[cls_i])
                     if n_c == 0:
                         continue
-                    pool = ref.cv_loss[(ref.ref_label_codes == cls_i) & np.isfinite(ref.cv_loss)]
+                    pool = ref.cv_loss[(ref.ref_label_codes == cls_i) & finite]
+                    var_c = loss_variance(pool, overall)  # not the plug-in: see loss_variance
                     null_mean += n_c * float(pool.mean())
-                    window_var += n_c * float(pool.var())
-                    reference_var += n_c * n_c * float(pool.var()) / len(pool)
+                    window_var += n_c * var_c
+                    reference_var += n_c * n_c * var_c / len(pool)
 
                 p_loss, p_overall, class_p = _loss_test(ref, row_codes, loss, rng)
                 g_conf, p_conf = _confusion_test(ref, row_codes, pred[rows], rng)
