@@ -422,7 +422,7 @@ def source_tau(args: argparse.Namespace, device: torch.device, scenarios: dict, 
             n = per_class + VAL_PER_CLASS + TEST_PER_CLASS
             split = stratified_split([str(v) for v in ty.tolist()],
                                      (per_class / n, VAL_PER_CLASS / n, TEST_PER_CLASS / n), 0, f"{name}|{regime}")
-            window = torch.cat([split.train, split.val])  # the labelled rows a cycle profiles (no test rows)
+            window = torch.tensor([*split.train, *split.val])  # the labelled rows a cycle profiles (no test rows)
             prefix = "digit" if name.startswith("domain") else "fashion"
             labels = [f"{prefix}{v}" for v in ty[window].tolist()]
             arrays, advised, measures = {}, {}, {}
@@ -468,6 +468,7 @@ def source_tau(args: argparse.Namespace, device: torch.device, scenarios: dict, 
                    "tau_composite": taus(composite), "tau_knn": taus(knn), "tau_prior": taus(prior),
                    "tau_composite_trained_only": taus(composite, ("cnn-untrained",)),
                    "ranking_weights": dict(ranking.weights), "measures": measures,
+                   "source_rows": prior, "source_accuracy": {s: c["accuracy"] for s, c in cands.items()},
                    "seconds": time.perf_counter() - t0}
             rows.append(row)
             order = sorted(outcome, key=outcome.get, reverse=True)
