@@ -657,11 +657,41 @@ def print_report(report: list[dict]) -> None:
     for s in ("linear_probe", "lp_ft", "full"):
         print(f"- always {s}: {sum(r['baselines'][s] for r in report)} of {n}; "
               f"{sum(gap(r, s) for r in report) / max(1, n):.1f} points below the best on average")
+    print_losses(report)
     print("\nmean test accuracy over 3 seeds per strategy:")
     for r in report:
         print(f"- {r['scenario']} [{r['regime']}]: " + ", ".join(
             f"{k} {v:.3f}" for k, v in sorted(r["scores"].items(), key=lambda kv: -kv[1])))
         print("  measures: " + ", ".join(f"{k} {v:.3f}" for k, v in r["measures"].items()))
+
+
+def seed_noise(row: dict, strategy: str) -> tuple[float, float] | None:
+    """(points the best strategy's mean is above ``strategy``'s, the standard error of that
+    difference in points) from the per-seed scores; None without them (runs saved before they were)."""
+    seeds = row.get("seed_scores") or {}
+    a, b = seeds.get(strategy) or [], seeds.get(row["best"]) or []
+    if len(a) < 2 or len(b) < 2:
+        return None
+    var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
+    return 100 * (sum(b) / len(b) - sum(a) / len(a)), 100 * math.sqrt(var(a) / len(a) + var(b) / len(b))
+
+
+def print_losses(report: list[dict]) -> None:
+    """Each run where the advice is more than 1 point below the best, with the seeds' spread: a
+    margin under two standard errors of the difference is within the seed noise (3 seeds)."""
+    lost = [r for r in report if not r["advised_within_one_point"]]
+    if not lost:
+        return
+    print("\nruns where the advice lost (margin and the standard error of the difference over the seeds):")
+    for r in lost:
+        noise = seed_noise(r, r["advised"])
+        if noise is None:
+            what = "per-seed scores not saved"
+        else:
+            margin, se = noise
+            what = (f"margin {margin:.1f} points, SE {se:.1f}: "
+                    + ("within the seed noise (< 2 SE)" if margin < 2 * se else "beyond the seed noise"))
+        print(f"- {r['scenario']} [{r['regime']}]: advised {r['advised']}, best {r['best']}; {what}")
 
 
 def main(argv: list[str] | None = None) -> int:
