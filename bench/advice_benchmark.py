@@ -46,11 +46,20 @@ has (given: the drift stage is benchmarked in bench/drift_benchmark.py). Every s
 fine-tuned with ``tasksim.experiment.run_trial`` (the code ``tasksim experiment`` runs) with 3
 seeds on one stratified split, and the advised strategy is compared with the best (mean test
 accuracy over seeds; "within 1 point" = 0.01). Fixed baselines: always ``linear_probe``, always
-``lp_ft``, always ``full``. Three rule sets are scored on the same trials (``RULE_SETS``): the
-rules now, the rules before the depth rule, and the rule table before the benchmark
-(``OLD_RULES``). ``--rescore a.json b.json`` re-applies them to saved runs without trials;
+``lp_ft``, always ``full``. Four rule sets are scored on the same trials (``RULE_SETS``): the
+rules now, the second round's, the first round's (before the depth rule), and the rule table
+before the benchmark (``OLD_RULES``). ``--rescore a.json b.json`` re-applies them to saved runs
+without trials; a loss is listed with the seeds' spread (``seed_scores``: every trial's score).
 ``--measures-only`` prints the measures and the advice without trials. ``bench/gpu_advice.sh``
 runs the full size on a CUDA machine.
+
+``--tau`` (images): instead of every strategy for one source, six candidate source CNNs per
+scenario (``tau_sources``: two seeds on 20,000 Fashion-MNIST 0-4 images, one on 1,000, one on
+Fashion-MNIST 5-9, one on MNIST, one untrained), profiled and ranked as a cycle ranks them
+(``profile.profile_arrays`` on the split's training and validation rows in a shared 14 x 14 pixel
+space, ``rank.rank_sources`` with the default ``RankingConfig``), then the strategy the rules
+advise for each source fine-tuned with 3 seeds; Kendall tau between the composite and the trial
+outcomes per scenario, with kNN accuracy and a static prior (rows trained on) as baselines.
 """
 
 from __future__ import annotations
