@@ -378,6 +378,7 @@ def tau_sources(args: argparse.Namespace, data: tuple, mnist: tuple[torch.Tensor
     drawn_mnist = set(pick(my, 200, torch.Generator().manual_seed(2)).tolist())
     other = torch.tensor([i for i in new.tolist() if i not in drawn_new])[:10000]
     mnist_rows = torch.tensor([i for i in range(len(my)) if i not in drawn_mnist])
+    mnist_rows = mnist_rows[torch.randperm(len(mnist_rows), generator=torch.Generator().manual_seed(0))]  # by class
     m_train, m_hold = mnist_rows[:-500], mnist_rows[-500:]
     specs = {
         "cnn-fashion0-4-s0": (x[src], y[src], x[hold], y[hold], 0, "", "fashion"),
@@ -385,7 +386,7 @@ def tau_sources(args: argparse.Namespace, data: tuple, mnist: tuple[torch.Tensor
         "cnn-fashion0-4-1k": (x[src[:1000]], y[src[:1000]], x[hold], y[hold], 0, "fashion0-4-1k", "fashion"),
         "cnn-fashion5-9": (x[other[:-1000]], y[other[:-1000]], x[other[-1000:]], y[other[-1000:]], 0, "fashion5-9",
                            "fashion"),
-        "cnn-mnist": (mx[m_train], my[m_train], mx[m_hold], my[m_hold], 0, "mnist", "digit"),
+        "cnn-mnist": (mx[m_train], my[m_train], mx[m_hold], my[m_hold], 0, "mnist-shuffled", "digit"),
     }
     out: dict[str, dict] = {}
     for name, (sx, sy, hx, hy, seed, tag, prefix) in specs.items():
