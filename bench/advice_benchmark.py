@@ -46,11 +46,20 @@ has (given: the drift stage is benchmarked in bench/drift_benchmark.py). Every s
 fine-tuned with ``tasksim.experiment.run_trial`` (the code ``tasksim experiment`` runs) with 3
 seeds on one stratified split, and the advised strategy is compared with the best (mean test
 accuracy over seeds; "within 1 point" = 0.01). Fixed baselines: always ``linear_probe``, always
-``lp_ft``, always ``full``. Three rule sets are scored on the same trials (``RULE_SETS``): the
-rules now, the rules before the depth rule, and the rule table before the benchmark
-(``OLD_RULES``). ``--rescore a.json b.json`` re-applies them to saved runs without trials;
+``lp_ft``, always ``full``. Four rule sets are scored on the same trials (``RULE_SETS``): the
+rules now, the second round's, the first round's (before the depth rule), and the rule table
+before the benchmark (``OLD_RULES``). ``--rescore a.json b.json`` re-applies them to saved runs
+without trials; a loss is listed with the seeds' spread (``seed_scores``: every trial's score).
 ``--measures-only`` prints the measures and the advice without trials. ``bench/gpu_advice.sh``
 runs the full size on a CUDA machine.
+
+``--tau`` (images): instead of every strategy for one source, six candidate source CNNs per
+scenario (``tau_sources``: two seeds on 20,000 Fashion-MNIST 0-4 images, one on 1,000, one on
+Fashion-MNIST 5-9, one on MNIST, one untrained), profiled and ranked as a cycle ranks them
+(``profile.profile_arrays`` on the split's training and validation rows in a shared 14 x 14 pixel
+space, ``rank.rank_sources`` with the default ``RankingConfig``), then the strategy the rules
+advise for each source fine-tuned with 3 seeds; Kendall tau between the composite and the trial
+outcomes per scenario, with kNN accuracy and a static prior (rows trained on) as baselines.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -123,8 +133,10 @@ def cnn() -> nn.Sequential:
 
 
 def pretrain(x: torch.Tensor, y: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, epochs: int, *,
-             cache: bool, seed: int = 0) -> tuple[nn.Sequential, float]:
-    key = hashlib.sha256(f"cnn-bn-v2|{len(x)}|{epochs}|{seed}".encode()).hexdigest()[:12]
+             cache: bool, seed: int = 0, tag: str = "") -> tuple[nn.Sequential, float]:
+    """A source CNN trained on (x, y), its held-out accuracy on (hx, hy); ``tag`` names the
+    training data in the cache key (empty for the benchmark's main source: the key it always had)."""
+    key = hashlib.sha256(f"cnn-bn-v2|{len(x)}|{epochs}|{seed}{'|' + tag if tag else ''}".encode()).hexdigest()[:12]
     path = CACHE / f"advice-cnn-{key}.pt"
     torch.manual_seed(seed)
     body, head = cnn(), nn.Linear(64, int(y.max()) + 1)
@@ -148,7 +160,11 @@ def pretrain(x: torch.Tensor, y: torch.Tensor, hx: torch.Tensor, hy: torch.Tenso
     body.eval()
     with torch.no_grad():
         acc = float((head(body(hx)).argmax(1) == hy).float().mean())
+    HEADS[id(body)] = head.eval()
     return body, acc
+
+
+HEADS: dict[int, nn.Linear] = {}  # a pretrained body's own classifier (LEEP needs its probabilities)
 
 
 def blur(x: torch.Tensor) -> torch.Tensor:
@@ -180,10 +196,11 @@ def pick(y: torch.Tensor, per_class: int, gen: torch.Generator, skip: int = 0) -
     return out[torch.randperm(len(out), generator=gen)]
 
 
-RULE_SETS = ("new", "before-depth", "old")
-"""``new``: tasksim.recommend as it is; ``before-depth``: the same without the depth rule
-(``recommend.DEPTH_GROWTH_RATIO`` = 0; the rules of the first benchmark round); ``old``: the rule
-table before the benchmark (``OLD_RULES``)."""
+RULE_SETS = ("new", "round2", "before-depth", "old")
+"""``new``: tasksim.recommend as it is; ``round2``: the rules of the second benchmark round, before
+the third round's two changes (``recommend.LABEL_SPACE_FLAT_RATIO`` = 0, close source -> linear
+probe); ``before-depth``: round 2 without the depth rule (``recommend.DEPTH_GROWTH_RATIO`` = 0; the
+rules of the first round); ``old``: the rule table before the benchmark (``OLD_RULES``)."""
 
 
 def advice(measures: dict[str, float], drift_kind: str, train_rows: int, classes: int, rules: str) -> tuple[str, list[str]]:
@@ -192,14 +209,17 @@ def advice(measures: dict[str, float], drift_kind: str, train_rows: int, classes
     if rules == "old":
         plan = OLD_RULES(measures, drift_kind=drift_kind, labelled_rows=train_rows)
     else:
-        ratio = recommend.DEPTH_GROWTH_RATIO
-        recommend.DEPTH_GROWTH_RATIO = 0.0 if rules == "before-depth" else ratio
+        kept = (recommend.DEPTH_GROWTH_RATIO, recommend.LABEL_SPACE_FLAT_RATIO, recommend.CLOSE_SOURCE_STRATEGY)
+        if rules in ("round2", "before-depth"):
+            recommend.LABEL_SPACE_FLAT_RATIO, recommend.CLOSE_SOURCE_STRATEGY = 0.0, "linear_probe"
+        if rules == "before-depth":
+            recommend.DEPTH_GROWTH_RATIO = 0.0
         try:
             # the labelled rows a window holds for that many training rows at the experiment's default split
             plan = plan_fine_tuning(measures, drift_kind=drift_kind, labelled_rows=round(train_rows / 0.6),
                                     classes=classes)
         finally:
-            recommend.DEPTH_GROWTH_RATIO = ratio
+            recommend.DEPTH_GROWTH_RATIO, recommend.LABEL_SPACE_FLAT_RATIO, recommend.CLOSE_SOURCE_STRATEGY = kept
     return _PLAN_STRATEGY.get(plan.strategy, plan.strategy), list(plan.reasons)
 
 
@@ -285,8 +305,10 @@ def run_scenario(name: str, model: TrainableModel, ty: torch.Tensor, measures: d
             print(f"  {name} [{regime}] {strategy} seed {seed}: {trial.status} "
                   f"{'' if trial.score is None else f'{trial.score:.3f} '}({trial.seconds:.0f}s)", file=sys.stderr)
     scores = summarise_trials(trials).get(model.source, {})
+    seed_scores = {s: [t.score for t in trials if t.spec.strategy == s and t.status == "ok"] for s in strategies}
     row = {"scenario": name, "regime": regime, "drift_kind": drift_kind, "classes": classes,
-           "train_rows": len(split.train), "test_rows": len(split.test), "scores": scores, "measures": measures,
+           "train_rows": len(split.train), "test_rows": len(split.test), "scores": scores,
+           "seed_scores": seed_scores, "measures": measures,
            "seconds": time.perf_counter() - t0, "failed": [t.to_dict() for t in trials if t.status == "failed"]}
     return {**row, **score_advice(row)}
 
@@ -316,6 +338,10 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     }
     src_act = activations(body, x[src[:600]])
     src_labels = [f"fashion{v}" for v in y[src[:600]].tolist()]
+    if args.tau:
+        meta = {"source_seed": args.source_seed, "source_accuracy": acc, "pretrain_rows": len(src),
+                "pretrain_epochs": args.pretrain_epochs}
+        return {**meta, "tau": source_tau(args, device, scenarios, (x, y, src, hold, new), (mx, my), started)}
     for name, (transform, sx, sy, kind) in scenarios.items():
         if args.scenarios and not any(t in name for t in args.scenarios):
             continue
@@ -331,6 +357,160 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
                 report.append(row)
                 _progress(row, started)
     return {"source_seed": args.source_seed, "source_accuracy": acc, "pretrain_rows": len(src), "pretrain_epochs": args.pretrain_epochs}
+
+
+def _shared(t: torch.Tensor) -> torch.Tensor:
+    """The shared feature space of the ``--tau`` runs (the deployed encoder's, where the profile's
+    distances are measured): the pixels average-pooled to 14 x 14, flattened (196-d)."""
+    return nn.functional.avg_pool2d(t, 2).flatten(1)
+
+
+def tau_sources(args: argparse.Namespace, data: tuple, mnist: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict]:
+    """The candidate sources of ``--tau``: five CNNs of the benchmark's architecture trained here on
+    rows no target scenario draws (two seeds on Fashion-MNIST 0-4 with 20,000 images, the same on
+    1,000 images, Fashion-MNIST 5-9, MNIST) and an untrained one (model only). Each: body, its own
+    classifier, its training rows in the shared space with their labels, rows trained on."""
+    x, y, src, hold, new = data
+    mx, my = mnist
+    # the target rows the scenarios draw: the first 200 a class of pick()'s seeded permutation (the
+    # benchmark draws at most 140): a source trained on the same classes leaves them out
+    drawn_new = set(new[pick(y[new], 200, torch.Generator().manual_seed(2))].tolist())
+    drawn_mnist = set(pick(my, 200, torch.Generator().manual_seed(2)).tolist())
+    other = torch.tensor([i for i in new.tolist() if i not in drawn_new])[:10000]
+    mnist_rows = torch.tensor([i for i in range(len(my)) if i not in drawn_mnist])
+    mnist_rows = mnist_rows[torch.randperm(len(mnist_rows), generator=torch.Generator().manual_seed(0))]  # by class
+    m_train, m_hold = mnist_rows[:-500], mnist_rows[-500:]
+    specs = {
+        "cnn-fashion0-4-s0": (x[src], y[src], x[hold], y[hold], 0, "", "fashion"),
+        "cnn-fashion0-4-s1": (x[src], y[src], x[hold], y[hold], 1, "", "fashion"),
+        "cnn-fashion0-4-1k": (x[src[:1000]], y[src[:1000]], x[hold], y[hold], 0, "fashion0-4-1k", "fashion"),
+        "cnn-fashion5-9": (x[other[:-1000]], y[other[:-1000]], x[other[-1000:]], y[other[-1000:]], 0, "fashion5-9",
+                           "fashion"),
+        "cnn-mnist": (mx[m_train], my[m_train], mx[m_hold], my[m_hold], 0, "mnist-shuffled", "digit"),
+    }
+    out: dict[str, dict] = {}
+    for name, (sx, sy, hx, hy, seed, tag, prefix) in specs.items():
+        body, acc = pretrain(sx, sy, hx, hy, args.pretrain_epochs, cache=not args.no_cache, seed=seed, tag=tag)
+        keep = torch.randperm(len(sx), generator=torch.Generator().manual_seed(0))[:600]
+        out[name] = {"body": body, "head": HEADS[id(body)], "shared": _shared(sx[keep]), "acts": activations(body, sx[keep]),
+                     "labels": [f"{prefix}{v}" for v in sy[keep].tolist()], "rows": len(sx), "accuracy": acc}
+        print(f"  tau source {name}: {len(sx)} training rows, held-out accuracy {acc:.3f}", file=sys.stderr)
+    torch.manual_seed(0)
+    body = cnn().eval()
+    out["cnn-untrained"] = {"body": body, "head": None, "shared": None, "acts": None, "labels": None, "rows": 0,
+                            "accuracy": None}
+    return out
+
+
+def source_tau(args: argparse.Namespace, device: torch.device, scenarios: dict, data: tuple, mnist: tuple,
+               started: float) -> list[dict]:
+    """``--tau``: per image scenario and label budget, every candidate source (``tau_sources``) is
+    profiled on the scenario's labelled training and validation rows (``profile.profile_arrays``
+    with the cycle's 30 bootstrap rounds) and ranked by ``rank.rank_sources`` with the default
+    ``RankingConfig``; then the strategy the rules advise *for that source* (its own per-block
+    MMD² against the target) is fine-tuned with 3 seeds. Kendall tau-b and the weighted tau
+    (``experiment.weighted_tau``) between the composite and the mean test accuracy; the same for
+    the profile's kNN accuracy alone and for a static prior (rows the source was trained on)."""
+    from scipy.stats import kendalltau
+
+    from tasksim.config import RankingConfig
+    from tasksim.experiment import weighted_tau
+    from tasksim.profile import SourceArrays, SourceView, profile_arrays
+    from tasksim.rank import SourceTerms, rank_sources
+
+    cands = tau_sources(args, data, mnist)
+    rows: list[dict] = []
+    for name, (transform, sx, sy, kind) in scenarios.items():
+        if args.scenarios and not any(t in name for t in args.scenarios):
+            continue
+        for regime in args.regimes:
+            t0 = time.perf_counter()
+            per_class = PER_CLASS[regime]
+            idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
+            tx, ty = transform(sx[idx]), sy[idx]
+            classes = len(set(ty.tolist()))
+            n = per_class + VAL_PER_CLASS + TEST_PER_CLASS
+            split = stratified_split([str(v) for v in ty.tolist()],
+                                     (per_class / n, VAL_PER_CLASS / n, TEST_PER_CLASS / n), 0, f"{name}|{regime}")
+            window = torch.tensor([*split.train, *split.val])  # the labelled rows a cycle profiles (no test rows)
+            prefix = "digit" if name.startswith("domain") else "fashion"
+            labels = [f"{prefix}{v}" for v in ty[window].tolist()]
+            arrays, advised, measures = {}, {}, {}
+            for s, c in cands.items():
+                with torch.no_grad():
+                    view = c["body"](tx[window])
+                    probs = None if c["head"] is None else torch.softmax(c["head"](view), 1)
+                arrays[s] = SourceArrays(c["shared"], c["labels"], SourceView(view, probs))
+                if c["acts"] is None:  # a model-only source: no reference activations, no labels to shift from
+                    m = {"knn_accuracy": knn_accuracy(view, ty[window])}
+                else:
+                    m = shift_measures(c["acts"], activations(c["body"], tx[window]), c["labels"], prefix, ty[window])
+                measures[s] = m
+                advised[s], _ = advice(m, kind, len(split.train), classes, "new")
+            profiles = profile_arrays(_shared(tx[window]), labels, arrays, seed=0, bootstrap_rounds=30)
+            failed = {p.source: p.error for p in profiles if p.status != "ok"}
+            ranking = rank_sources(profiles, [SourceTerms(name=s) for s in cands], RankingConfig())
+            composite = {e.source: e.score for e in ranking.entries}
+            knn = {p.source: p.measures.get("knn_accuracy") for p in profiles if p.status == "ok"}
+            outcome, seeds = {}, {}
+            for s, c in cands.items():
+                model = TrainableModel(s, c["body"], _tensor_forward(tx, device), device, description=s)
+                trials = []
+                for seed in (0, 1, 2):
+                    strategy = advised[s]
+                    spec = TrialSpec(s, strategy, seed, BODY_LR[strategy], FT_HEAD_LR, WEIGHT_DECAY, args.epochs, 3, 32)
+                    trials.append(run_trial(model, spec, split))
+                seeds[s] = [t.score for t in trials if t.status == "ok"]
+                if seeds[s]:
+                    outcome[s] = sum(seeds[s]) / len(seeds[s])
+
+            def taus(score: dict[str, float], drop: tuple[str, ...] = (), outcome: dict[str, float] = outcome
+                     ) -> dict[str, float | None]:
+                common = [s for s in outcome if s in score and score[s] is not None and s not in drop]
+                kt = kendalltau([score[s] for s in common], [outcome[s] for s in common]).statistic
+                return {"kendall": float(kt) if math.isfinite(kt) else None,
+                        "weighted": weighted_tau({s: score[s] for s in common}, {s: outcome[s] for s in common})}
+
+            prior = {s: float(c["rows"]) for s, c in cands.items()}
+            row = {"scenario": name, "regime": regime, "drift_kind": kind, "train_rows": len(split.train),
+                   "profiled_rows": len(window), "composite": composite, "knn_accuracy": knn, "advised": advised,
+                   "outcome": outcome, "seed_scores": seeds, "failed_profiles": failed,
+                   "tau_composite": taus(composite), "tau_knn": taus(knn), "tau_prior": taus(prior),
+                   "tau_composite_trained_only": taus(composite, ("cnn-untrained",)),
+                   "ranking_weights": dict(ranking.weights), "measures": measures,
+                   "source_rows": prior, "source_accuracy": {s: c["accuracy"] for s, c in cands.items()},
+                   "seconds": time.perf_counter() - t0}
+            rows.append(row)
+            order = sorted(outcome, key=outcome.get, reverse=True)
+            print(f"{name} [{regime}]: tau composite {row['tau_composite']}, kNN {row['tau_knn']}; outcome order "
+                  + ", ".join(f"{s} {outcome[s]:.3f} ({advised[s]}, composite {composite.get(s, float('nan')):.3f})"
+                              for s in order) + f" ({row['seconds']:.0f}s; {time.perf_counter() - started:.0f}s total)",
+                  file=sys.stderr)
+            if CHECKPOINT.get("path") is not None:
+                CHECKPOINT["path"].write_text(json.dumps({"tau": rows, "partial": True}, indent=2, default=str))
+    return rows
+
+
+def print_tau(rows: list[dict]) -> None:
+    """The ``--tau`` table (docs/benchmarks.md)."""
+    f = lambda v: "-" if v is None else f"{v:+.2f}"
+    print("| scenario | labels | sources | outcome order (advised strategy, mean test acc.) | composite order | "
+          "tau-b composite | weighted tau composite | tau-b composite, trained sources | tau-b kNN | tau-b static prior |")
+    print("| --- " * 10 + "|")
+    for r in rows:
+        out = sorted(r["outcome"], key=r["outcome"].get, reverse=True)
+        comp = sorted(r["composite"], key=r["composite"].get, reverse=True)
+        short = lambda s: s.replace("cnn-", "").replace("fashion", "F")
+        print(f"| {r['scenario']} | {r['regime']} | {len(r['outcome'])} | "
+              + ", ".join(f"{short(s)} ({r['advised'][s]}, {r['outcome'][s]:.3f})" for s in out) + " | "
+              + ", ".join(short(s) for s in comp) + f" | {f(r['tau_composite']['kendall'])} | "
+              f"{f(r['tau_composite']['weighted'])} | {f(r['tau_composite_trained_only']['kendall'])} | "
+              f"{f(r['tau_knn']['kendall'])} | {f(r['tau_prior']['kendall'])} |")
+    for key in ("tau_composite", "tau_composite_trained_only", "tau_knn", "tau_prior"):
+        vals = [r[key]["kendall"] for r in rows if r[key]["kendall"] is not None]
+        w = [r[key]["weighted"] for r in rows if r[key]["weighted"] is not None]
+        print(f"- {key}: mean tau-b {sum(vals) / max(1, len(vals)):+.2f} over {len(vals)}; "
+              f"mean weighted tau {sum(w) / max(1, len(w)):+.2f}")
 
 
 REUTERS_CLASSES = ("crude", "trade", "money-fx", "interest")
@@ -461,7 +641,7 @@ def print_report(report: list[dict]) -> None:
     """The table (docs/benchmarks.md), the hit counts and mean distances per rule set and baseline."""
     yes = lambda b: "yes" if b else "no"
     print("| scenario | labels | train rows | advised | advised acc. | best | best acc. | advised within 1 pt | "
-          "rules before the depth rule (within 1 pt) | rules before the benchmark (within 1 pt) | always LP | "
+          "round-2 rules (within 1 pt) | rules before the benchmark (within 1 pt) | always LP | "
           "always LP-FT | always full |")
     print("| --- " * 13 + "|")
     for r in report:
@@ -470,7 +650,7 @@ def print_report(report: list[dict]) -> None:
         print(f"| {r['scenario']} | {r['regime']} | {r['train_rows']} | {r['advised']} | "
               f"{'-' if adv is None else f'{adv:.3f}'} | {r['best']} | {r['best_score']:.3f} | "
               f"{yes(r['advised_within_one_point'])} | "
-              f"{r['advised_before_depth']} ({yes(r['advised_before_depth_within_one_point'])}) | "
+              f"{r['advised_round2']} ({yes(r['advised_round2_within_one_point'])}) | "
               f"{r['advised_old']} ({yes(r['advised_old_within_one_point'])}) | "
               + " | ".join(yes(b[s]) for s in ("linear_probe", "lp_ft", "full")) + " |")
 
@@ -479,19 +659,49 @@ def print_report(report: list[dict]) -> None:
 
     n = len(report)
     print()
-    for label, key in (("rules now", "advised"), ("before the depth rule", "advised_before_depth"),
-                       ("before the benchmark", "advised_old")):
+    for label, key in (("rules now", "advised"), ("round-2 rules", "advised_round2"),
+                       ("before the depth rule", "advised_before_depth"), ("before the benchmark", "advised_old")):
         hits = sum(r[f"{key}_within_one_point"] for r in report)
         print(f"- {label}: best or within 1 point in {hits} of {n}; "
               f"{sum(gap(r, key) for r in report) / max(1, n):.1f} points below the best on average")
     for s in ("linear_probe", "lp_ft", "full"):
         print(f"- always {s}: {sum(r['baselines'][s] for r in report)} of {n}; "
               f"{sum(gap(r, s) for r in report) / max(1, n):.1f} points below the best on average")
+    print_losses(report)
     print("\nmean test accuracy over 3 seeds per strategy:")
     for r in report:
         print(f"- {r['scenario']} [{r['regime']}]: " + ", ".join(
             f"{k} {v:.3f}" for k, v in sorted(r["scores"].items(), key=lambda kv: -kv[1])))
         print("  measures: " + ", ".join(f"{k} {v:.3f}" for k, v in r["measures"].items()))
+
+
+def seed_noise(row: dict, strategy: str) -> tuple[float, float] | None:
+    """(points the best strategy's mean is above ``strategy``'s, the standard error of that
+    difference in points) from the per-seed scores; None without them (runs saved before they were)."""
+    seeds = row.get("seed_scores") or {}
+    a, b = seeds.get(strategy) or [], seeds.get(row["best"]) or []
+    if len(a) < 2 or len(b) < 2:
+        return None
+    var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
+    return 100 * (sum(b) / len(b) - sum(a) / len(a)), 100 * math.sqrt(var(a) / len(a) + var(b) / len(b))
+
+
+def print_losses(report: list[dict]) -> None:
+    """Each run where the advice is more than 1 point below the best, with the seeds' spread: a
+    margin under two standard errors of the difference is within the seed noise (3 seeds)."""
+    lost = [r for r in report if not r["advised_within_one_point"]]
+    if not lost:
+        return
+    print("\nruns where the advice lost (margin and the standard error of the difference over the seeds):")
+    for r in lost:
+        noise = seed_noise(r, r["advised"])
+        if noise is None:
+            what = "per-seed scores not saved"
+        else:
+            margin, se = noise
+            what = (f"margin {margin:.1f} points, SE {se:.1f}: "
+                    + ("within the seed noise (< 2 SE)" if margin < 2 * se else "beyond the seed noise"))
+        print(f"- {r['scenario']} [{r['regime']}]: advised {r['advised']}, best {r['best']}; {what}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-scenarios", nargs="+", default=[],
                     help="only the text scenarios whose name contains one of these words (typos, Reuters, movie)")
     ap.add_argument("--measures-only", action="store_true", help="print the measures and the advice, run no trials")
+    ap.add_argument("--tau", action="store_true",
+                    help="images: six candidate sources per scenario, the composite's ranking against trials of the "
+                         "advice for each (Kendall tau); no strategy comparison")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:<index>")
     args = ap.parse_args(argv)
     if args.rescore:
@@ -538,7 +751,10 @@ def main(argv: list[str] | None = None) -> int:
         meta.update(image_scenarios(args, device, report, started))
     if args.text:
         text_scenarios(args, device, report, started)
-    print_report(report)
+    if meta.get("tau") is not None:
+        print_tau(meta["tau"])
+    else:
+        print_report(report)
     total = time.perf_counter() - started
     print(f"\n{total:.0f}s on {device}, {torch.get_num_threads()} thread(s)")
     if args.json:

@@ -2,7 +2,8 @@
 # The advice benchmark at full size on a CUDA machine: images (three source CNNs: --source-seed 0, 1,
 # 2) and text (MiniLM: typos, Reuters topics, movie reviews), every strategy x 3 seeds, 20 and 100
 # training rows a class, 128 tokens, 30 / 15 epochs at most. Writes one JSON per run and the
-# combined table under $OUT (default docs/gpu), then rescores them together.
+# combined table under $OUT (default docs/gpu), then rescores them together; then --tau (six
+# candidate source CNNs per image scenario: the composite's ranking against trials).
 #
 #   bench/gpu_advice.sh                 # from the repository root; PYTHON=... to pick the interpreter
 #
@@ -33,3 +34,6 @@ f="$OUT/advice_text_${STAMP}.json"
 "$PY" bench/advice_benchmark.py --device cuda --threads 4 --no-images --text --json "$f" | tee "${f%.json}.md"
 files+=("$f")
 "$PY" bench/advice_benchmark.py --rescore "${files[@]}" | tee "$OUT/advice_all_${STAMP}.md"
+# the composite's ranking of six candidate CNNs per image scenario against trials of the advice
+f="$OUT/advice_tau_${STAMP}.json"
+"$PY" bench/advice_benchmark.py --device cuda --threads 4 --tau --json "$f" | tee "${f%.json}.md"

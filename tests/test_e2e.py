@@ -205,6 +205,11 @@ def test_trigger_and_restart_resume(workspace: Path, tmp_path: Path) -> None:
     shutil.copytree(workspace, ws)
     prefect_port, metrics_port = free_port(), free_port()
     config_path = set_ports(ws, metrics_port, prefect_port, "1h")
+    import yaml
+
+    raw = yaml.safe_load(config_path.read_text())  # the smallest experiment: one linear probe per source
+    raw["experiment"] = {"strategies": ["linear_probe"], "seeds": 1, "top_k": 1, "max_epochs": 2, "budget": "300s"}
+    config_path.write_text(yaml.safe_dump(raw))
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen([*TASKSIM, "serve", "--config", str(config_path), "--no-run-now"],
@@ -234,12 +239,22 @@ def test_trigger_and_restart_resume(workspace: Path, tmp_path: Path) -> None:
         assert json.loads(out.stdout)["state"] == "COMPLETED"
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'tasksim_cycles_total{status="success"} 1.0' in body
+        # the on-demand experiment through the same live server: `tasksim trigger --experiment`
+        out = subprocess.run([*TASKSIM, "trigger", "--config", str(config_path), "--experiment", "--wait", "600",
+                              "--format", "json"], check=False, capture_output=True, text=True, env=env(), timeout=700)
+        assert out.returncode == 0, out.stdout + out.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+        triggered = json.loads(out.stdout)
+        assert triggered["state"] == "COMPLETED" and triggered["deployment"].startswith("tasksim-experiment/")
     finally:
         if proc.poll() is None:
             stop(proc)
     with Store(ws / "state") as store:
         first = store.cycles()
-    assert len(first) == 1 and first[0]["status"] == "success"
+        (experiment,) = store.experiments()
+    assert len(first) == 1 and first[0]["status"] == "success"  # the experiment is no cycle
+    assert experiment["status"] == "finished" and experiment["trigger"] == "prefect"
+    assert {t["strategy"] for t in experiment["trials"]} == {"linear_probe"}
+    assert any(t["status"] == "ok" for t in experiment["trials"])
 
     # a restart resumes from the stored state: the next window starts where the first ended
     proc = start()

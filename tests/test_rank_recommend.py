@@ -184,7 +184,7 @@ def test_recommend_without_ranking() -> None:
     ("measures", "input_drift", "rows", "strategy", "adapters"),
     [
         ({"label_shift": 0.8, "mmd2": 0.01}, False, 5000, "surgical_last", False),
-        ({"mmd2": 0.01, "knn_accuracy": 0.95}, False, 5000, "linear_probe", False),
+        ({"mmd2": 0.01, "knn_accuracy": 0.95}, False, 5000, "lp_ft", False),  # the linear probe before round 3
         ({"mmd2": 0.01, "knn_accuracy": 0.4}, True, 5000, "surgical_first", False),
         ({"mmd2": LARGE_GAP_MMD2 + 0.1}, False, 5000, "full", False),
         ({"mmd2": 0.1}, False, 200, "surgical_last", True),
@@ -336,6 +336,25 @@ def test_a_source_without_a_view_keeps_its_values_in_the_bootstrap() -> None:
     lone = rank_sources(profiles[:1] + profiles[2:], SOURCES, RankingConfig(bootstrap_rounds=10,
                                                                           weights={"logme": 1.0, "cost": 0}))
     assert lone.top1_probabilities() == {}  # one candidate with rounds: no bootstrap
+
+
+@pytest.mark.parametrize(("layers", "rows", "classes", "strategy"), [
+    ((0.21, 0.21, 0.22), 500, 5, "lp_ft"),          # new Fashion-MNIST classes, 100 labelled rows a class
+    ((0.21, 0.21, 0.22), 167, 5, "surgical_last"),  # 33 a class: too few to move every layer
+    ((0.21, 0.21, 0.22), 500, None, "surgical_last"),  # classes unknown: the rule does not apply
+    ((0.31, 0.47, 0.56), 500, 5, "surgical_last"),  # MNIST: the shift grows with depth (1.8x)
+    (None, 500, 5, "surgical_last"),                # no tapped layers
+])
+def test_a_new_label_space_on_unmoved_inputs_with_enough_labels_gets_lp_ft(
+        layers: tuple[float, float, float] | None, rows: int, classes: int | None, strategy: str) -> None:
+    """The advice benchmark's third round: a changed label space whose MMD^2 does not grow towards
+    the output (below 1.25x the first layer's) gets LP-FT at 80+ labelled rows a class."""
+    measures = {"mmd2": 0.2, "label_shift": 1.0, "knn_accuracy": 0.8}
+    if layers is not None:
+        measures.update({f"layer_mmd2:block{i}": v for i, v in enumerate(layers[:2])}, **{"layer_mmd2:output": layers[2]})
+    plan = plan_fine_tuning(measures, drift_kind="label_prior", labelled_rows=rows, classes=classes)
+    assert plan.strategy == strategy
+    assert "label marginals differ" in plan.reasons[0]
 
 
 def test_a_shift_as_large_at_the_output_as_at_the_first_layer_gets_lp_ft() -> None:
