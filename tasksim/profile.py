@@ -55,6 +55,7 @@ from tasksim.model_encoders import check_head_file
 from tasksim.sample import dataset_fingerprint, load_source, table_fingerprint
 
 __all__ = [
+    "BOOTSTRAP_BATCH_BYTES",
     "CARRIED_MEASURES",
     "DISTANCE_SAMPLE_ROWS",
     "MEASURE_MIN_ROWS",
@@ -80,6 +81,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The confidence bootstrap scores the views in batches of at most this many bytes of float64 copies
+# (each source's rows and, with fewer rows than dimensions, its Gram matrix): 1000 sources of a
+# 1000-row window in 384 dimensions would otherwise hold ~6 GB at once.
+BOOTSTRAP_BATCH_BYTES = 2**30
 # MMD, OTDD and coverage are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
 DISTANCE_SAMPLE_ROWS = 2000
 # OTDD runs in the target's leading principal components (see target_basis).
@@ -674,9 +679,12 @@ def bootstrap_profiles(profiles: list[SourceProfile], labels: list[str], rounds:
         groups: dict[tuple[int, bool], list[str]] = {}
         for name, view in views.items():
             groups.setdefault((view.features.shape[1], view.probs is not None), []).append(name)
-        for (_, has_probs), names in groups.items():
+        for (width, has_probs), names in groups.items():
             wanted = tuple(m for m in measures if has_probs or m not in catalog.PROBABILITY_MEASURES)
-            per_source.update(_rescore(names, views, labels, draws, wanted))
+            # sources in batches whose float64 rows and Gram matrices stay within BOOTSTRAP_BATCH_BYTES
+            per_batch = max(1, BOOTSTRAP_BATCH_BYTES // (16 * len(labels) * max(len(labels), width)))
+            for start in range(0, len(names), per_batch):
+                per_source.update(_rescore(names[start:start + per_batch], views, labels, draws, wanted))
     except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the profile
         log.warning("bootstrap of the profiles failed: %s", exc)
         return profiles

@@ -156,6 +156,27 @@ def test_bootstrap_from_distinct_rows_gives_the_confidence_of_re_scoring_every_r
     assert a.reliability == pytest.approx(b.reliability, rel=1e-6)
 
 
+def test_bootstrap_in_memory_bounded_batches_gives_the_same_rounds(world: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources are bootstrapped in batches bounded by BOOTSTRAP_BATCH_BYTES (1000 sources of a large
+    window would not fit at once); the rounds do not depend on the batching."""
+    import tasksim.profile as profile_mod
+
+    profiles = profile_arrays(world["tx"], world["ty"], {**world["sources"], "third": world["sources"]["near"]})
+    whole = bootstrap_profiles(profiles, world["ty"], 4, ("logme", "gbc"))
+    monkeypatch.setattr(profile_mod, "BOOTSTRAP_BATCH_BYTES", 1)  # one source per batch
+    calls = []
+    real = metrics.bootstrap_many
+    monkeypatch.setattr(profile_mod.metrics, "bootstrap_many",
+                        lambda f, *a, **k: calls.append(len(f)) or real(f, *a, **k))
+    batched = bootstrap_profiles(profiles, world["ty"], 4, ("logme", "gbc"))
+    assert calls == [1, 1, 1]
+    assert len(whole[0].bootstrap) == 4
+    for a, b in zip(batched, whole):
+        for ra, rb in zip(a.bootstrap, b.bootstrap, strict=True):
+            assert ra == pytest.approx(rb, rel=1e-9)
+
+
 def test_bootstrap_needs_two_views(world: dict) -> None:
     profiles = profile_arrays(world["tx"], world["ty"], {"near": world["sources"]["near"]})
     assert bootstrap_profiles(profiles, world["ty"], 5, ("logme",)) == profiles
