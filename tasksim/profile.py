@@ -55,6 +55,7 @@ from tasksim.model_encoders import check_head_file
 from tasksim.sample import dataset_fingerprint, load_source, table_fingerprint
 
 __all__ = [
+    "BOOTSTRAP_BATCH_BYTES",
     "CARRIED_MEASURES",
     "DISTANCE_SAMPLE_ROWS",
     "MEASURE_MIN_ROWS",
@@ -80,6 +81,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The confidence bootstrap scores the views in batches of at most this many bytes of float64 copies
+# (each source's rows and, with fewer rows than dimensions, its Gram matrix): 1000 sources of a
+# 1000-row window in 384 dimensions would otherwise hold ~6 GB at once.
+BOOTSTRAP_BATCH_BYTES = 2**30
 # MMD, OTDD and coverage are quadratic in rows; a seeded subsample keeps a cycle's cost bounded.
 DISTANCE_SAMPLE_ROWS = 2000
 # OTDD runs in the target's leading principal components (see target_basis).
@@ -657,29 +662,56 @@ def bootstrap_profiles(profiles: list[SourceProfile], labels: list[str], rounds:
     """Attach a confidence bootstrap to every ``ok`` profile that carries a view of the target.
 
     Each of ``rounds`` rounds resamples the target rows (``labels`` are the labels of the views'
-    rows) with replacement (``mcda.bootstrap_indices``) and re-scores ``measures`` on every view;
-    a source whose re-scoring fails in a round keeps its full-sample values there. When fewer than
-    two sources have views, or the bootstrap itself fails, no profile gets one (confidence is
+    rows) with replacement (``mcda.bootstrap_indices``) and re-scores ``measures`` on every view:
+    ``metrics.bootstrap_many`` per group of views of one width, each resample from its distinct
+    rows weighted by their multiplicities (the same values as scoring the repeated rows). A source
+    whose re-scoring fails in a round keeps its full-sample values there; a group whose batched
+    call fails is re-scored source by source, so one bad view fails only its own rounds. When fewer
+    than two sources have views, or the bootstrap itself fails, no profile gets one (confidence is
     advisory: it never fails the profile).
     """
     views = {p.source: p.view for p in profiles if p.status == "ok" and p.view is not None}
     if rounds <= 0 or not measures or len(views) < 2 or len(labels) < 2:
         return profiles
-    per_source: dict[str, list[dict[str, float]]] = {name: [] for name in views}
+    per_source: dict[str, list[dict[str, float]]] = {}
     try:
-        for idx in mcda.bootstrap_indices(len(labels), rounds, seed=seed):
-            picked = [labels[i] for i in idx.tolist()]
-            resampled = {name: SourceView(v.features[idx.to(v.features.device)],
-                                          None if v.probs is None else v.probs[idx.to(v.probs.device)])
-                         for name, v in views.items()}
-            rescored = score_views(resampled, picked, measures)
-            for name in views:
-                fresh = rescored.get(name)
-                per_source[name].append(dict(fresh) if isinstance(fresh, dict) else {})
+        draws = mcda.bootstrap_indices(len(labels), rounds, seed=seed)
+        groups: dict[tuple[int, bool], list[str]] = {}
+        for name, view in views.items():
+            groups.setdefault((view.features.shape[1], view.probs is not None), []).append(name)
+        for (width, has_probs), names in groups.items():
+            wanted = tuple(m for m in measures if has_probs or m not in catalog.PROBABILITY_MEASURES)
+            # sources in batches whose float64 rows and Gram matrices stay within BOOTSTRAP_BATCH_BYTES
+            per_batch = max(1, BOOTSTRAP_BATCH_BYTES // (16 * len(labels) * max(len(labels), width)))
+            for start in range(0, len(names), per_batch):
+                per_source.update(_rescore(names[start:start + per_batch], views, labels, draws, wanted))
     except Exception as exc:  # confidence is advisory: a failed bootstrap must not stop the profile
         log.warning("bootstrap of the profiles failed: %s", exc)
         return profiles
     return [replace(p, bootstrap=tuple(per_source[p.source])) if p.source in per_source else p for p in profiles]
+
+
+def _rescore(names: list[str], views: Mapping[str, SourceView], labels: list[str], draws: list[torch.Tensor],
+             measures: tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
+    """Every round's ``measures`` of the views ``names`` (of one width): one batched call, or one
+    call per source when the batch fails (then a failing source gets no values: ``{}`` each round)."""
+    feats = [views[n].features for n in names]
+    probs = [views[n].probs for n in names] if views[names[0]].probs is not None else None
+    try:
+        rounds = metrics.bootstrap_many(feats, labels, draws, probs, measures)
+        return {n: [r[i] for r in rounds] for i, n in enumerate(names)}
+    except Exception as exc:  # isolate: retry each source alone below
+        log.debug("batched bootstrap failed (%s); re-scoring sources one by one", exc)
+    out: dict[str, list[dict[str, float]]] = {}
+    for i, n in enumerate(names):
+        try:
+            rounds = metrics.bootstrap_many(feats[i:i + 1], labels, draws, None if probs is None else probs[i:i + 1],
+                                            measures)
+            out[n] = [r[0] for r in rounds]
+        except Exception as exc:  # isolation: a failing view loses its own confidence rounds only
+            log.debug("bootstrap of %s failed: %s", n, exc)
+            out[n] = [{} for _ in draws]
+    return out
 
 
 def _say_codes(target_labels: list[str] | None, sources: dict[str, SourceArrays]) -> None:

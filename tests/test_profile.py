@@ -108,6 +108,75 @@ def test_bootstrap_rounds_are_attached_and_reproducible(world: dict) -> None:
     assert min(values) - 1.0 < near.measures["logme"] < max(values) + 1.0
 
 
+def test_bootstrap_from_distinct_rows_gives_the_confidence_of_re_scoring_every_resample() -> None:
+    """The bootstrap scores each resample from its distinct rows and their multiplicities
+    (``metrics.bootstrap_many``); the rounds, and the top-1 probabilities, rank intervals and
+    reliabilities the ranking draws from them, equal re-scoring every resample's repeated rows
+    (the path before, through ``score_views``) on a fixed seed."""
+    from tasksim import mcda
+    from tasksim.config import RankingConfig
+    from tasksim.profile import SourceProfile
+    from tasksim.rank import SourceTerms, rank_sources
+
+    g = torch.Generator().manual_seed(7)
+    n, d = 100, 128  # a 100-row window through 128-d head views: the dual case of the cycle
+    labels = [f"c{i % 5}" for i in range(n)]
+    y = torch.tensor([i % 5 for i in range(n)])
+    views = {}
+    for k in range(6):
+        feats = torch.relu(torch.randn(n, d, generator=g) + 0.15 * k * torch.nn.functional.one_hot(y, d))
+        logits = torch.randn(n, 5, generator=g) + 0.4 * k * torch.nn.functional.one_hot(y, 5)
+        views[f"s{k}"] = SourceView(feats, torch.softmax(logits, 1))
+    measures = ("logme", "hscore_regularized", "gbc", "leep")
+    full = score_views(views, labels)
+    profiles = [SourceProfile(s, "ok", measures={**full[s], "mmd2": 0.1 * i}, view=v)
+                for i, (s, v) in enumerate(views.items())]
+    new = bootstrap_profiles(profiles, labels, 30, measures, seed=3)
+    old_rounds: dict[str, list[dict[str, float]]] = {s: [] for s in views}
+    for idx in mcda.bootstrap_indices(n, 30, seed=3):
+        picked = [labels[i] for i in idx.tolist()]
+        rescored = score_views({s: SourceView(v.features[idx], v.probs[idx]) for s, v in views.items()}, picked,
+                               measures)
+        for s in views:
+            old_rounds[s].append(rescored[s])
+    for p in new:
+        assert len(p.bootstrap) == 30
+        for got, expect in zip(p.bootstrap, old_rounds[p.source]):
+            assert set(got) == set(measures)
+            for m in measures:
+                assert got[m] == pytest.approx(expect[m], rel=1e-8, abs=1e-10), (p.source, m)
+    old = [SourceProfile(p.source, "ok", measures=p.measures, bootstrap=tuple(old_rounds[p.source])) for p in profiles]
+    terms = [SourceTerms(s) for s in views]
+    config = RankingConfig(bootstrap_rounds=30)
+    a, b = rank_sources(new, terms, config), rank_sources(old, terms, config)
+    assert [e.source for e in a.entries] == [e.source for e in b.entries]
+    assert a.top1_probabilities() == pytest.approx(b.top1_probabilities(), abs=1e-12)
+    assert len(set(a.top1_probabilities().values())) > 1  # the confidence is not degenerate
+    assert [e.rank_interval for e in a.entries] == [e.rank_interval for e in b.entries]
+    assert a.reliability == pytest.approx(b.reliability, rel=1e-6)
+
+
+def test_bootstrap_in_memory_bounded_batches_gives_the_same_rounds(world: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources are bootstrapped in batches bounded by BOOTSTRAP_BATCH_BYTES (1000 sources of a large
+    window would not fit at once); the rounds do not depend on the batching."""
+    import tasksim.profile as profile_mod
+
+    profiles = profile_arrays(world["tx"], world["ty"], {**world["sources"], "third": world["sources"]["near"]})
+    whole = bootstrap_profiles(profiles, world["ty"], 4, ("logme", "gbc"))
+    monkeypatch.setattr(profile_mod, "BOOTSTRAP_BATCH_BYTES", 1)  # one source per batch
+    calls = []
+    real = metrics.bootstrap_many
+    monkeypatch.setattr(profile_mod.metrics, "bootstrap_many",
+                        lambda f, *a, **k: calls.append(len(f)) or real(f, *a, **k))
+    batched = bootstrap_profiles(profiles, world["ty"], 4, ("logme", "gbc"))
+    assert calls == [1, 1, 1]
+    assert len(whole[0].bootstrap) == 4
+    for a, b in zip(batched, whole):
+        for ra, rb in zip(a.bootstrap, b.bootstrap, strict=True):
+            assert ra == pytest.approx(rb, rel=1e-9)
+
+
 def test_bootstrap_needs_two_views(world: dict) -> None:
     profiles = profile_arrays(world["tx"], world["ty"], {"near": world["sources"]["near"]})
     assert bootstrap_profiles(profiles, world["ty"], 5, ("logme",)) == profiles

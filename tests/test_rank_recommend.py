@@ -144,7 +144,9 @@ def test_a_failed_bootstrap_round_leaves_the_ranking_without_confidence(monkeypa
 
     labels = [f"c{i % 2}" for i in range(40)]
     views = {n: SourceView(torch.randn(40, 3, dtype=torch.float64), None) for n in ("a", "b")}
-    monkeypatch.setattr(profile_mod, "score_views", lambda v, lab, m, **kw: {n: {k: float("nan") for k in m} for n in v})
+    monkeypatch.setattr(profile_mod.metrics, "bootstrap_many",
+                        lambda feats, lab, draws, probs, m, **kw: [[{k: float("nan") for k in m} for _ in feats]
+                                                                   for _ in draws])
     profiles = [SourceProfile(n, "ok", measures={"hscore_regularized": float(i), "frechet": 1.0 + i}, view=views[n])
                 for i, n in enumerate(("a", "b"))]
     profiles = profile_mod.bootstrap_profiles(profiles, labels, 5, ("hscore_regularized",))

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from tasksim.errors import MetricInputError
-from tasksim.metrics._kernels import leading_components, median, sq_dists, stratified_folds, subsample_indices
+from tasksim.metrics._kernels import (
+    leading_components,
+    median,
+    order_statistics,
+    sq_dists,
+    stratified_folds,
+    subsample_indices,
+)
 from tasksim.metrics._validate import (
     ACCUM_DTYPE,
     ArrayLike,
@@ -23,6 +30,7 @@ from tasksim.metrics._validate import (
     features_on,
     target_device,
 )
+from tasksim.metrics.transfer._linalg import _gram  # the shared syrk Gram kernel
 
 __all__ = [
     "domain_classifier_auc",
@@ -158,6 +166,18 @@ def mmd2(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float:
     return float(val)
 
 
+def _self_sq_dists(z: torch.Tensor) -> torch.Tensor:
+    """``sq_dists(z, z)``, exactly symmetric: the Gram matrix from one symmetric product (BLAS
+    ``syrk`` on CPU in float64, half the multiplications of the general product), then
+    ``-2 G + ||z_j||^2 + ||z_i||^2`` in ``sq_dists``' order, clamped at 0."""
+    sq = (z * z).sum(1)
+    d = _gram(z.contiguous().unsqueeze(0), dual=True)[0]
+    if not (z.device.type == "cpu" and z.dtype == torch.float64):  # a general product: symmetrise it
+        d = 0.5 * (d + d.T)
+    d.mul_(-2.0).add_(sq.unsqueeze(0)).add_(sq.unsqueeze(1))
+    return d.clamp_min_(0.0)
+
+
 def _mmd2_median(xt: torch.Tensor, yt: torch.Tensor) -> float:
     """:func:`mmd2` with the median-heuristic bandwidth when the pooled sample needs no subsample:
     one pooled squared-distance matrix gives both the median (two order statistics of its upper
@@ -166,12 +186,11 @@ def _mmd2_median(xt: torch.Tensor, yt: torch.Tensor) -> float:
     m, n = xt.shape[0], yt.shape[0]
     z = torch.cat([xt, yt])
     z = z - z.mean(0, keepdim=True)  # the centring of _pairwise_median and of the kernel sums alike
-    d2 = sq_dists(z, z)
+    d2 = _self_sq_dists(z)
     iu = torch.triu_indices(m + n, m + n, offset=1, device=z.device)
     upper = d2[iu[0], iu[1]]
     k = upper.numel()
-    lo = torch.kthvalue(upper, (k - 1) // 2 + 1).values
-    hi = lo if k % 2 else torch.kthvalue(upper, k // 2 + 1).values
+    lo, hi = order_statistics(upper, ((k - 1) // 2 + 1, k // 2 + 1))
     bw = float((lo.sqrt() + hi.sqrt()) / 2.0)
     if not bw > 0.0:
         raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")

@@ -82,7 +82,7 @@ def test_measure_matches_cpu(name: str) -> None:
 
 def test_every_public_measure_is_covered() -> None:
     classes_and_helpers = {"FeatureStats", "MinibatchCKA", "PROFILE_MEASURES", "precompute",
-                           "transferability_profile", "profile_many"}
+                           "transferability_profile", "profile_many", "RESAMPLED_MEASURES", "bootstrap_many"}
     assert set(M.__all__) - classes_and_helpers <= set(CASES)
 
 
@@ -101,3 +101,22 @@ def test_profile_many_matches_cpu(dtype: torch.dtype) -> None:
         for m, vals in ref.items():
             tol = 1e-6 if dtype == torch.float64 else 1e-4
             np.testing.assert_allclose(got[m], vals, rtol=tol, atol=1e-9, err_msg=f"{m}, budget {budget}")
+
+
+@pytest.mark.parametrize(("n", "d"), [(100, 128), (300, 20)])  # each resample from the Gram matrix / the covariance
+def test_bootstrap_many_matches_cpu(n: int, d: int) -> None:
+    """The confidence bootstrap (distinct rows with multiplicities) on the other device vs CPU."""
+    from tasksim import mcda
+
+    rng = np.random.default_rng(6)
+    y = np.arange(n) % 5
+    feats = np.stack([np.maximum(rng.normal(size=(5, d))[y] * (0.5 + i) + rng.normal(size=(n, d)), 0) for i in range(3)])
+    probs = rng.dirichlet(np.ones(7), size=(3, n))
+    draws = mcda.bootstrap_indices(n, 4, seed=1)
+    ref = M.bootstrap_many(torch.as_tensor(feats), y, draws, probs, M.RESAMPLED_MEASURES)
+    got = M.bootstrap_many(torch.as_tensor(feats, device=OTHER), torch.as_tensor(y, device=OTHER), draws,
+                           torch.as_tensor(probs, device=OTHER), M.RESAMPLED_MEASURES)
+    for r_ref, r_got in zip(ref, got):
+        for a, b in zip(r_ref, r_got):
+            for m in M.RESAMPLED_MEASURES:
+                assert b[m] == pytest.approx(a[m], rel=1e-6, abs=1e-9), m

@@ -392,6 +392,49 @@ def test_profile_many_agrees_with_per_source_profiles():
     assert cols["logme"] == pytest.approx([r["logme"] for r in per], rel=1e-10)
 
 
+@pytest.mark.parametrize(("n", "d", "c", "pca"), [(100, 128, 5, 64),   # dual: each resample from the Gram matrix
+                                            (200, 24, 4, 8),     # primal: the weighted D x D covariance
+                                            (60, 40, 3, None),   # GBC without PCA: primal although m < D
+                                            (40, 90, 9, 64)])    # rare classes: some resamples cannot be scored
+def test_bootstrap_many_equals_profile_many_on_the_repeated_rows(n, d, c, pca):
+    from tasksim import mcda
+
+    rng = np.random.default_rng(n + d)
+    y = np.arange(n) % c
+    x = np.maximum(rng.standard_normal((3, n, d)) + np.eye(c, d)[y] * np.array([0.2, 1.0, 3.0])[:, None, None], 0)
+    p = [probs_for(y, 4, 1.0, seed=1), probs_for(y, 4, 0.1, seed=2), probs_for(y, 6, 2.0, seed=3)]  # a list: Z differs
+    draws = mcda.bootstrap_indices(n, 6, seed=n)
+    measures = T.RESAMPLED_MEASURES
+    got = T.bootstrap_many(torch.as_tensor(x), y, draws, p, measures, gbc_pca_dim=pca)
+    assert len(got) == len(draws)
+    scored = 0
+    for r, idx in enumerate(draws):
+        i = idx.numpy()
+        try:
+            expect = T.profile_many(x[:, i], y[i], [q[i] for q in p], measures=measures, gbc_pca_dim=pca)
+        except MetricInputError:  # a class drawn once: no values this round
+            assert got[r] == [{}, {}, {}]
+            continue
+        scored += 1
+        for k in range(3):
+            for m in measures:
+                assert got[r][k][m] == pytest.approx(expect[k][m], rel=1e-8, abs=1e-10), (r, k, m)
+    assert scored >= 2
+
+
+def test_bootstrap_many_refuses_measures_it_cannot_weigh():
+    x, y = make_data(50, 4, 2)
+    with pytest.raises(MetricInputError, match="does not re-score"):
+        T.bootstrap_many(x[None], y, [np.arange(50)], measures=["knn_accuracy"])
+    with pytest.raises(MetricInputError, match="need source_probs"):
+        T.bootstrap_many(x[None], y, [np.arange(50)], measures=["leep"])
+    with pytest.raises(MetricInputError, match="row indices"):
+        T.bootstrap_many(x[None], y, [np.array([0, 50])], measures=["logme"])
+    from tasksim.metrics import catalog
+
+    assert set(catalog.BOOTSTRAP_MEASURES) <= set(T.RESAMPLED_MEASURES)  # the cycle's bootstrap needs no other
+
+
 def test_profile_many_rejects_knn_on_one_shot_iterator():
     x = np.random.default_rng(0).standard_normal((2, 100, 5))
     y = np.arange(100) % 3

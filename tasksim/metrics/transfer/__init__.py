@@ -7,9 +7,10 @@ Invalid inputs raise :class:`tasksim.errors.MetricInputError`: NaN/Inf, fewer th
 a class with fewer than two samples, mismatched lengths.
 
 Layout: ``stats`` (the shared second-order statistics, :class:`FeatureStats`), ``evidence`` (LogME,
-H-scores, TransRate, GBC), ``probs`` (LEEP, NCE), ``knn`` (kNN accuracy), ``ridge`` (the closed-form leave-one-out ridge probe), ``extra`` (NLEEP, SFDA,
-PARC, linear probe), ``batched`` (whole profiles of one or K sources), ``_linalg`` (the Gram and
-log-determinant kernels they share).
+H-scores, TransRate, GBC), ``probs`` (LEEP, NCE), ``knn`` (kNN accuracy), ``ridge`` (the closed-form
+leave-one-out ridge probe), ``extra`` (NLEEP, SFDA, PARC, linear probe), ``batched`` (whole
+profiles of one or K sources), ``resample`` (their confidence bootstrap, each resample from its
+distinct rows), ``_linalg`` (the Gram and log-determinant kernels they share).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from tasksim.metrics.transfer.evidence import gbc, hscore, hscore_regularized, l
 from tasksim.metrics.transfer.extra import linear_probe_accuracy, nleep, parc, sfda
 from tasksim.metrics.transfer.knn import knn_accuracy
 from tasksim.metrics.transfer.probs import leep, nce
+from tasksim.metrics.transfer.resample import RESAMPLED_MEASURES, bootstrap_many
 from tasksim.metrics.transfer.ridge import ridge_probe_accuracy
 from tasksim.metrics.transfer.stats import FeatureStats, precompute
 
 __all__ = [
     "PROFILE_MEASURES",
+    "RESAMPLED_MEASURES",
     "FeatureStats",
+    "bootstrap_many",
     "gbc",
     "hscore",
     "hscore_regularized",

@@ -45,7 +45,7 @@ def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, m
     null = (d - st.valid.sum(-1)).to(dt).unsqueeze(-1)       # (K, 1) directions where F^T F = 0
     yy = cnt.view(1, -1)
 
-    def at(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def at(t: torch.Tensor, with_logdet: bool = False) -> tuple[torch.Tensor, ...]:
         # F^T F + t I = Q (diag(s + t) + N a a^T) Q^T (+ t on null directions): Sherman-Morrison.
         dd = torch.where(vm > 0, s + t.unsqueeze(-1), torch.ones_like(s + t.unsqueeze(-1)))
         inv = vm / dd
@@ -56,12 +56,14 @@ def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, m
         m2 = (w * w).sum(-1)
         aw = (a * w).sum(-1)
         res2 = (yy - 2.0 * (b * w).sum(-1) + (s * w * w).sum(-1) + n * aw * aw).clamp_min(0.0)
+        if not with_logdet:  # the fixed-point search needs no determinant
+            return gamma, m2, res2
         logdet = (torch.log(dd) * vm).sum(-1) + torch.log(kappa) + null * torch.log(t)
         return gamma, m2, res2, logdet
 
     def fixed_point_gap(u: torch.Tensor) -> torch.Tensor:
         """h(u) = log(alpha'/beta') - u with (alpha', beta') one fixed-point update from t = e^u."""
-        gamma, m2, res2, _ = at(torch.exp(u))
+        gamma, m2, res2 = at(torch.exp(u))
         return torch.log(gamma / (m2 + eps)) - torch.log((n - gamma) / (res2 + eps)) - u
 
     # The fixed point t* = alpha/beta solves h(log t) = 0; h -> +inf as t -> 0 and -inf as t -> inf.
@@ -114,11 +116,11 @@ def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, m
         side = torch.where(to_lo, torch.ones_like(side), torch.where(to_hi, -torch.ones_like(side), side))
         u = torch.where(done, u, mid)
         done = done | ((hi - lo).abs() <= tol) | (f_mid.abs() <= tol)
-    gamma, m2, res2, _ = at(torch.exp(u))
+    gamma, m2, res2 = at(torch.exp(u))
     alpha = gamma / (m2 + eps)
     beta = (n - gamma) / (res2 + eps)
     t = alpha / beta
-    gamma, m2, res2, logdet_t = at(t)
+    gamma, m2, res2, logdet_t = at(t, with_logdet=True)
     evidence = (d / 2.0 * torch.log(alpha) + n / 2.0 * torch.log(beta)
                 - 0.5 * (d * torch.log(beta) + logdet_t)
                 - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * _LOG_2PI)
@@ -184,17 +186,22 @@ def _gbc_moments(st: FeatureStats, pca_dim: int | None) -> tuple[torch.Tensor, t
     """Per-class means (K, C, p) and biased diagonal variances (K, C, p) in the PCA (or raw) space."""
     cnt = st.counts.to(ACCUM_DTYPE).view(1, -1, 1)
     use_pca = pca_dim is not None and pca_dim < st.d
+    y = None
     if use_pca:
         p = _n_components(st, pca_dim)
-        w = st.eigvecs[:, :, :p]
         means = st.proj_class_means[:, :, :p]
+        if st.row_coords is not None:  # the rows' PCA coordinates, computed without D-dim eigenvectors
+            y = st.row_coords[:, :, :p]
+        w = None if st.eigvecs is None else st.eigvecs[:, :, :p]
     else:
         w = None
         means = st.class_means
-    if st.centred is not None:
+    if y is None and st.centred is not None:
         y = st.centred if w is None else st.centred @ w
+    if y is not None:
         diff = y - means.index_select(1, st.sorted_labels)
-        var = torch.zeros_like(means).index_add_(1, st.sorted_labels, diff * diff) / cnt
+        sq = diff * diff if st.row_weights is None else diff * diff * st.row_weights.view(1, -1, 1)
+        var = torch.zeros_like(means).index_add_(1, st.sorted_labels, sq) / cnt
     elif st.class_grams is not None:
         if w is None:
             sq = st.class_grams.diagonal(dim1=-2, dim2=-1)

@@ -39,23 +39,27 @@ def _probs(x: ArrayLike, n: int, name: str = "source_probs") -> torch.Tensor:
     return raw
 
 
-def _leep_batched(theta: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+def _leep_batched(theta: torch.Tensor, y: torch.Tensor, n_classes: int,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """theta (K, N, Z) probabilities (any float dtype), y (N,) -> (K,) LEEP, accumulated in float64
-    over row chunks."""
-    k, n, z = theta.shape
+    over row chunks. ``weights`` (N,) float64: row multiplicities (the LEEP of the rows repeated)."""
+    k, n_rows, z = theta.shape
+    n = n_rows if weights is None else float(weights.sum())
     rows = max(1, _CONVERT_CHUNK_ELEMS.get(theta.device.type, 2**19) // max(1, k * z))
     joint = torch.zeros(k, n_classes, z, dtype=ACCUM_DTYPE, device=theta.device)
-    for s in range(0, n, rows):
-        joint.index_add_(1, y[s:s + rows], theta[:, s:s + rows].to(ACCUM_DTYPE))
+    for s in range(0, n_rows, rows):
+        block = theta[:, s:s + rows].to(ACCUM_DTYPE)
+        joint.index_add_(1, y[s:s + rows], block if weights is None else block * weights[s:s + rows].view(1, -1, 1))
     joint /= n                                                  # P(y, z)
     pz = joint.sum(1, keepdim=True)                             # P(z)
     cond = torch.where(pz > 0, joint / pz.clamp_min(1e-300), torch.zeros_like(joint))   # P(y | z)
     total = torch.zeros(k, dtype=ACCUM_DTYPE, device=theta.device)
     cond_t = cond.transpose(1, 2)
-    for s in range(0, n, rows):
+    for s in range(0, n_rows, rows):
         yy = y[s:s + rows]
         eep = torch.bmm(theta[:, s:s + rows].to(ACCUM_DTYPE), cond_t)   # (K, rows, C): sum_z P(y|z) theta_z
-        total += eep.gather(2, yy.view(1, -1, 1).expand(k, -1, 1)).log().sum((1, 2))
+        logs = eep.gather(2, yy.view(1, -1, 1).expand(k, -1, 1)).log()
+        total += logs.sum((1, 2)) if weights is None else (logs.squeeze(2) * weights[s:s + rows]).sum(1)
     return total / n
 
 
@@ -90,13 +94,16 @@ def _hard_predictions(source_pred: ArrayLike, n: int, device: torch.device) -> t
     return z
 
 
-def _nce_batched(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """z (K, N) hard source predictions (any non-negative ints), y (N,) -> (K,) NCE."""
+def _nce_batched(z: torch.Tensor, y: torch.Tensor, n_classes: int,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """z (K, N) hard source predictions (any non-negative ints), y (N,) -> (K,) NCE. ``weights``
+    (N,) float64: row multiplicities (the NCE of the rows repeated)."""
     k, n = z.shape
     zmax = int(z.max()) + 1
     joint = torch.zeros(k, n_classes * zmax, dtype=ACCUM_DTYPE, device=z.device)
-    joint.scatter_add_(1, y.unsqueeze(0) * zmax + z, torch.ones(k, n, dtype=ACCUM_DTYPE, device=z.device))
-    joint = joint.view(k, n_classes, zmax) / n
+    ones = torch.ones(k, n, dtype=ACCUM_DTYPE, device=z.device) if weights is None else weights.expand(k, n)
+    joint.scatter_add_(1, y.unsqueeze(0) * zmax + z, ones)
+    joint = joint.view(k, n_classes, zmax) / (n if weights is None else float(weights.sum()))
     pz = joint.sum(1, keepdim=True)
     ratio = torch.where(joint > 0, joint / pz.clamp_min(1e-300), torch.ones_like(joint))
     return (joint * ratio.log()).sum((-1, -2))

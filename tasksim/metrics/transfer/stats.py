@@ -50,7 +50,8 @@ class FeatureStats:
     sources, leading dimension K on every tensor). Attributes (float64, on the input device):
 
     - ``n``, ``d``, ``n_classes``; ``counts`` (C,) samples per class; ``labels`` (N,) in input order
-    - ``mean`` (K, D); ``class_means`` (K, C, D) class means minus the global mean
+    - ``mean`` (K, D); ``class_means`` (K, C, D) class means minus the global mean (None in the
+      resampled statistics built without D-dimensional eigenvectors)
     - ``eigvals`` (K, k) descending eigenvalues of the covariance ``S = Z^T Z / N`` (Z centred),
       ``eigvecs`` (K, D, k) orthonormal columns, ``valid`` (K, k) which columns are real
       directions. When ``N >= D`` this is the full eigendecomposition (k = D). When ``N < D`` it
@@ -65,23 +66,39 @@ class FeatureStats:
       order) with label ``sorted_labels[r]``
     - ``features`` (K, N, D) the input features (input dtype, input row order), when kept
     - ``class_grams`` (K, C, D, D) per-class ``Z_c^T Z_c`` (streaming accumulation only)
+    - ``row_weights`` (N,) float64 multiplicities of the rows (a bootstrap resample kept as its
+      distinct rows, :mod:`tasksim.metrics.transfer.resample`): every statistic is that of the rows
+      repeated; ``n`` and ``counts`` count the repeats. None: each row once
+    - ``row_coords`` (K, N, k) the centred rows in the eigenbasis (``centred @ eigvecs``), when they
+      were computed without ``D``-dimensional eigenvectors (then ``eigvecs`` is None and
+      ``proj_mean`` / ``proj_class_means`` are given)
     """
 
     def __init__(self, *, n: int, d: int, n_classes: int, counts: torch.Tensor, labels: torch.Tensor,
-                 mean: torch.Tensor, class_means: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor,
+                 mean: torch.Tensor, class_means: torch.Tensor | None, eigvals: torch.Tensor,
+                 eigvecs: torch.Tensor | None,
                  valid: torch.Tensor, trace: torch.Tensor, frob2: torch.Tensor, row_norm4: torch.Tensor | None,
                  cov: torch.Tensor | None = None, centred: torch.Tensor | None = None,
                  sorted_labels: torch.Tensor | None = None, order: torch.Tensor | None = None,
                  features: torch.Tensor | None = None, class_grams: torch.Tensor | None = None,
-                 class_logdets: dict[float, torch.Tensor] | None = None) -> None:
+                 class_logdets: dict[float, torch.Tensor] | None = None, proj_mean: torch.Tensor | None = None,
+                 proj_class_means: torch.Tensor | None = None, row_coords: torch.Tensor | None = None,
+                 row_weights: torch.Tensor | None = None) -> None:
         self.n, self.d, self.n_classes = int(n), int(d), int(n_classes)
         self.counts, self.labels = counts, labels
         self.mean, self.class_means = mean, class_means
         self.eigvals = torch.where(valid, eigvals.clamp_min(0.0), torch.zeros_like(eigvals))
         self.eigvecs, self.valid = eigvecs, valid
-        vm = valid.to(eigvecs.dtype)
-        self.proj_mean = torch.einsum("kdr,kd->kr", eigvecs, mean) * vm
-        self.proj_class_means = torch.bmm(class_means, eigvecs) * vm.unsqueeze(1)
+        vm = valid.to(eigvals.dtype)
+        if eigvecs is None:
+            if proj_mean is None or proj_class_means is None:
+                raise MetricInputError("FeatureStats without eigenvectors need proj_mean and proj_class_means")
+            self.proj_mean = proj_mean * vm
+            self.proj_class_means = proj_class_means * vm.unsqueeze(1)
+        else:
+            self.proj_mean = torch.einsum("kdr,kd->kr", eigvecs, mean) * vm
+            self.proj_class_means = torch.bmm(class_means, eigvecs) * vm.unsqueeze(1)
+        self.row_coords, self.row_weights = row_coords, row_weights
         self.trace, self.frob2, self._row_norm4 = trace, frob2, row_norm4
         self._cov = cov
         self.centred, self.sorted_labels, self.order = centred, sorted_labels, order
@@ -108,13 +125,16 @@ class FeatureStats:
         if self._row_norm4 is None:
             if self.centred is None:
                 raise MetricInputError("these FeatureStats keep no centred features: Ledoit-Wolf needs them")
-            self._row_norm4 = torch.linalg.vector_norm(self.centred, dim=-1).square().square().sum(-1)
+            q = torch.linalg.vector_norm(self.centred, dim=-1).square().square()
+            self._row_norm4 = (q if self.row_weights is None else q * self.row_weights).sum(-1)
         return self._row_norm4
 
     @property
     def cov(self) -> torch.Tensor:
         """(K, D, D) covariance ``Z^T Z / N`` (rebuilt from the eigendecomposition when not kept)."""
         if self._cov is None:
+            if self.eigvecs is None:
+                raise MetricInputError("these FeatureStats keep no eigenvectors: the covariance cannot be rebuilt")
             q = self.eigvecs
             self._cov = (q * self.eigvals.unsqueeze(1)) @ q.transpose(1, 2)
         return self._cov
@@ -129,7 +149,9 @@ class FeatureStats:
             eigvecs=pick(self.eigvecs), valid=pick(self.valid), trace=pick(self.trace), frob2=pick(self.frob2),
             row_norm4=pick(self._row_norm4), cov=pick(self._cov), centred=pick(self.centred),
             sorted_labels=self.sorted_labels, order=self.order, features=pick(self.features), class_grams=pick(self.class_grams),
-            class_logdets={e: v[i:i + 1] for e, v in self._logdets.items()})
+            class_logdets={e: v[i:i + 1] for e, v in self._logdets.items()},
+            proj_mean=self.proj_mean[i:i + 1], proj_class_means=self.proj_class_means[i:i + 1],
+            row_coords=pick(self.row_coords), row_weights=self.row_weights)
 
     # ------------------------------------------------------------------ per-class log-determinants
     def class_logdets(self, eps: float) -> torch.Tensor:
@@ -137,6 +159,8 @@ class FeatureStats:
         eps = float(eps)
         if eps in self._logdets:
             return self._logdets[eps]
+        if self.row_weights is not None:
+            raise MetricInputError("per-class log-determinants (TransRate) are not computed on weighted rows")
         k, c_n = self.n_sources, self.n_classes
         out = torch.empty(k, c_n, dtype=ACCUM_DTYPE, device=self.device)
         counts = self.counts.tolist()
