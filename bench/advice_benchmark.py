@@ -1,6 +1,7 @@
 """Advice benchmark: is the fine-tuning strategy tasksim advises the best one, measured by trials?
 
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: < 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: about 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text   # text, 2 cores: 14 min
     OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text --text-regimes few
     bench/gpu_advice.sh                                                  # full size, images + text, CUDA
 
