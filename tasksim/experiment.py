@@ -282,7 +282,7 @@ class TrainableModel:
         differ in the last bits (the cached rows were computed in other batches)."""
         if not self.reuse_frozen_prefix or not trained:
             return None
-        first = next(i for i, (_, params) in enumerate(self.blocks) if set(params) & trained)
+        first = next((i for i, (_, params) in enumerate(self.blocks) if set(params) & trained), 0)
         if first < 1 or any(set(params) & trained for _, params in self.blocks[:first]):
             return None
         container, _, index = self.blocks[first - 1][0].rpartition(".")
