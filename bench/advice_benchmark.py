@@ -38,7 +38,7 @@ mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--q
 (half the movie-review snippets are cut; 32 before 2026-12-06), 5 epochs at most, batch 16, the
 ``more`` budget at 40 rows a class (60 before), and only the movie-review scenario (2 classes, the
 cheapest; at both budgets) unless ``--text-scenarios`` names others: sizes for the 20-minute
-``--quick`` goal on 2 cores (docs/benchmarks.md); full size: 128 tokens, 15 epochs, 60 rows a class
+``--quick`` goal on 2 cores (docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class
 for ``more``, all three scenarios. Every strategy including LoRA. ``surgical_middle`` /
 ``surgical_last`` reuse the frozen layers' outputs, computed once per split
 (``TrainableModel.frozen_prefix``: the same trials, less compute).
@@ -111,7 +111,7 @@ CACHE = Path(os.environ.get("TASKSIM_BENCH_CACHE", Path.home() / ".cache" / "tas
 IMAGE_STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle", "surgical_last", "full")
 TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
-TEXT_PER_CLASS = {"few": 20, "more": 60}  # --quick: more = 40 (module docstring)
+TEXT_PER_CLASS = {"few": 20, "more": 100}  # as PER_CLASS; --quick: more = 40 (module docstring)
 QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews at both budgets
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
 MEASURES_ONLY = False
