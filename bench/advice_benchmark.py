@@ -1,6 +1,7 @@
 """Advice benchmark: is the fine-tuning strategy tasksim advises the best one, measured by trials?
 
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: < 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: about 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text   # text, 2 cores: 14 min
     OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text --text-regimes few
     bench/gpu_advice.sh                                                  # full size, images + text, CUDA
 
@@ -33,8 +34,14 @@ reference activations and labels a cycle would compare with). Text scenarios:
   domain change and a new label space.
 
 Per-layer MMD² for MiniLM: the embeddings and each of the 6 layers mean-pooled over the attention
-mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 32 tokens,
-5 epochs at most, batch 16; full size: 128 tokens, 15 epochs. Every strategy including LoRA.
+mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 24 tokens
+(half the movie-review snippets are cut; 32 before 2026-12-06), 5 epochs at most, batch 16, the
+``more`` budget at 40 rows a class (60 before), and only the movie-review scenario (2 classes, the
+cheapest; at both budgets) unless ``--text-scenarios`` names others: sizes for the 20-minute
+``--quick`` goal on 2 cores (docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class
+for ``more``, all three scenarios. Every strategy including LoRA. ``surgical_middle`` /
+``surgical_last`` reuse the frozen layers' outputs, computed once per split
+(``TrainableModel.frozen_prefix``: the same trials, less compute).
 
 Each scenario is run at two label budgets: ``few`` (20 training rows per class) and ``more``
 (120 per class; text: 60), with 20 validation rows per class and a fixed test set of 60 rows per
@@ -104,6 +111,8 @@ CACHE = Path(os.environ.get("TASKSIM_BENCH_CACHE", Path.home() / ".cache" / "tas
 IMAGE_STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle", "surgical_last", "full")
 TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
+TEXT_PER_CLASS = {"few": 20, "more": 100}  # as PER_CLASS; --quick: more = 40 (module docstring)
+QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews at both budgets
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
 MEASURES_ONLY = False
 CHECKPOINT: dict = {}  # --json: the path, rewritten after every scenario run (a killed run keeps its rows)
@@ -587,7 +596,7 @@ def text_scenarios(args: argparse.Namespace, device: torch.device, report: list,
         if args.text_scenarios and not any(t in name for t in args.text_scenarios):
             continue
         for regime in args.text_regimes:
-            per_class = PER_CLASS[regime]
+            per_class = TEXT_PER_CLASS[regime]
             idx = pick(ys, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx = [xs[i] for i in idx.tolist()]
             if noisy:
@@ -739,7 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = 10 if args.quick else 30
     if args.quick:
         PER_CLASS["more"] = 60
-    args.text_tokens, args.text_epochs = (32, 5) if args.quick else (128, 15)
+        TEXT_PER_CLASS["more"] = 40
+        args.text_scenarios = args.text_scenarios or list(QUICK_TEXT_SCENARIOS)
+    args.text_tokens, args.text_epochs = (24, 5) if args.quick else (128, 15)
     started = time.perf_counter()
     from tasksim.device import resolve_device
 

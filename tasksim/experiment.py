@@ -251,6 +251,8 @@ class TrainableModel:
         self.transformer = _is_transformer(self.module)
         self.parameters = _count(self.module)
         self._frozen: torch.Tensor | None = None
+        self.reuse_frozen_prefix = True  # False: every forward runs the whole model (the reference path)
+        self._prefix: dict[tuple[str, int], tuple[list[torch.Tensor], bool]] = {}
 
     def reset(self) -> nn.Module:
         self.module.load_state_dict(self.initial)
@@ -266,6 +268,77 @@ class TrainableModel:
                 self._frozen = torch.cat([self.forward(module, torch.arange(i, min(i + batch_size, rows)))
                                           for i in range(0, rows, batch_size)]).float()
         return self._frozen
+
+    def frozen_prefix(self, trained: set[str], rows: int, batch_size: int) -> Forward | None:
+        """A forward that reuses the frozen leading layers' outputs, or None where it does not apply.
+
+        Applies when the first block holding a trained parameter is a layer of a ``ModuleList`` (a
+        transformer's or an MLP's repeated layers) right after another layer of it, and every block
+        before it is frozen (``surgical_middle`` / ``_last``): the untouched model's output of the
+        layer before it is computed once per row (per split, kept for every seed) and fed to the
+        trained layers in place of running the frozen ones again. The layers run as before on the
+        same values (rows cropped or zero-padded to the batch's length: padded positions are masked,
+        as they are in the full forward), so the trial's math is the same; floating-point sums may
+        differ in the last bits (the cached rows were computed in other batches)."""
+        if not self.reuse_frozen_prefix or not trained:
+            return None
+        first = next((i for i, (_, params) in enumerate(self.blocks) if set(params) & trained), 0)
+        if first < 1 or any(set(params) & trained for _, params in self.blocks[:first]):
+            return None
+        container, _, index = self.blocks[first - 1][0].rpartition(".")
+        after, _, after_index = self.blocks[first][0].rpartition(".")
+        if not (index.isdigit() and after == container and after_index == str(int(index) + 1)):
+            return None
+        try:
+            layers = self.module.get_submodule(container)
+        except AttributeError:
+            return None
+        if not isinstance(layers, nn.ModuleList):
+            return None
+        n = int(index) + 1
+        key = (container, n)
+        if key not in self._prefix:
+            self._prefix[key] = self._prefix_outputs(layers, n, rows, batch_size)
+        cached, as_tuple = self._prefix[key]
+        forward = self.forward
+
+        def prefix_forward(module: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            target = module.get_submodule(container)
+            saved = [target[i] for i in range(n)]
+            for i in range(n - 1):
+                target[i] = _Pass(as_tuple)
+            target[n - 1] = _Cached(cached, idx, as_tuple)
+            try:
+                return forward(module, idx)
+            finally:
+                for i, m in enumerate(saved):
+                    target[i] = m
+
+        return prefix_forward
+
+    def _prefix_outputs(self, layers: nn.ModuleList, n: int, rows: int,
+                        batch_size: int) -> tuple[list[torch.Tensor], bool]:
+        """The untouched model's output of ``layers[n - 1]`` per row (the layers after it are not run)."""
+        module = self.reset()
+        outputs: list[torch.Tensor] = []
+        kind: list[bool] = []
+
+        def hook(_m: nn.Module, _args: Any, out: Any) -> None:
+            kind.append(isinstance(out, tuple))
+            outputs.extend((out[0] if isinstance(out, tuple) else out).detach())
+            raise _StopForward
+
+        handle = layers[n - 1].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                for i in range(0, rows, batch_size):
+                    try:
+                        self.forward(module, torch.arange(i, min(i + batch_size, rows)))
+                    except _StopForward:
+                        pass  # the hook stops the forward once the layer's output is kept
+        finally:
+            handle.remove()
+        return outputs, bool(kind and kind[0])
 
     def applicable(self, strategy: str) -> str | None:
         """None when the strategy applies to this model, else why not."""
@@ -289,6 +362,43 @@ class TrainableModel:
         chosen = {"first": self.blocks[:third], "middle": self.blocks[third:n - third] or self.blocks[third:third + 1],
                   "last": self.blocks[n - third:]}[where]
         return {p for _, params in chosen for p in params}
+
+
+class _StopForward(Exception):
+    """Raised by the prefix hook to end a forward once the frozen layers' output is kept."""
+
+
+class _Pass(nn.Module):
+    """A frozen layer skipped: its input passes through (the cached layer after it ignores it)."""
+
+    def __init__(self, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return (hidden,) if self.as_tuple else hidden
+
+
+class _Cached(nn.Module):
+    """The last frozen layer: returns its cached output for the batch's rows, each cropped or
+    zero-padded along the sequence to the batch's length (positions past a row's tokens are padding)."""
+
+    def __init__(self, cached: list[torch.Tensor], idx: torch.Tensor, as_tuple: bool) -> None:
+        super().__init__()
+        self.cached, self.idx, self.as_tuple = cached, idx, as_tuple
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        shape = tuple(hidden.shape[1:])
+        rows = []
+        for i in self.idx.tolist():
+            row = self.cached[i]
+            if tuple(row.shape) != shape and row.dim() >= 1:
+                row = row[: shape[0]]
+                if row.shape[0] < shape[0]:
+                    row = torch.cat([row, row.new_zeros((shape[0] - row.shape[0], *row.shape[1:]))])
+            rows.append(row)
+        out = torch.stack(rows).to(hidden.device, hidden.dtype)
+        return (out,) if self.as_tuple else out
 
 
 class _HeadBody(nn.Module):
@@ -476,12 +586,19 @@ def run_trial(model: TrainableModel, spec: TrialSpec, split: Split, deadline: fl
                     p.requires_grad_(n in names)
                     if n in names:
                         body.append(p)
+                # surgical_middle / _last: the frozen leading layers' outputs, computed once per split
+                prefix = (model.frozen_prefix(names, rows, max(spec.batch_size, 64))
+                          if spec.strategy.startswith("surgical_") else None)
+                if prefix is not None:  # computing the outputs reset the module: mark the trained parameters again
+                    for n, p in module.named_parameters():
+                        p.requires_grad_(n in names)
+                forward = prefix or model.forward
 
                 def features(idx: torch.Tensor, train: bool, module: nn.Module = module) -> torch.Tensor:
                     if train:
-                        return model.forward(module, idx)
+                        return forward(module, idx)
                     with torch.no_grad():
-                        return model.forward(module, idx)
+                        return forward(module, idx)
 
                 head_lr = spec.learning_rate if spec.strategy == "lp_ft" else spec.head_learning_rate
                 val_acc, test_acc, epochs2, best_epoch = _fit(spec, head, features, body, split, y, head_lr=head_lr,

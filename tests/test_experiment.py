@@ -388,3 +388,36 @@ def test_experiment_config_is_validated_at_the_boundary(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(raw))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_surgical_trials_reuse_the_frozen_layers_outputs_with_the_same_results() -> None:
+    """surgical_middle / _last feed the trained layers the frozen layers' outputs computed once per
+    split: the features match the whole model's forward and the trials' results are the same."""
+    x, split = _toy_split()
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = _ToyTransformer()
+    tm = TrainableModel("toy", model, _tensor_forward(x, cpu), cpu, description="toy")
+    ref = TrainableModel("toy", copy.deepcopy(model), _tensor_forward(x, cpu), cpu, description="toy")
+    ref.reuse_frozen_prefix = False
+    last = tm.surgical_parameters("last")
+    prefix = tm.frozen_prefix(last, len(x), 64)
+    assert prefix is not None and ref.frozen_prefix(last, len(x), 64) is None
+    calls: list[int] = []
+    handle = model.encoder["layer"][0].register_forward_hook(lambda *_: calls.append(1))
+    idx = torch.tensor([5, 3, 80])
+    with torch.no_grad():
+        assert torch.allclose(prefix(tm.reset(), idx), tm.forward(tm.reset(), idx), atol=1e-6)
+    assert len(calls) == 1  # the frozen layer ran for the plain forward only
+    handle.remove()
+    assert [type(m).__name__ for m in model.encoder["layer"]] == ["_Layer"] * 3  # layers restored
+    # surgical_first trains the first block: nothing before it to reuse
+    assert tm.frozen_prefix(tm.surgical_parameters("first"), len(x), 64) is None
+    for strategy in ("surgical_middle", "surgical_last"):
+        for seed in (0, 1):
+            spec = TrialSpec("toy", strategy, seed, 1e-2, 1e-2, 1e-4, 4, 2, 16)
+            fast, slow = run_trial(tm, spec, split), run_trial(ref, spec, split)
+            assert fast.status == slow.status == "ok", (fast.error, slow.error)
+            assert (fast.score, fast.val_score, fast.epochs, fast.best_epoch, fast.trainable_parameters) == (
+                slow.score, slow.val_score, slow.epochs, slow.best_epoch, slow.trainable_parameters), strategy
+    assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # the template is untouched
