@@ -11,20 +11,23 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.utilities.annotations import quote
 
 __all__ = ["FLOW_NAME", "monitor_cycle"]
 
 FLOW_NAME = "tasksim-cycle"
 
 
-@task(name="stage", cache_policy=NONE, persist_result=False, retries=2, retry_delay_seconds=5,
-      timeout_seconds=1800)
+@task(name="stage", cache_policy=NONE, persist_result=False, retries=2, retry_delay_seconds=5, timeout_seconds=1800)
 def run_stage(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
 def _as_task(name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    return run_stage.with_options(name=name, task_run_name=name)(fn, *args)
+    # quote(): Prefect passes the stage's inputs through without walking them for futures (the
+    # sampled window, features and profiles are large: that walk cost about 0.8 s a cycle on the
+    # demo, docs/benchmarks.md "Warm worker"); the stages exchange plain values, never futures
+    return run_stage.with_options(name=name, task_run_name=name)(fn, *(quote(a) for a in args))
 
 
 @flow(name=FLOW_NAME, persist_result=False, timeout_seconds=3600, log_prints=True)
@@ -54,11 +57,15 @@ def _publish_artifacts(name: str, summary: dict[str, Any]) -> None:
     logger = get_run_logger()
     logger.info("%s", cycle_line(summary))
     try:
-        create_markdown_artifact(cycle_markdown(summary, name), key=artifact_key(name, "summary"),
-                                 description=f"tasksim cycle {summary.get('cycle_id')}: {summary.get('status')}")
+        create_markdown_artifact(
+            cycle_markdown(summary, name),
+            key=artifact_key(name, "summary"),
+            description=f"tasksim cycle {summary.get('cycle_id')}: {summary.get('status')}",
+        )
         table = cycle_table(summary)
         if table:
-            create_table_artifact(table, key=artifact_key(name, "ranking"),
-                                  description=f"ranking at cycle {summary.get('cycle_id')}")
+            create_table_artifact(
+                table, key=artifact_key(name, "ranking"), description=f"ranking at cycle {summary.get('cycle_id')}"
+            )
     except Exception as exc:  # noqa: BLE001 - the API may be briefly unavailable; the store holds the result
         logger.warning("could not publish the cycle's Prefect artifacts: %s: %s", type(exc).__name__, exc)

@@ -6,7 +6,10 @@ process warm instead, using only Prefect's documented client and engine API:
 
 - the server keeps the schedule, the deployment's concurrency limit and every run's state: the
   worker polls ``get_scheduled_flow_runs_for_deployments`` (which also marks the deployment as
-  served), proposes ``Pending`` for a due run (the server's deployment concurrency rule takes the
+  served) every ``poll_seconds``, looking that far ahead: a run known to come due before the next
+  poll is taken at its due time, not up to a poll later (the poll delay was about half of a
+  scheduled cycle's overhead, docs/benchmarks.md "Warm worker"); a run ending wakes the poller,
+  so a waiting trigger starts at once. It proposes ``Pending`` for a due run (the server's deployment concurrency rule takes the
   slot, or cancels the run: ``CANCEL_NEW``), and executes it with ``prefect.flow_engine.run_flow``
   in its executor thread, which reports ``Running`` and the final state and renews the slot's lease;
 - one run at a time, and no backlog: an automatically scheduled run that comes due while a run is
@@ -28,7 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +40,7 @@ __all__ = ["EXECUTOR_THREAD", "WarmWorker"]
 log = logging.getLogger(__name__)
 
 EXECUTOR_THREAD = "tasksim-warm-executor"  # the thread the cycles run in (the daemon's log filter reads it)
+DUE_MARGIN_SECONDS = 0.01  # poll this long after a run's due time, so the server's clock has passed it
 
 
 class WarmWorker:
@@ -63,6 +67,7 @@ class WarmWorker:
         self.runs_finished = 0
         self._run = run
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set to poll now: stopping, or the run in flight ended
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._busy = threading.Lock()  # held from Pending until the run's final state
         self._in_flight: UUID | None = None
@@ -86,6 +91,7 @@ class WarmWorker:
         """Take no new run; let the one in flight finish within ``grace`` seconds, else mark it
         Cancelled; cancel a run taken but not started."""
         self._stop.set()
+        self._wake.set()
         self._threads[0].join(timeout=self.poll_seconds + 30)
         try:
             taken = self._queue.get_nowait()
@@ -108,25 +114,35 @@ class WarmWorker:
 
         with get_client(sync_client=True) as client:
             while not self._stop.is_set():
+                self._wake.clear()
+                wait = self.poll_seconds
                 try:
-                    self._poll_once(client)
+                    due_in = self._poll_once(client)
+                    if due_in is not None:  # poll again when the next known run comes due
+                        wait = min(wait, due_in + DUE_MARGIN_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - the API may be restarting: log and poll again
                     log.warning("warm worker: polling the Prefect API failed: %s: %s", type(exc).__name__, exc)
-                self._stop.wait(self.poll_seconds)
+                self._wake.wait(wait)
 
-    def _poll_once(self, client: Any) -> None:
+    def _poll_once(self, client: Any) -> float | None:
+        """Take the runs that are due; returns the seconds until the earliest run that is scheduled
+        within the next ``poll_seconds`` but not due yet (None: none)."""
         from prefect.exceptions import Abort
         from prefect.states import Pending
         from prefect.utilities.engine import propose_state_sync
 
-        runs = client.get_scheduled_flow_runs_for_deployments(
-            [self.deployment_id], scheduled_before=datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)
+        ahead = client.get_scheduled_flow_runs_for_deployments(
+            [self.deployment_id], scheduled_before=now + timedelta(seconds=self.poll_seconds)
         )
+        upcoming = [r.expected_start_time for r in ahead if r.expected_start_time and r.expected_start_time > now]
+        due_in = min((t - now).total_seconds() for t in upcoming) if upcoming else None
+        runs = [r for r in ahead if not (r.expected_start_time and r.expected_start_time > now)]
         # runs made by hand first (a trigger runs next), then the schedule's, oldest first
         runs.sort(key=lambda r: (bool(r.auto_scheduled), r.expected_start_time or r.created or datetime.min))
         for run in runs:
             if self._stop.is_set() or self._exhausted():
-                return
+                return None
             busy = not self._busy.acquire(blocking=False)
             if busy and not run.auto_scheduled:
                 continue  # a trigger waits, scheduled, until the run in flight ends
@@ -147,6 +163,7 @@ class WarmWorker:
                 continue
             self.runs_started += 1
             self._queue.put(client.read_flow_run(run.id))
+        return due_in
 
     def _exhausted(self) -> bool:
         return self.max_runs is not None and self.runs_started >= self.max_runs
@@ -172,6 +189,7 @@ class WarmWorker:
                 self._in_flight = None
                 self.runs_finished += 1
                 self._release()
+                self._wake.set()  # a trigger waiting for this run starts now, not a poll later
 
     def _execute(self, run: Any) -> Any:
         if self._run is not None:

@@ -100,6 +100,31 @@ def test_poll_stops_taking_runs_after_max_runs(monkeypatch: pytest.MonkeyPatch) 
     assert worker.runs_started == 1 and worker._queue.qsize() == 1
 
 
+def test_poll_takes_a_run_at_its_due_time_not_a_poll_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run scheduled within the next poll is not proposed early; the poll returns how long until
+    it is due, so the poller wakes then (the poll delay was part of a scheduled cycle's overhead)."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Pending
+
+    proposed: list[str] = []
+
+    def propose(client: Any, state: Any, flow_run_id: Any, force: bool = False) -> Any:
+        proposed.append(client.read_flow_run(flow_run_id).name)
+        return Pending()
+
+    monkeypatch.setattr("prefect.utilities.engine.propose_state_sync", propose)
+    soon = _run("soon", True, 0)
+    soon.expected_start_time = datetime.now(timezone.utc) + timedelta(seconds=30)
+    worker = WarmWorker(warm_probe, uuid4(), poll_seconds=60)
+    due_in = worker._poll_once(_Client([soon]))
+    assert proposed == [] and worker._queue.empty()
+    assert due_in is not None and 25 < due_in <= 30
+    soon.expected_start_time = datetime.now(timezone.utc) - timedelta(seconds=0.01)  # now due
+    assert worker._poll_once(_Client([soon])) is None
+    assert proposed == ["soon"] and worker._queue.get_nowait().name == "soon"
+
+
 # -- encoders kept loaded --------------------------------------------------------------------------
 def test_keep_encoders_loaded_reuses_model_encoders_only(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
