@@ -64,35 +64,26 @@ def _free_port() -> int:
 
 
 def run(seconds: float, late_runs: bool) -> tuple[int, int, str]:
-    from tasksim.daemon import _healthy
+    from tasksim.daemon import PrefectServer
 
     root = Path(tempfile.mkdtemp(prefix="tasksim-late-"))
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         DO_NOT_TRACK="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_HOME=str(root),
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        # both ways explicit: the server's environment is this process's, with these on top
+        PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="true" if late_runs else "false",
     )
-    if not late_runs:
-        env["PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED"] = "false"
-    log = root / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(log, "wb"),  # noqa: SIM115 - the child's for its lifetime
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api"
+    server = PrefectServer.launch("127.0.0.1", _free_port(), env, startup_timeout=300)
+    log = server.log_path
     try:
-        while not _healthy(api):
-            time.sleep(0.5)
         script = root / "child.py"  # a file: the deployment needs an entrypoint
         script.write_text(CHILD)
         child = subprocess.run(
             [sys.executable, str(script), str(seconds)],
-            env={**env, "PREFECT_API_URL": api},
+            env={**env, "PREFECT_API_URL": server.api_url},
             capture_output=True,
             text=True,
             check=False,
@@ -101,8 +92,7 @@ def run(seconds: float, late_runs: bool) -> tuple[int, int, str]:
             raise SystemExit(child.stderr[-3000:])
         time.sleep(5)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop(timeout=60)
     text = log.read_text(errors="replace")
     late = len(re.findall(r"'name': 'Late'", text))
     return text.count("database is locked"), late, child.stdout.strip()

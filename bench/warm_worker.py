@@ -34,7 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasksim.daemon import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -89,31 +92,19 @@ def build(ws: Path, interval: str, source: Path | None = None) -> Path:
     return config
 
 
-def prefect_server(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A Prefect server (SQLite) that stays up for every phase, so each is measured next to it."""
-    from tasksim.daemon import _healthy
+def prefect_server(home: Path) -> PrefectServer:
+    """A Prefect server (SQLite; output in ``home/server.log``) that stays up for every phase, so each
+    is measured next to it. Sets ``PREFECT_API_URL`` for this process."""
+    from tasksim.daemon import PrefectServer
 
-    port = _free_port()
     env = {
         **_env(),
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
     }
-    home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(log, "wb"),  # noqa: SIM115 - the child's for its lifetime
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 300
-    while not _healthy(api):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the Prefect server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    os.environ["PREFECT_API_URL"] = api
-    return proc, api
+    server = PrefectServer.launch("127.0.0.1", _free_port(), env, startup_timeout=300)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server
 
 
 def scheduled(config: Path, cycles: int, log: Path) -> dict[str, Any]:
@@ -213,7 +204,7 @@ def main() -> None:
     t0 = time.monotonic()
     config = build(ws, args.interval, args.workspace)
     print(f"workspace built and warmed in {time.monotonic() - t0:.0f}s: {ws}", flush=True)
-    server, _ = prefect_server(root / "prefect-home", root / "prefect-server.log")
+    server = prefect_server(root / "prefect-home")
     try:
         sched = scheduled(config, args.cycles, root / "serve.log")
         print(f"scheduled: {json.dumps(sched)}", flush=True)
@@ -222,8 +213,7 @@ def main() -> None:
         via_flow = in_process(config, sched["windows"], flow=True)
         print(f"in process through the flow: {json.dumps(via_flow)}", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop(timeout=60)
     warm_sched, warm_local, warm_flow = sched["costs"][1:], local[1:], via_flow[1:]
     median = statistics.median
     load = os.getloadavg()

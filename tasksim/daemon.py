@@ -129,10 +129,17 @@ class PrefectServer:
     @classmethod
     def start(cls, config: Config, env: dict[str, str]) -> PrefectServer:
         host, port = config.prefect.host, config.prefect.port
-        api_url = f"http://{host}:{port}/api"
-        if _healthy(api_url):
+        if _healthy(f"http://{host}:{port}/api"):
             raise TasksimError(f"prefect.port: a server already answers on {host}:{port}; stop it, pick another "
                                "port, or point PREFECT_API_URL at it")
+        return cls.launch(host, port, env, config.prefect.startup_timeout.total_seconds())
+
+    @classmethod
+    def launch(cls, host: str, port: int, env: dict[str, str], startup_timeout: float) -> PrefectServer:
+        """Start ``prefect server start`` on ``host:port`` with ``env`` over this process's environment
+        (``PREFECT_HOME`` required; its ``server.log`` gets the output) and wait until it answers.
+        Raises ``TasksimError`` when it exits or does not answer within ``startup_timeout`` seconds."""
+        api_url = f"http://{host}:{port}/api"
         home = Path(env["PREFECT_HOME"])
         home.mkdir(parents=True, exist_ok=True)
         log_path = home / "server.log"
@@ -143,7 +150,7 @@ class PrefectServer:
             start_new_session=True,
         )
         server = cls(api_url=api_url, process=process, log_path=log_path)
-        deadline = time.monotonic() + config.prefect.startup_timeout.total_seconds()
+        deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
@@ -154,8 +161,8 @@ class PrefectServer:
                 return server
             time.sleep(0.5)
         server.stop()
-        raise TasksimError(f"the Prefect server did not answer on {api_url} within "
-                           f"{config.prefect.startup_timeout.total_seconds():.0f}s; see {log_path}")
+        raise TasksimError(f"the Prefect server did not answer on {api_url} within {startup_timeout:.0f}s; "
+                           f"see {log_path}")
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
