@@ -154,6 +154,13 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def _labelled_rows(table: pa.Table, column: str | None) -> int:
+    """Rows of ``table`` whose label is not null (0 without a label column)."""
+    if not column or column not in table.column_names:
+        return 0
+    return table.num_rows - table.column(column).null_count
+
+
 def _labels_of(window: Window, column: str | None) -> list[str | None] | None:
     """The window's labels, None for a row not labelled yet (labels arrive late in production);
     None when there is no label column or no row is labelled."""
@@ -302,9 +309,7 @@ class Cycle:
                                state=self.store, seed=self.config.sampling.seed)
         table, feats, inside = self._outside_reference(sampled.window.table, features.current_features)
         if table.num_rows == 0:
-            label = self.config.production.label_column
-            labelled = (sampled.window.table.num_rows - sampled.window.table.column(label).null_count
-                        if label and label in sampled.window.table.column_names else 0)
+            labelled = _labelled_rows(sampled.window.table, self.config.production.label_column)
             ref = self.config.reference
             verdict = DriftVerdict.untested(
                 f"the window lies in the reference period ({_iso(ref.start) or 'its start'} .. {_iso(ref.end)}): it is the "
@@ -355,7 +360,7 @@ class Cycle:
                                    stratify_by_label=s.stratify_by_label)
             if label not in window.table.column_names or window.table.num_rows == 0:
                 continue
-            labelled = window.table.num_rows - window.table.column(label).null_count
+            labelled = _labelled_rows(window.table, label)
             if labelled <= before.labelled_rows:
                 continue
             table, feats, _ = self._outside_reference(window.table,
