@@ -432,12 +432,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    from tasksim.preflight import check_model_files
+    from tasksim.preflight import check_data_files, check_model_files
 
     try:  # model files the config can only name: loaded and checked here, not first in a cycle
         check_model_files(config)
     except ConfigError as exc:
         raise ConfigError(f"{args.config}: {exc}") from exc
+    problems, notes = check_data_files(config)
+    for note in notes:
+        print(f"tasksim: note: {args.config}: {note}", file=sys.stderr)
+    if problems:  # every bad source at once, one line each (a cycle would isolate them one by one)
+        for problem in problems:
+            print(f"tasksim: error: {args.config}: {problem}", file=sys.stderr)
+        return 2
     print(f"{args.config}: ok ({len(config.sources)} sources, deployed {config.deployed_source})")
     return 0
 

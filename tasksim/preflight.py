@@ -21,7 +21,7 @@ import torch
 from tasksim.config import Config, EncoderConfig, InputColumns, SourceConfig
 from tasksim.errors import ConfigError, DataError, SourceError
 
-__all__ = ["check_model_files"]
+__all__ = ["check_data_files", "check_model_files"]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +123,31 @@ def check_model_files(config: Config) -> None:
             widths[f"sources[{i}].encoder"] = _output_width(enc, f"sources[{i}].encoder", source.name, config)
         if source.head is not None:
             _check_head(config, i, source, widths)
+
+
+def check_data_files(config: Config) -> tuple[list[str], list[str]]:
+    """The data files' schemas (one footer each, no rows read): every source's files open as
+    Parquet with its configured columns and types, and so do the production data's. Returns
+    (problems, notes), one line each naming the field, file and column. Production data that does
+    not exist yet is a note, not a problem: a daemon may be set up before its first window lands
+    (its cycles record ``no_data`` until then)."""
+    from pathlib import Path
+
+    from tasksim.sample import check_production_schema, check_source_schema
+
+    problems: list[str] = []
+    notes: list[str] = []
+    for i, source in enumerate(config.sources):
+        try:
+            check_source_schema(source, config.encoder.kind)
+        except SourceError as exc:
+            problems.append(f"sources[{i}] ({source.name}): {exc.reason}")
+    production = str(config.production.path)
+    if "://" not in production and not Path(production).exists():
+        notes.append(f"production.path: {production} does not exist yet (cycles record no_data until it does)")
+        return problems, notes
+    try:
+        check_production_schema(config.production, config.encoder.kind)
+    except DataError as exc:
+        problems.append(f"production.path: {exc}")
+    return problems, notes

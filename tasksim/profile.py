@@ -51,6 +51,7 @@ from tasksim.errors import DataError, SourceError, TasksimError
 from tasksim.heads import SourceHead, load_or_fit_head
 from tasksim.metrics import catalog, quality
 from tasksim.metrics._kernels import pca_basis, subsample_indices
+from tasksim.metrics._validate import check_pooled_range
 from tasksim.model_encoders import check_head_file
 from tasksim.sample import dataset_fingerprint, load_source, table_fingerprint
 
@@ -584,6 +585,7 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     A measure of ``CARRIED_MEASURES`` in ``carried`` takes that earlier value instead of being
     measured, where it would be measured now (a measure not computable for this window stays out).
     """
+    check_pooled_range(source_x, target_x, ("the source", "the target window"))
     out: dict[str, float] = {}
     s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
     t_idx = _subsample(target_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -49,6 +49,8 @@ from tasksim.errors import DataError, SourceError
 
 __all__ = [
     "Window",
+    "check_production_schema",
+    "check_source_schema",
     "dataset_fingerprint",
     "in_reference_period",
     "load_reference",
@@ -678,10 +680,11 @@ def reference_cache_key(config: Config, *, file_ranges: Mapping[str, list[int]] 
     return h.hexdigest()[:32]
 
 
-def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:
-    """A source's data, checked and sampled; any problem raises ``SourceError`` with one line."""
-    kind = source.encoder.kind if source.encoder is not None else None
-    spec = _Spec(
+def _source_spec(source: SourceConfig, shared_kind: str | None = None) -> _Spec:
+    """``shared_kind``: the shared encoder's kind, which embeds a source that has no model of its
+    own (None: not known here, so string features are let through to the encoder)."""
+    kind = source.encoder.kind if source.encoder is not None else shared_kind
+    return _Spec(
         path=str(source.path),
         feature_columns=tuple(source.feature_columns),
         text_column=source.text_column,
@@ -692,6 +695,35 @@ def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:
         categorical_features=kind in (None, "tabular"),
         labels_required=True,
     )
+
+
+def check_source_schema(source: SourceConfig, shared_kind: str | None = None) -> None:
+    """``tasksim validate``'s look at a source's data: its files open as Parquet and hold every
+    configured column with a usable type (schema only: one footer is read, no rows). A problem
+    raises ``SourceError`` with one line naming the file and column. A model-only source (no
+    ``path``) has nothing to check."""
+    if source.path is None:
+        return
+    spec = _source_spec(source, shared_kind)
+    try:
+        dataset, _ = _open_dataset(spec.path, spec.partitioning)
+        _check_schema(dataset.schema, spec)
+    except DataError as exc:
+        raise SourceError(source.name, str(exc)) from None
+
+
+def check_production_schema(production: ProductionConfig, encoder_kind: str | None = None) -> None:
+    """The production data's columns and types, as :func:`check_source_schema` (schema only;
+    string features only for the ``tabular`` encoder when ``encoder_kind`` is given). Raises
+    ``DataError`` naming the path and column."""
+    spec = replace(_production_spec(production), categorical_features=encoder_kind in (None, "tabular"))
+    dataset, _ = _open_dataset(spec.path, spec.partitioning, on_bad_file=spec.on_bad_file, skipped=[])
+    _check_schema(dataset.schema, spec)
+
+
+def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:
+    """A source's data, checked and sampled; any problem raises ``SourceError`` with one line."""
+    spec = _source_spec(source)
     try:
         window = _sample(spec, None, None, max_rows=sampling.source_max_rows, seed=sampling.seed,
                          stratify=sampling.stratify_by_label)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tasksim import metrics
+from tasksim.errors import MetricInputError
 from tasksim.metrics import catalog
 from tasksim.profile import (
     TRANSFER_MEASURES,
@@ -75,6 +76,29 @@ def test_profile_arrays_isolates_a_failing_source(world: dict) -> None:
     assert status["near"][0] == status["far"][0] == "ok"
     assert status["wide"][0] == "failed" and "width" in status["wide"][1]
     assert status["nan-view"][0] == "failed" and status["nan-view"][1].startswith("transferability:")
+
+
+def test_a_dimension_too_wide_for_float32_distances_fails_its_source_with_the_data_named(world: dict) -> None:
+    """A raw epoch-nanosecond column (1.7e18) in the target, or 1e30 in a source: the source fails
+    with the dimension, both sides' ranges and the fix, not with a measure's arithmetic (before:
+    "median heuristic bandwidth is 0", or "cannot convert float NaN to integer" from OTDD)."""
+    huge = world["sources"]["far"].features.clone()
+    huge[:, 2] *= 1e30
+    profiles = profile_arrays(world["tx"], world["ty"], {**world["sources"],
+                                                         "huge": SourceArrays(huge, world["sources"]["far"].labels)})
+    status = {p.source: (p.status, p.error) for p in profiles}
+    assert status["near"][0] == status["far"][0] == "ok"
+    assert status["huge"][0] == "failed"
+    assert status["huge"][1].startswith("feature dimension 2 spans ") and "the 'tabular' encoder" in status["huge"][1]
+    epoch = world["tx"].clone()
+    epoch[:, 0] = 1.7e18 + torch.arange(epoch.shape[0], dtype=torch.float64) * 1e9
+    with pytest.raises(MetricInputError, match=r"feature dimension 0 spans 1\.7e\+18 over the source .* and the "
+                                               r"target window \(1\.7e\+18 \.\. 1\.7e\+18\)"):
+        shared_space_measures(world["sources"]["near"].features, None, epoch, None)
+    # at the limit it passes: the check is on the range, not on large values as such
+    shifted = world["tx"] + 5e14
+    measures = shared_space_measures(world["sources"]["near"].features + 5e14, None, shifted, None)
+    assert math.isfinite(measures["mmd2"])
 
 
 def test_profile_arrays_without_labels_or_views_skips_transferability(world: dict) -> None:

@@ -244,3 +244,50 @@ def test_every_kind_of_source_is_ranked_run_and_explained(tmp_path: Path, capsys
         code, out, lines = _cli(capsys, "explain", name, "--config", str(path))
         assert code == 0 and name in out, lines
     assert "missing criteria:" in _cli(capsys, "explain", "checkpoint", "--config", str(path))[1]
+
+
+def test_validate_reads_every_data_files_schema_and_names_each_bad_one(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad source files are named all at once, one line each (field, file, column, expected);
+    the good sources are not mentioned; exit 2. Only footers are read."""
+    path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=30)
+    ws = path.parent
+    far = pd.read_parquet(ws / "sources" / "far.parquet")
+    far.drop(columns=["label"]).to_parquet(ws / "sources" / "far.parquet", index=False)
+    (ws / "sources" / "moved.parquet").write_bytes(b"not a parquet file")
+    code, _, err = _cli(capsys, "validate", "-c", str(path))
+    assert code == 2
+    assert len(err) == 2, err
+    assert err[0].startswith(f"tasksim: error: {path}: sources[1] (moved): {ws / 'sources' / 'moved.parquet'}: "
+                             "cannot read as Parquet")
+    assert err[1] == (f"tasksim: error: {path}: sources[2] (far): {ws / 'sources' / 'far.parquet'}: label column "
+                      "'label' not found (columns are: f0, f1, f2, f3, f4, f5)")
+
+
+def test_validate_checks_feature_types_against_the_encoder_and_the_production_columns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=30)
+    ws = path.parent
+    far = pd.read_parquet(ws / "sources" / "far.parquet")
+    far.assign(f0=["a"] * len(far)).to_parquet(ws / "sources" / "far.parquet", index=False)
+    prod = pd.read_parquet(ws / "production.parquet")
+    prod.drop(columns=["f5"]).to_parquet(ws / "production.parquet", index=False)
+    code, _, err = _cli(capsys, "validate", "-c", str(path))
+    assert code == 2
+    assert err == [
+        # the identity encoder embeds this source: strings are not numbers (the tabular encoder one-hots them)
+        (f"tasksim: error: {path}: sources[2] (far): {ws / 'sources' / 'far.parquet'}: feature column 'f0' has "
+         "type string; expected numbers or a list of numbers"),
+        (f"tasksim: error: {path}: production.path: {ws / 'production.parquet'}: feature column 'f5' not found "
+         "(columns are: f0, f1, f2, f3, f4, label, ts)"),
+    ]
+
+
+def test_validate_notes_production_data_that_does_not_exist_yet(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=30)
+    (path.parent / "production.parquet").unlink()
+    code, out, err = _cli(capsys, "validate", "-c", str(path))
+    assert code == 0 and "ok (3 sources" in out
+    assert err == [(f"tasksim: note: {path}: production.path: {path.parent / 'production.parquet'} does not "
+                    "exist yet (cycles record no_data until it does)")]

@@ -25,6 +25,7 @@ __all__ = [
     "check_same_width",
     "check_classes",
     "check_finite",
+    "check_pooled_range",
     "compute_dtype",
     "features_on",
     "float64_features",
@@ -117,6 +118,31 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         bad = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).sum()) if t.ndim else 1
         if bad:
             raise MetricInputError(f"{name}: {bad} rows contain NaN or Inf")
+
+
+MAX_POOLED_RANGE = 1e15  # squared, summed over hundreds of dimensions: still far below float32's 3.4e38
+
+
+def check_pooled_range(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *,
+                       limit: float = MAX_POOLED_RANGE) -> None:
+    """Raise unless every feature dimension's range over both samples together is at most
+    ``limit``. Pairwise distances run in the features' dtype (float32): a dimension spanning more
+    (a raw epoch-nanosecond column is 1.7e18) overflows them or cancels every other dimension to
+    zero, and a measure then fails with a message about its own arithmetic instead of the data.
+    One min/max pass per side; samples of different widths are left to the measures to refuse."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not a.shape[0] or not b.shape[0]:
+        return
+    lo_a, hi_a = torch.aminmax(a, dim=0)
+    lo_b, hi_b = torch.aminmax(b, dim=0)
+    span = torch.maximum(hi_a, hi_b).double() - torch.minimum(lo_a, lo_b).double()
+    worst = int(torch.argmax(torch.nan_to_num(span, nan=math.inf)))
+    if not span[worst] <= limit:
+        raise MetricInputError(
+            f"feature dimension {worst} spans {float(span[worst]):.3g} over {names[0]} "
+            f"({float(lo_a[worst]):.3g} .. {float(hi_a[worst]):.3g}) and {names[1]} "
+            f"({float(lo_b[worst]):.3g} .. {float(hi_b[worst]):.3g}); expected at most {limit:.0e}, beyond which "
+            "float32 distances overflow or lose every other dimension: rescale that input (the 'tabular' encoder "
+            "standardises columns)")
 
 
 def float64_features(raw: torch.Tensor, name: str = "features", min_rows: int = 2) -> torch.Tensor:
