@@ -112,7 +112,10 @@ IMAGE_STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle"
 TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
 TEXT_PER_CLASS = {"few": 20, "more": 100}  # as PER_CLASS; --quick: more = 40 (module docstring)
-QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews at both budgets
+QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews
+QUICK_TEXT_REGIMES = ("few",)  # --quick without --text-regimes: the few-labels budget only
+# --quick without --scenarios / --regimes: one image scenario per kind of shift, the label budgets of each
+QUICK_IMAGE_PLAN = {"noise": ("few", "more"), "new-classes": ("few", "more"), "domain (MNIST)": ("few",)}
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
 MEASURES_ONLY = False
 CHECKPOINT: dict = {}  # --json: the path, rewritten after every scenario run (a killed run keeps its rows)
@@ -354,7 +357,10 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     for name, (transform, sx, sy, kind) in scenarios.items():
         if args.scenarios and not any(t in name for t in args.scenarios):
             continue
-        for regime in args.regimes:
+        if args.quick and not args.scenarios and name not in QUICK_IMAGE_PLAN:
+            continue
+        regimes = args.regimes or (QUICK_IMAGE_PLAN.get(name, ("few", "more")) if args.quick else ("few", "more"))
+        for regime in regimes:
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx, ty = transform(sx[idx]), sy[idx]
@@ -432,7 +438,7 @@ def source_tau(args: argparse.Namespace, device: torch.device, scenarios: dict, 
     for name, (transform, sx, sy, kind) in scenarios.items():
         if args.scenarios and not any(t in name for t in args.scenarios):
             continue
-        for regime in args.regimes:
+        for regime in args.regimes or ("few", "more"):
             t0 = time.perf_counter()
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
@@ -715,18 +721,22 @@ def print_losses(report: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores (< 20 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="sizes for 2 CPU cores (< 20 min): images and text (module docstring: what it covers)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--text", action="store_true", help="also the text scenarios (MiniLM fine-tuning: a GPU helps)")
+    ap.add_argument("--text", action="store_true",
+                    help="also the text scenarios (MiniLM fine-tuning: a GPU helps; on by default with --quick)")
+    ap.add_argument("--no-text", action="store_true", help="no text scenarios (with --quick: images only)")
     ap.add_argument("--no-images", action="store_true", help="text only")
     ap.add_argument("--no-cache", action="store_true", help="retrain the source CNN")
     ap.add_argument("--rescore", type=Path, nargs="+", default=None, metavar="JSON",
                     help="no trials: re-apply the rules to the scenario runs saved by --json and print the table")
     ap.add_argument("--source-seed", type=int, default=0, help="seed of the source CNN's training (a replicate)")
-    ap.add_argument("--regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS))
-    ap.add_argument("--text-regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS),
-                    help="label budgets of the text scenarios")
+    ap.add_argument("--regimes", nargs="+", default=None, choices=sorted(PER_CLASS),
+                    help="label budgets of the image scenarios (default: both; --quick: QUICK_IMAGE_PLAN)")
+    ap.add_argument("--text-regimes", nargs="+", default=None, choices=sorted(PER_CLASS),
+                    help="label budgets of the text scenarios (default: both; --quick: few)")
     ap.add_argument("--scenarios", nargs="+", default=[],
                     help="only the image scenarios whose name contains one of these words (noise, blur, ...)")
     ap.add_argument("--text-scenarios", nargs="+", default=[],
@@ -750,6 +760,10 @@ def main(argv: list[str] | None = None) -> int:
         PER_CLASS["more"] = 60
         TEXT_PER_CLASS["more"] = 40
         args.text_scenarios = args.text_scenarios or list(QUICK_TEXT_SCENARIOS)
+        args.text_regimes = args.text_regimes or list(QUICK_TEXT_REGIMES)
+        args.text = args.text or not args.tau  # --quick: images and text in one run (--no-text: images only)
+    args.text_regimes = args.text_regimes or ["few", "more"]
+    args.text = args.text and not args.no_text
     args.text_tokens, args.text_epochs = (24, 5) if args.quick else (128, 15)
     started = time.perf_counter()
     from tasksim.device import resolve_device
