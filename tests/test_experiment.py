@@ -421,3 +421,54 @@ def test_surgical_trials_reuse_the_frozen_layers_outputs_with_the_same_results()
             assert (fast.score, fast.val_score, fast.epochs, fast.best_epoch, fast.trainable_parameters) == (
                 slow.score, slow.val_score, slow.epochs, slow.best_epoch, slow.trainable_parameters), strategy
     assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # the template is untouched
+
+
+def _toy_cnn() -> nn.Sequential:
+    """The advice benchmark's CNN shape in miniature: three conv + batch-norm blocks in an ``nn.Sequential``."""
+
+    def block(i: int, o: int, pool: nn.Module) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), pool)
+
+    return nn.Sequential(block(1, 4, nn.MaxPool2d(2)), block(4, 6, nn.MaxPool2d(2)),
+                         block(6, 8, nn.AdaptiveAvgPool2d(1)), nn.Flatten())
+
+
+def test_cnn_surgical_trials_reuse_the_frozen_blocks_outputs_with_the_same_results() -> None:
+    """A CNN's blocks are children of an ``nn.Sequential``: surgical_middle / _last reuse the frozen
+    leading blocks' outputs too, with batch norm in eval mode (running statistics) as in every trial,
+    and the trials' results are the same as through the whole model."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(90, 1, 8, 8, generator=gen)
+    labels = [f"c{int(v)}" for v in (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long()
+              + (x[:, 0, :, :4].mean((1, 2)) > 0.5).long()]
+    split = stratified_split(labels, (0.6, 0.2, 0.2), 0)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = _toy_cnn()
+    with torch.no_grad():  # running statistics away from their defaults, so eval mode matters
+        model.train()(x * 3 + 1)
+    tm = TrainableModel("cnn", model, _tensor_forward(x, cpu), cpu, description="toy cnn")
+    ref = TrainableModel("cnn", copy.deepcopy(model), _tensor_forward(x, cpu), cpu, description="toy cnn")
+    ref.reuse_frozen_prefix = False
+    assert [b for b, _ in tm.blocks] == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
+    for where, n in (("middle", 1), ("last", 2)):
+        prefix = tm.frozen_prefix(tm.surgical_parameters(where), len(x), 64)
+        assert prefix is not None and ref.frozen_prefix(ref.surgical_parameters(where), len(x), 64) is None
+        calls: list[int] = []
+        handle = model[n - 1].register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        idx = torch.tensor([5, 3, 80, 17])
+        with torch.no_grad():
+            assert torch.allclose(prefix(tm.reset(), idx), tm.forward(tm.reset(), idx), atol=1e-6)
+        assert len(calls) == 1, where  # the frozen block ran for the plain forward only
+        handle.remove()
+    assert [type(m).__name__ for m in model] == ["Sequential"] * 3 + ["Flatten"]  # blocks restored
+    assert tm.frozen_prefix(tm.surgical_parameters("first"), len(x), 64) is None
+    for strategy in ("surgical_middle", "surgical_last"):
+        for seed in (0, 1):
+            spec = TrialSpec("cnn", strategy, seed, 1e-2, 1e-2, 1e-4, 4, 2, 16)
+            fast, slow = run_trial(tm, spec, split), run_trial(ref, spec, split)
+            assert fast.status == slow.status == "ok", (fast.error, slow.error)
+            assert (fast.score, fast.val_score, fast.epochs, fast.best_epoch, fast.trainable_parameters) == (
+                slow.score, slow.val_score, slow.epochs, slow.best_epoch, slow.trainable_parameters), strategy
+    assert not any(m.training for m in model.modules())  # batch norm stayed in eval mode
+    assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # running stats untouched
