@@ -242,6 +242,11 @@ class _RowChecker:
                 ok &= self._list_ok(name, arr)
             elif kind == "float":
                 ok &= _bool_np(pc.is_finite(arr))
+            elif name == self.spec.text_column:
+                # a blank text carries no input: every one embeds to the same vector, so a window of
+                # them would look like one point far from everything (a false "closest source")
+                texts = arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+                ok &= _bool_np(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), False))
             elif arr.null_count:
                 ok &= _bool_np(pc.is_valid(arr))
         if self.spec.labels_required and self.spec.label_column:
@@ -538,7 +543,7 @@ def _sample(spec: _Spec, start: datetime | None, end: datetime | None, *, max_ro
     else:
         table = out_schema.empty_table()
     if dropped:
-        logger.info("%s: dropped %d of %d rows with null/NaN/Inf inputs or wrong list lengths",
+        logger.info("%s: dropped %d of %d rows with null/NaN/Inf or blank-text inputs or wrong list lengths",
                     spec.path, dropped, total)
     if file_ranges is not None:
         # remember every file's time range (keyed by path, size and mtime, so a rewritten file is
@@ -737,7 +742,7 @@ def load_source(source: SourceConfig, sampling: SamplingConfig) -> pa.Table:
         if window.total_rows == 0:
             raise SourceError(source.name, f"{source.path}: contains no rows")
         raise SourceError(source.name, f"{source.path}: no usable rows: all {window.total_rows} rows have "
-                                       "null/NaN/Inf inputs or labels, or lists of the wrong length")
+                                       "null/NaN/Inf or blank-text inputs or labels, or lists of the wrong length")
     return window.table
 
 

@@ -222,6 +222,23 @@ def test_list_columns_wrong_length_and_nan_values_dropped(tmp_path: Path) -> Non
     assert w.dropped_invalid == 1 and w.table.num_rows == 9
 
 
+def test_blank_texts_are_invalid_rows(tmp_path: Path) -> None:
+    """An empty or whitespace-only text is no input (each embeds to one shared vector: a window of
+    them once ranked the source with the most blank rows first and advised a switch to it)."""
+    texts = ["a story", "", "   ", None, "\t\n", "ok", " x "]
+    for encode in (lambda v: pa.array(v), lambda v: pa.array(v).dictionary_encode(), lambda v: pa.array(v, pa.large_string())):
+        t = pa.table({"ts": pa.array([DAY0] * len(texts), pa.timestamp("us", tz="UTC")), "text": encode(texts),
+                      "label": pa.array(["p", "q"] * 3 + ["p"])})
+        pq.write_table(t, tmp_path / "p.parquet")
+        w = sample_window(_prod(tmp_path / "p.parquet", feature_columns=(), text_column="text"), None, None,
+                          max_rows=100, seed=0)
+        assert w.dropped_invalid == 4 and sorted(w.table.column("text").to_pylist()) == [" x ", "a story", "ok"]
+    pq.write_table(pa.table({"text": ["", "  "], "label": ["p", "q"]}), tmp_path / "s.parquet")
+    with pytest.raises(SourceError, match=r"no usable rows: all 2 rows have null/NaN/Inf or blank-text inputs"):
+        load_source(SourceConfig(name="blank", path=str(tmp_path / "s.parquet"), text_column="text",
+                                 label_column="label"), SamplingConfig())
+
+
 def test_source_with_no_usable_rows(tmp_path: Path) -> None:
     pq.write_table(pa.table({"a": [float("nan")] * 5, "label": [1] * 5}), tmp_path / "s.parquet")
     src = SourceConfig(name="bad", path=str(tmp_path / "s.parquet"), feature_columns=("a",), label_column="label")
