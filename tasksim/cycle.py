@@ -472,6 +472,10 @@ class Cycle:
             raise DataError(f"{self.config.production.path}: the current production window "
                             f"{sampled.start} .. {sampled.end} has no valid rows to rank against")
         features = self.embed(sampled)
+        if not _distinct_rows(features.current_features):
+            raise DataError(f"{self.config.production.path}: the current production window {sampled.start} .. "
+                            f"{sampled.end} holds one input repeated ({sampled.window.table.num_rows} rows): "
+                            "nothing to rank against")
         profiles = self.profile(sampled, features)
         return RankNow(sampled, profiles, self.rank(profiles, sampled))
 
@@ -568,6 +572,13 @@ class Cycle:
             features = step("embed", self.embed, sampled)
             result.drift = step("drift", self.drift, sampled, features)
             result.late_drift = self.late_drift
+            if not _distinct_rows(features.current_features):
+                # a stuck feed (one input repeated): drift is tested, but no measure can tell the
+                # sources apart on one point, and a ranking of it would still look confident
+                result.status = "insufficient_data"
+                result.error = (f"the production window's {result.rows_sampled} valid rows are all the same input: "
+                                "no measure can tell the sources apart on one point; the last ranking stands")
+                return self.finish(result, next_cursor)
             result.profiles = step("profile", self.profile, sampled, features)
             result.ranking = step("rank", self.rank, result.profiles, sampled)
             result.recommendation = step("recommend", self.recommend, result.ranking, result.profiles, sampled,
@@ -580,6 +591,11 @@ class Cycle:
             # a failed cycle does not move the cursor: the window is retried next time
             self.finish(result, None)
             raise
+
+
+def _distinct_rows(features: torch.Tensor) -> bool:
+    """Whether the rows hold at least two different inputs (one pass: every row against the first)."""
+    return features.shape[0] >= 2 and bool((features != features[:1]).any())
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import pytest
 
 from tasksim.cli import main
 from tasksim.config import load_config
-from tasksim.cycle import rank_now, run_cycle
+from tasksim.cycle import Cycle, rank_now, run_cycle
+from tasksim.errors import DataError
 from tasksim.profile import CARRIED_MEASURES, SOURCE_MEMO
 from tasksim.rank import DEFAULT_WEIGHTS
 from tasksim.store import Store
@@ -121,6 +122,35 @@ def test_nan_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     assert result.status == "success"
     assert result.rows_dropped == 15
     assert result.rows_sampled == result.rows_total - 15
+
+
+def test_a_stuck_feed_is_tested_for_drift_but_not_ranked(tmp_path: Path) -> None:
+    """One input repeated for a whole window (a stuck upstream): drift fires, but a ranking of one
+    point would still look confident, so the window is insufficient and the last ranking stands."""
+    path = make_tabular_workspace(tmp_path / "ws", windows=3, shift_at=3)
+    prod = pd.read_parquet(path.parent / "production.parquet")
+    third = prod["ts"] >= prod["ts"].min().floor("h") + pd.Timedelta(hours=2)
+    prod.loc[third, [f"f{i}" for i in range(6)]] = [3.0, -2.0, 0.5, 0.0, 1.0, 7.0]
+    prod.to_parquet(path.parent / "production.parquet", index=False)
+    config = load_config(path)
+    results = [run_cycle(config) for _ in range(3)]
+    assert [r.status for r in results] == ["success", "success", "insufficient_data"]
+    stuck = results[-1]
+    assert stuck.drift is not None and stuck.drift.drifted
+    assert stuck.ranking is None and stuck.profiles == []
+    assert stuck.error == (f"the production window's {stuck.rows_sampled} valid rows are all the same input: no "
+                           "measure can tell the sources apart on one point; the last ranking stands")
+    with Store(config.state_dir) as store:
+        snap = store.snapshot()
+    assert snap.cycles_by_status == {"success": 2, "insufficient_data": 1}
+    assert [s.source for s in snap.last_sources if s.rank == 1] == [results[1].ranking.entries[0].source]
+    latest = config.model_copy(update={"window": config.window.model_copy(update={"mode": "latest"})})
+    cycle = Cycle(latest, now=prod["ts"].max().to_pydatetime())  # `tasksim rank`: the latest window
+    try:
+        with pytest.raises(DataError, match=r"holds one input repeated \(\d+ rows\): nothing to rank against"):
+            cycle.rank_now()
+    finally:
+        cycle.store.close()
 
 
 def test_cli_run_json(tabular_workspace: Path) -> None:
