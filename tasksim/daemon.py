@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ from tasksim.export import build_registry, start_metrics_server
 from tasksim.store import Store
 from tasksim.worker import EXECUTOR_THREAD as WARM_EXECUTOR_THREAD
 
-__all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "daemon_info",
+__all__ = ["DAEMON_FILE", "LOCK_FILE", "DaemonLock", "PrefectServer", "ServerWatchdog", "check_port_free", "daemon_info",
            "prefect_environment", "schedule_kwargs", "serve", "trigger"]
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,19 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def check_port_free(host: str, port: int, field: str) -> None:
+    """Raise ``TasksimError`` (one line naming ``field``) when ``host:port`` cannot be bound: found
+    before anything starts, not as a bind traceback after the Prefect server's 20 s start (the
+    metrics port) or as a start timeout (the Prefect port held by some other program)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TasksimError(f"{field}: cannot listen on {host}:{port} ({exc.strerror or exc}); stop what holds it "
+                               f"or pick another port") from None
+
+
 @dataclass
 class PrefectServer:
     """A ``prefect server start`` child process on loopback, stopped with the daemon."""
@@ -132,6 +146,7 @@ class PrefectServer:
         if _healthy(f"http://{host}:{port}/api"):
             raise TasksimError(f"prefect.port: a server already answers on {host}:{port}; stop it, pick another "
                                "port, or point PREFECT_API_URL at it")
+        check_port_free(host, port, "prefect.port")
         return cls.launch(host, port, env, config.prefect.startup_timeout.total_seconds())
 
     @classmethod
@@ -389,6 +404,7 @@ def serve(config: Config, *, cycles: int | None = None, run_now: bool = True,
 
 
 def _serve_locked(config: Config, *, cycles: int | None, run_now: bool, stop_when_exhausted: bool) -> None:
+    check_port_free(config.metrics.host, config.metrics.port, "metrics.port")
     env = prefect_environment(config)
     server: PrefectServer | None = None
     watchdog: ServerWatchdog | None = None

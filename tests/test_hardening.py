@@ -533,6 +533,27 @@ def test_second_daemon_process_is_refused_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "another tasksim daemon" in lines[0], lines
 
 
+@pytest.mark.parametrize("field", ["metrics", "prefect"])
+def test_a_port_held_by_another_program_stops_serve_at_once_with_one_line(tmp_path: Path, field: str) -> None:
+    """Before: a held metrics port was a bind traceback after the Prefect server's start, and a
+    Prefect port held by a non-Prefect program a start timeout."""
+    import socket
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config_path = _config_text(tmp_path, f"{field}: {{port: {port}}}\n")
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the daemon starts its own server
+        proc = subprocess.run([sys.executable, "-m", "tasksim.cli", "serve", "--config", str(config_path)],
+                              check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [(f"tasksim: error: {field}.port: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                      "stop what holds it or pick another port")], lines
+
+
 def test_watchdog_restarts_a_dead_server_then_gives_up(tmp_path: Path) -> None:
     from tasksim.daemon import PrefectServer, ServerWatchdog
 
