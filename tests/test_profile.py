@@ -4,6 +4,7 @@ it derives its lists from."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from tasksim.profile import (
     SourceArrays,
     SourceView,
     bootstrap_profiles,
+    mmd_self_block,
     profile_arrays,
     score_views,
     shared_space_measures,
@@ -64,6 +66,21 @@ def test_profile_arrays_is_the_shared_space_measures_plus_batched_transferabilit
     assert by["near"].measures["mmd2"] < by["far"].measures["mmd2"]
     assert by["near"].measures["logme"] > by["far"].measures["logme"]
     assert by["far"].measures["negative_transfer"] == 1.0
+
+
+def test_a_kept_mmd_self_block_gives_the_same_profile(world: dict) -> None:
+    # a warm process keeps each source's MMD self block (SourceMemo); the window then costs MMD^2
+    # only its cross pairs: every measure is the one measured without it (MMD^2 up to rounding)
+    with_block = {n: replace(s, mmd_block=mmd_self_block(s.features, seed=0)) for n, s in world["sources"].items()}
+    assert all(s.mmd_block is not None and s.mmd_block.rows == 120 for s in with_block.values())
+    plain = {p.source: p.measures for p in profile_arrays(world["tx"], world["ty"], world["sources"], seed=0)}
+    kept = {p.source: p.measures for p in profile_arrays(world["tx"], world["ty"], with_block, seed=0)}
+    for name, measures in plain.items():
+        assert kept[name].keys() == measures.keys()
+        for key, value in measures.items():
+            tol = {"rel": 1e-10, "abs": 1e-13} if key == "mmd2" else {"rel": 0, "abs": 0}
+            assert kept[name][key] == pytest.approx(value, **tol), (name, key)
+    assert mmd_self_block(torch.zeros(3000, 2), seed=0) is None  # above MMD_BLOCK_MAX_ROWS: not kept
 
 
 def test_profile_arrays_isolates_a_failing_source(world: dict) -> None:
