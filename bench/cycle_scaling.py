@@ -153,7 +153,7 @@ def _run_cycle(config: Any, encoder: Any) -> tuple[Any, Any]:
 def _profiled(config: Any, encoder: Any) -> dict[str, float]:
     profiler = cProfile.Profile()
     profiler.enable()
-    _run_cycle(config, encoder)
+    result, _ = _run_cycle(config, encoder)
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
@@ -161,6 +161,9 @@ def _profiled(config: Any, encoder: Any) -> dict[str, float]:
         if name in PROFILED and "tasksim" in filename:
             key = f"{name} ({Path(filename).stem})"
             out[key] = out.get(key, 0.0) + cumulative
+    # which kind of cycle it was: a drifted window measures every source's unweighted distances afresh
+    out["(cycle: drifted)"] = float(bool(result.drift and result.drift.drifted))
+    out["(cycle: sources carrying)"] = float(sum(1 for p in result.profiles if p.carried))
     return out
 
 
@@ -410,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             if "profile" in v:
                 print(f"\n### where a warm cycle's time goes, {Path(t).name}, {r['sources']} sources "
                       "(cProfile cumulative seconds)\n")
+                kind = {k: v["profile"].pop(k) for k in list(v["profile"]) if k.startswith("(cycle")}
+                print(f"the profiled cycle: {'drift' if kind.get('(cycle: drifted)') else 'no drift'}, "
+                      f"{kind.get('(cycle: sources carrying)', 0):.0f} sources carrying their unweighted distances\n")
                 for key, sec in sorted(v["profile"].items(), key=lambda kv: -kv[1]):
                     print(f"- {key}: {sec:.3f} s ({1000 * sec / r['sources']:.2f} ms per source)")
     if "demo" in results:
