@@ -290,7 +290,8 @@ class SourceMemo:
     shared encoder's fingerprint and the device, so an edited file or a changed setting is a miss.
     Least recently used entries go beyond ``max_bytes`` (``$TASKSIM_SOURCE_MEMO_MB``, default
     2048 MiB; an entry counts its features, labels, kept table and MMD^2 self block, 1 MB for 500
-    rows; the head fitted later, ~D x 128 floats, is not counted). Thread-safe.
+    rows; the head fitted later, ~D x 128 floats, is not counted); over budget, the least recently
+    used entries' MMD self blocks go first (a speed-up only), whole entries after. Thread-safe.
     """
 
     def __init__(self, max_bytes: int | None = None) -> None:
@@ -318,9 +319,25 @@ class SourceMemo:
             size = state.nbytes
             self._entries[key] = (state, size)
             self._bytes += size
+            if self._bytes > self.max_bytes:
+                self._drop_blocks()
             while self._bytes > self.max_bytes and self._entries:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= dropped
+
+    def _drop_blocks(self) -> None:
+        """Over budget: drop MMD self blocks, least recently used first, before any whole entry. A
+        block only saves time (MMD^2 without it takes its full path, to the same value), so a
+        portfolio whose rows fit but not with their blocks never has an entry evicted (which, in
+        a cycle's sweep over the sources in order, would make every lookup a miss)."""
+        for key, (state, size) in self._entries.items():
+            if self._bytes <= self.max_bytes:
+                return
+            if state.mmd_block is not None:
+                state.mmd_block = None
+                smaller = state.nbytes
+                self._entries[key] = (state, smaller)  # an existing key: its place in the order stays
+                self._bytes -= size - smaller
 
     def clear(self) -> None:
         with self._lock:

@@ -275,3 +275,19 @@ def test_source_memo_evicts_the_least_recently_used_beyond_its_budget() -> None:
     assert len(memo) == 2 and memo.get("k3").fingerprint == "g"
     memo.clear()
     assert len(memo) == 0 and memo.hits == 0
+
+
+def test_source_memo_drops_mmd_blocks_before_whole_entries() -> None:
+    # three sources whose rows fit the budget but not with their MMD blocks: blocks go (least
+    # recently used first), every entry stays, so a cycle's sweep over them still hits
+    from tasksim.profile import SourceMemo, _SourceState
+
+    rows = torch.randn(100, 40)
+    block = mmd_self_block(rows, seed=0)  # 4950 pairs: ~40 KB, more than the rows' 16 KB
+    memo = SourceMemo(max_bytes=3 * 16_000 + block.nbytes + 1000)  # room for one block only
+    for i in range(3):
+        memo.put(f"k{i}", _SourceState(None, "f", rows.clone(), None, None, {}, mmd_block=mmd_self_block(rows)))
+    kept = [memo.get(f"k{i}") for i in range(3)]
+    assert all(s is not None for s in kept) and len(memo) == 3
+    assert [s.mmd_block is not None for s in kept] == [False, False, True]  # the newest keeps its block
+    assert memo._bytes == sum(s.nbytes for s in kept) <= memo.max_bytes
