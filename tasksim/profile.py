@@ -334,10 +334,10 @@ class SourceMemo:
             if self._bytes <= self.max_bytes:
                 return
             if state.mmd_block is not None:
+                freed = state.mmd_block.nbytes  # counted at insertion (a head fitted since is not)
                 state.mmd_block = None
-                smaller = state.nbytes
-                self._entries[key] = (state, smaller)  # an existing key: its place in the order stays
-                self._bytes -= size - smaller
+                self._entries[key] = (state, size - freed)  # an existing key: its place in the order stays
+                self._bytes -= freed
 
     def clear(self) -> None:
         with self._lock:
