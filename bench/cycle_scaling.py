@@ -26,12 +26,14 @@ first cycle and the warm cycles against the floor, embedding the window alone, a
     python bench/cycle_scaling.py --sizes 10 100 --profile
     python bench/cycle_scaling.py --sizes 10 100 --tree /tmp/before   # before / after
     python bench/cycle_scaling.py --sizes --demo                      # the demo only
+    python bench/cycle_scaling.py --sizes 1000 --warm 1 --distinct 50   # 1000 sources, heads prefilled
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import json
 import os
 import platform
@@ -90,8 +92,12 @@ def _table(x: np.ndarray, labels: np.ndarray, ts: list[datetime] | None = None) 
     return pa.table(cols)
 
 
-def build_workspace(root: Path, sources: int, windows: int, *, seed: int = 0) -> Path:
-    """A production stream (window 0 is the reference) and ``sources`` sources; returns the config path."""
+def build_workspace(root: Path, sources: int, windows: int, *, seed: int = 0, distinct: int | None = None) -> Path:
+    """A production stream (window 0 is the reference) and ``sources`` sources; returns the config path.
+
+    With ``distinct``, only the first ``distinct`` sources get their own rows: source ``i`` beyond
+    them reads source ``i % distinct``'s file (another name and cost; every measure is still
+    computed for it). The first ``distinct`` sources and the stream are those of a full build."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     means = rng.normal(scale=1.5, size=(CLASS_POOL, DIM))
@@ -104,12 +110,15 @@ def build_workspace(root: Path, sources: int, windows: int, *, seed: int = 0) ->
     (root / "sources").mkdir(exist_ok=True)
     entries = []
     for i in range(sources):
-        first = (i * 3) % CLASS_POOL
-        classes = np.array([(first + k) % CLASS_POOL for k in range(CLASSES_PER_SOURCE)])
-        labels = classes[rng.integers(0, CLASSES_PER_SOURCE, size=SOURCE_ROWS)]
-        shift = rng.normal(scale=0.1 * (i % 7), size=DIM)
-        pq.write_table(_table(_matrix(rng, SOURCE_ROWS, labels, means, shift), labels), root / "sources" / f"s{i}.parquet")
-        entries.append({"name": f"s{i:04d}", "path": f"sources/s{i}.parquet", "feature_columns": ["x"],
+        own = i if not distinct or i < distinct else i % distinct
+        if own == i:
+            first = (i * 3) % CLASS_POOL
+            classes = np.array([(first + k) % CLASS_POOL for k in range(CLASSES_PER_SOURCE)])
+            labels = classes[rng.integers(0, CLASSES_PER_SOURCE, size=SOURCE_ROWS)]
+            shift = rng.normal(scale=0.1 * (i % 7), size=DIM)
+            pq.write_table(_table(_matrix(rng, SOURCE_ROWS, labels, means, shift), labels),
+                           root / "sources" / f"s{i}.parquet")
+        entries.append({"name": f"s{i:04d}", "path": f"sources/s{own}.parquet", "feature_columns": ["x"],
                         "label_column": "label", "licence": "mit", "cost": 1.0 + (i % 3)})
     config = {
         "name": f"scaling-{sources}",
@@ -144,7 +153,7 @@ def _run_cycle(config: Any, encoder: Any) -> tuple[Any, Any]:
 def _profiled(config: Any, encoder: Any) -> dict[str, float]:
     profiler = cProfile.Profile()
     profiler.enable()
-    _run_cycle(config, encoder)
+    result, _ = _run_cycle(config, encoder)
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
@@ -152,6 +161,9 @@ def _profiled(config: Any, encoder: Any) -> dict[str, float]:
         if name in PROFILED and "tasksim" in filename:
             key = f"{name} ({Path(filename).stem})"
             out[key] = out.get(key, 0.0) + cumulative
+    # which kind of cycle it was: a drifted window measures every source's unweighted distances afresh
+    out["(cycle: drifted)"] = float(bool(result.drift and result.drift.drifted))
+    out["(cycle: sources carrying)"] = float(sum(1 for p in result.profiles if p.carried))
     return out
 
 
@@ -166,14 +178,56 @@ def child(config_path: Path, cycles: int, warm: int, profile: bool) -> dict[str,
     for _ in range(cycles):
         t0 = time.perf_counter()
         result, encoder = _run_cycle(config, encoder)
-        runs.append({"wall": time.perf_counter() - t0, **result.stage_seconds})
+        runs.append({"wall": time.perf_counter() - t0, **result.stage_seconds, "window": str(result.window_start),
+                     "drifted": bool(result.drift and result.drift.drifted),
+                     "carrying": sum(1 for p in result.profiles if p.carried)})
     out: dict[str, Any] = {"runs": runs, "best": result.ranking.best().source if result.ranking else None}
     warm_runs = runs[-warm:] if warm else []
     if warm_runs:
-        out["warm_median"] = {k: statistics.median(r.get(k, 0.0) for r in warm_runs) for k in warm_runs[0]}
+        out["warm_median"] = {k: statistics.median(r.get(k, 0.0) for r in warm_runs) for k in warm_runs[0]
+                              if isinstance(warm_runs[0][k], float)}
     if profile:
         out["profile"] = _profiled(config, encoder)
     return out
+
+
+def prefill(config_path: Path, distinct: int) -> dict[str, Any]:
+    """In this process: fit the heads of the first ``distinct`` sources into the workspace's head
+    cache, exactly as a first cycle would (``load_or_fit_head`` on the source's shared-space rows,
+    labels and seed, under the profile's key), and copy each to the keys of the sources that read
+    the same file (a head depends only on the rows, the labels and the seed: the one their first
+    cycle would fit). Their shared-space embeddings land in the embedding cache on the way. The
+    window cursor then moves past the first window, the one a cold first cycle would have taken,
+    so that the cycles after see the same windows as with a cold first cycle."""
+    import torch
+
+    from tasksim.config import load_config
+    from tasksim.cycle import CURSOR_KEY, Cycle
+    from tasksim.heads import _cache_path, load_or_fit_head
+    from tasksim.profile import Target, _labels, _Profiler
+    from tasksim.sample import load_source
+
+    config = load_config(config_path)
+    cycle = Cycle(config)
+    fitted: dict[str, Path] = {}
+    try:
+        profiler = _Profiler(config, Target(pa.table({}), torch.zeros(1, DIM), None), cycle.encoder, cycle.cache,
+                             cycle.device)
+        for source in config.sources:
+            data = load_source(source, config.sampling)
+            dst = _cache_path(profiler.heads_dir, profiler.head_key(source, data))
+            if str(source.path) in fitted:
+                shutil.copyfile(fitted[str(source.path)], dst)
+                continue
+            labels = source.named_labels(_labels(data, source.label_column))
+            shared = profiler.encode_source(source, data).to(cycle.device)
+            load_or_fit_head(profiler.heads_dir, profiler.head_key(source, data), shared, labels,
+                             seed=config.sampling.seed)
+            fitted[str(source.path)] = dst
+        cycle.store.set_state(CURSOR_KEY, (T0 + timedelta(hours=2)).isoformat())
+    finally:
+        cycle.store.close()
+    return {"fitted": len(fitted), "copied": len(config.sources) - len(fitted)}
 
 
 def _spawn(tree: Path, config_path: Path, cycles: int, warm: int, profile: bool) -> dict[str, Any]:
@@ -186,17 +240,34 @@ def _spawn(tree: Path, config_path: Path, cycles: int, warm: int, profile: bool)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_size(sources: int, warm: int, profile: bool, root: Path, trees: list[Path]) -> dict[str, Any]:
+def measure_size(sources: int, warm: int, profile: bool, root: Path, trees: list[Path], *,
+                 distinct: int | None = None) -> dict[str, Any]:
     """Build the workspace, run its first cycle (cold: nothing cached anywhere) with the first tree,
     then per tree, from a copy of the state after that first cycle: a new process's first cycle
-    (disk caches warm, process cold) and ``warm`` warm cycles, on the same windows for every tree."""
-    path = build_workspace(root / f"n{sources}", sources, windows=warm + 4 + int(profile))
+    (disk caches warm, process cold) and ``warm`` warm cycles, on the same windows for every tree.
+
+    With fewer ``distinct`` source files than sources, the heads are prefilled instead (:func:`prefill`,
+    in a new process, timed) and the cold first cycle is not run: the new process's first cycle
+    is then the first cycle of the workspace (heads and embeddings cached, nothing else)."""
+    replicated = bool(distinct) and sources > int(distinct or 0)
+    path = build_workspace(root / f"n{sources}", sources, windows=warm + 4 + int(profile),
+                           distinct=distinct if replicated else None)
     state = path.parent / "state"
-    first = _spawn(trees[0], path, 1, 0, False)
+    out: dict[str, Any] = {"sources": sources, "trees": {}}
+    if replicated:
+        t0 = time.perf_counter()
+        env = {**os.environ, "TASKSIM_BENCH_TREE": str(trees[0]), "PYTHONPATH": str(trees[0])}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--prefill", str(path),
+                               "--distinct", str(distinct)], env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"prefill failed:\n{proc.stderr[-3000:]}")
+        out.update(first_wall=None, first_stages={}, distinct=distinct, prefill_wall=time.perf_counter() - t0,
+                   prefill=json.loads(proc.stdout.strip().splitlines()[-1]))
+    else:
+        first = _spawn(trees[0], path, 1, 0, False)
+        out.update(first_wall=first["runs"][0]["wall"], first_stages=first["runs"][0])
     primed = path.parent / "state.primed"
     shutil.copytree(state, primed)
-    out: dict[str, Any] = {"sources": sources, "first_wall": first["runs"][0]["wall"], "first_stages": first["runs"][0],
-                           "trees": {}}
     for tree in trees:
         shutil.rmtree(state)
         shutil.copytree(primed, state)
@@ -266,12 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo", action="store_true", help="also the warm-cycle / embedding ratio on the demo")
     ap.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to time as well")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
+    ap.add_argument("--distinct", type=int, default=0,
+                    help="sizes above this many sources reuse these sources' files (other names), with their "
+                         "heads prefilled instead of a cold first cycle (0: every source its own file)")
+    ap.add_argument("--prefill", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--demo-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cycles", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.cycles, args.warm, args.profile), default=str))
+        return 0
+    if args.prefill:
+        print(json.dumps(prefill(args.prefill, args.distinct)))
         return 0
     if args.demo_child:
         print(json.dumps(demo_child(args.demo_child, args.warm), default=str))
@@ -282,9 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"sizes": [], "trees": [str(t) for t in trees]}
     with tempfile.TemporaryDirectory(prefix="tasksim-scaling-") as tmp:
         for n in args.sizes:
-            results["sizes"].append(measure_size(n, args.warm, args.profile, Path(tmp), trees))
+            results["sizes"].append(measure_size(n, args.warm, args.profile, Path(tmp), trees,
+                                                 distinct=args.distinct or None))
             r = results["sizes"][-1]
-            print(f"# {n} sources: first cycle {r['first_wall']:.1f} s; warm median "
+            first = "n/a (heads prefilled)" if r["first_wall"] is None else f"{r['first_wall']:.1f} s"
+            print(f"# {n} sources: first cycle {first}; warm median "
                   + ", ".join(f"{Path(t).name} {v['warm_median']['wall']:.2f} s" for t, v in r["trees"].items()),
                   file=sys.stderr, flush=True)
         if args.demo:
@@ -300,18 +380,31 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["sizes"]:
         for t, v in r["trees"].items():
-            print(f"| {Path(t).name} | {r['sources']} | {r['first_wall']:.1f} | {v['runs'][0]['wall']:.1f} | "
+            first = "n/a" if r["first_wall"] is None else f"{r['first_wall']:.1f}"
+            print(f"| {Path(t).name} | {r['sources']} | {first} | {v['runs'][0]['wall']:.1f} | "
                   f"{v['warm_median']['wall']:.2f} | {_fmt_stages(v['warm_median'])} |")
     sizes = results["sizes"]
-    if len(sizes) >= 2:
-        lo, hi = sizes[0], sizes[-1]
+    for r in sizes:
+        if r.get("distinct"):
+            print(f"\n{r['sources']} sources: {r['distinct']} distinct source files; heads prefilled in "
+                  f"{r['prefill_wall']:.1f} s ({r['prefill']}); no cold first cycle run")
+    for r in sizes:
+        for t, v in r["trees"].items():
+            print(f"\n{Path(t).name}, {r['sources']} sources, every cycle of the process (wall s, drift verdict, "
+                  "sources carrying their unweighted distances): " + "; ".join(
+                      f"{run['wall']:.2f} {'drift' if run.get('drifted') else 'no drift'} {run.get('carrying', '?')}"
+                      for run in v["runs"]))
+    pairs = list(itertools.pairwise(sizes)) + ([(sizes[0], sizes[-1])] if len(sizes) > 2 else [])
+    results["marginal_seconds"] = {}
+    for lo, hi in pairs:
         span = hi["sources"] - lo["sources"]
-        results["marginal_seconds"] = {}
         for t in results["trees"]:
+            if t not in lo["trees"] or t not in hi["trees"]:
+                continue
             a, b = lo["trees"][t]["warm_median"], hi["trees"][t]["warm_median"]
             marginal = (b["wall"] - a["wall"]) / span
             per_stage = {k: (b.get(k, 0.0) - a.get(k, 0.0)) / span for k in ("profile", "rank")}
-            results["marginal_seconds"][t] = marginal
+            results["marginal_seconds"][f"{t} {lo['sources']}->{hi['sources']}"] = marginal
             print(f"\nmarginal cost of a source in a warm cycle, {Path(t).name} ({lo['sources']} -> {hi['sources']}): "
                   f"{1000 * marginal:.1f} ms (profile {1000 * per_stage['profile']:.1f} ms, rank "
                   f"{1000 * per_stage['rank']:.1f} ms); target <= 50 ms")
@@ -320,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             if "profile" in v:
                 print(f"\n### where a warm cycle's time goes, {Path(t).name}, {r['sources']} sources "
                       "(cProfile cumulative seconds)\n")
+                kind = {k: v["profile"].pop(k) for k in list(v["profile"]) if k.startswith("(cycle")}
+                print(f"the profiled cycle: {'drift' if kind.get('(cycle: drifted)') else 'no drift'}, "
+                      f"{kind.get('(cycle: sources carrying)', 0):.0f} sources carrying their unweighted distances\n")
                 for key, sec in sorted(v["profile"].items(), key=lambda kv: -kv[1]):
                     print(f"- {key}: {sec:.3f} s ({1000 * sec / r['sources']:.2f} ms per source)")
     if "demo" in results:

@@ -60,6 +60,7 @@ __all__ = [
     "CARRIED_MEASURES",
     "DISTANCE_SAMPLE_ROWS",
     "MEASURE_MIN_ROWS",
+    "MMD_BLOCK_MAX_ROWS",
     "SOURCE_MEMO",
     "TRANSFER_MEASURES",
     "CarriedValues",
@@ -70,6 +71,7 @@ __all__ = [
     "Target",
     "add_transfer_gains",
     "bootstrap_profiles",
+    "mmd_self_block",
     "profile_arrays",
     "profile_sources",
     "profiles_to_dict",
@@ -94,6 +96,9 @@ OTDD_COMPONENTS = 32
 # domain classifier (5-fold logistic regression: ~0.4 s per source at 1000 + 1000 rows, D = 384).
 LAYER_SAMPLE_ROWS = 1000
 DOMAIN_AUC_ROWS = 1000
+# A warm process keeps each source's MMD self block (its sorted pairwise squared distances, 8 bytes a
+# pair: 1 MB at 500 rows, 4 MB at this many) so that a window costs MMD^2 only its cross block.
+MMD_BLOCK_MAX_ROWS = 1024
 # Fewest target-window rows each target-dependent measure needs (from the catalogue). A window with
 # fewer rows leaves that measure out ("not computable for this window") instead of failing the source.
 MEASURE_MIN_ROWS = {**{m: catalog.measure(m).min_target_rows
@@ -177,6 +182,8 @@ class SourceArrays:
     carried: Mapping[str, float] = field(default_factory=dict)
     carried_from: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     data_fingerprint: str | None = None  # content hash of the source's sampled rows (None: model only)
+    # its MMD^2 self block (``metrics.mmd2_self_block`` of its seeded distance subsample), when kept
+    mmd_block: metrics.MMDSelfBlock | None = None
 
 
 def _labels(table: pa.Table, column: str | None) -> list[str] | None:
@@ -250,6 +257,7 @@ class _SourceState:
     missing_rate: float | None
     known: dict[str, float]  # source_only_measures of ``shared``
     head: SourceHead | None = None  # the head fitted on its data, once asked for
+    mmd_block: metrics.MMDSelfBlock | None = None  # mmd_self_block(shared, seed) when small enough
 
     @property
     def nbytes(self) -> int:
@@ -258,6 +266,8 @@ class _SourceState:
             size += self.table.nbytes
         if self.head is not None:
             size += sum(t.element_size() * t.nelement() for t in self.head.weights.values())
+        if self.mmd_block is not None:
+            size += self.mmd_block.nbytes
         return size
 
 
@@ -280,8 +290,9 @@ class SourceMemo:
     times (``dataset_fingerprint``: nothing is read to check it), the sampling settings, the
     shared encoder's fingerprint and the device, so an edited file or a changed setting is a miss.
     Least recently used entries go beyond ``max_bytes`` (``$TASKSIM_SOURCE_MEMO_MB``, default
-    2048 MiB; an entry counts its features, labels and kept table; the head fitted later, ~D x 128
-    floats, is not counted). Thread-safe.
+    2048 MiB; an entry counts its features, labels, kept table and MMD^2 self block, 1 MB for 500
+    rows; the head fitted later, ~D x 128 floats, is not counted); over budget, the least recently
+    used entries' MMD self blocks go first (a speed-up only), whole entries after. Thread-safe.
     """
 
     def __init__(self, max_bytes: int | None = None) -> None:
@@ -309,9 +320,25 @@ class SourceMemo:
             size = state.nbytes
             self._entries[key] = (state, size)
             self._bytes += size
+            if self._bytes > self.max_bytes:
+                self._drop_blocks()
             while self._bytes > self.max_bytes and self._entries:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= dropped
+
+    def _drop_blocks(self) -> None:
+        """Over budget: drop MMD self blocks, least recently used first, before any whole entry. A
+        block only saves time (MMD^2 without it takes its full path, to the same value), so a
+        portfolio whose rows fit but not with their blocks never has an entry evicted (which, in
+        a cycle's sweep over the sources in order, would make every lookup a miss)."""
+        for key, (state, size) in self._entries.items():
+            if self._bytes <= self.max_bytes:
+                return
+            if state.mmd_block is not None:
+                freed = state.mmd_block.nbytes  # counted at insertion (a head fitted since is not)
+                state.mmd_block = None
+                self._entries[key] = (state, size - freed)  # an existing key: its place in the order stays
+                self._bytes -= freed
 
     def clear(self) -> None:
         with self._lock:
@@ -342,6 +369,15 @@ def source_only_measures(source_x: torch.Tensor, source_labels: list[str] | None
         rows = max(1, min(xs.shape[0], quality.LABEL_NOISE_MAX_SAMPLES))
         out["label_noise_rate_se"] = math.sqrt(rate * (1.0 - rate) / rows)
     return {k: float(v) for k, v in out.items()}
+
+
+def mmd_self_block(source_x: torch.Tensor, *, seed: int = 0) -> metrics.MMDSelfBlock | None:
+    """The MMD^2 self block of the source's seeded ``DISTANCE_SAMPLE_ROWS`` subsample (the rows
+    :func:`shared_space_measures` compares), or None above ``MMD_BLOCK_MAX_ROWS`` rows (or below 2)."""
+    xs = _take(source_x, _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed))
+    if not 2 <= xs.shape[0] <= MMD_BLOCK_MAX_ROWS:
+        return None
+    return metrics.mmd2_self_block(xs)
 
 
 class _Profiler:
@@ -464,7 +500,8 @@ class _Profiler:
         state = _SourceState(table=table if source.encoder is not None else None, fingerprint=fingerprint,
                              shared=shared, labels=labels,
                              missing_rate=quality.missing_rate(table, source.input_columns()),
-                             known=source_only_measures(shared, labels, seed=self.seed))
+                             known=source_only_measures(shared, labels, seed=self.seed),
+                             mmd_block=mmd_self_block(shared, seed=self.seed))
         if key is not None:
             SOURCE_MEMO.put(key, state)
         return state
@@ -523,7 +560,7 @@ class _Profiler:
                             seconds=time.perf_counter() - started, known=state.known,
                             carried=dict(carried.values) if carried else {},
                             carried_from=dict(carried.origin) if carried else {},
-                            data_fingerprint=state.fingerprint)
+                            data_fingerprint=state.fingerprint, mmd_block=state.mmd_block)
 
     def load_model_only(self, source: SourceConfig, started: float) -> SourceArrays | SourceProfile:
         """A checkpoint without a dataset: only its model's view of the target (and the practical
@@ -571,8 +608,8 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
                           missing_rate: float | None = None, seed: int = 0,
                           embed_label_names: Callable[[list[str]], torch.Tensor] | None = None,
                           otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                          known: Mapping[str, float] | None = None, carried: Mapping[str, float] | None = None
-                          ) -> dict[str, float]:
+                          known: Mapping[str, float] | None = None, carried: Mapping[str, float] | None = None,
+                          mmd_block: metrics.MMDSelfBlock | None = None) -> dict[str, float]:
     """The profile's measures of one source in the shared feature space (the deployed encoder's).
 
     ``source_x`` (N_s, D) and ``target_x`` (N_t, D) are both sides' features; ``target_labels``
@@ -584,6 +621,8 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     target's principal components (``otdd_basis``; default :func:`target_basis` of ``target_x``).
     A measure of ``CARRIED_MEASURES`` in ``carried`` takes that earlier value instead of being
     measured, where it would be measured now (a measure not computable for this window stays out).
+    ``mmd_block``: :func:`mmd_self_block` of ``source_x`` with this ``seed``, kept by the caller:
+    MMD^2 then computes only the cross pairs (the same value up to rounding).
     """
     check_pooled_range(source_x, target_x, ("the source", "the target window"))
     out: dict[str, float] = {}
@@ -592,7 +631,7 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     xs, xt = _take(source_x, s_idx), _take(target_x, t_idx)
     n_t = target_x.shape[0]
     if n_t >= MEASURE_MIN_ROWS["mmd2"]:
-        out["mmd2"] = metrics.mmd2(xs, xt)
+        out["mmd2"] = metrics.mmd2(xs, xt, x_block=mmd_block)
     carried = carried or {}
     if n_t >= MEASURE_MIN_ROWS["frechet"]:
         out["frechet"] = carried["frechet"] if "frechet" in carried else metrics.frechet_distance(source_x, target_x)
@@ -757,7 +796,7 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
             out = {} if src.features is None else shared_space_measures(
                 src.features, src.labels, target_x, known_labels, target_label_rows=known_rows,
                 missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis,
-                known=src.known, carried=src.carried)
+                known=src.known, carried=src.carried, mmd_block=src.mmd_block)
         except Exception as exc:  # isolation: one source's failing measure must not stop the others
             described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
             continue

@@ -4,6 +4,7 @@ it derives its lists from."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from tasksim.profile import (
     SourceArrays,
     SourceView,
     bootstrap_profiles,
+    mmd_self_block,
     profile_arrays,
     score_views,
     shared_space_measures,
@@ -65,6 +67,21 @@ def test_profile_arrays_is_the_shared_space_measures_plus_batched_transferabilit
     assert by["near"].measures["mmd2"] < by["far"].measures["mmd2"]
     assert by["near"].measures["logme"] > by["far"].measures["logme"]
     assert by["far"].measures["negative_transfer"] == 1.0
+
+
+def test_a_kept_mmd_self_block_gives_the_same_profile(world: dict) -> None:
+    # a warm process keeps each source's MMD self block (SourceMemo); the window then costs MMD^2
+    # only its cross pairs: every measure is the one measured without it (MMD^2 up to rounding)
+    with_block = {n: replace(s, mmd_block=mmd_self_block(s.features, seed=0)) for n, s in world["sources"].items()}
+    assert all(s.mmd_block is not None and s.mmd_block.rows == 120 for s in with_block.values())
+    plain = {p.source: p.measures for p in profile_arrays(world["tx"], world["ty"], world["sources"], seed=0)}
+    kept = {p.source: p.measures for p in profile_arrays(world["tx"], world["ty"], with_block, seed=0)}
+    for name, measures in plain.items():
+        assert kept[name].keys() == measures.keys()
+        for key, value in measures.items():
+            tol = {"rel": 1e-10, "abs": 1e-13} if key == "mmd2" else {"rel": 0, "abs": 0}
+            assert kept[name][key] == pytest.approx(value, **tol), (name, key)
+    assert mmd_self_block(torch.zeros(3000, 2), seed=0) is None  # above MMD_BLOCK_MAX_ROWS: not kept
 
 
 def test_profile_arrays_isolates_a_failing_source(world: dict) -> None:
@@ -282,3 +299,19 @@ def test_source_memo_evicts_the_least_recently_used_beyond_its_budget() -> None:
     assert len(memo) == 2 and memo.get("k3").fingerprint == "g"
     memo.clear()
     assert len(memo) == 0 and memo.hits == 0
+
+
+def test_source_memo_drops_mmd_blocks_before_whole_entries() -> None:
+    # three sources whose rows fit the budget but not with their MMD blocks: blocks go (least
+    # recently used first), every entry stays, so a cycle's sweep over them still hits
+    from tasksim.profile import SourceMemo, _SourceState
+
+    rows = torch.randn(100, 40)
+    block = mmd_self_block(rows, seed=0)  # 4950 pairs: ~40 KB, more than the rows' 16 KB
+    memo = SourceMemo(max_bytes=3 * 16_000 + block.nbytes + 1000)  # room for one block only
+    for i in range(3):
+        memo.put(f"k{i}", _SourceState(None, "f", rows.clone(), None, None, {}, mmd_block=mmd_self_block(rows)))
+    kept = [memo.get(f"k{i}") for i in range(3)]
+    assert all(s is not None for s in kept) and len(memo) == 3
+    assert [s.mmd_block is not None for s in kept] == [False, False, True]  # the newest keeps its block
+    assert memo._bytes == sum(s.nbytes for s in kept) <= memo.max_bytes

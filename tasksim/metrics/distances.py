@@ -10,6 +10,7 @@ returns a Python ``float``. Invalid inputs (NaN/Inf, mismatched widths, too few 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,12 +34,14 @@ from tasksim.metrics._validate import (
 from tasksim.metrics.transfer._linalg import _gram  # the shared syrk Gram kernel
 
 __all__ = [
+    "MMDSelfBlock",
     "domain_classifier_auc",
     "domain_separability",
     "frechet_distance",
     "label_shift",
     "median_bandwidth",
     "mmd2",
+    "mmd2_self_block",
     "mmd_test",
 ]
 
@@ -140,7 +143,43 @@ def _bandwidth(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None) -> flo
     return bw
 
 
-def mmd2(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float:
+@dataclass(frozen=True)
+class MMDSelfBlock:
+    """One sample's own pairs for :func:`mmd2` with the median bandwidth, kept across the samples it
+    is compared with (:func:`mmd2_self_block`).
+
+    ``mmd2(x, y)`` with the median heuristic needs the median of the pooled pairs and the kernel
+    sum over x's own pairs at that bandwidth; x's pairs do not depend on y. Their squared distances,
+    sorted, give both for any y: the pooled median is an order statistic of the union of two sorted
+    arrays, and the self sum is exact over the kept values. ``sorted_d2``: the ``rows (rows - 1) / 2``
+    squared distances of the pairs i < j, ascending (float64: 8 bytes a pair, 1 MB for 500 rows);
+    ``mean``: the rows' mean (float64), a check that the block belongs to the x it is given with.
+    """
+
+    rows: int
+    mean: torch.Tensor
+    sorted_d2: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.sorted_d2.element_size() * self.sorted_d2.nelement() + 8 * self.mean.nelement())
+
+
+def mmd2_self_block(x: ArrayLike) -> MMDSelfBlock:
+    """The :class:`MMDSelfBlock` of the rows of ``x`` (at least 2 rows; at most 2000 rows, the
+    size up to which :func:`mmd2` takes its median path): one symmetric product, one sort."""
+    xt = features_on(x, "x", target_device(x))
+    m = xt.shape[0]
+    if not 2 <= m < _MEDIAN_MAX_POINTS:
+        raise MetricInputError(f"x: an MMD self block needs 2 to {_MEDIAN_MAX_POINTS - 1} rows, got {m}")
+    mean = xt.mean(0)
+    d2 = _self_sq_dists(xt - mean)
+    iu = torch.triu_indices(m, m, offset=1, device=xt.device)
+    return MMDSelfBlock(m, mean, torch.sort(d2[iu[0], iu[1]]).values)
+
+
+def mmd2(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None, *, x_block: MMDSelfBlock | None = None
+         ) -> float:
     """Unbiased squared maximum mean discrepancy with a Gaussian kernel (Gretton et al., JMLR 2012).
 
     ``MMD^2_u = 1/(m(m-1)) sum_{i!=j} k(x_i,x_j) + 1/(n(n-1)) sum_{i!=j} k(y_i,y_j)
@@ -149,10 +188,17 @@ def mmd2(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float:
     ``bandwidth=None`` uses the median heuristic (:func:`median_bandwidth` of the pooled sample,
     subsampled with a fixed seed above 2000 rows). Kernel sums run in row blocks, so memory stays
     bounded for large samples. The U-statistic can be slightly negative when x and y match.
+
+    ``x_block`` (:func:`mmd2_self_block` of this ``x``): with the median bandwidth, x's own pairs
+    come from it instead of being computed again; the only work left in x's rows is the ``m x n``
+    cross block (the same value up to rounding: ``tests/metrics/test_distances.py``). Ignored
+    with a given ``bandwidth`` or when the median subsamples (pooled rows above 2000).
     """
     xt, yt = _prep_pair(x, y)
     m, n = xt.shape[0], yt.shape[0]
     if bandwidth is None and m + n <= _MEDIAN_MAX_POINTS:
+        if x_block is not None:
+            return _mmd2_median_block(xt, yt, x_block)
         return _mmd2_median(xt, yt)
     bw = _bandwidth(xt, yt, bandwidth)
     # Distances are translation invariant: centring on the pooled mean limits cancellation.
@@ -199,6 +245,51 @@ def _mmd2_median(xt: torch.Tensor, yt: torch.Tensor) -> float:
     kxx = kern[:m, :m].sum()
     kyy = kern[m:, m:].sum()
     kxy = kern[:m, m:].sum()
+    return float(kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2.0 * kxy / (m * n))
+
+
+def _kth_of_union(a: np.ndarray, b: np.ndarray, r: int) -> float:
+    """The ``r``-th smallest (1-based) of the union of the ascending arrays ``a`` and ``b``: a
+    binary search for how many of the ``r`` come from ``a``."""
+    lo, hi = max(0, r - b.shape[0]), min(r, a.shape[0])
+    while lo < hi:
+        i = (lo + hi) // 2  # i from a, r - i from b
+        if a[i] < b[r - i - 1]:
+            lo = i + 1
+        else:
+            hi = i
+    j = r - lo
+    return float(max(a[lo - 1] if lo > 0 else -math.inf, b[j - 1] if j > 0 else -math.inf))
+
+
+def _mmd2_median_block(xt: torch.Tensor, yt: torch.Tensor, block: MMDSelfBlock) -> float:
+    """:func:`_mmd2_median` with x's own pairs from ``block``: the pooled median is an order
+    statistic of the union of the block's sorted values and the window's pairs (y's own and the
+    cross pairs, sorted now); x's kernel sum is taken over the block's values."""
+    m, n = xt.shape[0], yt.shape[0]
+    if block.rows != m or block.mean.shape[0] != xt.shape[1]:
+        raise MetricInputError(f"x_block: made for {block.rows} rows of width {block.mean.shape[0]}, "
+                               f"x has {m} of width {xt.shape[1]}")
+    x_mean = xt.to(ACCUM_DTYPE).mean(0)
+    if not torch.allclose(x_mean, block.mean.to(x_mean), rtol=1e-9, atol=1e-9):
+        raise MetricInputError("x_block: made from other rows than x (their means differ)")
+    centre = (m * x_mean + n * yt.to(ACCUM_DTYPE).mean(0)) / (m + n)  # the pooled mean, as _mmd2_median
+    xc, yc = xt - centre.to(xt.dtype), yt - centre.to(yt.dtype)
+    dyy = _self_sq_dists(yc)
+    dxy = sq_dists(xc, yc)
+    iu = torch.triu_indices(n, n, offset=1, device=yt.device)
+    window = torch.cat([dyy[iu[0], iu[1]], dxy.reshape(-1)]).to(ACCUM_DTYPE)
+    own = block.sorted_d2.to(device="cpu", dtype=ACCUM_DTYPE).numpy()
+    other = np.sort(window.cpu().numpy())
+    k = own.shape[0] + other.shape[0]
+    lo, hi = (_kth_of_union(own, other, r) for r in ((k - 1) // 2 + 1, k // 2 + 1))
+    bw = (math.sqrt(lo) + math.sqrt(hi)) / 2.0
+    if not bw > 0.0:
+        raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
+    gamma = 1.0 / (2.0 * bw * bw)
+    kxx = 2.0 * float(np.exp(own * -gamma).sum())
+    kyy = 2.0 * float(dyy[iu[0], iu[1]].to(ACCUM_DTYPE).mul(-gamma).exp().sum())
+    kxy = float(dxy.to(ACCUM_DTYPE).mul(-gamma).exp().sum())
     return float(kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2.0 * kxy / (m * n))
 
 

@@ -63,6 +63,46 @@ def test_mmd2_median_path_is_the_general_path_at_the_median_bandwidth():
     assert mmd2(x[:7], y[:5]) == pytest.approx(mmd2(x[:7], y[:5], median_bandwidth(x[:7], y[:5])), rel=1e-10)
 
 
+@pytest.mark.parametrize("m,n,d,shift", [(500, 100, 24, 0.3), (40, 90, 5, 0.0), (7, 5, 3, 2.0), (2, 3, 4, 0.5)])
+def test_mmd2_with_a_self_block_is_the_median_path(m, n, d, shift):
+    # x's own pairs from its kept block (sorted squared distances): the pooled median is an order
+    # statistic of a union of two sorted arrays, x's kernel sum runs over the kept values; only
+    # rounding may differ (x's pairs centred on x's mean instead of the pooled one)
+    x, y = gauss(21, m, d), gauss(22, n, d, shift=shift, scale=1.2)
+    block = dist.mmd2_self_block(x)
+    assert block.rows == m and block.sorted_d2.shape == (m * (m - 1) // 2,) and block.nbytes >= 4 * m * (m - 1)
+    assert bool((block.sorted_d2[1:] >= block.sorted_d2[:-1]).all())
+    assert mmd2(x, y, x_block=block) == pytest.approx(mmd2(x, y), rel=1e-10, abs=1e-13)
+    assert mmd2(x, y, x_block=block) == pytest.approx(ref.mmd2_unbiased_ref(x, y, ref.median_bandwidth_ref(x, y)),
+                                                      rel=1e-9, abs=1e-12)
+    assert mmd2(x, y, 0.9, x_block=block) == mmd2(x, y, 0.9)  # a given bandwidth ignores the block
+
+
+def test_mmd2_self_block_with_tied_and_duplicated_rows():
+    # duplicated rows (zero distances) and ties across the two sides: the order statistics still match
+    base = np.round(gauss(23, 30, 3), 1)
+    x, y = np.vstack([base, base[:10]]), np.vstack([base[5:25], base[:3]])
+    assert mmd2(x, y, x_block=dist.mmd2_self_block(x)) == pytest.approx(mmd2(x, y), rel=1e-10, abs=1e-13)
+
+
+def test_kth_of_union_is_the_order_statistic_of_the_concatenation():
+    g = np.random.default_rng(5)
+    for na, nb in [(1, 1), (1, 9), (9, 1), (50, 70), (200, 3)]:
+        a, b = np.sort(g.integers(0, 20, na).astype(float)), np.sort(g.integers(0, 20, nb).astype(float))
+        both = np.sort(np.concatenate([a, b]))
+        assert [dist._kth_of_union(a, b, r) for r in range(1, na + nb + 1)] == both.tolist()
+
+
+def test_mmd2_self_block_refuses_other_rows():
+    x, y = gauss(24, 30, 4), gauss(25, 20, 4)
+    with pytest.raises(MetricInputError, match="other rows"):
+        mmd2(x + 1.0, y, x_block=dist.mmd2_self_block(x))
+    with pytest.raises(MetricInputError, match="made for 30 rows"):
+        mmd2(x[:20], y, x_block=dist.mmd2_self_block(x))
+    with pytest.raises(MetricInputError, match="self block needs"):
+        dist.mmd2_self_block(gauss(26, 2000, 2))
+
+
 def test_mmd2_chunking_gives_the_same_sum(monkeypatch):
     x, y = gauss(0, 97, 3), gauss(1, 53, 3, 0.4)
     full = mmd2(x, y, 1.3)
