@@ -23,6 +23,7 @@ from tasksim.drift import (
     check_window,
     ks_pvalues,
 )
+from tasksim.drift.monitor import _REFERENCES
 from tasksim.errors import ConfigError, DataError, TasksimError
 from tasksim.recommend import plan_fine_tuning
 
@@ -441,3 +442,25 @@ def test_loss_variance_covers_a_reference_class_that_missed_its_hard_rows():
     assert np.mean(z_bound > 3.09) <= 0.002
     assert all(loss_variance(row, 0.5) >= row.var() for row in losses[:50])
     assert loss_variance(np.zeros(3), 0.2) > 0  # a tiny class of easy rows still has a spread
+
+
+def test_a_small_reference_of_wide_embeddings_gives_no_false_alarms_on_its_components(tmp_path: Path):
+    """300 reference rows of 384-d features whose trailing principal directions are noise: scored
+    in sample, the reference's components have more variance there than any new window's, and 16
+    of 30 quiet windows were flagged (pc5-pc8). Scored out of fold, reference and windows are
+    exchangeable: at a 1% target, 20 quiet windows should see about 0.2 alarms (seeded)."""
+    rng = np.random.default_rng(21)
+    dim, classes = 384, 5
+    means = rng.normal(scale=1.5, size=(classes, dim))
+
+    def window(n: int) -> tuple[pa.Table, np.ndarray]:
+        y = rng.integers(0, classes, size=n)
+        return pa.table({"text": [f"row {i}" for i in range(n)]}), (means[y] + rng.normal(size=(n, dim))).astype(np.float32)
+
+    ref_t, ref_x = window(300)
+    monitor = DriftMonitor(DriftConfig(), InputColumns(text_column="text"), cache_dir=tmp_path, state=MemState())
+    verdicts = [monitor.check(ref_t, ref_x, *window(100), reference_key="wide") for _ in range(20)]
+    alarms = [v.summary() for v in verdicts if v.drifted]
+    assert len(alarms) <= 1, alarms  # P(>= 2 of 20 | 1%) = 1.7%; in-sample scores gave about 10
+    (ref,) = [r for path, r in _REFERENCES.items() if path.startswith(str(tmp_path))]
+    assert ref.fold_pc_rotation is not None and ref.fold_pc_rotation.shape[1:] == (ref.pc_count, ref.pc_count)

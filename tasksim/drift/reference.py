@@ -76,6 +76,31 @@ def _out_of_fold_residual(x: np.ndarray, k: int, seed: int, folds: int = 5
     return out, np.stack(means), np.stack([b[:width] for b in bases])
 
 
+def _fold_rotations(fold_axes: np.ndarray, axes: np.ndarray, k: int) -> np.ndarray:
+    """Per fold, the orthogonal ``k x k`` map from fold f's first ``k`` component scores to the full
+    basis's (orthogonal Procrustes: ``fold_axes[f][:k].T @ R`` closest to ``axes[:k].T``), so that
+    ``pcI`` means the same direction whichever basis scored a row (signs and near-tied components
+    differ between bases fitted on different rows)."""
+    out = []
+    for a in fold_axes:
+        u, _, vt = np.linalg.svd(a[:k] @ axes[:k].T)
+        out.append(u @ vt)
+    return np.stack(out)
+
+
+def _fold_pcs(x: np.ndarray, fold_of_row: np.ndarray, means: np.ndarray, axes: np.ndarray,
+              rotations: np.ndarray) -> np.ndarray:
+    """Each row's first ``k`` component scores under the fold basis ``fold_of_row`` names, in the
+    full basis's coordinates (``rotations``: :func:`_fold_rotations`)."""
+    k = rotations.shape[1]
+    out = np.empty((len(x), k))
+    for f in range(len(axes)):
+        rows = fold_of_row == f
+        if rows.any():
+            out[rows] = ((x[rows] - means[f]) @ axes[f][:k].T) @ rotations[f]
+    return out
+
+
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     center = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -149,6 +174,7 @@ class DriftReference:
     cv_loss: np.ndarray | None = None
     fold_pca_mean: np.ndarray | None = None  # the 5 fold bases of the out-of-fold residual
     fold_pca_axes: np.ndarray | None = None
+    fold_pc_rotation: np.ndarray | None = None  # fold f's monitored component scores -> the full basis's
     fold_w: np.ndarray | None = None  # the 5 cross-fitting models (folds x dims x classes)
     fold_b: np.ndarray | None = None
     fold_clf_center: np.ndarray | None = None  # their inputs' standardisation (folds x dims), on the fold bases
@@ -205,7 +231,7 @@ class DriftReference:
         scalar_scale[~(scalar_scale > 1e-12)] = 1.0
         std_scalars = np.nan_to_num((sc - scalar_center) / scalar_scale) if kept else np.zeros((n, 0))
 
-        pca_mean = pca_axes = fold_pca_mean = fold_pca_axes = None
+        pca_mean = pca_axes = fold_pca_mean = fold_pca_axes = fold_pc_rotation = None
         pcs = np.zeros((n, 0))
         feature_center, feature_scale = None, 1.0
         pc_count = 0
@@ -220,9 +246,17 @@ class DriftReference:
             if clash:
                 raise DataError(f"drift: input column(s) {clash} clash with the principal-component names pc1..pcK, "
                                 f"{RESIDUAL}, {ZERO_SHARE}")
-            for i in range(pc_count):
-                frame[f"pc{i + 1}"] = pcs[:, i]
             frame[RESIDUAL], fold_pca_mean, fold_pca_axes = _out_of_fold_residual(x, k_total, seed)
+            monitored = pcs[:, :pc_count]
+            if fold_pca_axes is not None and pc_count:
+                # Out of fold, as the residual: a reference row's in-sample scores overstate the
+                # variance of the trailing components (the basis was fitted to those rows), so
+                # every new window looked drifted on them (a 300-row reference of 384-d features:
+                # 16 false alarms in 30 quiet windows). Windows are scored the same way (project).
+                fold_pc_rotation = _fold_rotations(fold_pca_axes, pca_axes, pc_count)
+                monitored = _fold_pcs(x, _pca_folds(n, seed), fold_pca_mean, fold_pca_axes, fold_pc_rotation)
+            for i in range(pc_count):
+                frame[f"pc{i + 1}"] = monitored[:, i]
             if float(np.mean(x == 0)) >= ZERO_SHARE_MIN:
                 frame[ZERO_SHARE] = np.mean(x == 0, axis=1)
             feature_center = x.mean(axis=0)
@@ -246,7 +280,7 @@ class DriftReference:
                   pca_mean=pca_mean, pca_axes=pca_axes, scalar_center=scalar_center, scalar_scale=scalar_scale,
                   feature_center=feature_center, feature_scale=feature_scale, bandwidth=bandwidth,
                   rff_w=rff_w, rff_b=rff_b, phi=phi.astype(np.float32), notes=tuple(notes),
-                  fold_pca_mean=fold_pca_mean, fold_pca_axes=fold_pca_axes)
+                  fold_pca_mean=fold_pca_mean, fold_pca_axes=fold_pca_axes, fold_pc_rotation=fold_pc_rotation)
         ref._fit_classifier(std_scalars, pcs[:, :config.classifier_components],
                             _labels_array(labels, n, "the reference"), config, seed, x=x)
         return ref
@@ -374,7 +408,12 @@ class DriftReference:
         pcs = None
         if x is not None:
             pcs = (x - self.pca_mean) @ self.pca_axes.T
-            extra = {f"pc{i + 1}": pcs[:, i] for i in range(self.pc_count)}
+            monitored = pcs
+            if self.fold_pc_rotation is not None and self.fold_pca_axes is not None:
+                # row i under fold basis i mod 5, as each reference row was scored out of fold
+                row_fold = np.arange(len(x)) % len(self.fold_pca_axes)
+                monitored = _fold_pcs(x, row_fold, self.fold_pca_mean, self.fold_pca_axes, self.fold_pc_rotation)
+            extra = {f"pc{i + 1}": monitored[:, i] for i in range(self.pc_count)}
             extra[RESIDUAL] = self._window_residual(x, pcs)
             extra[ZERO_SHARE] = np.mean(x == 0, axis=1)
             frame = pd.concat([frame, pd.DataFrame(extra)], axis=1) if len(frame.columns) else pd.DataFrame(extra)
@@ -397,7 +436,7 @@ class DriftReference:
     # -- persistence (npz, no pickle) -------------------------------------------------------
     _ARRAYS = ("pca_mean", "pca_axes", "scalar_center", "scalar_scale", "feature_center", "rff_w", "rff_b", "phi",
                "ref_label_codes", "clf_w", "clf_b", "clf_center", "clf_scale", "cv_pred", "cv_loss", "fold_w", "fold_b",
-               "fold_pca_mean", "fold_pca_axes", "fold_clf_center", "fold_clf_scale")
+               "fold_pca_mean", "fold_pca_axes", "fold_pc_rotation", "fold_clf_center", "fold_clf_scale")
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename) as ``.npz``; read back without pickle."""
