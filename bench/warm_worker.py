@@ -144,10 +144,39 @@ def scheduled(config: Path, cycles: int, log: Path) -> dict[str, Any]:
     return {
         "costs": costs,
         "run_times": in_flow,
+        "parts": _parts(done, _stored_cycles(config.parent)),
         "cancelled": cancelled,
         "seconds_to_last": ready,
         "windows": len(done),
     }
+
+
+def _stored_cycles(ws: Path) -> list[tuple[float, float]]:
+    """(started_at, finished_at) of every cycle in the workspace's store, oldest first (wall clock:
+    ``Cycle`` is built -> just before the store write)."""
+    import sqlite3
+
+    from tasksim.store import STORE_FILENAME
+
+    with sqlite3.connect(ws / "state" / STORE_FILENAME) as conn:
+        return [(a, b) for a, b in conn.execute("SELECT started_at, finished_at FROM cycles ORDER BY id")]
+
+
+def _parts(runs: list[Any], cycles: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Each completed run's cost split by its Prefect timestamps and its stored cycle's: pickup (due ->
+    ``Running``), setup (``Running`` -> the cycle's ``Cycle`` built), cycle (-> just before the store
+    write), tail (-> ``Completed``: the store write, artifacts, the final state)."""
+    out = []
+    for r in runs:
+        due, running, end = (t.timestamp() for t in (r.expected_start_time, r.start_time, r.end_time))
+        inside = [c for c in cycles if running <= c[0] <= end]
+        if not inside:
+            continue
+        started, finished = inside[0]
+        out.append(
+            {"pickup": running - due, "setup": started - running, "cycle": finished - started, "tail": end - finished}
+        )
+    return out
 
 
 def _state(run: Any) -> str:
@@ -161,7 +190,7 @@ def _flow_runs() -> list[Any]:
         return client.read_flow_runs(limit=200)
 
 
-def in_process(config: Path, windows: int, *, flow: bool = False) -> list[float]:
+def in_process(config: Path, windows: int, *, flow: bool = False, cycles: list[Any] | None = None) -> list[float]:
     """The same windows replayed here: a warm-up cycle, then ``windows - 1`` timed cycles; with
     ``flow``, each through the monitoring flow (Prefect engine, a task per stage, artifacts, logs to
     the API) called in this process, without the daemon."""
@@ -188,6 +217,8 @@ def in_process(config: Path, windows: int, *, flow: bool = False) -> list[float]
         if status != "success":
             raise SystemExit(f"in-process cycle {i}: {status}")
         times.append(time.perf_counter() - t0)
+    if cycles is not None:  # the stored cycles' own durations (Cycle built -> before the store write)
+        cycles.extend(b - a for a, b in _stored_cycles(ws))
     return times
 
 
@@ -208,7 +239,8 @@ def main() -> None:
     try:
         sched = scheduled(config, args.cycles, root / "serve.log")
         print(f"scheduled: {json.dumps(sched)}", flush=True)
-        local = in_process(config, sched["windows"])
+        local_cycles: list[float] = []
+        local = in_process(config, sched["windows"], cycles=local_cycles)
         print(f"in process: {json.dumps(local)}", flush=True)
         via_flow = in_process(config, sched["windows"], flow=True)
         print(f"in process through the flow: {json.dumps(via_flow)}", flush=True)
@@ -239,6 +271,22 @@ def main() -> None:
         f"({', '.join(f'{c:.1f}' for c in warm_flow)})"
     )
     print(f"runs cancelled by the concurrency limit (due while one ran): {sched['cancelled']}")
+    parts = sched["parts"][1:]
+    if parts:
+        print("warm scheduled runs split (medians; per run in brackets):")
+        for key, what in (
+            ("pickup", "due -> Running"),
+            ("setup", "Running -> Cycle built"),
+            ("cycle", "the cycle, in the daemon"),
+            ("tail", "store write, artifacts -> Completed"),
+        ):
+            values = [p[key] for p in parts]
+            print(f"  {key:7s} {what:38s} {median(values):6.2f}s  ({', '.join(f'{v:.2f}' for v in values)})")
+        warm_cycles = local_cycles[1:]
+        print(
+            f"  the same windows' cycles in process (Cycle built -> before the store write): "
+            f"{median(warm_cycles):.2f}s ({', '.join(f'{v:.2f}' for v in warm_cycles)})"
+        )
     print(
         f"ratio scheduled / in-process: {median(warm_sched) / median(warm_local):.2f}x (goal <= 1.2x); "
         f"flow / in-process {median(warm_flow) / median(warm_local):.2f}x; "
