@@ -101,6 +101,9 @@ def prefect_server(home: Path) -> PrefectServer:
         **_env(),
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        # as the daemon's own server (daemon.prefect_environment): no "Late" transitions, which on
+        # SQLite fail in a loop ("database is locked") once runs go unserved after the daemon stops
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     }
     server = PrefectServer.launch("127.0.0.1", _free_port(), env, startup_timeout=300)
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -109,6 +112,7 @@ def prefect_server(home: Path) -> PrefectServer:
 
 def scheduled(config: Path, cycles: int, log: Path) -> dict[str, Any]:
     """Serve until ``cycles`` scheduled runs completed; their costs from Prefect's API."""
+    from flows.monitor import FLOW_NAME
     from tasksim.config import load_config
     from tasksim.daemon import daemon_info
 
@@ -137,6 +141,7 @@ def scheduled(config: Path, cycles: int, log: Path) -> dict[str, Any]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+    _pause(f"{FLOW_NAME}/{cfg.name}")  # the in-process phases run next to an idle server
     done = sorted((r for r in runs if _state(r) == "COMPLETED"), key=lambda r: r.expected_start_time)
     costs = [(r.end_time - r.expected_start_time).total_seconds() for r in done]
     in_flow = [r.total_run_time.total_seconds() for r in done]
@@ -177,6 +182,13 @@ def _parts(runs: list[Any], cycles: list[tuple[float, float]]) -> list[dict[str,
             {"pickup": running - due, "setup": started - running, "cycle": finished - started, "tail": end - finished}
         )
     return out
+
+
+def _pause(deployment: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(client.read_deployment_by_name(deployment).id)
 
 
 def _state(run: Any) -> str:
