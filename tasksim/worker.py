@@ -35,12 +35,30 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-__all__ = ["EXECUTOR_THREAD", "WarmWorker"]
+__all__ = ["EXECUTOR_THREAD", "WarmWorker", "after_final_state"]
 
 log = logging.getLogger(__name__)
 
 EXECUTOR_THREAD = "tasksim-warm-executor"  # the thread the cycles run in (the daemon's log filter reads it)
 DUE_MARGIN_SECONDS = 0.01  # poll this long after a run's due time, so the server's clock has passed it
+
+# Work a flow run handed over to do after its final state, per run a warm worker of this process executes
+_AFTER_FINAL: dict[str, list[Callable[[], None]]] = {}
+_AFTER_FINAL_LOCK = threading.Lock()
+
+
+def after_final_state(flow_run_id: UUID | str, fn: Callable[[], None]) -> bool:
+    """Defer ``fn`` until flow run ``flow_run_id`` has its final state, when a warm worker of this
+    process executes that run: the worker calls it then, before it takes the next run (True).
+    False when no warm worker executes the run (a direct flow call, another process): the caller
+    does the work itself. The monitoring flow publishes its Prefect artifacts this way, so a
+    scheduled run reaches ``Completed`` without waiting for them (docs/benchmarks.md)."""
+    with _AFTER_FINAL_LOCK:
+        pending = _AFTER_FINAL.get(str(flow_run_id))
+        if pending is None:
+            return False
+        pending.append(fn)
+        return True
 
 
 class WarmWorker:
@@ -175,6 +193,8 @@ class WarmWorker:
                 return
             self._in_flight = run.id
             started = time.perf_counter()
+            with _AFTER_FINAL_LOCK:
+                _AFTER_FINAL[str(run.id)] = []
             try:
                 state = self._execute(run)
                 log.debug(
@@ -186,6 +206,13 @@ class WarmWorker:
             except BaseException as exc:  # noqa: BLE001 - the engine recorded the run's state; the worker goes on
                 log.warning("warm worker: run %s raised %s: %s", run.name, type(exc).__name__, exc)
             finally:
+                with _AFTER_FINAL_LOCK:
+                    deferred = _AFTER_FINAL.pop(str(run.id), [])
+                for fn in deferred:
+                    try:
+                        fn()
+                    except Exception as exc:  # noqa: BLE001 - after the final state: log it, take the next run
+                        log.warning("warm worker: after run %s: %s: %s", run.name, type(exc).__name__, exc)
                 self._in_flight = None
                 self.runs_finished += 1
                 self._release()

@@ -125,6 +125,37 @@ def test_poll_takes_a_run_at_its_due_time_not_a_poll_later(monkeypatch: pytest.M
     assert proposed == ["soon"] and worker._queue.get_nowait().name == "soon"
 
 
+def test_work_deferred_by_a_run_happens_after_its_final_state_before_the_next_run() -> None:
+    """What the monitoring flow defers (its artifacts) runs once the run returned with its final
+    state, while the run still counts as in flight, and a failure there does not stop the worker."""
+    from tasksim.worker import after_final_state
+
+    events: list[str] = []
+
+    def run(flow: Any, flow_run: Any) -> str:
+        assert after_final_state(
+            flow_run.id,
+            lambda: events.append(f"{flow_run.name}: deferred, in flight {worker.in_flight() == {flow_run.id}}"),
+        )
+        if flow_run.name == "a":
+            assert after_final_state(flow_run.id, lambda: 1 / 0)  # logged; the worker goes on
+        events.append(f"{flow_run.name}: final state")
+        return "Completed"
+
+    worker = WarmWorker(warm_probe, uuid4(), run=run)
+    first, second = _run("a", True, 0), _run("b", True, 1)
+    assert not after_final_state(first.id, lambda: None)  # not executing here: the caller does it now
+    executor = threading.Thread(target=worker._execute_loop)
+    executor.start()
+    worker._queue.put(first)
+    worker._queue.put(second)
+    worker._queue.put(None)
+    executor.join(timeout=10)
+    assert events == ["a: final state", "a: deferred, in flight True", "b: final state", "b: deferred, in flight True"]
+    assert worker.runs_finished == 2 and worker.in_flight() == set()
+    assert not after_final_state(first.id, lambda: None)  # finished: nothing is kept for it
+
+
 # -- encoders kept loaded --------------------------------------------------------------------------
 def test_keep_encoders_loaded_reuses_model_encoders_only(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
