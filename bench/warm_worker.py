@@ -168,6 +168,14 @@ def scheduled(config: Path, cycles: int, log: Path, server_pid: int) -> dict[str
     }
 
 
+def _own_cpu() -> float:
+    """CPU seconds (user + system) of this process alone, all its threads (not the server child)."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` and its descendants."""
     import psutil
@@ -246,7 +254,7 @@ def in_process(
     *,
     flow: bool = False,
     cycles: list[Any] | None = None,
-    server_cpu: tuple[int, list[tuple[float, float]]] | None = None,
+    server_cpu: tuple[int, list[tuple[float, float, float]]] | None = None,
 ) -> list[float]:
     """The same windows replayed here: a warm-up cycle, then ``windows - 1`` timed cycles; with
     ``flow``, each through the monitoring flow (Prefect engine, a task per stage, artifacts, logs to
@@ -260,7 +268,7 @@ def in_process(
     times = []
     for i in range(windows):
         if server_cpu is not None and i == 1:  # the Prefect server's CPU over the warm cycles
-            server_cpu[1].append((time.monotonic(), _cpu(server_cpu[0])))
+            server_cpu[1].append((time.monotonic(), _cpu(server_cpu[0]), _own_cpu()))
         t0 = time.perf_counter()
         if flow:
             from flows.monitor import monitor_cycle
@@ -277,7 +285,7 @@ def in_process(
             raise SystemExit(f"in-process cycle {i}: {status}")
         times.append(time.perf_counter() - t0)
     if server_cpu is not None:
-        server_cpu[1].append((time.monotonic(), _cpu(server_cpu[0])))
+        server_cpu[1].append((time.monotonic(), _cpu(server_cpu[0]), _own_cpu()))
     if cycles is not None:  # the stored cycles' own durations (Cycle built -> before the store write)
         cycles.extend(b - a for a, b in _stored_cycles(ws))
     return times
@@ -302,7 +310,7 @@ def main() -> None:
         sched = scheduled(config, args.cycles, root / "serve.log", server.process.pid)
         print(f"scheduled: {json.dumps(sched)}", flush=True)
         local_cycles: list[float] = []
-        idle_server: list[tuple[float, float]] = []
+        idle_server: list[tuple[float, float, float]] = []
         local = in_process(config, sched["windows"], cycles=local_cycles, server_cpu=(server.process.pid, idle_server))
         print(f"in process: {json.dumps(local)}", flush=True)
         via_flow = in_process(config, sched["windows"], flow=True)
@@ -355,6 +363,14 @@ def main() -> None:
                 f"(server {(cpu['server1'] - cpu['server0']) / wall:.3f} CPU-s/s over {wall:.0f}s)"
                 f"; Prefect server during the in-process cycles "
                 f"{(idle_server[1][1] - idle_server[0][1]) / (idle_server[1][0] - idle_server[0][0]):.3f} CPU-s/s"
+            )
+            sched_cpu = (cpu["daemon1"] - cpu["daemon0"] + cpu["server1"] - cpu["server0"]) / warm
+            local_cpu = (idle_server[1][2] - idle_server[0][2] + idle_server[1][1] - idle_server[0][1]) / warm
+            print(
+                f"  CPU seconds per warm in-process cycle (Cycle.run): this process "
+                f"{(idle_server[1][2] - idle_server[0][2]) / warm:.2f}, Prefect server "
+                f"{(idle_server[1][1] - idle_server[0][1]) / warm:.2f}; CPU ratio scheduled / in-process "
+                f"(process + server) {sched_cpu / local_cpu:.2f}x"
             )
         print(
             f"  the same windows' cycles in process (Cycle built -> before the store write): "
