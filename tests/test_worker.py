@@ -125,6 +125,104 @@ def test_poll_takes_a_run_at_its_due_time_not_a_poll_later(monkeypatch: pytest.M
     assert proposed == ["soon"] and worker._queue.get_nowait().name == "soon"
 
 
+def test_an_idle_worker_takes_a_scheduled_run_just_before_it_is_due_and_starts_it_at_its_due_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle: a scheduled run due within ``prefetch_seconds`` is proposed Pending now (the API calls
+    off its start delay) and started no earlier than its due time. Busy: a run not due yet is left
+    alone (proposing it now would have it cancelled before its time); the poll says when it is due."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Pending
+
+    proposed: list[str] = []
+
+    def propose(client: Any, state: Any, flow_run_id: Any, force: bool = False) -> Any:
+        proposed.append(client.read_flow_run(flow_run_id).name)
+        return Pending()
+
+    monkeypatch.setattr("prefect.utilities.engine.propose_state_sync", propose)
+    started: dict[str, float] = {}
+
+    def run(flow: Any, flow_run: Any) -> str:
+        started[flow_run.name] = time.monotonic()
+        return "Completed"
+
+    worker = WarmWorker(warm_probe, uuid4(), poll_seconds=5, prefetch_seconds=1.0, run=run)
+    soon = _run("soon", True, 0)
+    soon.expected_start_time = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    due_at = time.monotonic() + 0.5
+    assert worker._poll_once(_Client([soon])) is None
+    assert proposed == ["soon"] and worker._queue.qsize() == 1  # taken 0.5 s ahead
+
+    later = _run("later", True, 0)  # busy now (soon is taken): a run due in 0.5 s waits for its time
+    later.expected_start_time = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    next_in = worker._poll_once(_Client([later]))
+    assert proposed == ["soon"] and next_in is not None and 0.3 < next_in <= 0.5
+
+    executor = threading.Thread(target=worker._execute_loop)
+    executor.start()
+    worker._queue.put(None)
+    executor.join(timeout=10)
+    assert started["soon"] >= due_at - 0.01
+
+
+def test_a_run_taken_early_is_cancelled_if_the_worker_stops_before_its_due_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Pending
+
+    monkeypatch.setattr("prefect.utilities.engine.propose_state_sync", lambda *a, **k: Pending())
+    ran: list[str] = []
+    worker = WarmWorker(warm_probe, uuid4(), prefetch_seconds=1.0, run=lambda flow, flow_run: ran.append("ran"))
+    cancelled: list[Any] = []
+    monkeypatch.setattr(worker, "_cancel", lambda run_id, message: cancelled.append((run_id, message)))
+    soon = _run("soon", True, 0)
+    soon.expected_start_time = datetime.now(timezone.utc) + timedelta(seconds=0.8)
+    worker._poll_once(_Client([soon]))
+    executor = threading.Thread(target=worker._execute_loop)
+    executor.start()
+    worker._stop.set()
+    worker._queue.put(None)
+    executor.join(timeout=10)
+    assert ran == [] and cancelled == [(soon.id, "the tasksim daemon stopped before this run started")]
+    assert not worker._busy.locked() and worker.in_flight() == set()
+
+
+def test_work_deferred_by_a_run_happens_after_its_final_state_before_the_next_run() -> None:
+    """What the monitoring flow defers (its artifacts) runs once the run returned with its final
+    state, while the run still counts as in flight, and a failure there does not stop the worker."""
+    from tasksim.worker import after_final_state
+
+    events: list[str] = []
+
+    def run(flow: Any, flow_run: Any) -> str:
+        assert after_final_state(
+            flow_run.id,
+            lambda: events.append(f"{flow_run.name}: deferred, in flight {worker.in_flight() == {flow_run.id}}"),
+        )
+        if flow_run.name == "a":
+            assert after_final_state(flow_run.id, lambda: 1 / 0)  # logged; the worker goes on
+        events.append(f"{flow_run.name}: final state")
+        return "Completed"
+
+    worker = WarmWorker(warm_probe, uuid4(), run=run)
+    first, second = _run("a", True, 0), _run("b", True, 1)
+    assert not after_final_state(first.id, lambda: None)  # not executing here: the caller does it now
+    executor = threading.Thread(target=worker._execute_loop)
+    executor.start()
+    worker._queue.put(first)
+    worker._queue.put(second)
+    worker._queue.put(None)
+    executor.join(timeout=10)
+    assert events == ["a: final state", "a: deferred, in flight True", "b: final state", "b: deferred, in flight True"]
+    assert worker.runs_finished == 2 and worker.in_flight() == set()
+    assert not after_final_state(first.id, lambda: None)  # finished: nothing is kept for it
+
+
 # -- encoders kept loaded --------------------------------------------------------------------------
 def test_keep_encoders_loaded_reuses_model_encoders_only(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
