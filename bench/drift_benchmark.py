@@ -244,24 +244,40 @@ def subpopulation(data: Data, stream: Stream, share: float):
     return make
 
 
+def _pixel_noise(s: Stream, k: float):
+    x, y = s.window()
+    return np.clip(x + s.rng.normal(scale=0.1 * k, size=x.shape), 0, 1), y, True
+
+
+def _blurred(s: Stream, k: float):
+    x, y = s.window()
+    return (1 - k) * x + k * blur(x), y, True
+
+
+def _columns_up(columns: np.ndarray, sd: float):
+    """A shift of ``sd`` standard deviations (times the strength) in ``columns`` alone."""
+    def shift(s: Stream, k: float):
+        x, y = s.window()
+        x[:, columns] += sd * k * s.scale[columns]
+        return x, y, True
+    return shift
+
+
+def _all_columns_up(sd: float):
+    def shift(s: Stream, k: float):
+        x, y = s.window()
+        return x + sd * k * s.scale, y, True
+    return shift
+
+
 def scenarios(data: Data, stream: Stream | None = None) -> dict[str, tuple[str, Any]]:
     """name -> (expected kind, transform(stream, strength in (0, 1]) -> (x, y, labelled))."""
     extra: dict[str, Any] = {}
     if data.name == "landsat":
         heavy = {0: 5.0, 1: 5.0}  # cotton crop, damp grey soil
         swap = (0, 4)  # cotton crop <-> vegetation stubble (703 and 707 rows: the marginal stays)
-        cols3 = np.array([4, 17, 30])
-
-        def concentrated36(s: Stream, k: float):
-            x, y = s.window()
-            x[:, cols3] += 1.5 * k * s.scale[cols3]
-            return x, y, True
-
-        def diffuse36(s: Stream, k: float):
-            x, y = s.window()
-            return x + 0.3 * k * s.scale, y, True
-
-        inputs = {"input: 3 of 36 columns +1.5 sd": concentrated36, "input: all columns +0.3 sd": diffuse36}
+        inputs = {"input: 3 of 36 columns +1.5 sd": _columns_up(np.array([4, 17, 30]), 1.5),
+                  "input: all columns +0.3 sd": _all_columns_up(0.3)}
         if stream is not None:
             extra["subpopulation: half the rows from the brighter half of each class"] = subpopulation(data, stream, 0.5)
             extra["subpopulation: all rows from the brighter half of each class"] = subpopulation(data, stream, 1.0)
@@ -271,14 +287,6 @@ def scenarios(data: Data, stream: Stream | None = None) -> dict[str, tuple[str, 
         assert data.domain is not None and data.domain_y is not None
         domain_by_class = {c: np.flatnonzero(data.domain_y == c) for c in np.unique(data.domain_y)}
 
-        def noise_m(s: Stream, k: float):
-            x, y = s.window()
-            return np.clip(x + s.rng.normal(scale=0.1 * k, size=x.shape), 0, 1), y, True
-
-        def blurred_m(s: Stream, k: float):
-            x, y = s.window()
-            return (1 - k) * x + k * blur(x), y, True
-
         def opencv_mix(s: Stream, k: float):
             x, y = s.window()
             n = round(0.5 * k * len(y))
@@ -286,7 +294,7 @@ def scenarios(data: Data, stream: Stream | None = None) -> dict[str, tuple[str, 
                 x[i] = data.domain[s.rng.choice(domain_by_class[int(y[i])])]
             return x, y, True  # the same digit from another source: only the inputs moved
 
-        inputs = {"input: pixel noise": noise_m, "input: blur": blurred_m,
+        inputs = {"input: pixel noise": _pixel_noise, "input: blur": _blurred,
                   "input: half the rows from OpenCV digits": opencv_mix}
         if stream is not None:
             extra["subpopulation: half the rows from the inkier half of each digit"] = subpopulation(data, stream, 0.5)
@@ -305,31 +313,12 @@ def scenarios(data: Data, stream: Stream | None = None) -> dict[str, tuple[str, 
     elif data.image:
         heavy = {0: 5.0, 1: 5.0, 2: 5.0}
         swap = (1, 7)  # trouser <-> sneaker
-
-        def noise(s: Stream, k: float):
-            x, y = s.window()
-            return np.clip(x + s.rng.normal(scale=0.1 * k, size=x.shape), 0, 1), y, True
-
-        def blurred(s: Stream, k: float):
-            x, y = s.window()
-            return (1 - k) * x + k * blur(x), y, True
-
-        inputs = {"input: pixel noise": noise, "input: blur": blurred}
+        inputs = {"input: pixel noise": _pixel_noise, "input: blur": _blurred}
     else:
         heavy = {c: 5.0 for c in range(5)}
         swap = ((0, 1), (2, 3), (4, 5))
-        cols3 = np.array([2, 7, 11])
-
-        def concentrated(s: Stream, k: float):
-            x, y = s.window()
-            x[:, cols3] += 1.5 * k * s.scale[cols3]
-            return x, y, True
-
-        def diffuse(s: Stream, k: float):
-            x, y = s.window()
-            return x + 0.3 * k * s.scale, y, True
-
-        inputs = {"input: 3 of 16 columns +1.5 sd": concentrated, "input: all columns +0.3 sd": diffuse}
+        inputs = {"input: 3 of 16 columns +1.5 sd": _columns_up(np.array([2, 7, 11]), 1.5),
+                  "input: all columns +0.3 sd": _all_columns_up(0.3)}
     pairs = [swap] if isinstance(swap[0], int) else list(swap)
 
     def prior(labelled: bool):
