@@ -413,14 +413,20 @@ def test_surgical_trials_reuse_the_frozen_layers_outputs_with_the_same_results()
     assert [type(m).__name__ for m in model.encoder["layer"]] == ["_Layer"] * 3  # layers restored
     # surgical_first trains the first block: nothing before it to reuse
     assert tm.frozen_prefix(tm.surgical_parameters("first"), len(x), 64) is None
+    _assert_same_surgical_trials(tm, ref, split, "toy")
+    assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # the template is untouched
+
+
+def _assert_same_surgical_trials(tm: TrainableModel, ref: TrainableModel, split: object, name: str) -> None:
+    """surgical_middle / _last at two seeds: the same results through the frozen-prefix cache
+    (``tm``) as through the whole model (``ref``)."""
     for strategy in ("surgical_middle", "surgical_last"):
         for seed in (0, 1):
-            spec = TrialSpec("toy", strategy, seed, 1e-2, 1e-2, 1e-4, 4, 2, 16)
+            spec = TrialSpec(name, strategy, seed, 1e-2, 1e-2, 1e-4, 4, 2, 16)
             fast, slow = run_trial(tm, spec, split), run_trial(ref, spec, split)
             assert fast.status == slow.status == "ok", (fast.error, slow.error)
             assert (fast.score, fast.val_score, fast.epochs, fast.best_epoch, fast.trainable_parameters) == (
                 slow.score, slow.val_score, slow.epochs, slow.best_epoch, slow.trainable_parameters), strategy
-    assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # the template is untouched
 
 
 def _toy_cnn() -> nn.Sequential:
@@ -463,12 +469,6 @@ def test_cnn_surgical_trials_reuse_the_frozen_blocks_outputs_with_the_same_resul
         handle.remove()
     assert [type(m).__name__ for m in model] == ["Sequential"] * 3 + ["Flatten"]  # blocks restored
     assert tm.frozen_prefix(tm.surgical_parameters("first"), len(x), 64) is None
-    for strategy in ("surgical_middle", "surgical_last"):
-        for seed in (0, 1):
-            spec = TrialSpec("cnn", strategy, seed, 1e-2, 1e-2, 1e-4, 4, 2, 16)
-            fast, slow = run_trial(tm, spec, split), run_trial(ref, spec, split)
-            assert fast.status == slow.status == "ok", (fast.error, slow.error)
-            assert (fast.score, fast.val_score, fast.epochs, fast.best_epoch, fast.trainable_parameters) == (
-                slow.score, slow.val_score, slow.epochs, slow.best_epoch, slow.trainable_parameters), strategy
+    _assert_same_surgical_trials(tm, ref, split, "cnn")
     assert not any(m.training for m in model.modules())  # batch norm stayed in eval mode
     assert all(torch.equal(v, ref.initial[k]) for k, v in model.state_dict().items())  # running stats untouched
