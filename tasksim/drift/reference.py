@@ -248,7 +248,7 @@ class DriftReference:
                                 f"{RESIDUAL}, {ZERO_SHARE}")
             frame[RESIDUAL], fold_pca_mean, fold_pca_axes = _out_of_fold_residual(x, k_total, seed)
             monitored = pcs[:, :pc_count]
-            if fold_pca_axes is not None and pc_count:
+            if fold_pca_axes is not None and 0 < pc_count <= fold_pca_axes.shape[1]:
                 # Out of fold, as the residual: a reference row's in-sample scores overstate the
                 # variance of the trailing components (the basis was fitted to those rows), so
                 # every new window looked drifted on them (a 300-row reference of 384-d features:
