@@ -131,6 +131,7 @@ def check_data_files(config: Config) -> tuple[list[str], list[str]]:
     (problems, notes), one line each naming the field, file and column. Production data that does
     not exist yet is a note, not a problem: a daemon may be set up before its first window lands
     (its cycles record ``no_data`` until then)."""
+    import glob
     from pathlib import Path
 
     from tasksim.sample import check_production_schema, check_source_schema
@@ -143,7 +144,8 @@ def check_data_files(config: Config) -> tuple[list[str], list[str]]:
         except SourceError as exc:
             problems.append(f"sources[{i}] ({source.name}): {exc.reason}")
     production = str(config.production.path)
-    if "://" not in production and not Path(production).exists():
+    local = "://" not in production
+    if local and not (Path(production).exists() or (glob.has_magic(production) and glob.glob(production))):
         notes.append(f"production.path: {production} does not exist yet (cycles record no_data until it does)")
         return problems, notes
     try:

@@ -291,3 +291,15 @@ def test_validate_notes_production_data_that_does_not_exist_yet(tmp_path: Path,
     assert code == 0 and "ok (3 sources" in out
     assert err == [(f"tasksim: note: {path}: production.path: {path.parent / 'production.parquet'} does not "
                     "exist yet (cycles record no_data until it does)")]
+
+
+def test_validate_reads_production_data_named_by_a_glob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_tabular_workspace(tmp_path / "ws", windows=2, rows_per_window=30)
+    prod = pd.read_parquet(path.parent / "production.parquet")
+    prod.drop(columns=["f5"]).to_parquet(path.parent / "production.parquet", index=False)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["production"]["path"] = "production*.parquet"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, _, err = _cli(capsys, "validate", "-c", str(path))
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"tasksim: error: {path}: production.path: ")
+    assert err[0].endswith("feature column 'f5' not found (columns are: f0, f1, f2, f3, f4, label, ts)"), err
