@@ -51,7 +51,7 @@ from tasksim.errors import DataError, SourceError, TasksimError
 from tasksim.heads import SourceHead, load_or_fit_head
 from tasksim.metrics import catalog, quality
 from tasksim.metrics._kernels import pca_basis, subsample_indices
-from tasksim.metrics._validate import check_pooled_range
+from tasksim.metrics._validate import check_pooled_range, feature_range
 from tasksim.model_encoders import check_head_file
 from tasksim.sample import dataset_fingerprint, load_source, table_fingerprint
 
@@ -609,7 +609,8 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
                           embed_label_names: Callable[[list[str]], torch.Tensor] | None = None,
                           otdd_basis: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
                           known: Mapping[str, float] | None = None, carried: Mapping[str, float] | None = None,
-                          mmd_block: metrics.MMDSelfBlock | None = None) -> dict[str, float]:
+                          mmd_block: metrics.MMDSelfBlock | None = None,
+                          target_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """The profile's measures of one source in the shared feature space (the deployed encoder's).
 
     ``source_x`` (N_s, D) and ``target_x`` (N_t, D) are both sides' features; ``target_labels``
@@ -622,9 +623,10 @@ def shared_space_measures(source_x: torch.Tensor, source_labels: list[str] | Non
     A measure of ``CARRIED_MEASURES`` in ``carried`` takes that earlier value instead of being
     measured, where it would be measured now (a measure not computable for this window stays out).
     ``mmd_block``: :func:`mmd_self_block` of ``source_x`` with this ``seed``, kept by the caller:
-    MMD^2 then computes only the cross pairs (the same value up to rounding).
+    MMD^2 then computes only the cross pairs (the same value up to rounding). ``target_range``:
+    ``feature_range(target_x)``, when the caller measures many sources against one window.
     """
-    check_pooled_range(source_x, target_x, ("the source", "the target window"))
+    check_pooled_range(source_x, target_x, ("the source", "the target window"), b_range=target_range)
     out: dict[str, float] = {}
     s_idx = _subsample(source_x.shape[0], DISTANCE_SAMPLE_ROWS, seed)
     t_idx = _subsample(target_x.shape[0], DISTANCE_SAMPLE_ROWS, seed + 1)
@@ -789,6 +791,8 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
         return basis[0]
 
     _say_codes(known_labels, sources)
+    # the window's per-dimension range, once for every source's pooled-range check
+    target_range = feature_range(target_x) if target_x.ndim == 2 and target_x.shape[0] else None
     described: dict[str, SourceProfile] = {}
     for name, src in sources.items():
         started = time.perf_counter()
@@ -796,7 +800,7 @@ def profile_arrays(target_x: torch.Tensor, target_labels: list[str | None] | Non
             out = {} if src.features is None else shared_space_measures(
                 src.features, src.labels, target_x, known_labels, target_label_rows=known_rows,
                 missing_rate=src.missing_rate, seed=seed, embed_label_names=embed_label_names, otdd_basis=otdd_basis,
-                known=src.known, carried=src.carried, mmd_block=src.mmd_block)
+                known=src.known, carried=src.carried, mmd_block=src.mmd_block, target_range=target_range)
         except Exception as exc:  # isolation: one source's failing measure must not stop the others
             described[name] = _failed(name, exc, src.seconds + time.perf_counter() - started)
             continue

@@ -26,6 +26,7 @@ __all__ = [
     "check_classes",
     "check_finite",
     "check_pooled_range",
+    "feature_range",
     "compute_dtype",
     "features_on",
     "float64_features",
@@ -123,17 +124,25 @@ def check_finite(t: torch.Tensor, name: str) -> None:
 MAX_POOLED_RANGE = 1e15  # squared, summed over hundreds of dimensions: still far below float32's 3.4e38
 
 
+def feature_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each dimension's (min, max) over the rows of a 2-D ``x`` with rows (``amin`` and ``amax``:
+    4x faster here than ``aminmax`` over dim 0, 2.6 against 10.9 ms on 5000 x 384)."""
+    return x.amin(0), x.amax(0)
+
+
 def check_pooled_range(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *,
-                       limit: float = MAX_POOLED_RANGE) -> None:
+                       limit: float = MAX_POOLED_RANGE,
+                       b_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Raise unless every feature dimension's range over both samples together is at most
     ``limit``. Pairwise distances run in the features' dtype (float32): a dimension spanning more
     (a raw epoch-nanosecond column is 1.7e18) overflows them or cancels every other dimension to
     zero, and a measure then fails with a message about its own arithmetic instead of the data.
-    One min/max pass per side; samples of different widths are left to the measures to refuse."""
+    One min/max pass per side (``b_range``: :func:`feature_range` of ``b``, when the caller checks
+    many ``a`` against one ``b``); samples of different widths are left to the measures to refuse."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not a.shape[0] or not b.shape[0]:
         return
-    lo_a, hi_a = torch.aminmax(a, dim=0)
-    lo_b, hi_b = torch.aminmax(b, dim=0)
+    lo_a, hi_a = feature_range(a)
+    lo_b, hi_b = b_range if b_range is not None else feature_range(b)
     span = torch.maximum(hi_a, hi_b).double() - torch.minimum(lo_a, lo_b).double()
     worst = int(torch.argmax(torch.nan_to_num(span, nan=math.inf)))
     if not span[worst] <= limit:
