@@ -80,10 +80,7 @@ def median_bandwidth(x: ArrayLike, y: ArrayLike | None = None, *, max_points: in
         ys = features_on(y, "y", dev)
         check_same_width(xs, ys, ("x", "y"))
         xs = torch.cat([xs, ys])
-    bw = _pairwise_median(xs, max_points, seed)
-    if not bw > 0.0:
-        raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
-    return bw
+    return _median_bandwidth_checked(_pairwise_median(xs, max_points, seed))
 
 
 def _kernel_sum(a: torch.Tensor, b: torch.Tensor | None, gamma: float) -> torch.Tensor:
@@ -131,12 +128,16 @@ def _prep_pair(x: ArrayLike, y: ArrayLike, names: tuple[str, str] = ("x", "y")) 
     return xt, yt
 
 
+def _median_bandwidth_checked(bw: float) -> float:
+    """A median-heuristic bandwidth, or the one error every median path gives when it is 0."""
+    if not bw > 0.0:
+        raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
+    return bw
+
+
 def _bandwidth(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None) -> float:
     if bandwidth is None:
-        bw = _pairwise_median(torch.cat([x, y]), _MEDIAN_MAX_POINTS, 0)
-        if not bw > 0.0:
-            raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
-        return bw
+        return _median_bandwidth_checked(_pairwise_median(torch.cat([x, y]), _MEDIAN_MAX_POINTS, 0))
     bw = float(bandwidth)
     if not (math.isfinite(bw) and bw > 0.0):
         raise MetricInputError(f"bandwidth must be a positive finite number, got {bandwidth!r}")
@@ -237,9 +238,7 @@ def _mmd2_median(xt: torch.Tensor, yt: torch.Tensor) -> float:
     upper = d2[iu[0], iu[1]]
     k = upper.numel()
     lo, hi = order_statistics(upper, ((k - 1) // 2 + 1, k // 2 + 1))
-    bw = float((lo.sqrt() + hi.sqrt()) / 2.0)
-    if not bw > 0.0:
-        raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
+    bw = _median_bandwidth_checked(float((lo.sqrt() + hi.sqrt()) / 2.0))
     kern = d2.mul_(-1.0 / (2.0 * bw * bw)).exp_()
     kern.fill_diagonal_(0.0)  # the U-statistic leaves out i == j
     kxx = kern[:m, :m].sum()
@@ -283,9 +282,7 @@ def _mmd2_median_block(xt: torch.Tensor, yt: torch.Tensor, block: MMDSelfBlock) 
     other = np.sort(window.cpu().numpy())
     k = own.shape[0] + other.shape[0]
     lo, hi = (_kth_of_union(own, other, r) for r in ((k - 1) // 2 + 1, k // 2 + 1))
-    bw = (math.sqrt(lo) + math.sqrt(hi)) / 2.0
-    if not bw > 0.0:
-        raise MetricInputError("median heuristic bandwidth is 0 (most rows are identical): pass bandwidth=")
+    bw = _median_bandwidth_checked((math.sqrt(lo) + math.sqrt(hi)) / 2.0)
     gamma = 1.0 / (2.0 * bw * bw)
     kxx = 2.0 * float(np.exp(own * -gamma).sum())
     kyy = 2.0 * float(dyy[iu[0], iu[1]].to(ACCUM_DTYPE).mul(-gamma).exp().sum())
