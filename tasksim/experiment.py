@@ -596,18 +596,16 @@ def run_trial(model: TrainableModel, spec: TrialSpec, split: Split, deadline: fl
                     names = model.surgical_parameters(spec.strategy.removeprefix("surgical_"))
                 else:  # full, lp_ft's second phase
                     names = {n for n, _ in module.named_parameters()}
+                # surgical_middle / _last: the frozen leading layers' outputs, computed once per split
+                # (before the trained parameters are marked: computing them resets the module)
+                prefix = (model.frozen_prefix(names, rows, max(spec.batch_size, 64))
+                          if spec.strategy.startswith("surgical_") else None)
+                forward = prefix or model.forward
                 body = []
                 for n, p in module.named_parameters():
                     p.requires_grad_(n in names)
                     if n in names:
                         body.append(p)
-                # surgical_middle / _last: the frozen leading layers' outputs, computed once per split
-                prefix = (model.frozen_prefix(names, rows, max(spec.batch_size, 64))
-                          if spec.strategy.startswith("surgical_") else None)
-                if prefix is not None:  # computing the outputs reset the module: mark the trained parameters again
-                    for n, p in module.named_parameters():
-                        p.requires_grad_(n in names)
-                forward = prefix or model.forward
 
                 def features(idx: torch.Tensor, train: bool, module: nn.Module = module) -> torch.Tensor:
                     if train:
