@@ -228,7 +228,7 @@ def test_catalogue_is_the_one_list() -> None:
     from tasksim import rank
 
     assert TRANSFER_MEASURES == ("logme", "hscore_regularized", "gbc", "transrate", "knn_accuracy", "ridge_probe_accuracy",
-                                 "leep", "nce")
+                                 "lda_probe_accuracy", "leep", "nce")
     assert rank.MEASURE_DIRECTIONS is catalog.DIRECTIONS and rank.DEFAULT_WEIGHTS is catalog.DEFAULT_WEIGHTS
     assert set(catalog.BOOTSTRAP_MEASURES) <= set(TRANSFER_MEASURES)
     assert catalog.PROBABILITY_MEASURES == {"leep", "nce"}

@@ -21,7 +21,7 @@ from typing import Any
 # Where each public name lives; tests/metrics check this equals the families' own __all__.
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "transfer": ("PROFILE_MEASURES", "RESAMPLED_MEASURES", "FeatureStats", "bootstrap_many", "gbc", "hscore",
-                 "hscore_regularized", "knn_accuracy", "leep",
+                 "hscore_regularized", "knn_accuracy", "lda_probe_accuracy", "leep",
                  "linear_probe_accuracy", "logme", "nce", "nleep", "parc", "precompute", "profile_many",
                  "ridge_probe_accuracy", "sfda",
                  "transferability_profile", "transrate"),

@@ -298,11 +298,11 @@ def test_profile_equals_individual_calls():
     theta = probs_for(y, 8, 0.7)
     prof = T.transferability_profile(f, y, theta, knn_max_queries=None)
     assert set(prof) == {"logme", "hscore", "hscore_regularized", "transrate", "gbc", "knn_accuracy",
-                         "ridge_probe_accuracy", "leep", "nce"}
+                         "ridge_probe_accuracy", "lda_probe_accuracy", "leep", "nce"}
     single = {
         "logme": T.logme(f, y), "hscore": T.hscore(f, y), "hscore_regularized": T.hscore_regularized(f, y),
         "transrate": T.transrate(f, y), "gbc": T.gbc(f, y), "knn_accuracy": T.knn_accuracy(f, y),
-        "ridge_probe_accuracy": T.ridge_probe_accuracy(f, y),
+        "ridge_probe_accuracy": T.ridge_probe_accuracy(f, y), "lda_probe_accuracy": T.lda_probe_accuracy(f, y),
         "leep": T.leep(theta, y), "nce": T.nce(theta, y),
     }
     for key, val in single.items():
@@ -383,7 +383,7 @@ def test_profile_many_agrees_with_per_source_profiles():
     for name, res in _profile_many_cases(x, y, p).items():
         assert len(res) == k
         for i in range(k):
-            two_pass = ("knn_accuracy", "ridge_probe_accuracy")
+            two_pass = ("knn_accuracy", "ridge_probe_accuracy", "lda_probe_accuracy")
             expect = {m: v for m, v in per[i].items() if not (name == "one_shot" and m in two_pass)}
             assert set(res[i]) == set(expect), name
             for m, v in expect.items():

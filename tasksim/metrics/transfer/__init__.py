@@ -8,7 +8,7 @@ a class with fewer than two samples, mismatched lengths.
 
 Layout: ``stats`` (the shared second-order statistics, :class:`FeatureStats`), ``evidence`` (LogME,
 H-scores, TransRate, GBC), ``probs`` (LEEP, NCE), ``knn`` (kNN accuracy), ``ridge`` (the closed-form
-leave-one-out ridge probe), ``extra`` (NLEEP, SFDA, PARC, linear probe), ``batched`` (whole
+leave-one-out ridge probe), ``lda`` (the cross-validated shrinkage LDA probe), ``extra`` (NLEEP, SFDA, PARC, linear probe), ``batched`` (whole
 profiles of one or K sources), ``resample`` (their confidence bootstrap, each resample from its
 distinct rows), ``_linalg`` (the Gram and log-determinant kernels they share).
 """
@@ -21,6 +21,7 @@ from tasksim.metrics.transfer.extra import linear_probe_accuracy, nleep, parc, s
 from tasksim.metrics.transfer.knn import knn_accuracy
 from tasksim.metrics.transfer.probs import leep, nce
 from tasksim.metrics.transfer.resample import RESAMPLED_MEASURES, bootstrap_many
+from tasksim.metrics.transfer.lda import lda_probe_accuracy
 from tasksim.metrics.transfer.ridge import ridge_probe_accuracy
 from tasksim.metrics.transfer.stats import FeatureStats, precompute
 
@@ -33,6 +34,7 @@ __all__ = [
     "hscore",
     "hscore_regularized",
     "knn_accuracy",
+    "lda_probe_accuracy",
     "leep",
     "linear_probe_accuracy",
     "logme",

@@ -39,6 +39,7 @@ from tasksim.metrics.transfer.evidence import (
 )
 from tasksim.metrics.transfer.extra import linear_probe_accuracy, nleep, parc, sfda
 from tasksim.metrics.transfer.knn import _knn_inmemory, knn_accuracy
+from tasksim.metrics.transfer.lda import LDA_MAX_ROWS, _stratified_rows, lda_probe_batched
 from tasksim.metrics.transfer.probs import _leep_batched, _nce_batched, _probs
 from tasksim.metrics.transfer.ridge import ridge_loo_batched
 from tasksim.metrics.transfer.stats import _CHUNK_BYTES, FeatureStats, _Accumulator, _build_inmemory, _stats, precompute
@@ -58,12 +59,15 @@ _STATS_MEASURES = catalog.STATS_MEASURES
 _SHARED_STATS_MEASURES = catalog.SHARED_STATS_MEASURES
 _PROBS = catalog.PROBABILITY_MEASURES
 _RIDGE = "ridge_probe_accuracy"
+_LDA = "lda_probe_accuracy"
+# measures that read the rows a second time after the statistics pass (not from a one-shot stream)
+_TWO_PASS = ("knn_accuracy", _RIDGE, _LDA)
 
 
 def _resolve_measures(measures: Iterable[str] | None, have_probs: bool, knn_possible: bool = True) -> list[str]:
     if measures is None:
         return [m for m in PROFILE_MEASURES if (have_probs or m not in _PROBS)
-                and (knn_possible or m not in ("knn_accuracy", _RIDGE))]
+                and (knn_possible or m not in _TWO_PASS)]
     out = list(dict.fromkeys(measures))
     known = set(PROFILE_MEASURES) | set(_OPTIONAL_MEASURES)
     bad = [m for m in out if m not in known]
@@ -110,7 +114,7 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
     todo = _resolve_measures(measures, have_probs)
     out: dict[str, float] = {}
     theta = None
-    if any(m in _STATS_MEASURES or m in ("knn_accuracy", "linear_probe_accuracy", _RIDGE) for m in todo):
+    if any(m in _STATS_MEASURES or m in ("knn_accuracy", "linear_probe_accuracy", _RIDGE, _LDA) for m in todo):
         if isinstance(features, FeatureStats):
             st = _stats(features, labels)
         else:
@@ -134,6 +138,10 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
             out[m] = linear_probe_accuracy(st, seed=seed)
         elif m == _RIDGE:
             out[m] = float(ridge_loo_batched(st)[0][0])
+        elif m == _LDA:
+            if st.features is None:
+                raise MetricInputError("the LDA probe needs the input features: precompute(..., keep_features=True)")
+            out[m] = _lda_of(st.features, st.labels, st.n_classes, seed)
         elif m in _PROBS:
             if theta is None:
                 y_p, c_p, _ = prep_labels(y_ref, len(source_probs), raw_tensor(source_probs, "source_probs").device)
@@ -143,6 +151,14 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
             else:
                 out[m] = float(_nce_batched(theta.argmax(1).unsqueeze(0), y_p, c_p)[0])
     return out
+
+
+def _lda_of(features: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int) -> float:
+    """The LDA probe of one source's (1, N, D) features (class-stratified subsample above its row cap)."""
+    rows = _stratified_rows(labels, LDA_MAX_ROWS, seed)
+    if rows is not None:
+        features, labels = features.index_select(1, rows.to(features.device)), labels[rows]
+    return float(lda_probe_batched(features, labels, n_classes, seed=seed, max_rows=None)[0])
 
 
 class _Sources:
@@ -310,9 +326,10 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
     extra = [m for m in todo if m in _OPTIONAL_MEASURES]
     if extra:
         raise MetricInputError(f"profile_many does not batch {extra}; call them per source")
-    if _RIDGE in todo and not src.reiterable:
-        raise MetricInputError("ridge_probe_accuracy needs two passes over the rows: pass a list of chunks or a "
-                               "callable returning a fresh iterator instead of a one-shot iterator")
+    for m in (_RIDGE, _LDA):
+        if m in todo and not src.reiterable:
+            raise MetricInputError(f"{m} needs two passes over the rows: pass a list of chunks or a "
+                                   "callable returning a fresh iterator instead of a one-shot iterator")
     if "knn_accuracy" in todo and not src.reiterable:
         raise MetricInputError("knn_accuracy needs two passes over the rows: pass a list of chunks or a callable "
                                "returning a fresh iterator instead of a one-shot iterator")
@@ -345,6 +362,14 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
         if _RIDGE in todo:
             results[_RIDGE] = ridge_loo_batched(st, None if st.centred is not None else (
                 (ch.to(ACCUM_DTYPE) - st.mean.unsqueeze(1), y[s:s + ch.shape[1]]) for s, ch in src.chunks(chunk_rows)))[0]
+    if _LDA in todo:
+        rows = _stratified_rows(y, LDA_MAX_ROWS, seed)
+        if src.in_memory:
+            x = src.full() if rows is None else src.rows(rows)
+        else:  # one more pass over the chunks gathers the (sub)sample's rows
+            x = _prepass(src, torch.arange(n, device=ydev) if rows is None else rows, chunk_rows, pre_mean=False,
+                         pre_rows=True, n=n)[1]
+        results[_LDA] = lda_probe_batched(x, y if rows is None else y[rows], n_classes, seed=seed, max_rows=None)
     if have_probs and any(m in _PROBS for m in todo):
         results.update(_probability_measures(source_probs, todo, y, n_classes, k))
     cols = {m: [float(v) for v in results[m].cpu().tolist()] for m in todo if m in results}
