@@ -425,22 +425,28 @@ def test_domain_auc_batched_folds_equal_the_fold_by_fold_fits(n, m, d, shift, fo
             _domain_auc_fold_by_fold(x, y, folds, seed, c, dist.DOMAIN_MAX_DIM), abs=1e-12)
 
 
-def test_batched_newton_equals_one_problem_newton():
+@pytest.mark.parametrize("c,scale,seps,rtol", [
+    (0.5, False, (0.4, 0.4, 3.0), 1e-9),  # float32 Hessian products: the same optimum, the path rounded
+    (1e6, True, (0.4, 0.4, 3.0), 1e-7),  # weak penalty, scales 1 to 1000: float64 products
+    (1e9, True, (3.0, 3.0, 3.0), 1e-12),  # a nearly flat optimum: float32 products stopped 5e-6 away here
+])
+def test_batched_newton_equals_one_problem_newton(c, scale, seps, rtol):
     # problems of different row counts (padded), one nearly separable: each takes its own steps
     g = torch.Generator().manual_seed(5)
     sizes, d = (90, 75, 60), 8
     z = torch.zeros(3, 90, d, dtype=torch.float64)
     t = torch.zeros(3, 90, dtype=torch.float64)
     wt = torch.zeros(3, 90, dtype=torch.float64)
+    scales = torch.logspace(0, 3, d, dtype=torch.float64) if scale else torch.ones(d, dtype=torch.float64)
     alone = []
     for k, n in enumerate(sizes):
         tk = (torch.rand(n, generator=g) < 0.4).to(torch.float64)
-        zk = torch.randn(n, d, generator=g, dtype=torch.float64) + (3.0 if k == 2 else 0.4) * tk.unsqueeze(1)
+        zk = torch.randn(n, d, generator=g, dtype=torch.float64) * scales + seps[k] * tk.unsqueeze(1)
         z[k, :n], t[k, :n], wt[k, :n] = zk, tk, 1.0
-        alone.append(dist._fit_logistic(zk, tk, 0.5))
-    batched = dist._fit_logistic_batched(z, t, wt, 0.5)
+        alone.append(dist._fit_logistic(zk, tk, c))
+    batched = dist._fit_logistic_batched(z, t, wt, c)
     for k in range(3):
-        assert torch.allclose(batched[k], alone[k], rtol=1e-9, atol=1e-10)
+        assert torch.allclose(batched[k], alone[k], rtol=rtol, atol=rtol * float(alone[k].abs().max()))
 
 
 @FEW
