@@ -466,6 +466,71 @@ def _fit_logistic(z: torch.Tensor, t: torch.Tensor, c: float, max_iter: int = 10
     return w
 
 
+def _fit_logistic_batched(z: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, c: float, max_iter: int = 100,
+                          tol: float = 1e-10) -> torch.Tensor:
+    """:func:`_fit_logistic` of F problems at once (e.g. the folds of a cross-validation), ``(F, d + 1)``.
+
+    ``z`` ``(F, n, d)`` rows, ``t`` ``(F, n)`` targets, ``weight`` ``(F, n)``: 1 for a row of that
+    problem, 0 for padding (problems of fewer rows; a padding row must be zeros in ``z`` and ``t``).
+    Each problem takes the steps it would take alone: the same Newton steps, backtracking and
+    stopping rules, with a problem that has stopped left as it is; the products are batched. With
+    ``c <= 1`` (every weight but the intercept penalised by at least 1, the domain classifier's
+    default on standardised features) the Hessian's product is taken in float32 (half the time of
+    the largest product): the gradient, the objective and the stopping rule stay float64, so the
+    optimum is the same and only the path to it moves by rounding (the weights equal
+    :func:`_fit_logistic`'s within ~1e-9 relative). With a weaker penalty the optimum can be nearly
+    flat and the float32 path stopped up to 5e-6 (relative) away, so the product stays float64
+    there (then within ~2e-8 on such an optimum: where the stopping rule fires moves with the
+    batched products' rounding). See ``tests/metrics/test_distances.py``. For ``d <= _NEWTON_MAX_DIM``.
+    """
+    f, _, d = z.shape
+    za = torch.cat([z, weight.unsqueeze(2)], dim=2)  # the intercept's column is 0 on padding rows
+    lam = torch.full((d + 1,), 1.0 / c, dtype=z.dtype, device=z.device)
+    lam[-1] = 0.0
+    w = torch.zeros(f, d + 1, dtype=z.dtype, device=z.device)
+    limit = tol * weight.sum(1).clamp_min(1.0)
+    eye = torch.eye(d + 1, dtype=z.dtype, device=z.device)
+    za_h = za.to(torch.float32) if c <= 1.0 else za  # the Hessian's product (see above)
+
+    def objective(wv: torch.Tensor) -> torch.Tensor:
+        s = torch.bmm(za, wv.unsqueeze(2)).squeeze(2)
+        return ((torch.nn.functional.softplus(s) - t * s) * weight).sum(1) + 0.5 * (lam * wv * wv).sum(1)
+
+    obj = objective(w)
+    active = torch.ones(f, dtype=torch.bool, device=z.device)
+    for _ in range(max_iter):
+        p = torch.sigmoid(torch.bmm(za, w.unsqueeze(2)).squeeze(2))
+        grad = torch.bmm(za.transpose(1, 2), (p - t).unsqueeze(2)).squeeze(2) + lam * w
+        active &= grad.abs().amax(1) >= limit
+        if not bool(active.any()):
+            break
+        h = torch.bmm((za_h * (p * (1 - p)).to(za_h.dtype).unsqueeze(2)).transpose(1, 2), za_h).to(z.dtype)
+        h.diagonal(dim1=1, dim2=2).add_(lam + 1e-12)
+        h = torch.where(active.view(-1, 1, 1), h, eye)  # a stopped problem's system is not solved
+        step = torch.linalg.solve(h, grad)
+        slope = (grad * step).sum(1).abs()
+        lr = torch.ones(f, dtype=z.dtype, device=z.device)
+        pending = active.clone()
+        w_new, obj_new = w.clone(), obj.clone()
+        for _ls in range(30):
+            cand = w - lr.unsqueeze(1) * step
+            obj_cand = objective(cand)
+            w_new = torch.where(pending.unsqueeze(1), cand, w_new)
+            obj_new = torch.where(pending, obj_cand, obj_new)
+            pending &= ~(obj_cand <= obj - 1e-4 * lr * slope)
+            if not bool(pending.any()):
+                break
+            lr = torch.where(pending, lr * 0.5, lr)
+        stalled = active & (obj - obj_new <= 1e-14 * obj.abs().clamp_min(1.0))
+        take = active & (~stalled | (obj_new < obj))
+        w = torch.where(take.unsqueeze(1), w_new, w)
+        obj = torch.where(take, obj_new, obj)
+        active &= ~stalled
+        if not bool(active.any()):
+            break
+    return w
+
+
 def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """ROC AUC as the Mann-Whitney statistic with average ranks for ties."""
     n = scores.numel()
@@ -482,18 +547,71 @@ def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def _fold_projection(ztr: torch.Tensor, zte: torch.Tensor, lab_tr: torch.Tensor, axes: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both sets on the leading components plus the training fold's mean-difference direction
-    (orthogonalised against them): a mean shift outside the leading components stays visible, and
-    the direction comes from training rows only, so a null pair is not made separable by it."""
-    diff = ztr[lab_tr == 1].mean(0) - ztr[lab_tr == 0].mean(0)
-    diff = diff - axes.T @ (axes @ diff)
-    norm = torch.linalg.vector_norm(diff)
-    if not float(norm) > 1e-12 * max(1.0, float(ztr.abs().max())):  # no mean difference left to add
-        return ztr @ axes.T, zte @ axes.T
-    basis = torch.cat([axes, (diff / norm)[None]])
-    return ztr @ basis.T, zte @ basis.T
+def _fold_directions(z: torch.Tensor, lab: torch.Tensor, fold: torch.Tensor, folds: int, axes: torch.Tensor
+                     ) -> torch.Tensor:
+    """``(folds, D)``: per fold, its training rows' mean difference (label 1 minus label 0),
+    orthogonalised against the leading components ``axes`` and normalised; a zero row where no
+    mean difference is left. Added to the components, a mean shift outside them stays visible, and
+    as it comes from training rows only, a null pair is not made separable by it."""
+    key = lab * folds + fold
+    sums = torch.zeros(2 * folds, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, key, z).view(2, folds, -1)
+    counts = torch.bincount(key, minlength=2 * folds).view(2, folds).to(z.dtype)
+    train_means = (sums.sum(1, keepdim=True) - sums) / (counts.sum(1, keepdim=True) - counts).unsqueeze(2)
+    diff = train_means[1] - train_means[0]
+    diff = diff - (diff @ axes.T) @ axes
+    norm = torch.linalg.vector_norm(diff, dim=1)
+    row_max = z.abs().amax(1)
+    scale = torch.stack([row_max[fold != k].max() for k in range(folds)]).clamp_min(1.0)
+    keep = norm > 1e-12 * scale  # else no mean difference left to add
+    return torch.where(keep.unsqueeze(1), diff / torch.where(keep, norm, 1.0).unsqueeze(1), 0.0)
+
+
+def _standardised(feats: torch.Tensor, train: torch.Tensor, test: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and test rows of ``feats`` standardised on the training rows (a constant feature
+    keeps its scale: divided by 1)."""
+    ztr, zte = feats.index_select(0, train), feats.index_select(0, test)
+    mu = ztr.mean(0)
+    sd = ztr.std(0, unbiased=False)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+    return (ztr - mu) / sd, (zte - mu) / sd
+
+
+def _cv_aucs(z: torch.Tensor, lab: torch.Tensor, fold: torch.Tensor, folds: int, c: float,
+             axes: torch.Tensor | None) -> list[float]:
+    """Each fold's test AUC, every fold's Newton fit in one batch (:func:`_fit_logistic_batched`);
+    wider than ``_NEWTON_MAX_DIM``, fold by fold in the training rows' span (:func:`_row_space`).
+
+    ``axes`` (leading components of the centred rows ``z``): each fold sees the rows' components,
+    computed once, plus its own mean-difference direction (:func:`_fold_directions`; a fold
+    without one gets a zero column, whose weight stays 0: the fit of the components alone)."""
+    tests = [torch.nonzero(fold == k).squeeze(1) for k in range(folds)]
+    trains = [torch.nonzero(fold != k).squeeze(1) for k in range(folds)]
+    if axes is not None:
+        comps = z @ axes.T
+        extra = z @ _fold_directions(z, lab, fold, folds, axes).T  # (n, folds)
+        parts = [_standardised(torch.cat([comps, extra[:, k:k + 1]], 1), trains[k], tests[k]) for k in range(folds)]
+    else:
+        parts = [_standardised(z, trains[k], tests[k]) for k in range(folds)]
+    width = parts[0][0].shape[1]
+    if width > _NEWTON_MAX_DIM:  # each fold in its training rows' span (of its own width), one by one
+        aucs = []
+        for k, (ztr_s, zte_s) in enumerate(parts):
+            ztr_s, zte_s = _row_space(ztr_s, zte_s)
+            w = _fit_logistic(ztr_s, lab.index_select(0, trains[k]).to(z.dtype), c)
+            aucs.append(_auc(zte_s @ w[:-1] + w[-1], lab.index_select(0, tests[k]).bool()))
+        return aucs
+    n_max = max(tr.shape[0] for tr in trains)
+    zb = torch.zeros(folds, n_max, width, dtype=z.dtype, device=z.device)
+    tb = torch.zeros(folds, n_max, dtype=z.dtype, device=z.device)
+    wb = torch.zeros(folds, n_max, dtype=z.dtype, device=z.device)
+    target = lab.to(z.dtype)
+    for k, tr in enumerate(trains):
+        zb[k, :tr.shape[0]] = parts[k][0]
+        tb[k, :tr.shape[0]] = target.index_select(0, tr)
+        wb[k, :tr.shape[0]] = 1.0
+    w = _fit_logistic_batched(zb, tb, wb, c)
+    return [_auc(parts[k][1] @ w[k, :-1] + w[k, -1], lab.index_select(0, tests[k]).bool()) for k in range(folds)]
 
 
 DOMAIN_MAX_DIM = 64  # leading principal components the domain classifier sees (None in the call: all features)
@@ -508,8 +626,9 @@ def domain_classifier_auc(x: ArrayLike, y: ArrayLike, folds: int = 5, seed: int 
     are separable. Stratified ``folds``-fold CV (each class shuffled with ``default_rng(seed)`` and
     dealt round-robin); features standardised on the training fold; L2-regularised logistic
     regression (``C=c``, unpenalised intercept, the objective of scikit-learn's default) fitted by
-    Newton's method in float64; the score is the mean of the per-fold AUCs. Each side is
-    subsampled to ``max_samples`` rows (``seed``) first.
+    Newton's method in float64, the folds' fits in one batch (:func:`_fit_logistic_batched`); the
+    score is the mean of the per-fold AUCs. Each side is subsampled to ``max_samples`` rows
+    (``seed``) first.
 
     With more than ``max_dim`` features the classifier sees ``max_dim - 1`` leading principal
     components of the pooled rows (unsupervised, fitted once before the folds by the seeded
@@ -544,24 +663,7 @@ def domain_classifier_auc(x: ArrayLike, y: ArrayLike, folds: int = 5, seed: int 
     fold_np = stratified_folds(lab_np, folds, seed)
     lab = torch.as_tensor(lab_np, device=z.device)
     fold = torch.as_tensor(fold_np, device=z.device)
-    target = lab.to(ACCUM_DTYPE)
-    aucs = []
-    for k in range(folds):
-        test = fold == k
-        train = ~test
-        ztr, zte = z[train], z[test]
-        if reduced:
-            ztr, zte = _fold_projection(ztr, zte, lab[train], axes)
-        mu = ztr.mean(0)
-        sd = ztr.std(0, unbiased=False)
-        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-        ztr_s, zte_s = (ztr - mu) / sd, (zte - mu) / sd
-        if ztr_s.shape[1] > _NEWTON_MAX_DIM:
-            ztr_s, zte_s = _row_space(ztr_s, zte_s)
-        w = _fit_logistic(ztr_s, target[train], float(c))
-        scores = zte_s @ w[:-1] + w[-1]
-        aucs.append(_auc(scores, lab[test].bool()))
-    return float(np.mean(aucs))
+    return float(np.mean(_cv_aucs(z, lab, fold, folds, float(c), axes if reduced else None)))
 
 
 def domain_separability(auc: float) -> float:

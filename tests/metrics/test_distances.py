@@ -380,6 +380,75 @@ def test_domain_auc_separable_data_converges():
     assert domain_classifier_auc(x, y) == 1.0
 
 
+def _domain_auc_fold_by_fold(x, y, folds: int, seed: int, c: float, max_dim: int | None) -> float:
+    """The domain classifier written fold by fold, as before its folds were batched: each fold's rows
+    projected on the components and that fold's mean difference, fitted alone by Newton's method
+    (float64 Hessian, from zero)."""
+    from tasksim.metrics._kernels import leading_components, stratified_folds
+
+    z = torch.cat([torch.as_tensor(x), torch.as_tensor(y)]).to(torch.float64)
+    lab = torch.cat([torch.zeros(len(x)), torch.ones(len(y))]).long()
+    fold = torch.as_tensor(stratified_folds(lab.numpy(), folds, seed))
+    axes = None
+    if max_dim is not None and z.shape[1] > max_dim:
+        centre, axes = leading_components(z, max_dim - 1, seed=seed)
+        z = z - centre
+    aucs = []
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        ztr, zte = z[tr], z[te]
+        if axes is not None:
+            diff = ztr[lab[tr] == 1].mean(0) - ztr[lab[tr] == 0].mean(0)
+            diff = diff - axes.T @ (axes @ diff)
+            basis = torch.cat([axes, (diff / torch.linalg.vector_norm(diff))[None]])
+            ztr, zte = ztr @ basis.T, zte @ basis.T
+        mu, sd = ztr.mean(0), ztr.std(0, unbiased=False)
+        ztr, zte = (ztr - mu) / sd, (zte - mu) / sd
+        w = dist._fit_logistic(ztr, lab[tr].to(torch.float64), c)
+        aucs.append(dist._auc(zte @ w[:-1] + w[-1], lab[te].bool()))
+    return float(np.mean(aucs))
+
+
+@pytest.mark.parametrize("n,m,d,shift,folds,c", [
+    (500, 100, 384, 0.05, 5, 1.0),  # the cycle's shape: 63 components + each fold's mean difference
+    (80, 60, 384, 0.3, 3, 0.1),
+    (120, 100, 5, 0.2, 5, 1.0),  # narrow: every feature, no components
+    (60, 70, 12, 3.0, 4, 0.05),  # nearly separable
+])
+def test_domain_auc_batched_folds_equal_the_fold_by_fold_fits(n, m, d, shift, folds, c):
+    # the components projected once, the folds' directions from per-(class, fold) sums and the
+    # folds' Newton fits in one batch (float32 Hessian products, float64 gradients) give each
+    # fold's fit of the fold-by-fold computation
+    x, y = gauss(n, n, d), gauss(m, m, d, shift, 1.1)
+    for seed in (0, 1):
+        assert domain_classifier_auc(x, y, folds=folds, seed=seed, c=c) == pytest.approx(
+            _domain_auc_fold_by_fold(x, y, folds, seed, c, dist.DOMAIN_MAX_DIM), abs=1e-12)
+
+
+@pytest.mark.parametrize("c,scale,seps,rtol", [
+    (0.5, False, (0.4, 0.4, 3.0), 1e-9),  # float32 Hessian products: the same optimum, the path rounded
+    (1e6, True, (0.4, 0.4, 3.0), 1e-7),  # weak penalty, scales 1 to 1000: float64 products
+    (1e9, True, (3.0, 3.0, 3.0), 1e-12),  # a nearly flat optimum: float32 products stopped 5e-6 away here
+])
+def test_batched_newton_equals_one_problem_newton(c, scale, seps, rtol):
+    # problems of different row counts (padded), one nearly separable: each takes its own steps
+    g = torch.Generator().manual_seed(5)
+    sizes, d = (90, 75, 60), 8
+    z = torch.zeros(3, 90, d, dtype=torch.float64)
+    t = torch.zeros(3, 90, dtype=torch.float64)
+    wt = torch.zeros(3, 90, dtype=torch.float64)
+    scales = torch.logspace(0, 3, d, dtype=torch.float64) if scale else torch.ones(d, dtype=torch.float64)
+    alone = []
+    for k, n in enumerate(sizes):
+        tk = (torch.rand(n, generator=g) < 0.4).to(torch.float64)
+        zk = torch.randn(n, d, generator=g, dtype=torch.float64) * scales + seps[k] * tk.unsqueeze(1)
+        z[k, :n], t[k, :n], wt[k, :n] = zk, tk, 1.0
+        alone.append(dist._fit_logistic(zk, tk, c))
+    batched = dist._fit_logistic_batched(z, t, wt, c)
+    for k in range(3):
+        assert torch.allclose(batched[k], alone[k], rtol=rtol, atol=rtol * float(alone[k].abs().max()))
+
+
 @FEW
 @given(seed=st.integers(0, 10_000))
 def test_domain_auc_properties(seed):

@@ -66,6 +66,18 @@ def test_logme_matches_dense_reference(n, d, c, scale):
     assert T.logme(f, y) == pytest.approx(R.logme_dense(f, y), rel=1e-7, abs=1e-9)
 
 
+def test_logme_settled_root_equals_the_root_searched_to_tol(monkeypatch):
+    # the root search stops once its estimate settles at the gap's rounding floor: the values equal
+    # a search that runs until the gap or the bracket is within tol (settling disabled)
+    cases = [make_data(n, d, c, scale=s, seed=n + d + c) for n, d, c, s in
+             [(100, 128, 5, 1.0), (60, 32, 3, 3.0), (300, 8, 5, 100.0), (40, 400, 4, 1.0), (63, 64, 5, 0.3)]]
+    cases.append((np.maximum(cases[0][0], 0.0), cases[0][1]))  # relu-like features, as a head's
+    settled = [T.logme(f, y) for f, y in cases]
+    monkeypatch.setattr(evidence, "_SETTLED", 0.0)
+    for (f, y), value in zip(cases, settled):
+        assert value == pytest.approx(T.logme(f, y), rel=1e-10, abs=1e-12)
+
+
 def test_logme_large_offset_matches_reference():
     # LogME uses raw (uncentred) features: the mean enters F^T F as a rank-one update.
     f, y = make_data(200, 10, 3, shift=100.0, seed=3)

@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# LogME's root search also stops where its estimate moved by at most this much (relative) with the
+# fixed-point gap at most this much (see _logme_batched)
+_SETTLED = 1e-8
 
 
 def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, max_iter: int = 100) -> torch.Tensor:
@@ -114,8 +117,13 @@ def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, m
         hi = torch.where(to_hi, mid, hi)
         f_hi = torch.where(to_hi, f_mid, f_hi)
         side = torch.where(to_lo, torch.ones_like(side), torch.where(to_hi, -torch.ones_like(side), side))
+        moved = (mid - u).abs()
         u = torch.where(done, u, mid)
-        done = done | ((hi - lo).abs() <= tol) | (f_mid.abs() <= tol)
+        # |h| rarely falls below ~1e-9 (it is a difference of logarithms of sums): a root whose
+        # estimate has stopped moving with |h| already that small is found; the Illinois steps
+        # would otherwise grind at that floor until one lands within tol (~3x the evaluations)
+        settled = (moved <= _SETTLED * u.abs().clamp_min(1.0)) & (f_mid.abs() <= _SETTLED)
+        done = done | ((hi - lo).abs() <= tol) | (f_mid.abs() <= tol) | settled
     gamma, m2, res2 = at(torch.exp(u))
     alpha = gamma / (m2 + eps)
     beta = (n - gamma) / (res2 + eps)
@@ -257,7 +265,9 @@ def logme(features: ArrayLike | FeatureStats, labels: ArrayLike | None = None, *
     (``eps = 1e-5`` as in the reference implementation), solved to convergence for all classes at
     once: the fixed point ``t = alpha/beta`` is the root of ``log(alpha'/beta') - log t`` (one
     update from t), bracketed from t = 1 and refined by regula falsi (Illinois) to ``|d log t| <=
-    tol``. The reference code stops after at most 11 plain iterations (or a 1e-3 relative
+    tol`` or a gap ``<= tol``, or until the estimate moves by at most 1e-8 (relative) with the gap
+    at most 1e-8 (the gap's rounding floor is ~1e-9: the values equal a search run to ``tol``
+    within ~1e-10 relative). The reference code stops after at most 11 plain iterations (or a 1e-3 relative
     change), which can be far from the fixed point (pure noise with N < D needs hundreds of
     plain iterations). ``log|A|`` runs over all D eigenvalues, so
     ``N < D`` (and rank-deficient F) is handled: the reference code drops ``(D - k)/2 log alpha``
