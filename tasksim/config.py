@@ -353,7 +353,7 @@ class DriftConfig(_Frozen):
     calibration_control: Literal["any_column", "dataset"] = "dataset"
     calibration_max_reference_rows: int | None = Field(default=20000, ge=100)
     cusum: bool = True
-    benign_offset_sd: float = Field(default=0.02, ge=0, le=1)
+    benign_offset_sd: float = Field(default=0.015, ge=0, le=1)
     min_labelled_rows: int = Field(default=10, ge=2)
 
 
