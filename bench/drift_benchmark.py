@@ -470,15 +470,19 @@ def null_over_references(data: Data, *, references: int, windows: int, seed: int
 def ramp_delays(data: Data, *, repeats: int, pre: int, post: int, seed: int) -> dict[str, list[int | None]]:
     """Delays of every gradual ramp over ``repeats`` streams (one reference; each stream: ``pre``
     quiet windows, then the ramp until the first detection): one stream per ramp says little, the
-    delay of a ramp that starts at 10% strength varies from stream to stream."""
+    delay of a ramp that starts at 10% strength varies from stream to stream. Each stream draws its
+    windows from its own generator (``[seed, 7, ramp, stream]``), so two configurations see the same
+    windows in every stream (before 2026-12-06 one generator ran through all streams, and a stream
+    stopped at its first detection: a delay that moved changed every later stream's windows)."""
     rng = np.random.default_rng([seed, 7])
     stream = Stream(data, rng)
     methods = Methods(data, stream, TASKSIM_CONFIG)
     out: dict[str, list[int | None]] = {}
-    for name, (_, make) in scenarios(data, stream).items():
+    for r_i, (name, (_, make)) in enumerate(scenarios(data, stream).items()):
         labelled = name != "label prior (no labels: BBSE)"
         delays: list[int | None] = []
-        for _ in range(repeats):
+        for s_i in range(repeats):
+            stream.rng = np.random.default_rng([seed, 7, r_i, s_i])
             state = None
             for _ in range(pre):
                 x, y = stream.window()
