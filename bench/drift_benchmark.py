@@ -89,6 +89,10 @@ OPENCV_DIGITS = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 WINDOW = 100
 REFERENCE = 1000
 
+#: tasksim's drift configuration in every stream (the defaults; ``--benign-offset-sd`` overrides
+#: that one field, e.g. 0 for the i.i.d. null of the accumulated tests before 2026-12-06).
+TASKSIM_CONFIG = DriftConfig()
+
 
 @dataclass
 class Data:
@@ -383,7 +387,7 @@ class Methods:
 def run_dataset(data: Data, *, null_windows: int, pre: int, post: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     stream = Stream(data, rng)
-    methods = Methods(data, stream, DriftConfig())
+    methods = Methods(data, stream, TASKSIM_CONFIG)
     alarms = {"tasksim": [], "ks_bonferroni": [], "evidently": []}
     kinds_on_null: list[str] = []
 
@@ -435,7 +439,7 @@ def null_over_references(data: Data, *, references: int, windows: int, seed: int
     Every window is compared with the same finite reference, so one reference's alarms are
     correlated (an unlucky reference alarms more often); the budget holds over references, which
     is what this measures. Also per test family: how often it fired."""
-    config = DriftConfig()
+    config = TASKSIM_CONFIG
     fired: dict[str, int] = {}
     alarms = total = 0
     per_reference = []
@@ -466,15 +470,19 @@ def null_over_references(data: Data, *, references: int, windows: int, seed: int
 def ramp_delays(data: Data, *, repeats: int, pre: int, post: int, seed: int) -> dict[str, list[int | None]]:
     """Delays of every gradual ramp over ``repeats`` streams (one reference; each stream: ``pre``
     quiet windows, then the ramp until the first detection): one stream per ramp says little, the
-    delay of a ramp that starts at 10% strength varies from stream to stream."""
+    delay of a ramp that starts at 10% strength varies from stream to stream. Each stream draws its
+    windows from its own generator (``[seed, 7, ramp, stream]``), so two configurations see the same
+    windows in every stream (before 2026-12-06 one generator ran through all streams, and a stream
+    stopped at its first detection: a delay that moved changed every later stream's windows)."""
     rng = np.random.default_rng([seed, 7])
     stream = Stream(data, rng)
-    methods = Methods(data, stream, DriftConfig())
+    methods = Methods(data, stream, TASKSIM_CONFIG)
     out: dict[str, list[int | None]] = {}
-    for name, (_, make) in scenarios(data, stream).items():
+    for r_i, (name, (_, make)) in enumerate(scenarios(data, stream).items()):
         labelled = name != "label prior (no labels: BBSE)"
         delays: list[int | None] = []
-        for _ in range(repeats):
+        for s_i in range(repeats):
+            stream.rng = np.random.default_rng([seed, 7, r_i, s_i])
             state = None
             for _ in range(pre):
                 x, y = stream.window()
@@ -525,7 +533,7 @@ def time_drift_stage(data: Data, repeat: int = 20) -> dict[str, float]:
     ref_t = table(ref_idx)
     columns = InputColumns(feature_columns=("pixels",), label_column="label")
     with tempfile.TemporaryDirectory() as tmp:
-        monitor = DriftMonitor(DriftConfig(), columns, cache_dir=Path(tmp), state=MemState())
+        monitor = DriftMonitor(TASKSIM_CONFIG, columns, cache_dir=Path(tmp), state=MemState())
         t0 = time.perf_counter()
         monitor.check(ref_t, data.x[ref_idx], table(cur_idx[:WINDOW]), data.x[cur_idx[:WINDOW]], reference_key="r")
         first = time.perf_counter() - t0
@@ -639,7 +647,13 @@ def main(argv: list[str] | None = None) -> int:
                          "where the pool is small: 44 for text)")
     ap.add_argument("--text", action=argparse.BooleanOptionalAction, default=None,
                     help="also the text stream (Reuters R8 through MiniLM; default: on, off with --quick)")
+    ap.add_argument("--benign-offset-sd", type=float, default=None, metavar="SD",
+                    help="tasksim's drift.benign_offset_sd (default: the configuration's default; 0: the "
+                         "accumulated tests' i.i.d. null)")
     args = ap.parse_args(argv)
+    global TASKSIM_CONFIG
+    if args.benign_offset_sd is not None:
+        TASKSIM_CONFIG = DriftConfig(benign_offset_sd=args.benign_offset_sd)
     import torch
 
     torch.set_num_threads(1)
@@ -718,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{float(np.median(vals)):g} | {sum(d is not None and d <= 2 for d in ds)}/{len(ds)} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "timing": timing, "null_references": nulls,
-                                         "ramp_delays": dict(ramps)}, indent=1, default=str))
+                                         "ramp_delays": dict(ramps),
+                                         "benign_offset_sd": TASKSIM_CONFIG.benign_offset_sd}, indent=1, default=str))
     return 0
 
 

@@ -329,6 +329,15 @@ class DriftConfig(_Frozen):
     error, never a silent cut. ``calibrate: false`` leaves the input tests "not testable" (they
     have no valid threshold without calibration). ``threshold``, ``drift_share`` and
     ``calibration_control`` apply to the per-column report of ``tasksim.drift.detect_drift`` only.
+
+    ``benign_offset_sd`` (in units of one row's standard deviation) is the accumulated tests'
+    tolerance: their null counts, beside the windows' and the reference's sampling error, a
+    persistent offset of the stream's mean from the reference population's with this standard
+    deviation (variance ``W^2 benign_offset_sd^2`` in the EWMA's, with one row's covariance).
+    Windows are never exact fresh draws of the reference's population: a stream drawn from a
+    finite pool of N rows shares that pool's sampling error (``1 / sqrt(N)``: 0.016 for 4,000
+    rows), and real periods differ slightly. 0 restores the i.i.d. null. Per-window tests are
+    not affected (docs/benchmarks.md, "Accumulated tests on a reused pool").
     """
 
     method: str = "auto"
@@ -344,6 +353,7 @@ class DriftConfig(_Frozen):
     calibration_control: Literal["any_column", "dataset"] = "dataset"
     calibration_max_reference_rows: int | None = Field(default=20000, ge=100)
     cusum: bool = True
+    benign_offset_sd: float = Field(default=0.015, ge=0, le=1)
     min_labelled_rows: int = Field(default=10, ge=2)
 
 

@@ -369,6 +369,87 @@ def test_gradual_shift_state_survives_a_json_round_trip(fitted):
     assert a.test("cusum").statistic > 0
 
 
+def test_windows_from_a_small_reused_pool_need_the_benign_offset_term():
+    """Windows drawn again and again from one finite pool of N rows share the pool's sampling error
+    (its mean minus the population's), as they share the reference's: the accumulated difference's
+    variance gains W^2 / N, which ``benign`` = 1 / N (``DriftConfig.benign_offset_sd`` squared)
+    covers and the plain null (windows and reference only) misses by about 30% here."""
+    from tasksim.drift.sequential import ewma_scale, ewma_step, prior_statistic
+
+    rng = np.random.default_rng(30)
+    streams, n, pool_rows, m, steps = 3000, 400, 400, 40, 20
+    ref_mean = rng.standard_normal(streams) / np.sqrt(n)
+    pool = rng.standard_normal((streams, pool_rows))
+    state = None
+    for _ in range(steps):
+        pick = np.argpartition(rng.random((streams, pool_rows)), m, axis=1)[:, :m]
+        state = ewma_step(state, np.take_along_axis(pool, pick, axis=1).mean(axis=1) - ref_mean, m)
+    observed = float(np.var(state["e"]))
+    plain, with_pool = ewma_scale(state, n), ewma_scale(state, n, 1 / pool_rows)
+    assert observed > 1.15 * plain  # the i.i.d. null undercounts a reused pool's variance
+    assert observed <= 1.03 * with_pool  # the benign term covers it (conservative by the pool's fpc)
+    assert with_pool - plain == pytest.approx(state["w"] ** 2 / pool_rows)
+
+    # the accumulated class-frequency test with the same term: valid on windows from a small pool
+    k, n, pool_rows, m = 6, 400, 400, 50
+    pvals = {0.0: [], 1 / pool_rows: []}
+    for _ in range(30):
+        ref_counts = rng.multinomial(n, np.ones(k) / k)
+        labels = rng.choice(k, size=pool_rows)
+        states = {b: None for b in pvals}
+        for _ in range(10):
+            counts = np.bincount(rng.choice(labels, size=m, replace=False), minlength=k)
+            for b, values in pvals.items():
+                states[b] = ewma_step(states[b], counts / m - ref_counts / n, m)
+                values.append(prior_statistic(states[b], ref_counts, m, rng, b)[1])
+    assert np.mean(np.array(pvals[1 / pool_rows]) <= 0.05) <= 0.07
+    assert np.mean(np.array(pvals[1 / pool_rows]) <= 0.05) < np.mean(np.array(pvals[0.0]) <= 0.05)
+
+
+def test_benign_offset_sd_widens_every_accumulated_null_and_nothing_else(fitted):
+    """``benign_offset_sd`` enters only the accumulated tests: the input EWMA's statistic shrinks by
+    exactly sqrt(c_0 / c_delta); per-window tests are unchanged; a sustained 0.5-sd shift of one
+    column is still found within 3 windows with the default tolerance; bad values are config errors."""
+    from pydantic import ValidationError
+
+    from tasksim.drift.sequential import concept_statistic
+
+    ref, cal = fitted
+    strict = DriftConfig(benign_offset_sd=0.0)
+    assert CFG.benign_offset_sd > 0
+    rng = np.random.default_rng(31)
+    state0 = state1 = None
+    for _ in range(6):
+        x, y = draw(rng, 100)
+        v0, state0 = check_window(ref, cal, x, None, y, strict, cusum_state=state0, seed=1)
+        v1, state1 = check_window(ref, cal, x, None, y, CFG, cusum_state=state1, seed=1)
+    w2, s2 = state1["cols"]["w"] ** 2, state1["cols"]["s2"]
+    c0, c1 = s2 + w2 / ref.rows, s2 + w2 / ref.rows + w2 * CFG.benign_offset_sd ** 2
+    assert v1.test("cusum").statistic == pytest.approx(v0.test("cusum").statistic * np.sqrt(c0 / c1), rel=1e-9)
+    assert v1.test("columns").statistic == v0.test("columns").statistic
+    assert v1.test("mmd").statistic == v0.test("mmd").statistic
+    assert v1.test("label_prior").p_value == v0.test("label_prior").p_value
+    assert v1.test("concept").statistic == v0.test("concept").statistic  # its p-value: Monte Carlo
+    # the accumulated loss excess: the same evidence over a wider null
+    assert state1["concept"]["e"] == state0["concept"]["e"] and state0["concept"]["b"] == 0
+    assert state1["concept"]["b"] > 0
+    z0, z1 = concept_statistic(state0["concept"])[0], concept_statistic(state1["concept"])[0]
+    assert abs(z1) < abs(z0)
+
+    shift = np.zeros(DIM)
+    shift[7] = 0.5
+    state, found = None, None
+    for t in range(3):
+        verdict, state = run(fitted, *draw(rng, 100, shift=shift), state)
+        if verdict.drifted:
+            found = t
+            break
+    assert found is not None and verdict.kind == "input"
+    for bad in (-0.01, 2.0):
+        with pytest.raises(ValidationError, match="benign_offset_sd"):
+            DriftConfig(benign_offset_sd=bad)
+
+
 def _loss_reference(rng: np.random.Generator, classes: int = 6, per_class: int = 80):
     """A stand-in reference for the concept loss test: each class's cross-fitted 1 - p(label),
     heavy-tailed (mostly confident, now and then a confident mistake)."""

@@ -500,6 +500,7 @@ def check_window(
     tests: list[DriftTest] = []
     rng = np.random.default_rng(seed)
     alpha = config.false_alarm_rate
+    benign = config.benign_offset_sd ** 2  # the accumulated tests' tolerance (DriftConfig.benign_offset_sd)
     prev: dict[str, Any] = cusum_state if isinstance(cusum_state, dict) else {}
     state: dict[str, Any] = dict(prev)
 
@@ -546,10 +547,10 @@ def check_window(
             col_diff = scores.column_diff(window_matrix)
             state["cols"] = to_json(ewma_step(prev.get("cols"), col_diff, m))
             state["phi"] = to_json(ewma_step(prev.get("phi"), phi_diff, m))
-            c_cols = ewma_scale(state["cols"], ref.rows)
+            c_cols = ewma_scale(state["cols"], ref.rows, benign)
             z_cols = np.abs(np.asarray(state["cols"]["e"])) / math.sqrt(c_cols)
             e_phi = np.asarray(state["phi"]["e"])
-            mmd_acc = float(e_phi @ e_phi) / ewma_scale(state["phi"], ref.rows)
+            mmd_acc = float(e_phi @ e_phi) / ewma_scale(state["phi"], ref.rows, benign)
             over = tuple(ref.columns[i] for i in np.flatnonzero(z_cols > cal.ewma_z))
             over += ("embeddings" if ref.pc_count else "all columns",) if mmd_acc > cal.ewma_mmd else ()
             top = float(z_cols.max()) if len(z_cols) else 0.0
@@ -599,7 +600,7 @@ def check_window(
                     state["prior"] = to_json(ewma_step(prev.get("prior"), prior_pi - ref_counts / ref_counts.sum(),
                                                        int(counts.sum())))
                     accumulated.append(("label_prior", *prior_statistic(state["prior"], ref_counts,
-                                                                        int(counts.sum()), rng)))
+                                                                        int(counts.sum()), rng, benign)))
             # concept: the reference model's loss on labelled rows (null stratified by class), and
             # whether p(predicted label | label) moved; Bonferroni over the two
             rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
@@ -637,7 +638,8 @@ def check_window(
                 if config.cusum:
                     nr = len(rows)
                     state["concept"] = concept_step(prev.get("concept"), observed - null_mean / nr,
-                                                    window_var / nr ** 2, reference_var / nr ** 2)
+                                                    window_var / nr ** 2, reference_var / nr ** 2,
+                                                    benign * window_var / nr)
                     accumulated.append(("concept", *concept_statistic(state["concept"])))
             else:
                 tests.append(DriftTest("concept", "concept", False, not_testable=f"not testable: {len(rows)} "
@@ -654,7 +656,8 @@ def check_window(
             if config.cusum:
                 ref_freq = ref_pred_counts / ref_pred_counts.sum()
                 state["bbse"] = to_json(ewma_step(prev.get("bbse"), pred_counts / pred_counts.sum() - ref_freq, m))
-                accumulated.append(("label_prior", *prior_statistic(state["bbse"], ref_pred_counts, m, rng)))
+                accumulated.append(("label_prior", *prior_statistic(state["bbse"], ref_pred_counts, m, rng,
+                                                                    benign)))
             tests.append(DriftTest("concept", "concept", False, not_testable=(
                 "not testable: no labelled rows in the window" if labelled_rows == 0 else
                 f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))
