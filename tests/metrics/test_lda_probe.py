@@ -74,7 +74,19 @@ def test_lda_probe_properties() -> None:
     assert T.lda_probe_accuracy(x, shuffled) < a - 0.2                               # labels matter
     assert T.lda_probe_accuracy(np.concatenate([x, x[:, :1]], 1), y) >= 0.0             # a duplicated column is fine
     with pytest.raises(MetricInputError):
-        T.lda_probe_accuracy(x[:4], y[:4])
+        T.lda_probe_accuracy(x[:4], y[:4])  # a class with one row
+    tiny = T.lda_probe_accuracy(x[:6], y[:6])  # 2 rows a class: the smallest window transferability scores
+    assert 0.0 <= tiny <= 1.0
+
+
+def test_lda_probe_in_source_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasksim.metrics.transfer import lda as lda_module
+
+    xs = torch.as_tensor(np.stack([_data(50, 20, 3, seed=s)[0] for s in range(5)]))
+    y = torch.as_tensor(_data(50, 20, 3, seed=0)[1])
+    whole = lda_probe_batched(xs, y, 3)
+    monkeypatch.setattr(lda_module, "_BLOCK_BYTES", 50 * 20 * 8 * 2)  # two sources a block
+    assert lda_probe_batched(xs, y, 3).tolist() == whole.tolist()
 
 
 def test_lda_probe_batched_equals_one_by_one_and_profile_many() -> None:

@@ -42,6 +42,10 @@ __all__ = ["LDA_MAX_ROWS", "lda_probe_accuracy", "lda_probe_batched"]
 #: dimensions, and an accuracy on 512 rows has a standard error of at most 2.2 points.
 LDA_MAX_ROWS = 512
 
+# Sources are fitted in blocks of at most this many bytes of float64 rows (1,000 sources of 512 rows
+# x 384 dimensions would otherwise be 1.5 GiB before the fits' temporaries).
+_BLOCK_BYTES = 64 * 2**20
+
 # A feature whose standard deviation is below this multiple of its magnitude is constant (its scale
 # is then 1, as scikit-learn's StandardScaler does for constant features).
 _ZERO_SCALE = 10.0 * torch.finfo(torch.float64).eps
@@ -144,19 +148,21 @@ def lda_probe_batched(features: torch.Tensor, labels: torch.Tensor, n_classes: i
     rows = _stratified_rows(labels, int(max_rows), seed) if max_rows is not None else None
     if rows is not None:
         features, labels = features.index_select(1, rows.to(features.device)), labels[rows]
-    x = features.to(ACCUM_DTYPE)
-    k, n, _ = x.shape
-    if n < 2 * int(folds):
-        raise MetricInputError(f"lda_probe_accuracy needs at least {2 * int(folds)} labelled rows for {folds}-fold "
-                               f"cross-validation, got {n}")
+    k, n, d = features.shape
+    if int(folds) < 2:
+        raise MetricInputError(f"folds must be >= 2, got {folds}")
     fold, nf = _fold_ids(labels, folds, seed)
-    correct = torch.zeros(k, dtype=torch.long, device=x.device)
-    for f in range(nf):
-        test = fold == f
-        if not bool(test.any()):
-            continue
-        pred = _fit_predict(x[:, ~test], labels[~test], x[:, test], n_classes)
-        correct += (pred == labels[test]).sum(1)
+    # sources in blocks of about _BLOCK_BYTES of float64 rows: the fits' temporaries are a few times that
+    step = max(1, _BLOCK_BYTES // max(1, n * d * 8))
+    correct = torch.zeros(k, dtype=torch.long, device=features.device)
+    for s in range(0, k, step):
+        x = features[s:s + step].to(ACCUM_DTYPE)
+        for f in range(nf):
+            test = fold == f
+            if not bool(test.any()):  # fewer rows of every class than folds: some folds are empty
+                continue
+            pred = _fit_predict(x[:, ~test], labels[~test], x[:, test], n_classes)
+            correct[s:s + step] += (pred == labels[test]).sum(1)
     return correct.to(ACCUM_DTYPE) / n
 
 
