@@ -72,9 +72,9 @@ def _distance(name: str, *, labels: bool = False, weight: float = 0.0, min_rows:
 # measures that held up on all three benchmarks of bench/transfer_suite.py (images with CNN and
 # ImageNet sources, tabular, text): kNN accuracy, the shrinkage LDA probe, LogME, GBC, LEEP and the
 # regularised H-score, weight 1 each (the LDA probe replaced the leave-one-out ridge probe, which
-# ranked sources worse on each of the three benchmarks: least squares masks classes), with MMD^2 at half weight as the guard that breaks
-# ties between sources that transfer alike (same task, other domain: the drift case). Chosen by
-# leave-one-benchmark-out among whole product configurations. Ranks, not min-max values, so that
+# ranked sources worse on each of the three benchmarks: least squares masks classes), with MMD^2
+# at half weight as the guard that breaks ties between sources that transfer alike (same task,
+# other domain: the drift case). Chosen by leave-one-benchmark-out among whole product configurations. Ranks, not min-max values, so that
 # no measure's outliers decide. Modality and cost are practical criteria the benchmark cannot
 # fit. Every other measure is still profiled, exported and explained: weight it through
 # ``ranking.weights``.

@@ -141,7 +141,7 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
         elif m == _LDA:
             if st.features is None:
                 raise MetricInputError("the LDA probe needs the input features: precompute(..., keep_features=True)")
-            out[m] = _lda_of(st.features, st.labels, st.n_classes, seed)
+            out[m] = float(lda_probe_batched(st.features, st.labels, st.n_classes, seed=seed)[0])
         elif m in _PROBS:
             if theta is None:
                 y_p, c_p, _ = prep_labels(y_ref, len(source_probs), raw_tensor(source_probs, "source_probs").device)
@@ -151,14 +151,6 @@ def transferability_profile(features: ArrayLike | FeatureStats, labels: ArrayLik
             else:
                 out[m] = float(_nce_batched(theta.argmax(1).unsqueeze(0), y_p, c_p)[0])
     return out
-
-
-def _lda_of(features: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int) -> float:
-    """The LDA probe of one source's (1, N, D) features (class-stratified subsample above its row cap)."""
-    rows = _stratified_rows(labels, LDA_MAX_ROWS, seed)
-    if rows is not None:
-        features, labels = features.index_select(1, rows.to(features.device)), labels[rows]
-    return float(lda_probe_batched(features, labels, n_classes, seed=seed, max_rows=None)[0])
 
 
 class _Sources:
@@ -326,13 +318,10 @@ def profile_many(features: Any, labels: ArrayLike, source_probs: Any = None,
     extra = [m for m in todo if m in _OPTIONAL_MEASURES]
     if extra:
         raise MetricInputError(f"profile_many does not batch {extra}; call them per source")
-    for m in (_RIDGE, _LDA):
+    for m in _TWO_PASS:
         if m in todo and not src.reiterable:
             raise MetricInputError(f"{m} needs two passes over the rows: pass a list of chunks or a "
                                    "callable returning a fresh iterator instead of a one-shot iterator")
-    if "knn_accuracy" in todo and not src.reiterable:
-        raise MetricInputError("knn_accuracy needs two passes over the rows: pass a list of chunks or a callable "
-                               "returning a fresh iterator instead of a one-shot iterator")
     ydev = src.device
     y, n_classes, counts = prep_labels(labels, len(labels) if src.n is None else src.n, ydev)
     n = y.shape[0]

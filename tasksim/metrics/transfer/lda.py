@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import torch
 
-from tasksim.errors import MetricInputError
 from tasksim.metrics._validate import ACCUM_DTYPE, ArrayLike, float64_features, prep_labels, raw_tensor
 from tasksim.metrics.transfer.extra import _fold_ids
 
@@ -149,9 +148,7 @@ def lda_probe_batched(features: torch.Tensor, labels: torch.Tensor, n_classes: i
     if rows is not None:
         features, labels = features.index_select(1, rows.to(features.device)), labels[rows]
     k, n, d = features.shape
-    if int(folds) < 2:
-        raise MetricInputError(f"folds must be >= 2, got {folds}")
-    fold, nf = _fold_ids(labels, folds, seed)
+    fold, nf = _fold_ids(labels, folds, seed)  # raises for folds < 2
     # sources in blocks of about _BLOCK_BYTES of float64 rows: the fits' temporaries are a few times that
     step = max(1, _BLOCK_BYTES // max(1, n * d * 8))
     correct = torch.zeros(k, dtype=torch.long, device=features.device)
