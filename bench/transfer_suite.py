@@ -483,7 +483,10 @@ def lobo(runs: Sequence[TargetRun], pool: Sequence[str] = COMPOSITE_POOL, max_si
 # evidence criteria to weights (every other evidence criterion 0; modality and cost as default).
 # The family is the one of the previous default with its probe, the leave-one-out ridge probe,
 # replaced one for one by the shrinkage LDA probe (which ranked sources better than the ridge probe
-# on each benchmark alone); the previous default stays as a candidate.
+# on each benchmark alone); the previous default stays as a candidate. Each weight set is tried with
+# both normalisations that no single outlier can dominate: ranks, and robust z-scores through the
+# logistic (median and MAD; keeps how far apart the sources are, which ranks throw away). Min-max
+# values are left out by design: one source's extreme value would squash every other source.
 _T5 = {"knn_accuracy": 1.0, "logme": 1.0, "gbc": 1.0, "leep": 1.0, "hscore_regularized": 1.0}
 _LDA = "lda_probe_accuracy"
 CONFIG_CANDIDATES: dict[str, dict[str, float]] = {
@@ -495,32 +498,42 @@ CONFIG_CANDIDATES: dict[str, dict[str, float]] = {
     "five + LDA probe, no guard": {**_T5, _LDA: 1.0},
     "probes (LDA, kNN) + LogME + LEEP + MMD² guard 0.5": {_LDA: 1.0, "knn_accuracy": 1.0, "logme": 1.0, "leep": 1.0,
                                                          "mmd2": 0.5},
-    "five + ridge probe + MMD² guard 0.5 (the previous default)": {**_T5, "ridge_probe_accuracy": 1.0, "mmd2": 0.5},
+    "five + ridge probe + MMD² guard 0.5 (session 7's weights)": {**_T5, "ridge_probe_accuracy": 1.0, "mmd2": 0.5},
 }
+CONFIG_NORMALIZATIONS: tuple[str, ...] = ("rank", "robust_z")
 CONFIG_HELD_OUT_ROW = "default chosen with this benchmark held out (product configurations)"
 
 
-def candidate_config(weights: Mapping[str, float]) -> RankingConfig:
-    """The default RankingConfig with the evidence weights replaced by ``weights``."""
+def candidate_config(weights: Mapping[str, float], normalization: str | None = None) -> RankingConfig:
+    """The default RankingConfig with the evidence weights replaced by ``weights`` (and its
+    normalisation by ``normalization`` when given)."""
     evidence = {m for m, w in catalog.DEFAULT_WEIGHTS.items() if catalog.CATALOG[m].family != "practical"}
-    return RankingConfig(weights={**{m: 0.0 for m in evidence}, **weights})
+    config = RankingConfig(weights={**{m: 0.0 for m in evidence}, **weights})
+    return config if normalization is None else config.model_copy(update={"normalization": normalization})
+
+
+def config_family(candidates: Mapping[str, Mapping[str, float]] = CONFIG_CANDIDATES,
+                  normalizations: Sequence[str] = CONFIG_NORMALIZATIONS) -> dict[str, RankingConfig]:
+    """Every weight set with every normalisation, named "<weight set>; <normalisation>"."""
+    return {f"{name}; {norm}": candidate_config(w, norm) for name, w in candidates.items() for norm in normalizations}
 
 
 def config_lobo(runs: Sequence[TargetRun], candidates: Mapping[str, Mapping[str, float]] = CONFIG_CANDIDATES,
-                seed: int = 0) -> dict[str, object]:
+                seed: int = 0, normalizations: Sequence[str] = CONFIG_NORMALIZATIONS) -> dict[str, object]:
     """Leave-one-benchmark-out choice among whole product configurations (``rank_sources`` with
-    each candidate's weights, reliability weighting and all): for each benchmark, the candidate
-    with the best mean weighted tau over the other benchmarks, and its score on the held-out one."""
-    configs = {name: candidate_config(w) for name, w in candidates.items()}
+    each candidate's weights and normalisation, reliability weighting and all): for each benchmark,
+    the candidate with the best mean weighted tau over the other benchmarks, and its score on the
+    held-out one."""
+    configs = config_family(candidates, normalizations)
     rows = {name: (lambda run, key, cfg=cfg: product_composite(run.measures[key], run.rounds.get(key), cfg))
             for name, cfg in configs.items()}
     table = tau_table(runs, rows, seed=seed)
     benches = sorted({r.benchmark for r in runs})
     means = {b: bench_mean(table, runs, b) for b in benches}
-    out: dict[str, object] = {"means": {n: {b: means[b][n] for b in benches} for n in candidates}, "held_out": {}}
+    out: dict[str, object] = {"means": {n: {b: means[b][n] for b in benches} for n in configs}, "held_out": {}}
     for b in benches:
         others = [o for o in benches if o != b] or [b]
-        fit = {n: float(np.mean([means[o][n] for o in others])) for n in candidates}
+        fit = {n: float(np.mean([means[o][n] for o in others])) for n in configs}
         chosen = max(fit, key=fit.get)
         out["held_out"][b] = {"chosen": chosen, "train_wtau": fit[chosen], "held_out_wtau": means[b][chosen]}
     return out
@@ -716,7 +729,8 @@ def report(runs: Sequence[TargetRun], info: Mapping[str, object], markdown: Path
     held = {b: tuple(lo["held_out"][b]["chosen"]) for b in benches}
     rows[HELD_OUT_ROW] = lambda run, key: rank_average(run.measures[key], held[run.benchmark])
     clo = config_lobo(runs)
-    picked = {b: candidate_config(CONFIG_CANDIDATES[clo["held_out"][b]["chosen"]]) for b in benches}
+    family = config_family()
+    picked = {b: family[clo["held_out"][b]["chosen"]] for b in benches}
     rows[CONFIG_HELD_OUT_ROW] = lambda run, key: product_composite(run.measures[key], run.rounds.get(key),
                                                                    picked[run.benchmark])
     table = tau_table(runs, rows)
@@ -882,10 +896,11 @@ draws. **Fine-tune** ground truth: the source's last block(s) and a new output l
 
 {verdict}
 
-**What "held out" means here.** The product's default (`RankingConfig()`: the average of the
-sources' ranks over the transferability measures that hold up everywhere, a distance as the guard,
-reliability weighting) is one of a small family of principled product configurations (table
-"Choosing the default" below). For each benchmark, the configuration with the best mean weighted
+**What "held out" means here.** The product's default (`RankingConfig()`: the weighted average of
+the sources' robust z-scores over the transferability measures that hold up everywhere, a distance
+as the guard, reliability weighting) is one of a small family of principled product configurations
+(table "Choosing the default" below: eight weight sets, each with rank and with robust-z
+normalisation). For each benchmark, the configuration with the best mean weighted
 tau on the *other two* benchmarks is chosen and scored on the held-out one: the row "default
 chosen with this benchmark held out". That row, not the default's own row (which has seen every
 benchmark), is the verdict above. The row "composite chosen with this benchmark held out" is a
@@ -913,7 +928,7 @@ test rows with replacement (the ground truth re-measured on them), one random ti
 
 ## Choosing the default: leave one benchmark out over product configurations
 
-Each candidate runs through `tasksim.rank.rank_sources` exactly as a cycle does (rank
+Each candidate runs through `tasksim.rank.rank_sources` exactly as a cycle does (its
 normalisation, reliability weighting, modality and cost as configured); the evidence criteria not
 named carry weight 0.
 

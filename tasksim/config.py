@@ -375,7 +375,7 @@ class RankingConfig(_Frozen):
 
     weights: dict[str, float] = Field(default_factory=dict)
     method: Literal["weighted_sum", "topsis"] = "weighted_sum"
-    normalization: Literal["minmax", "rank", "robust_z"] = "rank"
+    normalization: Literal["minmax", "rank", "robust_z"] = "robust_z"
     negative_transfer_guard: bool = True
     switch_margin: float = Field(default=0.05, ge=0)
     min_confidence: float = Field(default=0.6, ge=0, le=1)

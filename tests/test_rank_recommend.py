@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tasksim.config import RankingConfig, SourceConfig
@@ -76,7 +78,9 @@ def test_every_direction_is_known() -> None:
 
 def test_default_weights_rank_the_source_better_on_every_default_criterion_first() -> None:
     """The defaults use each criterion in its documented direction: a source better on all of them
-    scores 1 and the other 0, and a measure without a default weight does not move the ranking."""
+    scores as high as the default normalisation allows and the other as low (robust z of two
+    sources: +-1 / 1.4826 through the logistic), and a measure without a default weight does not
+    move the ranking."""
     criteria = [c for c in DEFAULT_WEIGHTS if c != "cost"]
     good = {c: float(MEASURE_DIRECTIONS[c]) for c in criteria}
     bad = {c: -float(MEASURE_DIRECTIONS[c]) for c in criteria}
@@ -85,7 +89,8 @@ def test_default_weights_rank_the_source_better_on_every_default_criterion_first
     ranking = rank_sources([prof("a", **good), prof("b", **bad)], [src("a"), src("b")], RankingConfig())
     assert [e.source for e in ranking.entries] == ["a", "b"]
     assert set(ranking.weights) == set(criteria)
-    assert ranking.entries[0].score == pytest.approx(1.0) and ranking.entries[1].score == pytest.approx(0.0)
+    top = 1.0 / (1.0 + math.exp(-1.0 / 1.4826))
+    assert ranking.entries[0].score == pytest.approx(top) and ranking.entries[1].score == pytest.approx(1.0 - top)
 
 
 def test_reliability_weighting_discounts_noise_level_differences() -> None:
@@ -274,7 +279,8 @@ def test_criteria_every_source_ties_on_are_not_used() -> None:
     """A tie carries no information; keeping it would only shrink the score differences."""
     profiles = [SourceProfile("a", "ok", measures={"logme": 1.0, "modality_match": 1.0, "duplicate_rate": 0.0}),
                 SourceProfile("b", "ok", measures={"logme": 0.0, "modality_match": 1.0, "duplicate_rate": 0.0})]
-    ranking = rank_sources(profiles, [src("a"), src("b")], RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}))
+    config = RankingConfig(bootstrap_rounds=0, weights={"logme": 1.0}, normalization="rank")
+    ranking = rank_sources(profiles, [src("a"), src("b")], config)
     assert set(ranking.weights) == {"logme"}
     assert [e.score for e in ranking.entries] == [1.0, 0.0]
 

@@ -70,14 +70,16 @@ def test_lobo_picks_the_informative_measures_and_scores_held_out(runs) -> None:
 
 def test_config_lobo_chooses_whole_product_configurations_on_the_other_benchmarks(runs) -> None:
     candidates = {"logme": {"logme": 1.0}, "gbc": {"gbc": 1.0}, "logme + mmd": {"logme": 1.0, "mmd2": 0.5}}
-    out = ts.config_lobo(runs, candidates)
-    assert set(out["means"]) == set(candidates)
+    out = ts.config_lobo(runs, candidates, normalizations=("rank", "robust_z"))
+    assert set(out["means"]) == {f"{n}; {norm}" for n in candidates for norm in ("rank", "robust_z")}
     for bench, held in out["held_out"].items():
-        assert held["chosen"] != "gbc"  # the noise measure never wins on the other benchmarks
+        assert not held["chosen"].startswith("gbc;")  # the noise measure never wins on the other benchmarks
         assert held["held_out_wtau"] == pytest.approx(out["means"][held["chosen"]][bench])
     # a candidate's weights replace the evidence weights: only the named criteria are weighted
     cfg = ts.candidate_config({"gbc": 1.0})
     assert cfg.weights["gbc"] == 1.0 and cfg.weights["logme"] == 0.0 and "cost" not in cfg.weights
+    assert ts.candidate_config({"gbc": 1.0}, "rank").normalization == "rank"
+    assert ts.config_family(candidates, ("robust_z",))["logme; robust_z"].normalization == "robust_z"
 
 
 def test_tau_table_rows_and_bootstrap(runs) -> None:

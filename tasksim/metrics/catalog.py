@@ -68,16 +68,17 @@ def _distance(name: str, *, labels: bool = False, weight: float = 0.0, min_rows:
 
 
 # The default composite (docs/decisions.md, "The composite"; evidence: docs/transfer_benchmark.md):
-# the average of the sources' ranks (RankingConfig.normalization "rank") on six transferability
-# measures that held up on all three benchmarks of bench/transfer_suite.py (images with CNN and
-# ImageNet sources, tabular, text): kNN accuracy, the shrinkage LDA probe, LogME, GBC, LEEP and the
-# regularised H-score, weight 1 each (the LDA probe replaced the leave-one-out ridge probe, which
-# ranked sources worse on each of the three benchmarks: least squares masks classes), with MMD^2
-# at half weight as the guard that breaks ties between sources that transfer alike (same task,
-# other domain: the drift case). Chosen by leave-one-benchmark-out among whole product configurations. Ranks, not min-max values, so that
-# no measure's outliers decide. Modality and cost are practical criteria the benchmark cannot
-# fit. Every other measure is still profiled, exported and explained: weight it through
-# ``ranking.weights``.
+# the weighted average of the sources' robust z-scores (RankingConfig.normalization "robust_z":
+# median and MAD, through the logistic) on six transferability measures that held up on all three
+# benchmarks of bench/transfer_suite.py (images with CNN and ImageNet sources, tabular, text): kNN
+# accuracy, the shrinkage LDA probe, LogME, GBC, LEEP and the regularised H-score, weight 1 each
+# (the LDA probe replaced the leave-one-out ridge probe, which ranked sources worse on each of the
+# three benchmarks: least squares masks classes), with MMD^2 at half weight as the guard that breaks
+# ties between sources that transfer alike (same task, other domain: the drift case). Robust
+# z-scores, not min-max values, so that no measure's outlier decides; not ranks, which throw away
+# how far apart the sources are (a near-tie counts as a full rank step). Modality and cost are
+# practical criteria the benchmark cannot fit. Every other measure is still profiled, exported and
+# explained: weight it through ``ranking.weights``.
 _MEASURES: tuple[Measure, ...] = (
     # distribution alignment in the shared (deployed encoder's) feature space
     _distance("mmd2", weight=0.5),  # the guard: a tie-breaker between sources that transfer alike
