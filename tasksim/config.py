@@ -370,7 +370,10 @@ class RankingConfig(_Frozen):
     ``tasksim.profile.CARRIED_MEASURES``, e.g. the domain classifier and OTDD) are measured afresh for
     each source once every this many cycles (staggered across sources) and in every window with
     drift; in between, a source carries its last value, and ``explain`` and the run JSON say from
-    which cycle and window (1: every measure in every cycle).
+    which cycle and window (1: every measure in every cycle). Default 8 (was 4 until issue 15's
+    sixth pass; these measures enter neither the composite, the top-1 probabilities nor the
+    recommendation, so the longer cadence only lets a reported value be up to 7 cycles old in
+    windows without drift: docs/benchmarks.md "Sixth pass").
     """
 
     weights: dict[str, float] = Field(default_factory=dict)
@@ -380,7 +383,7 @@ class RankingConfig(_Frozen):
     switch_margin: float = Field(default=0.05, ge=0)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     bootstrap_rounds: int = Field(default=30, ge=0, le=10000)
-    unweighted_every: int = Field(default=4, ge=1, le=1000)
+    unweighted_every: int = Field(default=8, ge=1, le=1000)
     reliability_weighting: bool = True
     allowed_licences: tuple[str, ...] | None = None
     excluded_access: tuple[str, ...] = ("unavailable",)

@@ -25,7 +25,7 @@ from .conftest import make_tabular_workspace
 def test_shift_changes_drift_ranking_and_recommendation(tabular_workspace: Path, capsys) -> None:
     config = load_config(tabular_workspace)
     results = [run_cycle(config) for _ in range(2)]
-    # the unweighted distances (ranking.unweighted_every, default 4) are carried between their
+    # the unweighted distances (ranking.unweighted_every, default 8) are carried between their
     # refreshes, staggered by source name: in cycle 2 'far' measures afresh, the others carry cycle 1's
     capsys.readouterr()
     assert main(["explain", "near", "--config", str(tabular_workspace)]) == 0

@@ -413,3 +413,33 @@ def test_the_depth_rule_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(tasksim.recommend, "DEPTH_GROWTH_RATIO", 0.0)
     plan = plan_fine_tuning({"mmd2": 0.75, "label_shift": 0.0, **growing}, labelled_rows=500, classes=5)
     assert plan.strategy == "lp_ft"
+
+
+def test_carried_unweighted_measures_move_neither_the_ranking_nor_the_recommendation() -> None:
+    """What ``ranking.unweighted_every`` trades: between refreshes a source carries its last
+    ``CARRIED_MEASURES`` (stale by up to ``unweighted_every - 1`` cycles); with default weights the
+    composite, the top-1 probabilities, the reliabilities and the recommendation never read them."""
+    import random
+
+    from tasksim.profile import CARRIED_MEASURES
+
+    assert not {m for m in CARRIED_MEASURES if DEFAULT_WEIGHTS.get(m, 0.0) > 0}
+    rng = random.Random(3)
+    criteria = [c for c in DEFAULT_WEIGHTS if c != "cost"]
+    names = ["a", "b", "c", "d"]
+    base = {n: {c: rng.uniform(-1, 1) for c in criteria} for n in names}
+    boot = {n: tuple({m: v + rng.gauss(0, 0.3) for m, v in base[n].items()} for _ in range(30)) for n in names}
+
+    def decide(carried: dict[str, dict[str, float]]) -> tuple:
+        profiles = [SourceProfile(n, "ok", measures={**base[n], **carried[n]}, bootstrap=boot[n]) for n in names]
+        ranking = rank_sources(profiles, [src(n, cost=1 + i) for i, n in enumerate(names)], RankingConfig())
+        top1 = ranking.top1_probabilities()
+        rec = recommend(ranking, "d", RankingConfig(), measures={p.source: p.measures for p in profiles},
+                        top1_probability=top1)
+        return ([(e.source, e.score, e.rank, e.rank_interval) for e in ranking.entries], top1, ranking.reliability,
+                ranking.weights, rec.action, rec.recommended_source, rec.fine_tune)
+
+    fresh = decide({n: {m: rng.uniform(0, 1) for m in CARRIED_MEASURES} for n in names})
+    stale = decide({n: {m: rng.uniform(0, 1) for m in CARRIED_MEASURES} for n in names})
+    assert fresh == stale
+    assert len({e[0] for e in fresh[0]}) == 4 and 0 < max(fresh[1].values()) < 1  # a ranking with real doubt

@@ -87,10 +87,13 @@ def test_mmd2_self_block_with_tied_and_duplicated_rows():
 
 def test_kth_of_union_is_the_order_statistic_of_the_concatenation():
     g = np.random.default_rng(5)
-    for na, nb in [(1, 1), (1, 9), (9, 1), (50, 70), (200, 3)]:
-        a, b = np.sort(g.integers(0, 20, na).astype(float)), np.sort(g.integers(0, 20, nb).astype(float))
+    for na, nb in [(1, 1), (1, 9), (9, 1), (50, 70), (200, 3), (3, 200)]:
+        # ties within and across the two arrays; b unsorted
+        a, b = np.sort(g.integers(0, 20, na).astype(float)), g.integers(0, 20, nb).astype(float)
         both = np.sort(np.concatenate([a, b]))
-        assert [dist._kth_of_union(a, b, r) for r in range(1, na + nb + 1)] == both.tolist()
+        for r in range(1, na + nb + 1):
+            for r2 in (r, min(r + 1, na + nb)):
+                assert dist._kth_of_union(a, b, (r, r2)) == (both[r - 1], both[r2 - 1])
 
 
 def test_mmd2_self_block_refuses_other_rows():
