@@ -61,8 +61,9 @@ def _test(verdict: Any, name: str) -> Any:
     return next((t for t in verdict.tests if t.name == name), None)
 
 
-def run(data: db.Data, references: int, windows: int, config: DriftConfig, extra_rounds: int,
-        first: int = 0) -> list[dict[str, Any]]:
+def run(
+    data: db.Data, references: int, windows: int, config: DriftConfig, extra_rounds: int, first: int = 0
+) -> list[dict[str, Any]]:
     out = []
     for s in range(first, first + references):
         t0 = time.perf_counter()
@@ -139,42 +140,56 @@ def order_statistic_cut(held_max: np.ndarray, rate: float, delta: float | None) 
     return float("inf")
 
 
+#: The families' shares before 2026-12-07 (summing to 1) and after (halved: ``REFERENCE_MARGIN``).
+SHARES_BEFORE = {"input": 0.4, "cusum": 0.2, "label_prior": 0.1, "concept": 0.15, "label_cusum": 0.15}
+SHARES_HALVED = {k: v / 2 for k, v in SHARES_BEFORE.items()}
+
+
 def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, Any]:
-    """Alarms per reference under ``policy``: ``scale`` (a factor on every family's share),
-    per-family ``shares`` overriding ALPHA_SHARES, ``delta`` (the input cut's confidence, None =
-    conformal), ``extra`` (use the extra calibration rounds too), ``cusum_rate`` (one of
-    CUSUM_RATES, None = as run)."""
+    """Alarms per reference under ``policy``: ``recorded`` (the verdicts as run), ``shares`` (each family's share of the budget,
+    default as run), ``cut`` (the per-window input cut: ``as_run``, ``conformal`` or ``tail``,
+    :func:`tasksim.drift.checks.tail_cut`), ``delta`` (the tail cut's confidence, default 0.1;
+    None: its point estimate), ``extra`` (the extra calibration rounds held out too) and the
+    accumulated input test's thresholds at its share (one of CUSUM_RATES)."""
     alpha = refs[0]["false_alarm_rate"]
     shares = {**ALPHA_SHARES, **policy.get("shares", {})}
-    scale = policy.get("scale", 1.0)
+    cut = policy.get("cut", "as_run")
     per, fired = [], Counter()
     for d in refs:
         held = np.asarray(d["held_max"])
         if policy.get("extra") and d.get("held_max_extra"):
             held = np.concatenate([held, d["held_max_extra"]])
-        if policy.get("as_run"):
+        if cut == "as_run":
             z_star = d["z_star"]
-        elif policy.get("tail"):
-            z_star = tail_cut(held, alpha * shares["input"] * scale, delta=policy.get("delta", 0.1))
+        elif cut == "tail":
+            z_star = tail_cut(held, alpha * shares["input"], delta=policy.get("delta", 0.1))
         else:
-            z_star = order_statistic_cut(held, alpha * shares["input"] * scale, policy.get("delta"))
-        rate = policy.get("cusum_rate")
-        ez, em = (d["ewma_z"], d["ewma_mmd"]) if rate is None else d["cusum_thresholds"][str(rate)]
+            z_star = order_statistic_cut(held, alpha * shares["input"], None)
+        if "shares" in policy:
+            key = min(d["cusum_thresholds"], key=lambda r: abs(float(r) - alpha * shares["cusum"]))
+            ez, em = d["cusum_thresholds"][key]
+        else:
+            ez, em = d["ewma_z"], d["ewma_mmd"]
         n, count = d["reference_rows"], 0
         bo = d["benign_offset_sd"]
         for w in d["windows"]:
+            if policy.get("recorded"):  # the verdicts as the run gave them
+                hits = {"input" if f in ("columns", "mmd") else f for f in w["fired"]}
+                fired.update(hits)
+                count += bool(hits)
+                continue
             hits = set()
             if w["input_z"] >= z_star:
                 hits.add("input")
             c = w["s2"] + w["w"] ** 2 / n + w["w"] ** 2 * bo * bo
             if w["max_abs_e"] / math.sqrt(c) > ez or w["phi_e2"] / c > em:
                 hits.add("cusum")
-            if w["label_prior_p"] is not None and w["label_prior_p"] <= alpha * shares["label_prior"] * scale:
+            if w["label_prior_p"] is not None and w["label_prior_p"] <= alpha * shares["label_prior"]:
                 hits.add("label_prior")
-            if w["concept_p"] is not None and w["concept_p"] <= alpha * shares["concept"] * scale:
+            if w["concept_p"] is not None and w["concept_p"] <= alpha * shares["concept"]:
                 hits.add("concept")
             if w["label_cusum_p"] is not None and w["label_cusum_p"] <= (
-                alpha * shares["label_cusum"] * scale / max(1, w["label_cusum_tests"])
+                alpha * shares["label_cusum"] / max(1, w["label_cusum_tests"])
             ):
                 hits.add("label_cusum")
             fired.update(hits)
@@ -194,14 +209,16 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
 
 
 POLICIES: dict[str, dict[str, Any]] = {
-    "as run": {"as_run": True},
-    "conformal (recomputed)": {},
-    "input UCB delta 0.1": {"delta": 0.1},
-    "input UCB delta 0.1, + extra rounds": {"delta": 0.1, "extra": True},
-    "conformal, + extra rounds": {"extra": True},
-    "all shares x0.5": {"scale": 0.5, "cusum_rate": 0.001},
-    "all shares x0.5, input UCB 0.1 + extra": {"scale": 0.5, "cusum_rate": 0.001, "delta": 0.1, "extra": True},
-    "all shares x0.5, + extra rounds": {"scale": 0.5, "cusum_rate": 0.001, "extra": True},
+    "as run": {"recorded": True},
+    "before: conformal cut, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "conformal"},
+    "conformal cut on 2,250 rounds, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "conformal", "extra": True},
+    "tail cut, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "tail"},
+    "conformal cut, shares halved": {"shares": SHARES_HALVED, "cut": "conformal"},
+    "after (default): tail cut, shares halved": {"shares": SHARES_HALVED, "cut": "tail"},
+    "tail cut, shares halved, accumulated input at a quarter": {
+        "shares": {**SHARES_HALVED, "cusum": SHARES_BEFORE["cusum"] / 4},
+        "cut": "tail",
+    },
 }
 
 
