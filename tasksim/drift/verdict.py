@@ -44,8 +44,13 @@ ALPHA_SHARES: dict[str, float] = {
 }
 
 
-#: Monte-Carlo draws for the label-prior and concept nulls (per window; resolution 1/draws).
-LABEL_NULL_DRAWS = 4000
+#: Monte-Carlo draws for the label-prior and concept nulls (per window; resolution 1/draws). The
+#: draws stop early once 10 of them reach the observed statistic (``mc_pvalue``), so a quiet
+#: window costs a few dozen; only a window near or past its threshold pays for all of them. At the
+#: halved shares (``REFERENCE_MARGIN``) the smallest threshold is 0.0375% (the confusion half of the
+#: concept test, Bonferroni over two): 4,000 draws could reach it only with no exceedance at all,
+#: which delayed concept ramps on Landsat by up to 5 windows; 20,000 resolve it.
+LABEL_NULL_DRAWS = 20000
 
 
 #: Random Fourier features of the Gaussian kernel for the multivariate (MMD) test.
