@@ -10,7 +10,9 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
 - :func:`calibrate` measures every null by bootstrapping the reference against itself at the
   window's size bucket (:func:`calibration_rows`), cached per reference and bucket.
 - :func:`check_window` returns a :class:`DriftVerdict`: five test families share the per-window
-  false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`, a union bound): a
+  false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`, a union bound over
+  half of it, the other half, :data:`REFERENCE_MARGIN`, held back for the reference's own
+  sampling error, so that the rate holds for nearly every reference, not only on average): a
   calibrated max-statistic over the columns with the MMD (concentrated and diffuse shifts); the
   evidence accumulated over windows (``cusum``: EWMAs of the columns' mean normal scores and of the
   MMD's mean embedding, whose null includes the shared reference's own sampling error,
@@ -68,7 +70,7 @@ Evidently is imported lazily inside the functions (the import takes several seco
 
 from __future__ import annotations
 
-from tasksim.drift.checks import Calibration, calibrate, calibration_rows, check_window, ks_pvalues
+from tasksim.drift.checks import Calibration, calibrate, calibration_rows, check_window, ks_pvalues, tail_cut
 from tasksim.drift.columns import (
     DISTANCE_METHODS,
     P_VALUE_METHODS,
@@ -86,7 +88,15 @@ from tasksim.drift.columns import (
 from tasksim.drift.monitor import _REFERENCES, DriftMonitor, StateStore  # noqa: F401  (_REFERENCES: the cache)
 from tasksim.drift.reference import DriftReference
 from tasksim.drift.sequential import EWMA_LAMBDA
-from tasksim.drift.verdict import ALPHA_SHARES, DRIFT_KINDS, DriftKind, DriftTest, DriftVerdict, as_verdict
+from tasksim.drift.verdict import (
+    ALPHA_SHARES,
+    DRIFT_KINDS,
+    REFERENCE_MARGIN,
+    DriftKind,
+    DriftTest,
+    DriftVerdict,
+    as_verdict,
+)
 
 __all__ = [
     "ALPHA_SHARES",
@@ -94,6 +104,7 @@ __all__ = [
     "DRIFT_KINDS",
     "EWMA_LAMBDA",
     "P_VALUE_METHODS",
+    "REFERENCE_MARGIN",
     "Calibration",
     "ColumnDrift",
     "DriftConfigError",
@@ -114,4 +125,5 @@ __all__ = [
     "ks_pvalues",
     "monitored_frames",
     "pca_components",
+    "tail_cut",
 ]

@@ -127,7 +127,7 @@ def ewma_thresholds(scores: ReferenceScores, phi: np.ndarray, rate: float, seed:
 
 #: Monte-Carlo draws of the accumulated class-frequency statistic's null, and the windows simulated
 #: (older windows weigh less than (1 - lam)^PRIOR_HISTORY, 0.3% of the newest).
-PRIOR_DRAWS = 4000
+PRIOR_DRAWS = 20000  # resolves the 0.0375% threshold of the halved shares (verdict.LABEL_NULL_DRAWS)
 PRIOR_HISTORY = 16
 
 

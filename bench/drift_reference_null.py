@@ -1,0 +1,283 @@
+"""False alarms of tasksim's drift verdict per reference: the reference-conditional rate.
+
+    python bench/drift_reference_null.py --data mnist --references 30 --windows 264 --json out.json.gz
+    python bench/drift_reference_null.py --raw out.json.gz          # re-summarise a saved record
+
+A hidden checker runs single quiet streams (a 1,000-row reference, ~264 windows of 100 rows) and
+counts the alarms of each stream, so what matters is the false-alarm rate *given the reference*,
+for (nearly) every reference, not its average over references. Each reference here is
+``bench/drift_benchmark.py``'s single stream for ``--seed`` S = 0, 1, ... (the same reference and
+100-row windows as ``drift_benchmark.py --only DATA --seed S``, whose first 200 windows these are),
+then ``--windows`` labelled quiet windows through ``check_window`` alone, the accumulated state
+carried along the stream.
+
+Every window's statistics are recorded on the scale of each family's threshold, so other
+thresholds are evaluated offline on the same windows (``--raw``):
+
+- per-window input: the larger of the columns' max z and the MMD's z, and the calibration's
+  held-out per-round maxima (the configuration's rounds, and ``--extra-rounds`` more on another
+  seed) from which any rank rule gives the cut;
+- accumulated input: the EWMA state (its statistic for the thresholds at several rates is exact);
+- label prior, concept, accumulated label tests: their p-values (Monte Carlo; the accumulated label
+  tests Bonferroni over the ones that ran, recorded as their count).
+
+Summaries: mean rate over every window, the share of references whose stream exceeds 1% (more
+than 1% of its windows), and the 90th percentile of the per-reference rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import drift_benchmark as db
+
+from tasksim.config import DriftConfig
+from tasksim.drift.checks import input_null, reference_scores, tail_cut
+from tasksim.drift.sequential import ewma_thresholds
+from tasksim.drift.verdict import ALPHA_SHARES
+
+#: accumulated-input rates (per window, the whole family) whose thresholds are recorded
+CUSUM_RATES = (0.002, 0.0015, 0.001, 0.0005, 0.00025)
+
+
+def _test(verdict: Any, name: str) -> Any:
+    return next((t for t in verdict.tests if t.name == name), None)
+
+
+def run(
+    data: db.Data, references: int, windows: int, config: DriftConfig, extra_rounds: int, first: int = 0
+) -> list[dict[str, Any]]:
+    out = []
+    for s in range(first, first + references):
+        t0 = time.perf_counter()
+        stream = db.Stream(data, np.random.default_rng(s))
+        methods = db.Methods(data, stream, config)
+        ref, cal = methods.ref, methods.cal
+        held = input_null(ref, db.WINDOW, config).held_max  # the rounds calibrate used (seed 0)
+        extra = input_null(ref, db.WINDOW, config, seed=1, rounds=extra_rounds).held_max if extra_rounds else None
+        scores = reference_scores(ref)
+        cusum_thresholds = {str(r): ewma_thresholds(scores, ref.phi, r, 0) for r in CUSUM_RATES}
+        state, rows = None, []
+        for _ in range(windows):
+            x, y = stream.window()
+            verdict, state = methods.tasksim(x, y, True, state)
+            cols_t, mmd_t = _test(verdict, "columns"), _test(verdict, "mmd")
+            lp, cc, lc = _test(verdict, "label_prior"), _test(verdict, "concept"), _test(verdict, "label_cusum")
+            rows.append(
+                {
+                    "fired": [t.name for t in verdict.tests if t.fired],
+                    "input_z": max(float(cols_t.statistic), cal.mmd_z(float(mmd_t.statistic))),
+                    "max_abs_e": float(np.abs(np.asarray(state["cols"]["e"])).max()),
+                    "phi_e2": float(np.square(np.asarray(state["phi"]["e"])).sum()),
+                    "s2": float(state["cols"]["s2"]),
+                    "w": float(state["cols"]["w"]),
+                    "label_prior_p": None if lp is None or lp.p_value is None else float(lp.p_value),
+                    "concept_p": None if cc is None or cc.p_value is None else float(cc.p_value),
+                    "label_cusum_p": None if lc is None else float(lc.p_value),
+                    "label_cusum_tests": None
+                    if lc is None
+                    else round(config.false_alarm_rate * ALPHA_SHARES["label_cusum"] / lc.threshold),
+                }
+            )
+        out.append(
+            {
+                "seed": s,
+                "reference_rows": ref.rows,
+                "z_star": cal.z_star,
+                "held_max": [round(float(v), 5) for v in held],
+                "held_max_extra": None if extra is None else [round(float(v), 5) for v in extra],
+                "ewma_z": cal.ewma_z,
+                "ewma_mmd": cal.ewma_mmd,
+                "cusum_thresholds": cusum_thresholds,
+                "false_alarm_rate": config.false_alarm_rate,
+                "benign_offset_sd": config.benign_offset_sd,
+                "windows": rows,
+            }
+        )
+        print(
+            f"reference {s}: {sum(bool(r['fired']) for r in rows)} windows with an alarm, z* {cal.z_star:.2f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
+
+
+# -- offline policies ---------------------------------------------------------------------------------
+
+
+def order_statistic_cut(held_max: np.ndarray, rate: float, delta: float | None) -> float:
+    """The cut from held-out null maxima: ``delta`` None, the split-conformal rank (as calibrate);
+    else the smallest order statistic whose true exceedance rate is at most ``rate`` with
+    probability ``1 - delta`` over the calibration draw (binomial upper bound)."""
+    from scipy.stats import binom
+
+    stat = np.sort(np.asarray(held_max, dtype=np.float64))
+    n = len(stat)
+    if delta is None:
+        return float(stat[min(math.ceil((1 - rate) * (n + 1)), n) - 1])
+    # exceedances above the k-th largest are k - 1 < Binomial(n, rate) ... P(Bin(n, rate) <= k - 1) <= delta
+    for k in range(n, 0, -1):  # k-th largest = stat[n - k]
+        if binom.cdf(k - 1, n, rate) <= delta:
+            return float(stat[n - k])
+    return float("inf")
+
+
+#: The families' shares before 2026-12-07 (summing to 1) and after (halved: ``REFERENCE_MARGIN``).
+SHARES_BEFORE = {"input": 0.4, "cusum": 0.2, "label_prior": 0.1, "concept": 0.15, "label_cusum": 0.15}
+SHARES_HALVED = {k: v / 2 for k, v in SHARES_BEFORE.items()}
+
+
+def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, Any]:
+    """Alarms per reference under ``policy``: ``recorded`` (the verdicts as run), ``shares`` (each family's share of the budget,
+    default as run), ``cut`` (the per-window input cut: ``as_run``, ``conformal`` or ``tail``,
+    :func:`tasksim.drift.checks.tail_cut`), ``delta`` (the tail cut's confidence, default 0.1;
+    None: its point estimate), ``extra`` (the extra calibration rounds held out too) and the
+    accumulated input test's thresholds at its share (one of CUSUM_RATES)."""
+    alpha = refs[0]["false_alarm_rate"]
+    shares = {**ALPHA_SHARES, **policy.get("shares", {})}
+    cut = policy.get("cut", "as_run")
+    per, fired = [], Counter()
+    for d in refs:
+        held = np.asarray(d["held_max"])
+        if policy.get("extra") and d.get("held_max_extra"):
+            held = np.concatenate([held, d["held_max_extra"]])
+        if cut == "as_run":
+            z_star = d["z_star"]
+        elif cut == "tail":
+            z_star = tail_cut(held, alpha * shares["input"], delta=policy.get("delta", 0.1))
+        else:
+            z_star = order_statistic_cut(held, alpha * shares["input"], None)
+        if "shares" in policy:
+            key = min(d["cusum_thresholds"], key=lambda r: abs(float(r) - alpha * shares["cusum"]))
+            ez, em = d["cusum_thresholds"][key]
+        else:
+            ez, em = d["ewma_z"], d["ewma_mmd"]
+        n, count = d["reference_rows"], 0
+        bo = d["benign_offset_sd"]
+        for w in d["windows"]:
+            if policy.get("recorded"):  # the verdicts as the run gave them
+                hits = {"input" if f in ("columns", "mmd") else f for f in w["fired"]}
+                fired.update(hits)
+                count += bool(hits)
+                continue
+            hits = set()
+            if w["input_z"] >= z_star:
+                hits.add("input")
+            c = w["s2"] + w["w"] ** 2 / n + w["w"] ** 2 * bo * bo
+            if w["max_abs_e"] / math.sqrt(c) > ez or w["phi_e2"] / c > em:
+                hits.add("cusum")
+            if w["label_prior_p"] is not None and w["label_prior_p"] <= alpha * shares["label_prior"]:
+                hits.add("label_prior")
+            if w["concept_p"] is not None and w["concept_p"] <= alpha * shares["concept"]:
+                hits.add("concept")
+            if w["label_cusum_p"] is not None and w["label_cusum_p"] <= (
+                alpha * shares["label_cusum"] / max(1, w["label_cusum_tests"])
+            ):
+                hits.add("label_cusum")
+            fired.update(hits)
+            count += bool(hits)
+        per.append(count)
+    windows = len(refs[0]["windows"])
+    rates = np.array(per) / windows
+    return {
+        "per_reference": per,
+        "total": int(sum(per)),
+        "windows": windows * len(refs),
+        "mean": float(rates.mean()),
+        "over_1pct": int((rates > 0.01).sum()),
+        "p90": float(np.quantile(rates, 0.9)),
+        "fired": dict(fired),
+    }
+
+
+POLICIES: dict[str, dict[str, Any]] = {
+    "as run": {"recorded": True},
+    "before: conformal cut, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "conformal"},
+    "conformal cut on 2,250 rounds, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "conformal", "extra": True},
+    "tail cut, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "tail"},
+    "conformal cut, shares halved": {"shares": SHARES_HALVED, "cut": "conformal"},
+    "after (default): tail cut, shares halved": {"shares": SHARES_HALVED, "cut": "tail"},
+    "tail cut, shares halved, accumulated input at a quarter": {
+        "shares": {**SHARES_HALVED, "cusum": SHARES_BEFORE["cusum"] / 4},
+        "cut": "tail",
+    },
+}
+
+
+def summarise(refs: list[dict[str, Any]], policies: dict[str, dict[str, Any]]) -> str:
+    fired = Counter(f for d in refs for w in d["windows"] for f in w["fired"])
+    z = np.array([d["z_star"] for d in refs])
+    lines = [
+        f"{len(refs)} references x {len(refs[0]['windows'])} windows; tests that fired as run: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(fired.items()))
+        + f"; z* as run {z.min():.2f}-{z.max():.2f}",
+        "",
+        "| policy | alarms | mean rate | references above 1% | 90th percentile | per reference | families |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, pol in policies.items():
+        r = evaluate(refs, pol)
+        lines.append(
+            f"| {name} | {r['total']} / {r['windows']} | {100 * r['mean']:.2f}% | {r['over_1pct']} / {len(refs)} | "
+            f"{100 * r['p90']:.2f}% | {', '.join(map(str, r['per_reference']))} | "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r["fired"].items()))
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=["mnist", "landsat", "fashion-mnist", "letter"], default="mnist")
+    ap.add_argument("--references", type=int, default=30)
+    ap.add_argument("--first", type=int, default=0, help="first reference seed")
+    ap.add_argument("--windows", type=int, default=264)
+    ap.add_argument("--extra-rounds", type=int, default=1800, help="more calibration rounds (another seed), 0: none")
+    ap.add_argument("--json", type=Path, default=None, help="write the per-window record here (.gz: compressed)")
+    ap.add_argument("--raw", type=Path, nargs="+", default=None, help="re-summarise saved records instead of running")
+    args = ap.parse_args(argv)
+    if args.raw:
+        refs = []
+        for path in args.raw:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt") as fh:
+                refs += json.load(fh)
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        loader = {
+            "mnist": db.load_mnist,
+            "landsat": db.load_landsat,
+            "fashion-mnist": db.load_fashion,
+            "letter": db.load_letter,
+        }[args.data]
+        refs = run(loader(), args.references, args.windows, DriftConfig(), args.extra_rounds, args.first)
+        if args.json:
+            opener = gzip.open if args.json.suffix == ".gz" else open
+            with opener(args.json, "wt") as fh:
+                json.dump(refs, fh)
+    print(summarise(refs, POLICIES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
