@@ -136,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        loader = {
-            "mnist": db.load_mnist,
-            "landsat": db.load_landsat,
-            "fashion-mnist": db.load_fashion,
-            "letter": db.load_letter,
-        }[args.data]
+        loader = db.PIXEL_AND_TABULAR_LOADERS[args.data]
         config = (
             DriftConfig()
             if args.run_benign_offset_sd is None

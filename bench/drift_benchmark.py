@@ -65,6 +65,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,15 @@ def load_mnist() -> Data:
     other[:, 4:24, 4:24] = cells
     return Data("mnist", x.astype(np.float64) / 255.0, y.astype(int), image=True, vector=True,
                 domain=other.reshape(-1, 784), domain_y=np.repeat(np.arange(10), 500))
+
+
+# the image and tabular streams by name (bench/drift_accumulated_null.py, drift_reference_null.py)
+PIXEL_AND_TABULAR_LOADERS: dict[str, Callable[[], Data]] = {
+    "mnist": load_mnist,
+    "landsat": load_landsat,
+    "fashion-mnist": load_fashion,
+    "letter": load_letter,
+}
 
 
 def blur(x: np.ndarray) -> np.ndarray:

@@ -264,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        loader = {
-            "mnist": db.load_mnist,
-            "landsat": db.load_landsat,
-            "fashion-mnist": db.load_fashion,
-            "letter": db.load_letter,
-        }[args.data]
+        loader = db.PIXEL_AND_TABULAR_LOADERS[args.data]
         refs = run(loader(), args.references, args.windows, DriftConfig(), args.extra_rounds, args.first)
         if args.json:
             opener = gzip.open if args.json.suffix == ".gz" else open
