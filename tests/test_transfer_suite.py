@@ -167,3 +167,18 @@ def test_extras_left_out_of_a_run_are_not_rows(runs) -> None:
     rows = ts.base_rows(present)
     assert "linear_probe_accuracy" not in rows and "logme" in rows and ts.DEFAULT_ROW in rows
     assert "linear_probe_accuracy" in ts.base_rows()
+
+
+def test_timing_table_sums_wall_and_cpu_seconds_per_benchmark(runs) -> None:
+    import copy
+
+    timed = [copy.copy(r) for r in runs]
+    for r in timed:
+        r.seconds = {"ft": 2.0, "cpu ft": 3.0, "lp": 1.0, "cpu lp": 1.5}
+    info = {"images": 100.0, "images cpu": 150.0, "images build": 10.0, "images build cpu": 12.0,
+            "tabular": 50.0, "tabular cpu": 60.0, "text": 20.0, "text cpu": 30.0}
+    table = ts._timing_table(timed, info)
+    images = next(line for line in table.splitlines() if line.startswith("| images"))
+    assert images.split(" | ")[1:4] == ["10 / 12", "0 / n/a", "3 / 4"]  # build, views (absent), lp: 3 x (1, 1.5)
+    assert "| 6 / 9 |" in images  # ft: 3 targets x (2 wall, 3 CPU)
+    assert table.splitlines()[-1].endswith("| 170 / 240 |")
