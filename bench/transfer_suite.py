@@ -1152,8 +1152,12 @@ LogME within 1e-4 relative), and both ground truths moved by at most 0.006 per s
 probe (`linear_probe_accuracy`, bench-only) is no longer computed by default (`--extras`): its
 row and its place in the wider search are gone from this page."""
 TIMING_NOTE = """**The suite does not yet fit 20 minutes cold on 2 cores.** These runs shared the 2-core VM
-with other work (load averages at the start / end of each run in the table's notes below), so
-their wall time is an upper bound; the CPU seconds are this process's own. The previous runs
+with other work (1-minute load average at the start and end of each run: images 4.7 and 2.5,
+tabular 1.9 and 2.7, text 2.9 and 2.5), so their wall time is an upper bound; the CPU seconds
+are this process's own, 2356 s in all. On a quiet 2-core machine the wall time lies between
+CPU / 2 (both threads busy all the time: 1180 s, already the whole 20-minute budget) and the CPU
+time (one thread busy: 2356 s); the runs here took 0.94 (text: MiniLM keeps both threads busy)
+to 1.6 (images) wall seconds a CPU second. The previous runs
 (load 4-11) took images 2500 s, tabular 3562 s, text 1437 s wall. What costs now: images'
 fine-tuning of the two EfficientNet heads (trained one model at a time: a convolution under
 `vmap` was slower than the loop), the images probes on the 1280-wide EfficientNet features, the
