@@ -107,3 +107,80 @@ def test_report_renders_every_section(runs, tmp_path: Path) -> None:
     for section in ("## Verdict", "## Two-level bootstrap", "leave one benchmark out", "## Per target"):
         assert section in text
     assert ts.DEFAULT_ROW in text and ts.CONFIG_HELD_OUT_ROW in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the batched ground truths against the one-at-a-time ones they replace
+# ---------------------------------------------------------------------------------------------
+
+def test_batched_finetune_equals_one_source_and_seed_at_a_time() -> None:
+    import torch
+    from torch import nn
+
+    p = ts.Protocol(ft_epochs=3, ft_seeds=(0, 1), ft_batch=16)
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (40,))
+    cases = [  # an MLP top (LeNet / tabular / text heads) and a conv + batch-norm top (EfficientNet's)
+        ([nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU()) for _ in range(2)], (6,)),
+        ([nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.SiLU(), nn.Flatten()) for _ in range(2)], (4, 1, 1)),
+    ]
+    for tops, shape in cases:
+        xtr = [torch.randn(40, *shape) + i for i in range(len(tops))]
+        xte = [torch.randn(25, *shape) + i for i in range(len(tops))]
+        many = ts.finetune_logits_many(tops, xtr, y, xte, 3, p.ft_seeds, p)
+        assert many.shape == (len(tops), len(p.ft_seeds), 25, 3)
+        for i, top in enumerate(tops):
+            for j, seed in enumerate(p.ft_seeds):
+                one = ts.finetune_logits(top, xtr[i], y, xte[i], 3, seed, p)
+                assert torch.allclose(many[i, j], one, atol=1e-4), (shape, i, seed)
+        assert not torch.allclose(many[0, 0], many[0, 1], atol=1e-3)  # the seeds differ
+
+
+def test_batched_probe_equals_one_problem_at_a_time() -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    problems = []
+    for k in range(4):
+        centres = torch.randn(3, 5, generator=gen) * (0.5 + k)  # from overlapping to separable classes
+        ytr, yte = torch.arange(30) % 3, torch.arange(45) % 3
+        problems.append((centres[ytr] + torch.randn(30, 5, generator=gen), ytr,
+                         centres[yte] + torch.randn(45, 5, generator=gen), yte))
+    problems.append((torch.randn(30, 7, generator=gen), torch.arange(30) % 3,  # another width: its own group
+                     torch.randn(45, 7, generator=gen), torch.arange(45) % 3))
+    many = ts.probe_correct_many(problems)
+    for got, prob in zip(many, problems):
+        np.testing.assert_array_equal(got, ts.probe_correct(*prob))
+
+
+def test_batched_lbfgs_finds_each_problems_minimiser() -> None:
+    import torch
+
+    scale = torch.tensor([[1.0, 10.0], [1.0, 100.0], [5.0, 5.0]])  # differently conditioned quadratics
+    centre = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]])
+    x = ts._batched_lbfgs(lambda v: (scale * (v - centre) ** 2).sum(1), torch.zeros(3, 2, dtype=torch.float64),
+                          tol_grad=1e-9)
+    assert torch.allclose(x.float(), centre, atol=1e-6)
+
+
+def test_extras_left_out_of_a_run_are_not_rows(runs) -> None:
+    present = ts.measured(runs)
+    assert "logme" in present and "linear_probe_accuracy" not in present
+    rows = ts.base_rows(present)
+    assert "linear_probe_accuracy" not in rows and "logme" in rows and ts.DEFAULT_ROW in rows
+    assert "linear_probe_accuracy" in ts.base_rows()
+
+
+def test_timing_table_sums_wall_and_cpu_seconds_per_benchmark(runs) -> None:
+    import copy
+
+    timed = [copy.copy(r) for r in runs]
+    for r in timed:
+        r.seconds = {"ft": 2.0, "cpu ft": 3.0, "lp": 1.0, "cpu lp": 1.5}
+    info = {"images": 100.0, "images cpu": 150.0, "images build": 10.0, "images build cpu": 12.0,
+            "tabular": 50.0, "tabular cpu": 60.0, "text": 20.0, "text cpu": 30.0}
+    table = ts._timing_table(timed, info)
+    images = next(line for line in table.splitlines() if line.startswith("| images"))
+    assert images.split(" | ")[1:4] == ["10 / 12", "0 / n/a", "3 / 4"]  # build, views (absent), lp: 3 x (1, 1.5)
+    assert "| 6 / 9 |" in images  # ft: 3 targets x (2 wall, 3 CPU)
+    assert table.splitlines()[-1].endswith("| 170 / 240 |")
