@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gzip
 import itertools
 import json
 import os
@@ -110,7 +111,8 @@ QUICK = Protocol(draws=1, gt_rows=40, ft_seeds=(0, 1), ft_epochs=15)
 def probe_correct(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
                   c: float = 1.0) -> np.ndarray:
     """Multinomial logistic regression (scikit-learn's objective at ``C=c``: summed cross-entropy
-    plus ``||W||^2 / (2C)``) on standardised features by L-BFGS; per test row, is it right."""
+    plus ``||W||^2 / (2C)``) on standardised features by L-BFGS; per test row, is it right. One
+    problem at a time: the reference :func:`probe_correct_many`, which the suite uses, is tested against."""
     xtr, xte = xtr.double(), xte.double()
     mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
     a = torch.cat([(xtr - mu) / sd, torch.ones(len(xtr), 1, dtype=torch.float64)], 1)
@@ -801,8 +803,6 @@ def _jsonable(run: TargetRun) -> dict:
 
 
 def _load(path: Path) -> tuple[list[TargetRun], dict]:
-    import gzip
-
     raw = path.read_bytes()
     payload = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     info = dict(payload.get("info", {}))
@@ -813,8 +813,6 @@ def _load(path: Path) -> tuple[list[TargetRun], dict]:
 def _save(path: Path, runs: Sequence[TargetRun], info: Mapping[str, object]) -> None:
     """Atomically (re)write the raw numbers: a long run keeps every finished target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    import gzip
-
     tmp = path.with_suffix(".tmp")
     text = json.dumps({"runs": [_jsonable(r) for r in runs], "info": info, "machine": platform.platform()})
     tmp.write_bytes(gzip.compress(text.encode(), mtime=0) if path.suffix == ".gz" else text.encode())
@@ -1139,18 +1137,20 @@ def _timing_table(runs: Sequence[TargetRun], seconds: Mapping[str, float]) -> st
         return f"{wall:.0f} / {cpu:.0f}" if cpu is not None and np.isfinite(cpu) else f"{wall:.0f} / n/a"
 
     stages = ("views", "lp", "ft", "measures", "extras")
+    benches = sorted({r.benchmark for r in runs})
     lines = ["| benchmark | build | " + " | ".join(stages) + " | whole benchmark |",
              "|---|---|" + "---|" * len(stages) + "---|"]
-    for b in sorted({r.benchmark for r in runs}):
+    for b in benches:
         sums = {s: (sum(r.seconds.get(s, 0.0) for r in runs if r.benchmark == b),
                     sum(r.seconds.get(f"cpu {s}", np.nan) for r in runs if r.benchmark == b)) for s in stages}
         lines.append(f"| {b} | {cell(seconds.get(f'{b} build'), seconds.get(f'{b} build cpu'))} | "
                      + " | ".join(cell(*sums[s]) for s in stages)
                      + f" | {cell(seconds.get(b), seconds.get(f'{b} cpu'))} |")
-    total = [seconds.get(b) for b in sorted({r.benchmark for r in runs})]
-    total_cpu = [seconds.get(f"{b} cpu") for b in sorted({r.benchmark for r in runs})]
+    total = [seconds.get(b) for b in benches]
+    total_cpu = [seconds.get(f"{b} cpu") for b in benches]
     if all(v is not None for v in total):
-        lines.append(f"| **all** | | | | | | | {cell(sum(total), sum(total_cpu) if all(v is not None for v in total_cpu) else None)} |")
+        cpu = sum(total_cpu) if all(v is not None for v in total_cpu) else None  # type: ignore[arg-type]
+        lines.append("| **all** |" + " |" * (len(stages) + 1) + f" {cell(sum(total), cpu)} |")  # type: ignore[arg-type]
     return "\n".join(lines)
 
 
