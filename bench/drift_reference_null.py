@@ -57,10 +57,6 @@ from tasksim.drift.verdict import ALPHA_SHARES
 CUSUM_RATES = (0.002, 0.0015, 0.001, 0.0005, 0.00025)
 
 
-def _test(verdict: Any, name: str) -> Any:
-    return next((t for t in verdict.tests if t.name == name), None)
-
-
 def run(
     data: db.Data, references: int, windows: int, config: DriftConfig, extra_rounds: int, first: int = 0
 ) -> list[dict[str, Any]]:
@@ -78,8 +74,8 @@ def run(
         for _ in range(windows):
             x, y = stream.window()
             verdict, state = methods.tasksim(x, y, True, state)
-            cols_t, mmd_t = _test(verdict, "columns"), _test(verdict, "mmd")
-            lp, cc, lc = _test(verdict, "label_prior"), _test(verdict, "concept"), _test(verdict, "label_cusum")
+            cols_t, mmd_t = verdict.test("columns"), verdict.test("mmd")
+            lp, cc, lc = verdict.test("label_prior"), verdict.test("concept"), verdict.test("label_cusum")
             rows.append(
                 {
                     "fired": [t.name for t in verdict.tests if t.fired],
