@@ -1,0 +1,154 @@
+"""Composite variants the product does not use, scored on the suite's saved runs (issue 12).
+
+    python bench/composite_variants.py docs/cpu/transfer_suite_{images,tabular,text}_2026-12-07.json.gz
+
+Two ideas for a composite that holds across modalities, each tried against the default
+``RankingConfig()`` on both ground truths (``lp``: linear-probe accuracy, the headline; ``ft``:
+fine-tune accuracy) and, for bagging, across the suite's whole family of product configurations
+(``transfer_suite.config_family``):
+
+- **Guard agreement**: a distance criterion's weight is scaled by ``max(0, rho)``, ``rho`` the
+  Spearman correlation across the sources between the distance (oriented, robust z) and the
+  weighted mean of the transferability criteria in use (robust z). A distance is trusted for a
+  target only as far as it agrees with the transfer evidence, so a heavy distance guard cannot
+  drown the transferability measures where distances mislead (tabular), whatever its weight.
+- **Bagged composite**: each source's score is the mean over the confidence bootstrap's rounds of
+  the composite on that round's re-scored measures (the rounds a cycle already computes for its
+  top-1 probabilities), instead of the composite of the full-sample measures.
+
+Neither was adopted: ``docs/decisions.md`` section 2 has the numbers and the reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import transfer_suite as suite
+
+from tasksim import mcda
+from tasksim import rank as rank_module
+from tasksim.config import RankingConfig
+from tasksim.metrics import catalog
+from tasksim.profile import SourceProfile
+
+BENCHES = ("images", "tabular", "text")
+_T5 = {"knn_accuracy": 1.0, "logme": 1.0, "gbc": 1.0, "leep": 1.0, "hscore_regularized": 1.0,
+       "lda_probe_accuracy": 1.0}
+# weight sets for the guard-agreement comparison: the default, and guards two to four times heavier
+GUARD_SETS: dict[str, dict[str, float]] = {
+    "default weights (MMD² 0.5)": {**_T5, "mmd2": 0.5},
+    "MMD² 1": {**_T5, "mmd2": 1.0},
+    "MMD² 2": {**_T5, "mmd2": 2.0},
+    "MMD², OTDD, separability, Fréchet 0.5 each": {**_T5, "mmd2": 0.5, "otdd": 0.5,
+                                                     "domain_separability": 0.5, "frechet": 0.5},
+}
+
+
+def guard_agreement_weights(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
+                            ) -> dict[str, float]:
+    """``weights`` with every distance criterion's weight scaled by ``max(0, rho)``: ``rho`` its
+    Spearman correlation, over the sources that have it, with the weighted mean of the robust z
+    of the transferability criteria in use (0 with fewer than three such sources)."""
+    family = {c: m.family for c, m in catalog.CATALOG.items()}
+    in_use = [c for c, w in weights.items() if w > 0 and c in family
+              and any(c in v and np.isfinite(v[c]) for v in measures.values())]
+    normalised = {}
+    for c in in_use:
+        values = {s: v[c] for s, v in measures.items() if c in v and np.isfinite(v[c])}
+        normalised[c] = mcda.normalize(values, rank_module.MEASURE_DIRECTIONS[c], "robust_z") if len(values) > 1 else {}
+    evidence = [c for c in in_use if family[c] == "transferability"]
+    out = dict(weights)
+    for c in in_use:
+        if family[c] != "distance":
+            continue
+        shared = [s for s in normalised[c] if any(s in normalised[e] for e in evidence)]
+        rho = 0.0
+        if len(shared) >= 3:
+            consensus = [np.average([normalised[e][s] for e in evidence if s in normalised[e]],
+                                    weights=[weights[e] for e in evidence if s in normalised[e]]) for s in shared]
+            r = spearmanr([normalised[c][s] for s in shared], consensus).statistic
+            rho = float(r) if np.isfinite(r) else 0.0  # a constant column: no agreement either way
+        out[c] = weights[c] * max(rho, 0.0)
+    return out
+
+
+def guard_agreement_composite(measures: Mapping[str, Mapping[str, float]],
+                              rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
+                              config: RankingConfig) -> dict[str, float]:
+    weights = guard_agreement_weights(measures, {**rank_module.DEFAULT_WEIGHTS, **config.weights})
+    return suite.product_composite(measures, rounds, config.model_copy(update={"weights": weights}))
+
+
+def bagged_composite(measures: Mapping[str, Mapping[str, float]],
+                     rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
+                     config: RankingConfig) -> dict[str, float]:
+    """The mean over the bootstrap rounds of the composite with the ranking's effective weights
+    (reliability included); the plain composite when there are no rounds."""
+    profiles = [SourceProfile(s, "ok", measures=dict(m), bootstrap=tuple((rounds or {}).get(s, ())))
+                for s, m in measures.items()]
+    terms = [rank_module.SourceTerms(name=s, cost=1.0) for s in measures]
+    ranking = rank_module.rank_sources(profiles, terms, config)
+    plain = {e.source: e.score for e in ranking.entries}
+    candidates = {s: {**{k: v for k, v in m.items() if np.isfinite(v)}, "cost": 1.0} for s, m in measures.items()}
+    per_round = rank_module._bootstrap_rounds(candidates, {p.source: p for p in profiles}, ranking.weights)
+    if not per_round:
+        return plain
+    scores = [rank_module._composite(r, ranking.weights, config) for r in per_round]
+    return {s: float(np.mean([sc[s] for sc in scores])) for s in plain}
+
+
+Row = Callable[[suite.TargetRun, str], dict[str, float]]
+
+
+def _means(runs: Sequence[suite.TargetRun], rows: Mapping[str, Row], gt: str) -> dict[str, list[float]]:
+    table = suite.tau_table(runs, rows, gt=gt, seed=0)
+    per_bench = {b: suite.bench_mean(table, runs, b) for b in BENCHES}
+    return {name: [per_bench[b][name] for b in BENCHES] for name in rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="the suite's saved runs (--json of transfer_suite.py)")
+    ap.add_argument("--no-family", action="store_true", help="skip bagging over the 16-configuration family (slow)")
+    args = ap.parse_args(argv)
+    runs = [r for path in args.runs for r in suite._load(path)[0]]
+
+    rows: dict[str, Row] = {}
+    for name, weights in GUARD_SETS.items():
+        config = suite.candidate_config(weights)
+        rows[name] = lambda run, key, c=config: suite.product_composite(run.measures[key], run.rounds.get(key), c)
+        rows[name + ", guard agreement"] = (
+            lambda run, key, c=config: guard_agreement_composite(run.measures[key], run.rounds.get(key), c))
+    default = RankingConfig()
+    rows["default, bagged"] = lambda run, key: bagged_composite(run.measures[key], run.rounds.get(key), default)
+    for gt in ("lp", "ft"):
+        print(f"\n| {gt}: row | " + " | ".join(BENCHES) + " |\n|---|---|---|---|")
+        for name, values in _means(runs, rows, gt).items():
+            print(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in values) + " |")
+
+    if not args.no_family:
+        family = suite.config_family()
+        for gt in ("lp", "ft"):
+            pair: dict[str, Row] = {}
+            for name, config in family.items():
+                pair[name] = lambda run, key, c=config: suite.product_composite(run.measures[key], run.rounds.get(key), c)
+                pair[name + " BAGGED"] = lambda run, key, c=config: bagged_composite(run.measures[key], run.rounds.get(key), c)
+            means = _means(runs, pair, gt)
+            diff = np.array([[b - p for b, p in zip(means[n + " BAGGED"], means[n])] for n in family])
+            print(f"\n{gt}: bagged minus plain over the {len(family)} configurations, per benchmark ({', '.join(BENCHES)}): "
+                  f"mean {np.round(diff.mean(0), 4).tolist()}, min {np.round(diff.min(0), 4).tolist()}, "
+                  f"max {np.round(diff.max(0), 4).tolist()}, bagged better in {(diff > 0).sum(0).tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
