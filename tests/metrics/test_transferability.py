@@ -434,6 +434,36 @@ def test_bootstrap_many_equals_profile_many_on_the_repeated_rows(n, d, c, pca):
     assert scored >= 2
 
 
+@pytest.mark.parametrize("dual", [True, False])
+def test_resampled_statistics_are_those_of_the_repeated_rows(dual):
+    """The resample's statistics that no bootstrapped measure reads (the weighted mean, the trace)
+    are right too: the dual path gathers its Gram submatrix from the pair-major Gram matrix and
+    takes the mean by one matrix-vector product over all sources."""
+    from tasksim import mcda
+    from tasksim.metrics.transfer import resample as R
+
+    n, d = (40, 100) if dual else (80, 6)
+    rng = np.random.default_rng(7)
+    x = torch.as_tensor(rng.standard_normal((3, n, d)) * np.array([0.5, 1.0, 4.0])[:, None, None] + 2.0)
+    y = torch.as_tensor(np.arange(n) % 3)
+    prep = R._Prepared(x)
+    for idx in mcda.bootstrap_indices(n, 3, seed=1):
+        mult = torch.bincount(idx, minlength=n)
+        rows = torch.nonzero(mult).squeeze(1)
+        w = mult[rows].to(torch.float64)
+        yy = y[rows]
+        counts = torch.bincount(yy, weights=w.to(torch.float64), minlength=3).round().long()
+        build = R._dual_stats if dual else R._primal_stats
+        assert (rows.shape[0] < d) == dual
+        st = build(prep, rows, w, yy, 3, counts)
+        rep = x[:, idx].to(torch.float64)
+        ref = T.precompute(rep[0], y[idx])
+        assert torch.allclose(st.mean, rep.mean(1), rtol=1e-12, atol=1e-12)
+        assert torch.allclose(st.trace, (rep - rep.mean(1, keepdim=True)).square().sum((1, 2)) / n, rtol=1e-12)
+        k = int(ref.valid.sum())
+        assert torch.allclose(st.eigvals[0, :k], ref.eigvals[0, :k], rtol=1e-9, atol=1e-9)
+
+
 def test_bootstrap_many_refuses_measures_it_cannot_weigh():
     x, y = make_data(50, 4, 2)
     with pytest.raises(MetricInputError, match="does not re-score"):

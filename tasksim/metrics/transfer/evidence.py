@@ -48,9 +48,11 @@ def _logme_batched(st: FeatureStats, *, eps: float = 1e-5, tol: float = 1e-10, m
     null = (d - st.valid.sum(-1)).to(dt).unsqueeze(-1)       # (K, 1) directions where F^T F = 0
     yy = cnt.view(1, -1)
 
+    null_dir = vm <= 0                                       # (K, 1, k): s + t is replaced by 1 there
+
     def at(t: torch.Tensor, with_logdet: bool = False) -> tuple[torch.Tensor, ...]:
         # F^T F + t I = Q (diag(s + t) + N a a^T) Q^T (+ t on null directions): Sherman-Morrison.
-        dd = torch.where(vm > 0, s + t.unsqueeze(-1), torch.ones_like(s + t.unsqueeze(-1)))
+        dd = (s + t.unsqueeze(-1)).masked_fill_(null_dir, 1.0)
         inv = vm / dd
         u = a * inv
         kappa = 1.0 + n * (a * u).sum(-1)

@@ -71,7 +71,8 @@ class FeatureStats:
       repeated; ``n`` and ``counts`` count the repeats. None: each row once
     - ``row_coords`` (K, N, k) the centred rows in the eigenbasis (``centred @ eigvecs``), when they
       were computed without ``D``-dimensional eigenvectors (then ``eigvecs`` is None and
-      ``proj_mean`` / ``proj_class_means`` are given)
+      ``proj_mean`` / ``proj_class_means`` are given); it may hold fewer than k columns (at
+      least the directions of positive eigenvalue: the leading ones GBC reads)
     """
 
     def __init__(self, *, n: int, d: int, n_classes: int, counts: torch.Tensor, labels: torch.Tensor,
