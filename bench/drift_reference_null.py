@@ -47,14 +47,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import drift_benchmark as db
+from scipy.stats import norm
 
 from tasksim.config import DriftConfig
 from tasksim.drift.checks import input_null, reference_scores, tail_cut
-from tasksim.drift.sequential import ewma_thresholds
+from tasksim.drift.given_reference import (
+    ewma_steady_share,
+    ewma_thresholds_given_reference,
+    pvalue_given_reference,
+    reference_share,
+)
+from tasksim.drift.sequential import EWMA_LAMBDA, ewma_root, ewma_thresholds
 from tasksim.drift.verdict import ALPHA_SHARES
 
 #: accumulated-input rates (per window, the whole family) whose thresholds are recorded
 CUSUM_RATES = (0.002, 0.0015, 0.001, 0.0005, 0.00025)
+
+
+#: accumulated-input (rate, delta) pairs whose thresholds given the reference are recorded
+GIVEN_RATES, GIVEN_DELTAS = (0.002, 0.001), (0.2, 0.1, 0.05)
+
+
+def given_reference_thresholds(ref: Any, config: DriftConfig) -> dict[str, tuple[float, float]]:
+    """The accumulated input thresholds given the reference (``"rate:delta"``), as :func:`calibrate`
+    computes them, and the plain ones (``"rate:plain"``)."""
+    scores = reference_scores(ref)
+    root, columns = ewma_root(scores, ref.phi)
+    rho = ewma_steady_share(db.WINDOW, ref.rows, config.benign_offset_sd**2, EWMA_LAMBDA)
+    out = {}
+    for rate in GIVEN_RATES:
+        for delta in GIVEN_DELTAS:
+            out[f"{rate:g}:{delta:g}"] = ewma_thresholds_given_reference(root, columns, rate, rho, delta=delta, seed=0)
+        out[f"{rate:g}:plain"] = ewma_thresholds(scores, ref.phi, rate, 0)
+    return out
 
 
 def run(
@@ -70,6 +95,7 @@ def run(
         extra = input_null(ref, db.WINDOW, config, seed=1, rounds=extra_rounds).held_max if extra_rounds else None
         scores = reference_scores(ref)
         cusum_thresholds = {str(r): ewma_thresholds(scores, ref.phi, r, 0) for r in CUSUM_RATES}
+        given = given_reference_thresholds(ref, config)
         state, rows = None, []
         for _ in range(windows):
             x, y = stream.window()
@@ -102,6 +128,9 @@ def run(
                 "ewma_z": cal.ewma_z,
                 "ewma_mmd": cal.ewma_mmd,
                 "cusum_thresholds": cusum_thresholds,
+                "cusum_given_reference": given,
+                "cusum_rho": ewma_steady_share(db.WINDOW, ref.rows, config.benign_offset_sd**2, EWMA_LAMBDA),
+                "classes": len(ref.classes),
                 "false_alarm_rate": config.false_alarm_rate,
                 "benign_offset_sd": config.benign_offset_sd,
                 "windows": rows,
@@ -161,7 +190,12 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
             z_star = tail_cut(held, alpha * shares["input"], delta=policy.get("delta", 0.1))
         else:
             z_star = order_statistic_cut(held, alpha * shares["input"], None)
-        if "shares" in policy:
+        delta = policy.get("given")
+        classes = d.get("classes", 10)
+        if delta is not None:  # the accumulated input thresholds given the reference (recorded, or --refit)
+            key = f"{alpha * shares['cusum']:g}:{delta:g}"
+            ez, em = d["cusum_given_reference"][key]
+        elif "shares" in policy:
             key = min(d["cusum_thresholds"], key=lambda r: abs(float(r) - alpha * shares["cusum"]))
             ez, em = d["cusum_thresholds"][key]
         else:
@@ -175,18 +209,27 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
                 count += bool(hits)
                 continue
             hits = set()
-            if w["input_z"] >= z_star:
+            input_z = w["input_z"]
+            if delta is not None and policy.get("input_given"):  # the one-sided bound on the z scale
+                rho_w = db.WINDOW / (db.WINDOW + n)
+                input_z = (input_z - math.sqrt(rho_w) * norm.isf(delta)) / math.sqrt(1 - rho_w)
+            if input_z >= z_star:
                 hits.add("input")
             c = w["s2"] + w["w"] ** 2 / n + w["w"] ** 2 * bo * bo
             if w["max_abs_e"] / math.sqrt(c) > ez or w["phi_e2"] / c > em:
                 hits.add("cusum")
-            if w["label_prior_p"] is not None and w["label_prior_p"] <= alpha * shares["label_prior"]:
+            if _p(w["label_prior_p"], delta, db.WINDOW / (db.WINDOW + n), dof=classes - 1) <= alpha * shares[
+                "label_prior"
+            ]:
                 hits.add("label_prior")
-            if w["concept_p"] is not None and w["concept_p"] <= alpha * shares["concept"]:
+            if _p(w["concept_p"], delta, db.WINDOW / (db.WINDOW + n), one_sided=True) <= alpha * shares["concept"]:
                 hits.add("concept")
-            if w["label_cusum_p"] is not None and w["label_cusum_p"] <= (
-                alpha * shares["label_cusum"] / max(1, w["label_cusum_tests"])
-            ):
+            rho_acc = reference_share(w["s2"], w["w"] ** 2 * (1 / n + bo * bo))
+            p_acc = max(
+                _p(w["label_cusum_p"], delta, rho_acc, dof=classes - 1),
+                _p(w["label_cusum_p"], delta, rho_acc, one_sided=True),
+            )
+            if p_acc <= alpha * shares["label_cusum"] / max(1, w["label_cusum_tests"] or 1):
                 hits.add("label_cusum")
             fired.update(hits)
             count += bool(hits)
@@ -204,6 +247,13 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
     }
 
 
+def _p(p: float | None, delta: float | None, rho: float, **kw: Any) -> float:
+    """A recorded p-value, bounded given the reference (``delta`` None: as recorded; no test: 1)."""
+    if p is None:
+        return 1.0
+    return p if delta is None else pvalue_given_reference(p, rho, delta=delta, **kw)
+
+
 POLICIES: dict[str, dict[str, Any]] = {
     "as run": {"recorded": True},
     "before: conformal cut, shares summing to 1": {"shares": SHARES_BEFORE, "cut": "conformal"},
@@ -215,6 +265,20 @@ POLICIES: dict[str, dict[str, Any]] = {
         "shares": {**SHARES_HALVED, "cusum": SHARES_BEFORE["cusum"] / 4},
         "cut": "tail",
     },
+}
+
+#: Nulls given the reference (tasksim.drift.given_reference), evaluated where the record has the
+#: accumulated input thresholds given the reference (recorded since 2026-12-07, or added offline).
+GIVEN_POLICIES: dict[str, dict[str, Any]] = {
+    f"given the reference (delta {delta:g}), tail cut, {name}{', input bounded too' if inp else ''}": {
+        "shares": shares,
+        "cut": "tail",
+        "given": delta,
+        "input_given": inp,
+    }
+    for name, shares in (("shares summing to 1", SHARES_BEFORE), ("shares halved", SHARES_HALVED))
+    for delta in (0.2, 0.1, 0.05)
+    for inp in (False, True)
 }
 
 
@@ -266,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             opener = gzip.open if args.json.suffix == ".gz" else open
             with opener(args.json, "wt") as fh:
                 json.dump(refs, fh)
-    print(summarise(refs, POLICIES))
+    policies = dict(POLICIES)
+    if all("cusum_given_reference" in d for d in refs):
+        policies.update(GIVEN_POLICIES)
+    print(summarise(refs, policies))
     return 0
 
 
