@@ -216,8 +216,13 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
         else:
             z_star = order_statistic_cut(held, alpha * shares["input"], None)
         delta = policy.get("given")
+        # the families bounded given the reference (default: all of them)
+        bounded = set(policy.get("given_families", ("input", "cusum", "label_prior", "concept", "label_cusum")))
+        d_lp = delta if "label_prior" in bounded else None
+        d_co = delta if "concept" in bounded else None
+        d_lc = delta if "label_cusum" in bounded else None
         classes = d.get("classes", 10)
-        if delta is not None:  # the accumulated input thresholds given the reference, as recorded: at the
+        if delta is not None and "cusum" in bounded:  # the accumulated input thresholds given the reference: at the
             # share, else at the largest recorded rate below it (stricter: fewer alarms than at the share)
             recorded = d["cusum_given_reference"]
             rates = [float(k.split(":")[0]) for k in recorded if k.endswith(f":{delta:g}")]
@@ -238,7 +243,7 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
                 continue
             hits = set()
             input_z = w["input_z"]
-            if delta is not None and policy.get("input_given"):  # the one-sided bound on the z scale
+            if delta is not None and policy.get("input_given") and "input" in bounded:  # the one-sided bound on the z scale
                 rho_w = db.WINDOW / (db.WINDOW + n)
                 input_z = (input_z - math.sqrt(rho_w) * norm.isf(delta)) / math.sqrt(1 - rho_w)
             if input_z >= z_star:
@@ -246,16 +251,16 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
             c = w["s2"] + w["w"] ** 2 / n + w["w"] ** 2 * bo * bo
             if w["max_abs_e"] / math.sqrt(c) > ez or w["phi_e2"] / c > em:
                 hits.add("cusum")
-            if _p(w["label_prior_p"], delta, db.WINDOW / (db.WINDOW + n), dof=classes - 1) <= alpha * shares[
+            if _p(w["label_prior_p"], d_lp, db.WINDOW / (db.WINDOW + n), dof=classes - 1) <= alpha * shares[
                 "label_prior"
             ]:
                 hits.add("label_prior")
-            if _p(w["concept_p"], delta, db.WINDOW / (db.WINDOW + n), one_sided=True) <= alpha * shares["concept"]:
+            if _p(w["concept_p"], d_co, db.WINDOW / (db.WINDOW + n), one_sided=True) <= alpha * shares["concept"]:
                 hits.add("concept")
             rho_acc = reference_share(w["s2"], w["w"] ** 2 * (1 / n + bo * bo))
             p_acc = max(
-                _p(w["label_cusum_p"], delta, rho_acc, dof=classes - 1),
-                _p(w["label_cusum_p"], delta, rho_acc, one_sided=True),
+                _p(w["label_cusum_p"], d_lc, rho_acc, dof=classes - 1),
+                _p(w["label_cusum_p"], d_lc, rho_acc, one_sided=True),
             )
             if p_acc <= alpha * shares["label_cusum"] / max(1, w["label_cusum_tests"] or 1):
                 hits.add("label_cusum")
@@ -308,6 +313,17 @@ GIVEN_POLICIES: dict[str, dict[str, Any]] = {
     for delta in (0.2, 0.1, 0.05)
     for inp in (False, True)
 }
+GIVEN_POLICIES.update(
+    {
+        f"given the reference (delta {delta:g}) for the accumulated input test only, tail cut, shares halved": {
+            "shares": SHARES_HALVED,
+            "cut": "tail",
+            "given": delta,
+            "given_families": ("cusum",),
+        }
+        for delta in (0.2, 0.1, 0.05)
+    }
+)
 
 
 def summarise(refs: list[dict[str, Any]], policies: dict[str, dict[str, Any]]) -> str:

@@ -108,3 +108,38 @@ def test_accumulated_thresholds_given_the_reference_against_a_monte_carlo_of_ref
     for over in (over_top, over_quad):
         share_above = float(np.mean(over > rate / 2))
         assert 0.04 < share_above < 0.18, share_above
+
+
+def test_the_drift_stage_bounds_its_label_pvalues_only_when_reference_delta_is_set():
+    import pandas as pd
+
+    from tasksim.config import DriftConfig
+    from tasksim.drift import DriftReference, calibrate, check_window
+
+    rng = np.random.default_rng(5)
+
+    def table(n: int) -> tuple[pd.DataFrame, list[str]]:
+        y = rng.integers(0, 3, size=n)
+        x = rng.normal(size=(n, 3))
+        x[:, 0] += 1.5 * y
+        return pd.DataFrame(x, columns=["a", "b", "c"]), [f"c{v}" for v in y]
+
+    plain_cfg = DriftConfig()
+    bounded_cfg = DriftConfig(reference_delta=0.1)
+    x, y = table(400)
+    ref = DriftReference.fit(x, None, y, plain_cfg, seed=0)
+    plain_cal, bounded_cal = calibrate(ref, 60, plain_cfg, seed=0), calibrate(ref, 60, bounded_cfg, seed=0)
+    assert bounded_cal.z_star > plain_cal.z_star and bounded_cal.ewma_z > plain_cal.ewma_z
+    state_plain = state_bounded = None
+    for _ in range(4):
+        wx, wy = table(60)
+        plain, state_plain = check_window(ref, plain_cal, wx, None, wy, plain_cfg, seed=1, cusum_state=state_plain)
+        bounded, state_bounded = check_window(ref, bounded_cal, wx, None, wy, bounded_cfg, seed=1,
+                                              cusum_state=state_bounded)
+        for name in ("label_prior", "concept", "label_cusum"):
+            p0, p1 = plain.test(name).p_value, bounded.test(name).p_value
+            assert p0 is not None and p1 is not None
+            assert p1 >= p0 - 1e-12  # the same draws, bounded: never smaller
+        # the plain verdict's label prior p-value is the permutation test's own
+        assert "given the reference" not in plain.test("label_prior").detail
+        assert "given the reference" in bounded.test("label_prior").detail

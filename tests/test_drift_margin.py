@@ -66,8 +66,8 @@ def test_the_tail_cut_falls_back_to_the_conformal_rank_with_few_rounds_or_a_comm
     assert tail_cut(np.full(450, 2.0), 0.002) == 2.0  # a degenerate tail
 
 
-def test_the_families_share_three_quarters_of_the_budget():
-    assert REFERENCE_MARGIN == 0.25
+def test_the_families_share_half_the_budget():
+    assert REFERENCE_MARGIN == 0.5
     assert abs(sum(ALPHA_SHARES.values()) - (1 - REFERENCE_MARGIN)) < 1e-12
     assert set(ALPHA_SHARES) == {"input", "cusum", "label_prior", "concept", "label_cusum"}
 
@@ -86,11 +86,13 @@ def test_calibrate_cuts_by_the_tail_bound_given_the_reference_and_the_label_test
     cal = calibrate(ref, 50, CFG, seed=0)
     held = input_null(ref, 50, CFG, seed=0).held_max
     share = 0.01 * ALPHA_SHARES["input"]
-    assert cal.z_plain == tail_cut(held, share)
-    # moved to hold given the reference: a 50-row window against 300 rows, rho = 50 / 350
-    assert cal.z_star == cut_given_reference(cal.z_plain, 50 / 350)
-    assert cal.z_star > cal.z_plain
+    assert cal.z_star == cal.z_plain == tail_cut(held, share)  # no bound given the reference by default
     assert cal.z_plain > conformal_cut(held, share) - 1.0  # on the same scale as the rounds
+    # with drift.reference_delta the cut moves to hold given the reference: a 50-row window against
+    # 300 rows, rho = 50 / 350
+    bounded = calibrate(ref, 50, CFG.model_copy(update={"reference_delta": 0.1}), seed=0)
+    assert bounded.z_plain == cal.z_plain
+    assert bounded.z_star == cut_given_reference(cal.z_plain, 50 / 350, delta=0.1) > cal.z_plain
     wx, wy = _reference(rng, 50)
     verdict, _ = check_window(ref, cal, wx, None, wy, CFG, seed=1)
     thresholds = {t.name: t.threshold for t in verdict.tests}

@@ -46,6 +46,7 @@ from tasksim.drift.sequential import (
     ewma_root,
     ewma_scale,
     ewma_step,
+    ewma_thresholds,
     loss_variance,
     mc_pvalue,
     prior_statistic,
@@ -356,8 +357,9 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     # reference: a window against the whole reference carries its fixed offset, m / (m + n) of the
     # statistic's variance (tasksim.drift.given_reference)
     z_plain = tail_cut(stat, a_in)
-    z_star = min(cut_given_reference(z_plain, reference_share(1 / max(int(window_rows), 1), 1 / ref.rows)),
-                 _Z_CLIP[1])
+    delta = config.reference_delta
+    z_star = min(cut_given_reference(z_plain, reference_share(1 / max(int(window_rows), 1), 1 / ref.rows),
+                                     delta=delta), _Z_CLIP[1])
     thresholds = {}
     for c in ref.columns:
         if c in null.p_value_columns:
@@ -371,8 +373,11 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     # about 40% of their variance (100-row windows, 1,000 reference rows), so their thresholds hold
     # given the reference (tasksim.drift.given_reference), at the window size that calibrates
     rho = ewma_steady_share(window_rows, ref.rows, config.benign_offset_sd ** 2, EWMA_LAMBDA)
-    root, columns = ewma_root(reference_scores(ref), ref.phi)
-    ewma_z, ewma_mmd = ewma_thresholds_given_reference(root, columns, a_cusum, rho, seed=seed)
+    if delta is None:  # the plain null (reference error averaged over reference draws)
+        ewma_z, ewma_mmd = ewma_thresholds(reference_scores(ref), ref.phi, a_cusum, seed)
+    else:
+        root, columns = ewma_root(reference_scores(ref), ref.phi)
+        ewma_z, ewma_mmd = ewma_thresholds_given_reference(root, columns, a_cusum, rho, delta=delta, seed=seed)
     m, rounds = null.window_rows, null.rounds
     cal = Calibration(window_rows=m, rounds=rounds, z_star=z_star, column_thresholds=thresholds,
                       distance_scale=null.distance_scale, mmd_gamma=mmd_gamma, mmd_threshold=mmd_threshold,
@@ -575,7 +580,7 @@ def _explained_by_prior(ref: DriftReference, cal: Calibration, prior_pi: np.ndar
 
 
 def _prior_given_reference(state: dict[str, Any], reference_counts: np.ndarray, window_rows: int,
-                           rng: np.random.Generator, benign: float) -> tuple[float, float]:
+                           rng: np.random.Generator, benign: float, delta: float | None) -> tuple[float, float]:
     """The accumulated class-frequency test (:func:`tasksim.drift.sequential.prior_statistic`), its
     p-value bounded given the reference: the reference's (and a benign offset's) share of the
     EWMA's variance, ``W^2 (1 / n + benign) / c_t``, is a fixed offset for one stream."""
@@ -583,16 +588,16 @@ def _prior_given_reference(state: dict[str, Any], reference_counts: np.ndarray, 
     n = max(1.0, float(np.sum(reference_counts)))
     w2 = float(state["w"]) ** 2
     rho = reference_share(float(state["s2"]), w2 * (1 / n + benign))
-    return stat, pvalue_given_reference(p, rho, dof=max(1, int(np.count_nonzero(reference_counts)) - 1))
+    return stat, pvalue_given_reference(p, rho, dof=max(1, int(np.count_nonzero(reference_counts)) - 1), delta=delta)
 
 
-def _concept_given_reference(state: dict[str, Any]) -> tuple[float, float]:
+def _concept_given_reference(state: dict[str, Any], delta: float | None) -> tuple[float, float]:
     """The accumulated loss excess (:func:`tasksim.drift.sequential.concept_statistic`), its
     one-sided p-value bounded given the reference (the null means' error, and a benign offset's,
     are fixed for one stream)."""
     z, p = concept_statistic(state)
     fixed = float(state["w"]) ** 2 * (float(state.get("r", 0.0)) + float(state.get("b", 0.0)))
-    return z, pvalue_given_reference(p, reference_share(float(state["v"]), fixed), one_sided=True)
+    return z, pvalue_given_reference(p, reference_share(float(state["v"]), fixed), one_sided=True, delta=delta)
 
 
 def check_window(
@@ -623,6 +628,7 @@ def check_window(
     rng = np.random.default_rng(seed)
     alpha = config.false_alarm_rate
     benign = config.benign_offset_sd ** 2  # the accumulated tests' tolerance (DriftConfig.benign_offset_sd)
+    delta = config.reference_delta  # None: the plain nulls; else bounded given the reference
     prev: dict[str, Any] = cusum_state if isinstance(cusum_state, dict) else {}
     state: dict[str, Any] = dict(prev)
 
@@ -711,22 +717,23 @@ def check_window(
                 g, p_raw = _label_prior_test(counts, ref_counts, rng)
                 # given the reference: its class frequencies' error is m / (m + n) of the G's variance
                 p = pvalue_given_reference(p_raw, reference_share(1 / counts.sum(), 1 / ref_counts.sum()),
-                                           dof=k - 1)
+                                           dof=k - 1, delta=delta)
                 moved = np.argsort(-np.abs(counts / counts.sum() - ref_counts / ref_counts.sum()))[:3]
                 tests.append(DriftTest("label_prior", "label_prior", p <= a_label, statistic=g, threshold=a_label,
                                        p_value=p, evidence=tuple(f"class {ref.classes[i]!r}: "
                                                                  f"{counts[i] / counts.sum():.2f} vs "
                                                                  f"{ref_counts[i] / ref_counts.sum():.2f}"
                                                                  for i in moved) if p <= a_label else (),
-                                       detail=f"G test of the {labelled_rows} window labels vs the reference "
-                                              f"(permutation p {p_raw:.3g}; p given the reference {p:.3g})"))
+                                       detail=f"G test of the {labelled_rows} window labels vs the reference"
+                                              + (f" (permutation p {p_raw:.3g}; given the reference {p:.3g})"
+                                                 if delta is not None else "")))
             if counts.sum():
                 prior_pi = counts / counts.sum()
                 if config.cusum:
                     state["prior"] = to_json(ewma_step(prev.get("prior"), prior_pi - ref_counts / ref_counts.sum(),
                                                        int(counts.sum())))
                     accumulated.append(("label_prior", *_prior_given_reference(
-                        state["prior"], ref_counts, int(counts.sum()), rng, benign)))
+                        state["prior"], ref_counts, int(counts.sum()), rng, benign, delta)))
             # concept: the reference model's loss on labelled rows (null stratified by class), and
             # whether p(predicted label | label) moved; Bonferroni over the two
             rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
@@ -753,7 +760,7 @@ def check_window(
                 # excess (one-sided bound, tasksim.drift.given_reference)
                 p = pvalue_given_reference(min(1.0, 2 * min(p_loss, p_conf)),
                                            reference_share(1 / len(rows), 1 / max(1, int(finite.sum()))),
-                                           one_sided=True)
+                                           one_sided=True, delta=delta)
                 worst = [i for i in np.argsort(class_p) if counts[i] and class_p[i] < 1.0][:3]
                 tests.append(DriftTest("concept", "concept", p <= a_concept, statistic=observed,
                                        threshold=a_concept, p_value=p,
@@ -764,14 +771,14 @@ def check_window(
                                               f"permutations: overall p {p_overall:.3g}, with the largest "
                                               f"per-class excess p {p_loss:.3g}; mean 1 - p(label) {observed:.3f}, "
                                               f"null {null_mean / len(rows):.3f}) and p(predicted | label) "
-                                              f"(G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two, "
-                                              f"bounded given the reference"))
+                                              f"(G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two"
+                                              + (", bounded given the reference" if delta is not None else "")))
                 if config.cusum:
                     nr = len(rows)
                     state["concept"] = concept_step(prev.get("concept"), observed - null_mean / nr,
                                                     window_var / nr ** 2, reference_var / nr ** 2,
                                                     benign * window_var / nr)
-                    accumulated.append(("concept", *_concept_given_reference(state["concept"])))
+                    accumulated.append(("concept", *_concept_given_reference(state["concept"], delta)))
             else:
                 tests.append(DriftTest("concept", "concept", False, not_testable=f"not testable: {len(rows)} "
                                        f"labelled rows (< {config.min_labelled_rows}) of classes the reference has"))
@@ -780,17 +787,19 @@ def check_window(
             pred_counts = np.bincount(pred, minlength=k).astype(float)
             ref_pred_counts = np.bincount(ref_pred, minlength=k).astype(float)
             g, p_raw = _label_prior_test(pred_counts, ref_pred_counts, rng)
-            p = pvalue_given_reference(p_raw, reference_share(1 / m, 1 / max(1.0, ref_pred_counts.sum())), dof=k - 1)
+            p = pvalue_given_reference(p_raw, reference_share(1 / m, 1 / max(1.0, ref_pred_counts.sum())), dof=k - 1,
+                                       delta=delta)
             prior_pi = _bbse_weights(ref, pred)
             tests.append(DriftTest("bbse", "label_prior", p <= a_label, statistic=g, threshold=a_label, p_value=p,
                                    detail=f"G test of predicted labels ({labelled_rows} labelled rows < "
-                                          f"{config.min_labelled_rows}: black-box shift estimation; permutation p "
-                                          f"{p_raw:.3g}, given the reference {p:.3g})"))
+                                          f"{config.min_labelled_rows}: black-box shift estimation"
+                                          + (f"; permutation p {p_raw:.3g}, given the reference {p:.3g})"
+                                             if delta is not None else ")")))
             if config.cusum:
                 ref_freq = ref_pred_counts / ref_pred_counts.sum()
                 state["bbse"] = to_json(ewma_step(prev.get("bbse"), pred_counts / pred_counts.sum() - ref_freq, m))
                 accumulated.append(("label_prior", *_prior_given_reference(state["bbse"], ref_pred_counts, m, rng,
-                                                                           benign)))
+                                                                           benign, delta)))
             tests.append(DriftTest("concept", "concept", False, not_testable=(
                 "not testable: no labelled rows in the window" if labelled_rows == 0 else
                 f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))

@@ -31,8 +31,9 @@ import math
 import numpy as np
 
 #: Share of references allowed to exceed a family's share given the reference (the bound's
-#: confidence is ``1 - REFERENCE_DELTA``; the input cut's Monte Carlo bound uses the same level,
-#: ``tasksim.drift.checks.TAIL_DELTA``).
+#: confidence is ``1 - delta``; the input cut's Monte Carlo bound uses the same level,
+#: ``tasksim.drift.checks.TAIL_DELTA``): the functions' default. The drift stage reads
+#: ``DriftConfig.reference_delta`` (default None: no bound, the plain nulls).
 REFERENCE_DELTA = 0.1
 
 #: Two-level simulation of the accumulated input thresholds: reference offsets (outer) and window
@@ -47,7 +48,7 @@ def reference_share(window_var: float, reference_var: float) -> float:
     return float(reference_var) / total if total > 0 else 0.0
 
 
-def pvalue_given_reference(p: float, rho: float, *, dof: int = 1, delta: float = REFERENCE_DELTA,
+def pvalue_given_reference(p: float, rho: float, *, dof: int = 1, delta: float | None = REFERENCE_DELTA,
                            one_sided: bool = False) -> float:
     """An upper ``1 - delta`` confidence bound, over reference draws, of the p-value given the reference.
 
@@ -59,12 +60,12 @@ def pvalue_given_reference(p: float, rho: float, *, dof: int = 1, delta: float =
     chi-square with noncentrality ``rho / (1 - rho) |g_r|^2``, at its upper ``delta`` quantile
     ``|g_r|^2 = chi2.isf(delta, dof)``. ``p`` is put on the statistic's scale through its
     unconditional law (``z = isf(p)``, ``T = chi2.isf(p, dof)``), so any valid p-value (a
-    permutation or Monte Carlo one) can be bounded. ``rho = 0`` returns ``p``."""
+    permutation or Monte Carlo one) can be bounded. ``rho = 0`` or ``delta`` None returns ``p``."""
     from scipy.stats import chi2, ncx2, norm
 
     p = float(min(max(p, 0.0), 1.0))
     rho = float(min(max(rho, 0.0), 1.0 - 1e-9))
-    if rho == 0.0 or p in (0.0, 1.0):
+    if delta is None or rho == 0.0 or p in (0.0, 1.0):
         return p
     if one_sided:
         z = float(norm.isf(p))
@@ -75,14 +76,17 @@ def pvalue_given_reference(p: float, rho: float, *, dof: int = 1, delta: float =
     return float(ncx2.sf(t / (1.0 - rho), dof, lam))
 
 
-def cut_given_reference(z_cut: float, rho: float, *, delta: float = REFERENCE_DELTA) -> float:
+def cut_given_reference(z_cut: float, rho: float, *, delta: float | None = REFERENCE_DELTA) -> float:
     """A cut on a z scale (``z_cut``, set by the statistic's usual null) moved so that it holds given
     the reference for ``1 - delta`` of the references: ``sqrt(1 - rho) z_cut + sqrt(rho) z_delta``,
     the one-sided bound of :func:`pvalue_given_reference` solved for the statistic. For a maximum
     over several components (the per-window input test) it is conservative: it treats the
-    reference's offset as if it fell on one component, where over several it partly averages out."""
+    reference's offset as if it fell on one component, where over several it partly averages out.
+    ``delta`` None returns ``z_cut``."""
     from scipy.stats import norm
 
+    if delta is None:
+        return float(z_cut)
     rho = float(min(max(rho, 0.0), 1.0 - 1e-9))
     return float(math.sqrt(1.0 - rho) * z_cut + math.sqrt(rho) * float(norm.isf(delta)))
 
