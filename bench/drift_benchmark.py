@@ -660,10 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-offset-sd", type=float, default=None, metavar="SD",
                     help="tasksim's drift.benign_offset_sd (default: the configuration's default; 0: the "
                          "accumulated tests' i.i.d. null)")
+    ap.add_argument("--reference-delta", type=float, default=None, metavar="D",
+                    help="tasksim's drift.reference_delta (default: off): every family's null bounded given the "
+                         "reference for 1 - D of references")
     args = ap.parse_args(argv)
     global TASKSIM_CONFIG
-    if args.benign_offset_sd is not None:
-        TASKSIM_CONFIG = DriftConfig(benign_offset_sd=args.benign_offset_sd)
+    overrides = {k: v for k, v in (("benign_offset_sd", args.benign_offset_sd),
+                                   ("reference_delta", args.reference_delta)) if v is not None}
+    if overrides:
+        TASKSIM_CONFIG = DriftConfig(**overrides)
     import torch
 
     torch.set_num_threads(1)
@@ -743,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "timing": timing, "null_references": nulls,
                                          "ramp_delays": dict(ramps),
-                                         "benign_offset_sd": TASKSIM_CONFIG.benign_offset_sd}, indent=1, default=str))
+                                         "benign_offset_sd": TASKSIM_CONFIG.benign_offset_sd,
+                                         "reference_delta": TASKSIM_CONFIG.reference_delta}, indent=1, default=str))
     return 0
 
 

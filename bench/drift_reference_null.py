@@ -52,7 +52,6 @@ from scipy.stats import norm
 from tasksim.config import DriftConfig
 from tasksim.drift.checks import input_null, reference_scores, tail_cut
 from tasksim.drift.given_reference import (
-    REFERENCE_DELTA,
     ewma_steady_share,
     ewma_thresholds_given_reference,
     pvalue_given_reference,
@@ -136,9 +135,9 @@ def run(
                 "cusum_given_reference": given,
                 "cusum_rho": ewma_steady_share(db.WINDOW, ref.rows, config.benign_offset_sd**2, EWMA_LAMBDA),
                 "classes": len(ref.classes),
-                # the label p-values below are bounded given the reference at this delta (the
-                # verdict's since 2026-12-07); offline policies cannot un-bound them
-                "label_p_given_reference": REFERENCE_DELTA,
+                # the label p-values below are bounded given the reference at this delta (None:
+                # not bounded); offline policies cannot un-bound them
+                "label_p_given_reference": config.reference_delta,
                 "false_alarm_rate": config.false_alarm_rate,
                 "benign_offset_sd": config.benign_offset_sd,
                 "windows": rows,
@@ -358,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the per-window record here (.gz: compressed)")
     ap.add_argument("--raw", type=Path, nargs="+", default=None, help="re-summarise saved records instead of running")
     ap.add_argument(
+        "--reference-delta",
+        type=float,
+        default=None,
+        help="drift.reference_delta for the run (default: the configuration's, off)",
+    )
+    ap.add_argument(
         "--refit",
         action="store_true",
         help="with --raw and --json: add the accumulated thresholds given the reference to an older record (--data)",
@@ -380,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         loader = db.PIXEL_AND_TABULAR_LOADERS[args.data]
-        refs = run(loader(), args.references, args.windows, DriftConfig(), args.extra_rounds, args.first)
+        config = DriftConfig(reference_delta=args.reference_delta)
+        refs = run(loader(), args.references, args.windows, config, args.extra_rounds, args.first)
         if args.json:
             opener = gzip.open if args.json.suffix == ".gz" else open
             with opener(args.json, "wt") as fh:
