@@ -308,7 +308,11 @@ GIVEN_POLICIES: dict[str, dict[str, Any]] = {
         "given": delta,
         "input_given": inp,
     }
-    for name, shares in (("shares summing to 1", SHARES_BEFORE), ("shares halved", SHARES_HALVED))
+    for name, shares in (
+        ("shares summing to 1", SHARES_BEFORE),
+        ("three quarters of the budget", {k: 0.75 * v for k, v in SHARES_BEFORE.items()}),
+        ("shares halved", SHARES_HALVED),
+    )
     for delta in (0.2, 0.1, 0.05)
     for inp in (False, True)
 }
