@@ -71,16 +71,18 @@ class Calibration:
     """Null thresholds for one reference and window-size bucket (JSON-serialisable; cached).
 
     ``z_star``: the common cut of the input max-statistic (per-column Evidently scores and the MMD
-    statistic on one z scale), given the reference (``z_plain``: the cut of the usual null, before
-    :func:`tasksim.drift.given_reference.cut_given_reference`); ``column_thresholds``: that cut on each column's own scale;
+    statistic on one z scale; with ``drift.reference_delta``, moved to hold given the reference by
+    :func:`tasksim.drift.given_reference.cut_given_reference`; ``z_plain``: the cut before that);
+    ``column_thresholds``: that cut on each column's own scale;
     ``mmd_gamma``: (shape, scale) of the gamma law fitted by moments to the null MMD statistic
     (Gretton et al.'s approximation), which puts the MMD on the p-value / z scale of the columns;
     ``distance_scale``: (mu, sd) of ``log score`` for distance-like columns (Evidently distance
     distance methods); ``ewma_z`` / ``ewma_mmd``: thresholds of the evidence accumulated over
     windows (:mod:`tasksim.drift.sequential`: max |z| of the columns' mean normal scores, and the
-    MMD of the pooled windows), each at half the accumulated share of the budget given the
-    reference (:func:`tasksim.drift.given_reference.ewma_thresholds_given_reference`), whose share
-    of the accumulated statistics' variance is ``ewma_reference_share``.
+    MMD of the pooled windows), each at half the accumulated share of the budget (with
+    ``drift.reference_delta``: given the reference,
+    :func:`tasksim.drift.given_reference.ewma_thresholds_given_reference`; the reference's share of
+    the accumulated statistics' variance is ``ewma_reference_share``).
     """
 
     window_rows: int
@@ -342,10 +344,10 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     The input max-statistic's null comes from :func:`input_null` (``config.calibration_rounds``
     rounds); an upper confidence bound on the ``1 - alpha_input`` quantile of its held-out
     per-round maximum over components (:func:`tail_cut`: peaks over threshold; the
-    split-conformal rank with few rounds) is the common cut (Westfall-Young max-T), moved to hold
-    given the reference (``z_star``, :func:`tasksim.drift.given_reference.cut_given_reference`). The
-    thresholds of the evidence accumulated over windows come from the reference rows' covariance,
-    given the reference too (:func:`tasksim.drift.given_reference.ewma_thresholds_given_reference`).
+    split-conformal rank with few rounds) is the common cut ``z_star`` (Westfall-Young max-T). The
+    thresholds of the evidence accumulated over windows come from the reference rows' covariance
+    (:func:`tasksim.drift.sequential.ewma_thresholds`). With ``drift.reference_delta`` both hold
+    given the reference (:mod:`tasksim.drift.given_reference`; off by default).
     """
     alpha = config.false_alarm_rate
     a_in, a_cusum = alpha * ALPHA_SHARES["input"], alpha * ALPHA_SHARES["cusum"]
@@ -353,9 +355,9 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     from scipy.stats import gamma
 
     stat = null.held_max
-    # the cut of the usual null (reference error averaged over), then moved to hold given the
-    # reference: a window against the whole reference carries its fixed offset, m / (m + n) of the
-    # statistic's variance (tasksim.drift.given_reference)
+    # the cut of the usual null (reference error averaged over); with drift.reference_delta moved
+    # to hold given the reference: a window against the whole reference carries its fixed offset,
+    # m / (m + n) of the statistic's variance (tasksim.drift.given_reference)
     z_plain = tail_cut(stat, a_in)
     delta = config.reference_delta
     z_star = min(cut_given_reference(z_plain, reference_share(1 / max(int(window_rows), 1), 1 / ref.rows),
@@ -370,8 +372,8 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     mmd_gamma = null.mmd_gamma
     mmd_threshold = float(gamma.isf(_z_to_p(z_star), mmd_gamma[0], scale=mmd_gamma[1]))
     # the accumulated statistics after many windows: the reference's error is a fixed offset of
-    # about 40% of their variance (100-row windows, 1,000 reference rows), so their thresholds hold
-    # given the reference (tasksim.drift.given_reference), at the window size that calibrates
+    # about 40% of their variance (100-row windows, 1,000 reference rows); with
+    # drift.reference_delta their thresholds hold given the reference, at the calibrating window size
     rho = ewma_steady_share(window_rows, ref.rows, config.benign_offset_sd ** 2, EWMA_LAMBDA)
     if delta is None:  # the plain null (reference error averaged over reference draws)
         ewma_z, ewma_mmd = ewma_thresholds(reference_scores(ref), ref.phi, a_cusum, seed)
@@ -715,7 +717,8 @@ def check_window(
                                        detail="labels"))
             else:
                 g, p_raw = _label_prior_test(counts, ref_counts, rng)
-                # given the reference: its class frequencies' error is m / (m + n) of the G's variance
+                # bounded given the reference (drift.reference_delta): its class frequencies' error is
+                # m / (m + n) of the G's variance
                 p = pvalue_given_reference(p_raw, reference_share(1 / counts.sum(), 1 / ref_counts.sum()),
                                            dof=k - 1, delta=delta)
                 moved = np.argsort(-np.abs(counts / counts.sum() - ref_counts / ref_counts.sum()))[:3]
@@ -756,8 +759,8 @@ def check_window(
 
                 p_loss, p_overall, class_p = _loss_test(ref, row_codes, loss, rng)
                 g_conf, p_conf = _confusion_test(ref, row_codes, pred[rows], rng)
-                # given the reference: its class pools' error is about m / (m + n) of each class's
-                # excess (one-sided bound, tasksim.drift.given_reference)
+                # bounded given the reference (drift.reference_delta): its class pools' error is about
+                # m / (m + n) of each class's excess (one-sided bound, tasksim.drift.given_reference)
                 p = pvalue_given_reference(min(1.0, 2 * min(p_loss, p_conf)),
                                            reference_share(1 / len(rows), 1 / max(1, int(finite.sum()))),
                                            one_sided=True, delta=delta)
