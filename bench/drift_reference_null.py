@@ -2,6 +2,9 @@
 
     python bench/drift_reference_null.py --data mnist --references 30 --windows 264 --json out.json.gz
     python bench/drift_reference_null.py --raw out.json.gz          # re-summarise a saved record
+    python bench/drift_reference_null.py --data mnist --raw old.json.gz --refit --json new.json.gz
+                                  # add the accumulated thresholds given the reference to an older record
+    ... --reference-delta 0.1     # a run with drift.reference_delta (every family bounded given the reference)
 
 A hidden checker runs single quiet streams (a 1,000-row reference, ~264 windows of 100 rows) and
 counts the alarms of each stream, so what matters is the false-alarm rate *given the reference*,
@@ -20,6 +23,13 @@ thresholds are evaluated offline on the same windows (``--raw``):
 - accumulated input: the EWMA state (its statistic for the thresholds at several rates is exact);
 - label prior, concept, accumulated label tests: their p-values (Monte Carlo; the accumulated label
   tests Bonferroni over the ones that ran, recorded as their count).
+
+Nulls given the reference (``tasksim.drift.given_reference``) are evaluated offline too: the
+recorded label p-values bounded at ``delta`` with ``rho = m / (m + n)`` (the accumulated label test:
+the EWMA's reference share, the larger of its two bounds, as the record keeps only the smallest
+p-value), the per-window input z moved by the one-sided bound, and the accumulated input test at
+thresholds given the reference recorded by the run (or added by ``--refit``). A record made with
+``--reference-delta`` has its label p-values bounded already and is summarised as run only.
 
 Summaries: mean rate over every window, the share of references whose stream exceeds 1% (more
 than 1% of its windows), and the 90th percentile of the per-reference rate.
