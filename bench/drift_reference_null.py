@@ -148,6 +148,7 @@ def run(
                 # the label p-values below are bounded given the reference at this delta (None:
                 # not bounded); offline policies cannot un-bound them
                 "label_p_given_reference": config.reference_delta,
+                "alpha_shares": dict(ALPHA_SHARES),
                 "false_alarm_rate": config.false_alarm_rate,
                 "benign_offset_sd": config.benign_offset_sd,
                 "windows": rows,
@@ -377,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         help="drift.reference_delta for the run (default: the configuration's, off)",
     )
     ap.add_argument(
+        "--reference-margin",
+        type=float,
+        default=None,
+        help="for this run only: the share of the budget held back (tasksim.drift.verdict.REFERENCE_MARGIN, 0.5)",
+    )
+    ap.add_argument(
         "--refit",
         action="store_true",
         help="with --raw and --json: add the accumulated thresholds given the reference to an older record (--data)",
@@ -400,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         loader = db.PIXEL_AND_TABULAR_LOADERS[args.data]
         config = DriftConfig(reference_delta=args.reference_delta)
+        if args.reference_margin is not None:  # the shares, in place: checks.py reads the same dict
+            for family, share in SHARES_BEFORE.items():
+                ALPHA_SHARES[family] = (1 - args.reference_margin) * share
         refs = run(loader(), args.references, args.windows, config, args.extra_rounds, args.first)
         if args.json:
             opener = gzip.open if args.json.suffix == ".gz" else open
