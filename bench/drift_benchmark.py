@@ -660,10 +660,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-offset-sd", type=float, default=None, metavar="SD",
                     help="tasksim's drift.benign_offset_sd (default: the configuration's default; 0: the "
                          "accumulated tests' i.i.d. null)")
+    ap.add_argument("--reference-delta", type=float, default=None, metavar="D",
+                    help="tasksim's drift.reference_delta (default: off): every family's null bounded given the "
+                         "reference for 1 - D of references")
+    ap.add_argument("--reference-margin", type=float, default=None, metavar="M",
+                    help="for this run only: the share of the budget held back (tasksim.drift.verdict."
+                         "REFERENCE_MARGIN, 0.5)")
     args = ap.parse_args(argv)
+    if args.reference_margin is not None:  # the shares, in place: tasksim.drift.checks reads the same dict
+        from tasksim.drift.verdict import ALPHA_SHARES
+
+        base = {"input": 0.4, "cusum": 0.2, "label_prior": 0.1, "concept": 0.15, "label_cusum": 0.15}
+        ALPHA_SHARES.update({k: (1 - args.reference_margin) * v for k, v in base.items()})
     global TASKSIM_CONFIG
-    if args.benign_offset_sd is not None:
-        TASKSIM_CONFIG = DriftConfig(benign_offset_sd=args.benign_offset_sd)
+    overrides = {k: v for k, v in (("benign_offset_sd", args.benign_offset_sd),
+                                   ("reference_delta", args.reference_delta)) if v is not None}
+    if overrides:
+        TASKSIM_CONFIG = DriftConfig(**overrides)
     import torch
 
     torch.set_num_threads(1)
@@ -743,7 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "timing": timing, "null_references": nulls,
                                          "ramp_delays": dict(ramps),
-                                         "benign_offset_sd": TASKSIM_CONFIG.benign_offset_sd}, indent=1, default=str))
+                                         "benign_offset_sd": TASKSIM_CONFIG.benign_offset_sd,
+                                         "reference_delta": TASKSIM_CONFIG.reference_delta,
+                                         "reference_margin": args.reference_margin}, indent=1, default=str))
     return 0
 
 

@@ -17,6 +17,7 @@ from tasksim.drift import (
     tail_cut,
 )
 from tasksim.drift.checks import conformal_cut, input_null
+from tasksim.drift.given_reference import cut_given_reference
 
 CFG = DriftConfig()
 
@@ -34,7 +35,7 @@ def test_the_tail_cut_holds_its_rate_for_most_calibrations_where_the_largest_rou
     # 450 held-out rounds at a 0.2% share: the split-conformal cut is the largest round, whose
     # exceedance rate is above the share in about 40% of calibrations (1 - 0.998^450); the
     # peaks-over-threshold bound at confidence 0.9 should be above it in about 10% of them
-    rate = 0.01 * ALPHA_SHARES["input"]
+    rate = 0.002  # the input share the tail cut was designed at (the halved shares of 2026-12-07)
     held = _calibrations(np.random.default_rng(0), 300)
     conformal = _exceedance(np.array([conformal_cut(h, rate) for h in held]), 10)
     tail = _exceedance(np.array([tail_cut(h, rate) for h in held]), 10)
@@ -50,7 +51,7 @@ def test_the_tail_cut_holds_its_rate_for_most_calibrations_where_the_largest_rou
 
 
 def test_the_tail_cut_spreads_less_over_calibrations_than_the_largest_round():
-    rate = 0.01 * ALPHA_SHARES["input"]
+    rate = 0.002  # the input share the tail cut was designed at (the halved shares of 2026-12-07)
     held = _calibrations(np.random.default_rng(1), 100)
     conformal = np.array([conformal_cut(h, rate) for h in held])
     tail = np.array([tail_cut(h, rate) for h in held])
@@ -78,17 +79,23 @@ def _reference(rng: np.random.Generator, n: int = 300) -> tuple[pd.DataFrame, li
     return pd.DataFrame(x, columns=["a", "b", "c"]), [f"c{v}" for v in y]
 
 
-def test_calibrate_cuts_by_the_tail_bound_and_the_label_tests_use_their_halved_shares():
+def test_calibrate_cuts_by_the_tail_bound_given_the_reference_and_the_label_tests_use_their_shares():
     rng = np.random.default_rng(4)
     x, y = _reference(rng)
     ref = DriftReference.fit(x, None, y, CFG, seed=0)
     cal = calibrate(ref, 50, CFG, seed=0)
     held = input_null(ref, 50, CFG, seed=0).held_max
-    assert cal.z_star == tail_cut(held, 0.01 * 0.2)
-    assert cal.z_star > conformal_cut(held, 0.01 * 0.2) - 1.0  # on the same scale as the rounds
+    share = 0.01 * ALPHA_SHARES["input"]
+    assert cal.z_star == cal.z_plain == tail_cut(held, share)  # no bound given the reference by default
+    assert cal.z_plain > conformal_cut(held, share) - 1.0  # on the same scale as the rounds
+    # with drift.reference_delta the cut moves to hold given the reference: a 50-row window against
+    # 300 rows, rho = 50 / 350
+    bounded = calibrate(ref, 50, CFG.model_copy(update={"reference_delta": 0.1}), seed=0)
+    assert bounded.z_plain == cal.z_plain
+    assert bounded.z_star == cut_given_reference(cal.z_plain, 50 / 350, delta=0.1) > cal.z_plain
     wx, wy = _reference(rng, 50)
     verdict, _ = check_window(ref, cal, wx, None, wy, CFG, seed=1)
     thresholds = {t.name: t.threshold for t in verdict.tests}
-    assert thresholds["label_prior"] == 0.01 * 0.05
-    assert thresholds["concept"] == 0.01 * 0.075
+    assert thresholds["label_prior"] == 0.01 * ALPHA_SHARES["label_prior"]
+    assert thresholds["concept"] == 0.01 * ALPHA_SHARES["concept"]
     assert thresholds["columns"] == cal.z_star

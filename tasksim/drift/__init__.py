@@ -12,7 +12,9 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
 - :func:`check_window` returns a :class:`DriftVerdict`: five test families share the per-window
   false-alarm budget (``drift.false_alarm_rate``, 1%; :data:`ALPHA_SHARES`, a union bound over
   half of it, the other half, :data:`REFERENCE_MARGIN`, held back for the reference's own
-  sampling error, so that the rate holds for nearly every reference, not only on average): a
+  sampling error, so that the rate holds for nearly every reference, not only on average; with
+  ``drift.reference_delta`` set, each family's null is also bounded given the reference,
+  :mod:`tasksim.drift.given_reference`; off by default): a
   calibrated max-statistic over the columns with the MMD (concentrated and diffuse shifts); the
   evidence accumulated over windows (``cusum``: EWMAs of the columns' mean normal scores and of the
   MMD's mean embedding, whose null includes the shared reference's own sampling error,

@@ -30,12 +30,20 @@ from tasksim.drift.columns import (
     _z_to_p,
     detect_drift,
 )
+from tasksim.drift.given_reference import (
+    cut_given_reference,
+    ewma_steady_share,
+    ewma_thresholds_given_reference,
+    pvalue_given_reference,
+    reference_share,
+)
 from tasksim.drift.reference import DriftReference
 from tasksim.drift.sequential import (
     EWMA_LAMBDA,
     ReferenceScores,
     concept_statistic,
     concept_step,
+    ewma_root,
     ewma_scale,
     ewma_step,
     ewma_thresholds,
@@ -63,13 +71,18 @@ class Calibration:
     """Null thresholds for one reference and window-size bucket (JSON-serialisable; cached).
 
     ``z_star``: the common cut of the input max-statistic (per-column Evidently scores and the MMD
-    statistic on one z scale); ``column_thresholds``: that cut on each column's own scale;
+    statistic on one z scale; with ``drift.reference_delta``, moved to hold given the reference by
+    :func:`tasksim.drift.given_reference.cut_given_reference`; ``z_plain``: the cut before that);
+    ``column_thresholds``: that cut on each column's own scale;
     ``mmd_gamma``: (shape, scale) of the gamma law fitted by moments to the null MMD statistic
     (Gretton et al.'s approximation), which puts the MMD on the p-value / z scale of the columns;
     ``distance_scale``: (mu, sd) of ``log score`` for distance-like columns (Evidently distance
     distance methods); ``ewma_z`` / ``ewma_mmd``: thresholds of the evidence accumulated over
     windows (:mod:`tasksim.drift.sequential`: max |z| of the columns' mean normal scores, and the
-    MMD of the pooled windows), each at half the accumulated share of the budget.
+    MMD of the pooled windows), each at half the accumulated share of the budget (with
+    ``drift.reference_delta``: given the reference,
+    :func:`tasksim.drift.given_reference.ewma_thresholds_given_reference`; the reference's share of
+    the accumulated statistics' variance is ``ewma_reference_share``).
     """
 
     window_rows: int
@@ -82,6 +95,8 @@ class Calibration:
     ewma_z: float
     ewma_mmd: float
     held_out_rate: float
+    ewma_reference_share: float = 0.0
+    z_plain: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -329,9 +344,10 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     The input max-statistic's null comes from :func:`input_null` (``config.calibration_rounds``
     rounds); an upper confidence bound on the ``1 - alpha_input`` quantile of its held-out
     per-round maximum over components (:func:`tail_cut`: peaks over threshold; the
-    split-conformal rank with few rounds) is the common cut ``z_star`` (Westfall-Young max-T). The thresholds of the
-    evidence accumulated over windows come from the reference rows' covariance
-    (:func:`tasksim.drift.sequential.ewma_thresholds`).
+    split-conformal rank with few rounds) is the common cut ``z_star`` (Westfall-Young max-T). The
+    thresholds of the evidence accumulated over windows come from the reference rows' covariance
+    (:func:`tasksim.drift.sequential.ewma_thresholds`). With ``drift.reference_delta`` both hold
+    given the reference (:mod:`tasksim.drift.given_reference`; off by default).
     """
     alpha = config.false_alarm_rate
     a_in, a_cusum = alpha * ALPHA_SHARES["input"], alpha * ALPHA_SHARES["cusum"]
@@ -339,7 +355,13 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
     from scipy.stats import gamma
 
     stat = null.held_max
-    z_star = tail_cut(stat, a_in)
+    # the cut of the usual null (reference error averaged over); with drift.reference_delta moved
+    # to hold given the reference: a window against the whole reference carries its fixed offset,
+    # m / (m + n) of the statistic's variance (tasksim.drift.given_reference)
+    z_plain = tail_cut(stat, a_in)
+    delta = config.reference_delta
+    z_star = min(cut_given_reference(z_plain, reference_share(1 / max(int(window_rows), 1), 1 / ref.rows),
+                                     delta=delta), _Z_CLIP[1])
     thresholds = {}
     for c in ref.columns:
         if c in null.p_value_columns:
@@ -349,11 +371,20 @@ def calibrate(ref: DriftReference, window_rows: int, config: DriftConfig, *, see
             thresholds[c] = float(math.exp(mu + z_star * sd)) if math.isfinite(sd) else float("inf")
     mmd_gamma = null.mmd_gamma
     mmd_threshold = float(gamma.isf(_z_to_p(z_star), mmd_gamma[0], scale=mmd_gamma[1]))
-    ewma_z, ewma_mmd = ewma_thresholds(reference_scores(ref), ref.phi, a_cusum, seed)
+    # the accumulated statistics after many windows: the reference's error is a fixed offset of
+    # about 40% of their variance (100-row windows, 1,000 reference rows); with
+    # drift.reference_delta their thresholds hold given the reference, at the calibrating window size
+    rho = ewma_steady_share(window_rows, ref.rows, config.benign_offset_sd ** 2, EWMA_LAMBDA)
+    if delta is None:  # the plain null (reference error averaged over reference draws)
+        ewma_z, ewma_mmd = ewma_thresholds(reference_scores(ref), ref.phi, a_cusum, seed)
+    else:
+        root, columns = ewma_root(reference_scores(ref), ref.phi)
+        ewma_z, ewma_mmd = ewma_thresholds_given_reference(root, columns, a_cusum, rho, delta=delta, seed=seed)
     m, rounds = null.window_rows, null.rounds
     cal = Calibration(window_rows=m, rounds=rounds, z_star=z_star, column_thresholds=thresholds,
                       distance_scale=null.distance_scale, mmd_gamma=mmd_gamma, mmd_threshold=mmd_threshold,
-                      ewma_z=ewma_z, ewma_mmd=ewma_mmd, held_out_rate=float(np.mean(stat >= z_star)))
+                      ewma_z=ewma_z, ewma_mmd=ewma_mmd, held_out_rate=float(np.mean(stat >= z_star)),
+                      ewma_reference_share=rho, z_plain=z_plain)
     log.info("drift calibration: %d rounds, pseudo-window %d rows (window %d), pseudo-reference %d rows, z*=%.3f, "
              "accumulated: |z| %.2f, MMD %.3g", rounds, m, window_rows, null.pseudo_rows, z_star, ewma_z, ewma_mmd)
     return cal
@@ -550,6 +581,27 @@ def _explained_by_prior(ref: DriftReference, cal: Calibration, prior_pi: np.ndar
                        f"({'explains' if explained else 'does not explain'} the input shift)")
 
 
+def _prior_given_reference(state: dict[str, Any], reference_counts: np.ndarray, window_rows: int,
+                           rng: np.random.Generator, benign: float, delta: float | None) -> tuple[float, float]:
+    """The accumulated class-frequency test (:func:`tasksim.drift.sequential.prior_statistic`), its
+    p-value bounded given the reference: the reference's (and a benign offset's) share of the
+    EWMA's variance, ``W^2 (1 / n + benign) / c_t``, is a fixed offset for one stream."""
+    stat, p = prior_statistic(state, reference_counts, window_rows, rng, benign)
+    n = max(1.0, float(np.sum(reference_counts)))
+    w2 = float(state["w"]) ** 2
+    rho = reference_share(float(state["s2"]), w2 * (1 / n + benign))
+    return stat, pvalue_given_reference(p, rho, dof=max(1, int(np.count_nonzero(reference_counts)) - 1), delta=delta)
+
+
+def _concept_given_reference(state: dict[str, Any], delta: float | None) -> tuple[float, float]:
+    """The accumulated loss excess (:func:`tasksim.drift.sequential.concept_statistic`), its
+    one-sided p-value bounded given the reference (the null means' error, and a benign offset's,
+    are fixed for one stream)."""
+    z, p = concept_statistic(state)
+    fixed = float(state["w"]) ** 2 * (float(state.get("r", 0.0)) + float(state.get("b", 0.0)))
+    return z, pvalue_given_reference(p, reference_share(float(state["v"]), fixed), one_sided=True, delta=delta)
+
+
 def check_window(
     ref: DriftReference,
     cal: Calibration | None,
@@ -578,6 +630,7 @@ def check_window(
     rng = np.random.default_rng(seed)
     alpha = config.false_alarm_rate
     benign = config.benign_offset_sd ** 2  # the accumulated tests' tolerance (DriftConfig.benign_offset_sd)
+    delta = config.reference_delta  # None: the plain nulls; else bounded given the reference
     prev: dict[str, Any] = cusum_state if isinstance(cusum_state, dict) else {}
     state: dict[str, Any] = dict(prev)
 
@@ -663,21 +716,27 @@ def check_window(
                                        evidence=tuple(f"class {u!r} unseen in the reference" for u in unseen[:8]),
                                        detail="labels"))
             else:
-                g, p = _label_prior_test(counts, ref_counts, rng)
+                g, p_raw = _label_prior_test(counts, ref_counts, rng)
+                # bounded given the reference (drift.reference_delta): its class frequencies' error is
+                # m / (m + n) of the G's variance
+                p = pvalue_given_reference(p_raw, reference_share(1 / counts.sum(), 1 / ref_counts.sum()),
+                                           dof=k - 1, delta=delta)
                 moved = np.argsort(-np.abs(counts / counts.sum() - ref_counts / ref_counts.sum()))[:3]
                 tests.append(DriftTest("label_prior", "label_prior", p <= a_label, statistic=g, threshold=a_label,
                                        p_value=p, evidence=tuple(f"class {ref.classes[i]!r}: "
                                                                  f"{counts[i] / counts.sum():.2f} vs "
                                                                  f"{ref_counts[i] / ref_counts.sum():.2f}"
                                                                  for i in moved) if p <= a_label else (),
-                                       detail=f"G test of the {labelled_rows} window labels vs the reference"))
+                                       detail=f"G test of the {labelled_rows} window labels vs the reference"
+                                              + (f" (permutation p {p_raw:.3g}; given the reference {p:.3g})"
+                                                 if delta is not None else "")))
             if counts.sum():
                 prior_pi = counts / counts.sum()
                 if config.cusum:
                     state["prior"] = to_json(ewma_step(prev.get("prior"), prior_pi - ref_counts / ref_counts.sum(),
                                                        int(counts.sum())))
-                    accumulated.append(("label_prior", *prior_statistic(state["prior"], ref_counts,
-                                                                        int(counts.sum()), rng, benign)))
+                    accumulated.append(("label_prior", *_prior_given_reference(
+                        state["prior"], ref_counts, int(counts.sum()), rng, benign, delta)))
             # concept: the reference model's loss on labelled rows (null stratified by class), and
             # whether p(predicted label | label) moved; Bonferroni over the two
             rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
@@ -700,7 +759,11 @@ def check_window(
 
                 p_loss, p_overall, class_p = _loss_test(ref, row_codes, loss, rng)
                 g_conf, p_conf = _confusion_test(ref, row_codes, pred[rows], rng)
-                p = min(1.0, 2 * min(p_loss, p_conf))
+                # bounded given the reference (drift.reference_delta): its class pools' error is about
+                # m / (m + n) of each class's excess (one-sided bound, tasksim.drift.given_reference)
+                p = pvalue_given_reference(min(1.0, 2 * min(p_loss, p_conf)),
+                                           reference_share(1 / len(rows), 1 / max(1, int(finite.sum()))),
+                                           one_sided=True, delta=delta)
                 worst = [i for i in np.argsort(class_p) if counts[i] and class_p[i] < 1.0][:3]
                 tests.append(DriftTest("concept", "concept", p <= a_concept, statistic=observed,
                                        threshold=a_concept, p_value=p,
@@ -711,13 +774,14 @@ def check_window(
                                               f"permutations: overall p {p_overall:.3g}, with the largest "
                                               f"per-class excess p {p_loss:.3g}; mean 1 - p(label) {observed:.3f}, "
                                               f"null {null_mean / len(rows):.3f}) and p(predicted | label) "
-                                              f"(G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two"))
+                                              f"(G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two"
+                                              + (", bounded given the reference" if delta is not None else "")))
                 if config.cusum:
                     nr = len(rows)
                     state["concept"] = concept_step(prev.get("concept"), observed - null_mean / nr,
                                                     window_var / nr ** 2, reference_var / nr ** 2,
                                                     benign * window_var / nr)
-                    accumulated.append(("concept", *concept_statistic(state["concept"])))
+                    accumulated.append(("concept", *_concept_given_reference(state["concept"], delta)))
             else:
                 tests.append(DriftTest("concept", "concept", False, not_testable=f"not testable: {len(rows)} "
                                        f"labelled rows (< {config.min_labelled_rows}) of classes the reference has"))
@@ -725,16 +789,20 @@ def check_window(
             ref_pred = ref.cv_pred[labelled_ref]
             pred_counts = np.bincount(pred, minlength=k).astype(float)
             ref_pred_counts = np.bincount(ref_pred, minlength=k).astype(float)
-            g, p = _label_prior_test(pred_counts, ref_pred_counts, rng)
+            g, p_raw = _label_prior_test(pred_counts, ref_pred_counts, rng)
+            p = pvalue_given_reference(p_raw, reference_share(1 / m, 1 / max(1.0, ref_pred_counts.sum())), dof=k - 1,
+                                       delta=delta)
             prior_pi = _bbse_weights(ref, pred)
             tests.append(DriftTest("bbse", "label_prior", p <= a_label, statistic=g, threshold=a_label, p_value=p,
                                    detail=f"G test of predicted labels ({labelled_rows} labelled rows < "
-                                          f"{config.min_labelled_rows}: black-box shift estimation)"))
+                                          f"{config.min_labelled_rows}: black-box shift estimation"
+                                          + (f"; permutation p {p_raw:.3g}, given the reference {p:.3g})"
+                                             if delta is not None else ")")))
             if config.cusum:
                 ref_freq = ref_pred_counts / ref_pred_counts.sum()
                 state["bbse"] = to_json(ewma_step(prev.get("bbse"), pred_counts / pred_counts.sum() - ref_freq, m))
-                accumulated.append(("label_prior", *prior_statistic(state["bbse"], ref_pred_counts, m, rng,
-                                                                    benign)))
+                accumulated.append(("label_prior", *_prior_given_reference(state["bbse"], ref_pred_counts, m, rng,
+                                                                           benign, delta)))
             tests.append(DriftTest("concept", "concept", False, not_testable=(
                 "not testable: no labelled rows in the window" if labelled_rows == 0 else
                 f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))

@@ -74,7 +74,7 @@ class DriftMonitor:
 
     def key(self, reference_key: str) -> str:
         payload = json.dumps([reference_key, self.config.model_dump(mode="json"), self.columns.model_dump(mode="json"),
-                              self.seed, "drift-reference-v7"], sort_keys=True, default=str)
+                              self.seed, "drift-reference-v8"], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def reference(self, reference_table: pa.Table, reference_features: Any, reference_key: str) -> DriftReference:

@@ -102,23 +102,31 @@ class ReferenceScores:
         return np.nan_to_num((mean - self.mean) / self.sd)
 
 
-def ewma_thresholds(scores: ReferenceScores, phi: np.ndarray, rate: float, seed: int) -> tuple[float, float]:
-    """(max |z| over columns, MMD) thresholds of the accumulated input statistics, each at ``rate / 2``
-    per window: draws of the Gaussian with the reference rows' covariance of [standardised normal
-    scores, RFF features] (the law of ``e_t / sqrt(c_t)`` under no drift, whatever the history)."""
+def ewma_root(scores: ReferenceScores, phi: np.ndarray) -> tuple[np.ndarray, int]:
+    """(root of the reference rows' covariance of [standardised normal scores, RFF features], the
+    number of column coordinates): ``g = root @ standard normal`` has the law of ``e_t / sqrt(c_t)``
+    under no drift."""
     z_cols = scores.ns / np.where(np.isfinite(scores.sd), scores.sd, 1.0)
     z_cols[:, ~np.isfinite(scores.sd)] = 0.0
     phi_c = phi.astype(np.float64) - phi.mean(axis=0, dtype=np.float64)
     a = np.concatenate([z_cols, phi_c], axis=1)
     cov = a.T @ a / len(a)
     vals, vecs = np.linalg.eigh(cov)
-    root = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    return vecs * np.sqrt(np.clip(vals, 0.0, None)), z_cols.shape[1]
+
+
+def ewma_thresholds(scores: ReferenceScores, phi: np.ndarray, rate: float, seed: int) -> tuple[float, float]:
+    """(max |z| over columns, MMD) thresholds of the accumulated input statistics, each at ``rate / 2``
+    per window: draws of the Gaussian with the reference rows' covariance of [standardised normal
+    scores, RFF features] (the law of ``e_t / sqrt(c_t)`` under no drift, whatever the history,
+    averaged over reference draws; given the reference:
+    :func:`tasksim.drift.given_reference.ewma_thresholds_given_reference`)."""
+    root, j = ewma_root(scores, phi)
     rng = np.random.default_rng(seed + 11)
-    j = z_cols.shape[1]
     top = np.empty(EWMA_DRAWS)
     mmd = np.empty(EWMA_DRAWS)
     for start in range(0, EWMA_DRAWS, 5000):
-        g = rng.standard_normal((min(5000, EWMA_DRAWS - start), len(vals))) @ root.T
+        g = rng.standard_normal((min(5000, EWMA_DRAWS - start), root.shape[1])) @ root.T
         top[start:start + len(g)] = np.abs(g[:, :j]).max(axis=1) if j else 0.0
         mmd[start:start + len(g)] = (g[:, j:] ** 2).sum(axis=1)
     q = 1 - rate / 2
