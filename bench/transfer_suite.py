@@ -429,7 +429,7 @@ def finetune_logits_stacked(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Te
     head_b = nn.Parameter(torch.stack(heads_b).clone())  # (M, classes)
     src = torch.tensor(which)
     xtr = torch.stack([x.float() for x in pre_tr])  # (sources, n, C, h, w)
-    n, n_models = len(ytr), len(copies)
+    n = len(ytr)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     opt = torch.optim.Adam([*stacked.parameters(), head_w, head_b], lr=p.ft_lr, weight_decay=1e-4)
     stacked.train()
