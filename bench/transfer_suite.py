@@ -26,8 +26,11 @@ MiniLM with a fitted head per source). For every (target, source):
 Both ground truths are batched (the suite's cost was theirs): the probes of every draw and of the
 sources of one width are solved together, each by its own L-BFGS (:func:`probe_correct_many`);
 the fine-tunes of every seed and of the sources of one architecture take one vectorised Adam step
-together (:func:`finetune_logits_many`). Each stage's wall and CPU seconds are in the raw numbers
-(``runs[i].seconds``, ``info.seconds``).
+together (:func:`finetune_logits_many`; EfficientNet's pointwise head, which ``vmap`` trains slowly,
+as one stacked model of all its seeds: :func:`finetune_logits_stacked`). Each source's
+window-independent state (``source_only_measures``, the MMD self block) is computed once per
+benchmark and handed to every window, as a cycle's ``SourceMemo`` does (:func:`source_memo`).
+Each stage's wall and CPU seconds are in the raw numbers (``runs[i].seconds``, ``info.seconds``).
 
 Rows: every single measure (signed so that higher is predicted better), kNN accuracy (the
 baseline the literature finds hard to beat), a static prior that never looks at the target (model
