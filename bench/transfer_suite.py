@@ -1297,11 +1297,13 @@ of the same 300: every pool, window and source is unchanged, see `SIZES["suite"]
 default composite's mean weighted tau from 0.602 to 0.592, kNN from 0.477 to 0.500, LogME from
 0.499 to 0.509, and the probe's noise ceiling from 0.83 to 0.79). The EfficientNet heads are
 fine-tuned as one stacked model per source (`finetune_logits_stacked`, tested against the one-at-a-time
-reference). That fine-tune is chaotic at this protocol: on digits-opencv, moving the inputs of
-EfficientNet-Lite2's fine-tune by 1e-7 (relative) changed one seed's test accuracy from 0.22 to 0.47,
-and the stacked trainer, within 8e-6 of the reference after one epoch, ended at 0.59; the fine-tune
-ground truth of those two sources is seed and rounding noise as much as transfer, which the seed
-noise ceiling below includes. The LDA probe's batched Woodbury solve is a Cholesky solve (MKL's
+reference). That fine-tune is chaotic at this protocol (`bench/transfer_suite_speed.py`,
+`docs/cpu/transfer_suite_speed_2026-12-08.json`, digits-opencv): moving the inputs by 1e-7
+(relative) moved EfficientNet-Lite2's three seeds' test accuracies from 0.22 / 0.69 / 0.81 to
+0.71 / 0.50 / 0.58, and the stacked trainer gave 0.59 / 0.62 / 0.74; its test predictions agree
+with the reference's on 57% of the rows, the reference's with its own on the moved inputs on 49%
+(Lite0: 93% and 94%). The fine-tune ground truth of those two sources is rounding and seed noise as
+much as transfer; the seed noise ceiling below includes it. The LDA probe's batched Woodbury solve is a Cholesky solve (MKL's
 batched LU had failed on 2 threads, "Parameter 6 was incorrect on entry to DLASWP", and sent the
 EfficientNet sources through the one-by-one fallback). Each source's window-independent measures
 are computed once per benchmark, as a cycle's source memo does (measures equal to 2e-12 relative).
@@ -1315,7 +1317,7 @@ TIMING_NOTE = """**The whole suite ran cold in 930 s wall (894 CPU s) on this sh
 each run: images 4.0 and 2.2, tabular 2.2 and 2.7, text 3.2 and 4.1). On a quiet 2-core machine the wall time lies between CPU / 2 and the CPU time:
 at most about 894 s (an estimate from the CPU seconds, not a quiet run). The 2026-12-07 runs took
 2938 s wall / 2356 CPU s. What changed: the EfficientNet heads' fine-tunes as one stacked model per
-source (1.5x less CPU than one model at a time, measured in one run by `bench/transfer_suite_speed.py`,
+source (1.5-1.7x less CPU than one model at a time, measured in one run by `bench/transfer_suite_speed.py`,
 `docs/cpu/transfer_suite_speed_2026-12-08.json`), the LDA probe's batched solve (above), each source's
 window-independent measures once per benchmark (1.03x on one images window: small), and the text test
 split (10,240 texts embedded cold instead of 14,206). Much of the drop is the machine, not the code:
