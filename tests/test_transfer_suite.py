@@ -229,3 +229,21 @@ def test_timing_table_sums_wall_and_cpu_seconds_per_benchmark(runs) -> None:
     assert images.split(" | ")[1:4] == ["10 / 12", "0 / n/a", "3 / 4"]  # build, views (absent), lp: 3 x (1, 1.5)
     assert "| 6 / 9 |" in images  # ft: 3 targets x (2 wall, 3 CPU)
     assert table.splitlines()[-1].endswith("| 170 / 240 |")
+
+
+def test_suite_text_test_split_is_a_subset_of_the_reserve_and_moves_nothing_else(monkeypatch) -> None:
+    """The suite's text test split (150 a class) is cut from a reserve of 300: the pools, windows and
+    sources are those of the 300-row split, the test rows a subset of its test rows."""
+    td = pytest.importorskip("transfer_data")
+    try:
+        new = td.build_data("suite", seed=0)
+    except (ImportError, FileNotFoundError, OSError) as exc:  # the packaged corpora are not installed here
+        pytest.skip(f"text corpora unavailable: {exc}")
+    monkeypatch.setitem(td.SIZES, "suite", {**td.SIZES["suite"], "test_per_class": 300})
+    old = td.build_data("suite", seed=0)
+    assert set(old.sources) == set(new.sources)
+    assert all(old.sources[n].texts == new.sources[n].texts for n in old.sources)
+    for name, t in old.targets.items():
+        assert new.targets[name].train.texts == t.train.texts
+        assert new.targets[name].gt_train.texts == t.gt_train.texts
+        assert set(new.targets[name].test.texts) < set(t.test.texts)
