@@ -90,6 +90,7 @@ class Benchmark:
     targets: list[BenchTarget]
     sources: list[BenchSource]
     seconds: dict[str, float] = field(default_factory=dict)
+    memo: dict[str, object] = field(default_factory=dict)  # window-independent work kept across targets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +216,10 @@ class _EffTop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x))).mean((2, 3))
+
+    def pointwise_parts(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """What ``forward`` computes, for ``transfer_suite``'s stacked fine-tune of several copies."""
+        return self.conv, self.bn, self.act
 
 
 class _EffTrunk(nn.Module):

@@ -136,6 +136,51 @@ def test_batched_finetune_equals_one_source_and_seed_at_a_time() -> None:
         assert not torch.allclose(many[0, 0], many[0, 1], atol=1e-3)  # the seeds differ
 
 
+def test_stacked_pointwise_finetune_equals_one_source_and_seed_at_a_time() -> None:
+    """EfficientNet's head (1 x 1 conv, batch norm, ReLU6, spatial mean) of several sources and seeds
+    trained as one wide model: each (source, seed) ends where the unbatched reference ends."""
+    import types
+
+    import torch
+    from torch import nn
+
+    suite_sources = pytest.importorskip("suite_sources")
+    p = ts.Protocol(ft_epochs=4, ft_seeds=(0, 1, 2), ft_batch=16)
+    torch.manual_seed(0)
+    y = torch.randint(0, 3, (42,))  # 42 rows: the last minibatch of 10, then a 2-row one
+
+    def eff_top(c_in: int, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = types.SimpleNamespace(_conv_head=nn.Conv2d(c_in, 6, 1, bias=False), _bn1=nn.BatchNorm2d(6),
+                                      _swish=nn.ReLU6())
+        top = suite_sources._EffTop(model)
+        with torch.no_grad():  # pretrained-like running statistics, not the fresh 0 / 1
+            top.bn.running_mean.uniform_(-0.5, 0.5)
+            top.bn.running_var.uniform_(0.5, 2.0)
+            top.bn.weight.uniform_(0.5, 1.5)
+        return top.eval()
+
+    for spatial in ((1, 1), (2, 3)):  # EfficientNet at 32 x 32 gives 1 x 1; the stacking holds for any size
+        tops = [eff_top(4, 10), eff_top(4, 11)]
+        assert all(ts._pointwise_parts(t) is not None for t in tops)
+        xtr = [torch.randn(42, 4, *spatial) * 2 + i for i in range(2)]
+        xte = [torch.randn(25, 4, *spatial) * 2 + i for i in range(2)]
+        many = ts.finetune_logits_stacked(tops, xtr, y, xte, 3, p.ft_seeds, p)
+        assert many.shape == (2, 3, 25, 3)
+        for i, top in enumerate(tops):
+            for j, seed in enumerate(p.ft_seeds):
+                one = ts.finetune_logits(top, xtr[i], y, xte[i], 3, seed, p)
+                assert torch.allclose(many[i, j], one, atol=1e-4, rtol=1e-4), (spatial, i, seed,
+                                                                                (many[i, j] - one).abs().max())
+                assert torch.equal(many[i, j].argmax(1), one.argmax(1))
+        assert not torch.allclose(many[0, 0], many[0, 1], atol=1e-3)  # the seeds differ
+        assert tops[0].bn.running_mean.abs().max() <= 0.5  # the sources' own tops are not trained in place
+    # a 3 x 3 convolution is not pointwise: it keeps the one-model-at-a-time path
+    conv3 = types.SimpleNamespace(_conv_head=nn.Conv2d(4, 6, 3), _bn1=nn.BatchNorm2d(6), _swish=nn.ReLU6())
+    assert ts._pointwise_parts(suite_sources._EffTop(conv3)) is None
+    assert ts._pointwise_parts(nn.Sequential(nn.Linear(4, 4))) is None
+
+
 def test_batched_probe_equals_one_problem_at_a_time() -> None:
     import torch
 
@@ -184,3 +229,21 @@ def test_timing_table_sums_wall_and_cpu_seconds_per_benchmark(runs) -> None:
     assert images.split(" | ")[1:4] == ["10 / 12", "0 / n/a", "3 / 4"]  # build, views (absent), lp: 3 x (1, 1.5)
     assert "| 6 / 9 |" in images  # ft: 3 targets x (2 wall, 3 CPU)
     assert table.splitlines()[-1].endswith("| 170 / 240 |")
+
+
+def test_suite_text_test_split_is_a_subset_of_the_reserve_and_moves_nothing_else(monkeypatch) -> None:
+    """The suite's text test split (150 a class) is cut from a reserve of 300: the pools, windows and
+    sources are those of the 300-row split, the test rows a subset of its test rows."""
+    td = pytest.importorskip("transfer_data")
+    try:
+        new = td.build_data("suite", seed=0)
+    except (ImportError, FileNotFoundError, OSError) as exc:  # the packaged corpora are not installed here
+        pytest.skip(f"text corpora unavailable: {exc}")
+    monkeypatch.setitem(td.SIZES, "suite", {**td.SIZES["suite"], "test_per_class": 300})
+    old = td.build_data("suite", seed=0)
+    assert set(old.sources) == set(new.sources)
+    assert all(old.sources[n].texts == new.sources[n].texts for n in old.sources)
+    for name, t in old.targets.items():
+        assert new.targets[name].train.texts == t.train.texts
+        assert new.targets[name].gt_train.texts == t.gt_train.texts
+        assert set(new.targets[name].test.texts) < set(t.test.texts)

@@ -63,6 +63,20 @@ def test_lda_discriminant_matches_scikit_learn() -> None:
         np.testing.assert_allclose(bias[0].numpy(), model.intercept_, rtol=1e-7, atol=1e-9)
 
 
+def test_lda_woodbury_batch_equals_one_source_at_a_time() -> None:
+    """The Woodbury system (fewer rows than features) of several sources solved as one batch, by
+    Cholesky: the size that made a batched LU fail inside MKL (400 rows, two sources)."""
+    x = torch.stack([torch.as_tensor(_data(400, 600, 10, seed=s)[0]) for s in range(2)])
+    y = torch.as_tensor(_data(400, 600, 10, seed=0)[1])
+    xs = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+    w, bias, _ = _discriminant(xs, y, 10)
+    assert torch.isfinite(w).all()
+    for k in range(2):
+        w1, b1, _ = _discriminant(xs[k:k + 1], y, 10)
+        torch.testing.assert_close(w[k:k + 1], w1, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(bias[k:k + 1], b1, rtol=1e-9, atol=1e-12)
+
+
 def test_lda_probe_properties() -> None:
     x, y = _data(150, 30, 3, seed=11)
     a = T.lda_probe_accuracy(x, y)

@@ -94,7 +94,12 @@ def _discriminant(xtr: torch.Tensor, ytr: torch.Tensor, n_classes: int) -> tuple
         inv = 1.0 / diag
         ul = u * inv.unsqueeze(1)                                                  # u L (K, m, D)
         inner = torch.eye(m, dtype=xtr.dtype, device=xtr.device) + ul @ u.transpose(1, 2)
-        w = inv.unsqueeze(2) * rhs - ul.transpose(1, 2) @ torch.linalg.solve(inner, ul @ rhs)
+        # inner is symmetric with eigenvalues >= 1: Cholesky, not LU. A batched LU (torch.linalg.solve)
+        # of two or more such systems on 2 CPU threads made MKL report "Parameter 6 was incorrect on
+        # entry to DLASWP" and a false singular pivot, so the batch failed and every source was re-scored alone
+        chol, info = torch.linalg.cholesky_ex(inner)
+        z = torch.cholesky_solve(ul @ rhs, chol) if bool((info == 0).all()) else torch.linalg.solve(inner, ul @ rhs)
+        w = inv.unsqueeze(2) * rhs - ul.transpose(1, 2) @ z
     else:
         sigma = u.transpose(1, 2) @ u + torch.diag_embed(diag)
         chol, info = torch.linalg.cholesky_ex(sigma)
