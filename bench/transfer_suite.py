@@ -292,6 +292,29 @@ def _arch_key(top: nn.Module, pre: torch.Tensor) -> str:
     return f"{top!r}|{shapes}|{tuple(pre.shape[1:])}"
 
 
+def _train_stacked(logits_of: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+                   xtr: torch.Tensor, which: torch.Tensor, ytr: torch.Tensor, gens: Sequence[torch.Generator],
+                   n_sources: int, p: Protocol) -> None:
+    """``p.ft_epochs`` epochs of the stacked models (model i: source ``which[i]``, seed ``i % len(gens)``,
+    in that seed's minibatch order), one ``opt`` step a minibatch on the sum of the models' mean
+    losses; ``logits_of`` maps the models' inputs ``(models, b, ...)`` to logits ``(models, b, classes)``."""
+    n = len(ytr)
+    with torch.enable_grad():
+        for _ in range(p.ft_epochs):
+            orders = torch.stack([torch.randperm(n, generator=g) for g in gens])  # (seeds, n)
+            orders = orders.repeat(n_sources, 1)  # (models, n): model i has seed i % n_seeds
+            for start in range(0, n, p.ft_batch):
+                idx = orders[:, start:start + p.ft_batch]  # (models, b)
+                if idx.shape[1] < 2:
+                    continue
+                logits = logits_of(xtr[which[:, None], idx])
+                loss = nn.functional.cross_entropy(logits.flatten(0, 1), ytr[idx].flatten(), reduction="none")
+                loss = loss.view(idx.shape).mean(1).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+
 def finetune_logits_many(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Tensor], ytr: torch.Tensor,
                          pre_te: Sequence[torch.Tensor], n_classes: int, seeds: Sequence[int], p: Protocol
                          ) -> torch.Tensor:
@@ -321,7 +344,6 @@ def finetune_logits_many(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Tenso
     n_seeds = len(seeds)
     which = torch.arange(len(models)) // n_seeds  # model -> its source
     xtr = torch.stack([x.float() for x in pre_tr])  # (sources, n, ...)
-    n = len(ytr)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
 
     def forward(prm: dict, buf: dict, x: torch.Tensor) -> torch.Tensor:
@@ -329,20 +351,7 @@ def finetune_logits_many(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Tenso
     batched = vmap(forward)
     opt = torch.optim.Adam(list(params.values()), lr=p.ft_lr, weight_decay=1e-4, fused=True)
     base.train()
-    with torch.enable_grad():
-        for _ in range(p.ft_epochs):
-            orders = torch.stack([torch.randperm(n, generator=g) for g in gens])  # (seeds, n)
-            orders = orders.repeat(len(tops), 1)  # (models, n): model i has seed i % n_seeds
-            for start in range(0, n, p.ft_batch):
-                idx = orders[:, start:start + p.ft_batch]
-                if idx.shape[1] < 2:
-                    continue
-                logits = batched(params, buffers, xtr[which[:, None], idx])  # (models, b, classes)
-                loss = nn.functional.cross_entropy(logits.flatten(0, 1), ytr[idx].flatten(), reduction="none")
-                loss = loss.view(idx.shape).mean(1).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+    _train_stacked(lambda xb: batched(params, buffers, xb), opt, xtr, which, ytr, gens, len(tops), p)
     base.eval()
     xte = torch.stack([x.float() for x in pre_te])
     with torch.no_grad():
@@ -432,23 +441,11 @@ def finetune_logits_stacked(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Te
     head_b = nn.Parameter(torch.stack(heads_b).clone())  # (M, classes)
     src = torch.tensor(which)
     xtr = torch.stack([x.float() for x in pre_tr])  # (sources, n, C, h, w)
-    n = len(ytr)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     opt = torch.optim.Adam([*stacked.parameters(), head_w, head_b], lr=p.ft_lr, weight_decay=1e-4)
     stacked.train()
-    with torch.enable_grad():
-        for _ in range(p.ft_epochs):
-            orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).repeat(len(tops), 1)
-            for start in range(0, n, p.ft_batch):
-                idx = orders[:, start:start + p.ft_batch]  # (models, b)
-                if idx.shape[1] < 2:
-                    continue
-                logits = torch.baddbmm(head_b[:, None, :], stacked(xtr[src[:, None], idx]), head_w)
-                loss = nn.functional.cross_entropy(logits.flatten(0, 1), ytr[idx].flatten(), reduction="none")
-                loss = loss.view(idx.shape).mean(1).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+    _train_stacked(lambda xb: torch.baddbmm(head_b[:, None, :], stacked(xb), head_w), opt, xtr, src, ytr, gens,
+                   len(tops), p)
     stacked.eval()
     xte = torch.stack([x.float() for x in pre_te])
     with torch.no_grad():
