@@ -27,7 +27,7 @@ DriftKind = Literal["none", "input", "label_prior", "concept"]
 #: Every family's null counts that error *on average over reference draws*, but a stream is
 #: monitored against one reference, and its false-alarm rate given that reference is spread
 #: around the average (30 MNIST references x 264 quiet windows at the full budget: mean 0.63%,
-#: 8 of 30 streams above 1%, 90th percentile 1.17%). Halving every family's share, with the
+#: 8 of 30 streams above 1%, 90th percentile 1.89%). Halving every family's share, with the
 #: input cut's Monte Carlo error bounded (``tasksim.drift.checks.tail_cut``), brought the same
 #: windows to mean 0.35%, 4 of 30 above 1%, 90th percentile 1.17% (docs/benchmarks.md, 2026-12-07).
 #: A null per family given the reference (``DriftConfig.reference_delta``) with three quarters of
@@ -52,7 +52,7 @@ ALPHA_SHARES: dict[str, float] = {
 #: Monte-Carlo draws for the label-prior and concept nulls (per window; resolution 1/draws). The
 #: draws stop early once 10 of them reach the observed statistic (``mc_pvalue``), so a quiet
 #: window costs a few dozen; only a window near or past its threshold pays for all of them. At the
-#: halved shares the smallest threshold was 0.0375% (the confusion half of the concept test,
+#: halved shares the smallest threshold is 0.0375% (the confusion half of the concept test,
 #: Bonferroni over two): 4,000 draws could reach it only with no exceedance at all, which delayed
 #: concept ramps on Landsat by up to 5 windows; 20,000 resolve it. With the bounds given the
 #: reference (``DriftConfig.reference_delta`` 0.1) the raw p-value a label test needs is about
