@@ -256,17 +256,24 @@ def finetune_correct(top: nn.Module, pre_tr: torch.Tensor, ytr: torch.Tensor, pr
     return (finetune_logits(top, pre_tr, ytr, pre_te, n_classes, seed, p).argmax(1) == yte).numpy()
 
 
+def _seeded_model(top: nn.Module, pre: torch.Tensor, seed: int, n_classes: int) -> tuple[nn.Module, nn.Linear]:
+    """The model a fine-tune of ``top`` with ``seed`` starts from: a float copy of the top (in eval
+    mode) and a new output layer over its width, initialised after ``torch.manual_seed(seed)``. One
+    constructor for the reference and the batched fine-tunes, so they start from the same weights."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(top).float()
+    with torch.no_grad():
+        width = model.eval()(pre[:2].float()).shape[1]
+    return model, nn.Linear(width, n_classes)
+
+
 def finetune_logits(top: nn.Module, pre_tr: torch.Tensor, ytr: torch.Tensor, pre_te: torch.Tensor,
                     n_classes: int, seed: int, p: Protocol) -> torch.Tensor:
     """One source and seed fine-tuned (the reference :func:`finetune_logits_many` is checked
     against; the suite trains with that one): test logits."""
-    torch.manual_seed(seed)
+    model, head = _seeded_model(top, pre_tr, seed, n_classes)
     gen = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(top).float().train()
-    with torch.no_grad():
-        width = model.eval()(pre_tr[:2].float()).shape[1]
     model.train()
-    head = nn.Linear(width, n_classes)
     opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=p.ft_lr, weight_decay=1e-4)
     n = len(ytr)
     with torch.enable_grad():
@@ -334,11 +341,7 @@ def finetune_logits_many(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Tenso
     models = []
     for top, x in zip(tops, pre_tr):
         for s in seeds:
-            torch.manual_seed(s)
-            model = copy.deepcopy(top).float()
-            with torch.no_grad():
-                width = model.eval()(x[:2].float()).shape[1]
-            models.append(nn.Sequential(model, nn.Linear(width, n_classes)).train())
+            models.append(nn.Sequential(*_seeded_model(top, x, s, n_classes)).train())
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     n_seeds = len(seeds)
@@ -427,11 +430,7 @@ def finetune_logits_stacked(tops: Sequence[nn.Module], pre_tr: Sequence[torch.Te
     copies, heads_w, heads_b, which = [], [], [], []
     for k, (top, x) in enumerate(zip(tops, pre_tr)):
         for s in seeds:
-            torch.manual_seed(s)
-            model = copy.deepcopy(top).float()
-            with torch.no_grad():
-                width = model.eval()(x[:2].float()).shape[1]
-            head = nn.Linear(width, n_classes)
+            model, head = _seeded_model(top, x, s, n_classes)
             copies.append(model)
             heads_w.append(head.weight.detach().t())
             heads_b.append(head.bias.detach())
