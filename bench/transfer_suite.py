@@ -473,19 +473,18 @@ def finetune_correct_many(sources: Sequence[object], pre: Mapping[str, torch.Ten
     yte = y_all[test]
     for members in groups.values():
         names = [s.name for s in members]  # type: ignore[attr-defined]
-        if _pointwise_parts(members[0].top) is not None:  # type: ignore[attr-defined]
-            logits = finetune_logits_stacked([s.top for s in members], [pre[m][d0] for m in names], y_all[d0],  # type: ignore[attr-defined]
-                                             [pre[m][test] for m in names], n_classes, p.ft_seeds, p)
-            correct = (logits.argmax(-1) == yte).numpy()
-            out.update({m: correct[i] for i, m in enumerate(names)})
-            continue
-        if not _vmap_friendly(members[0].top):  # type: ignore[attr-defined]
+        top = members[0].top  # type: ignore[attr-defined]
+        if _pointwise_parts(top) is not None:
+            train = finetune_logits_stacked
+        elif _vmap_friendly(top):
+            train = finetune_logits_many
+        else:
             for s in members:
                 out[s.name] = np.stack([finetune_correct(s.top, pre[s.name][d0], y_all[d0], pre[s.name][test], yte,  # type: ignore[attr-defined]
                                                          n_classes, seed, p) for seed in p.ft_seeds])
             continue
-        logits = finetune_logits_many([s.top for s in members], [pre[m][d0] for m in names], y_all[d0],  # type: ignore[attr-defined]
-                                      [pre[m][test] for m in names], n_classes, p.ft_seeds, p)
+        logits = train([s.top for s in members], [pre[m][d0] for m in names], y_all[d0],  # type: ignore[attr-defined]
+                       [pre[m][test] for m in names], n_classes, p.ft_seeds, p)
         correct = (logits.argmax(-1) == yte).numpy()
         out.update({m: correct[i] for i, m in enumerate(names)})
     return out
