@@ -292,9 +292,7 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
 
 def _p(p: float | None, delta: float | None, rho: float, **kw: Any) -> float:
     """A recorded p-value, bounded given the reference (``delta`` None: as recorded; no test: 1)."""
-    if p is None:
-        return 1.0
-    return p if delta is None else pvalue_given_reference(p, rho, delta=delta, **kw)
+    return 1.0 if p is None else pvalue_given_reference(p, rho, delta=delta, **kw)  # delta None: p itself
 
 
 POLICIES: dict[str, dict[str, Any]] = {
