@@ -41,14 +41,15 @@ from tasksim.metrics import catalog
 from tasksim.profile import SourceProfile
 
 BENCHES = ("images", "tabular", "text")
-_T5 = {"knn_accuracy": 1.0, "logme": 1.0, "gbc": 1.0, "leep": 1.0, "hscore_regularized": 1.0,
-       "lda_probe_accuracy": 1.0}
+# the default's transferability weights (kNN, LDA probe, LogME, GBC, LEEP, regularised H-score)
+_EVIDENCE = {m: w for m, w in catalog.DEFAULT_WEIGHTS.items()
+             if m in catalog.CATALOG and catalog.CATALOG[m].family == "transferability" and w > 0}
 # weight sets for the guard-agreement comparison: the default, and guards two to four times heavier
 GUARD_SETS: dict[str, dict[str, float]] = {
-    "default weights (MMD² 0.5)": {**_T5, "mmd2": 0.5},
-    "MMD² 1": {**_T5, "mmd2": 1.0},
-    "MMD² 2": {**_T5, "mmd2": 2.0},
-    "MMD², OTDD, separability, Fréchet 0.5 each": {**_T5, "mmd2": 0.5, "otdd": 0.5,
+    "default weights (MMD² 0.5)": {**_EVIDENCE, "mmd2": 0.5},
+    "MMD² 1": {**_EVIDENCE, "mmd2": 1.0},
+    "MMD² 2": {**_EVIDENCE, "mmd2": 2.0},
+    "MMD², OTDD, separability, Fréchet 0.5 each": {**_EVIDENCE, "mmd2": 0.5, "otdd": 0.5,
                                                      "domain_separability": 0.5, "frechet": 0.5},
 }
 
