@@ -70,6 +70,7 @@ def test_hash_changes_with_content(tmp_path: Path) -> None:
         (VALID + "\nranking: {weights: {logme: 1, lgome: 2}}\n", "ranking.weights: unknown criteria ['lgome']; "
          "known: cost, coverage,"),
         ("- just\n- a list\n", "expected a YAML mapping"),
+        (VALID + "\ndrift: {reference_delta: 0.7}\n", "drift.reference_delta: Input should be less than 0.5"),
     ],
 )
 def test_bad_config_gives_one_line(tmp_path: Path, text: str, expected: str) -> None:
