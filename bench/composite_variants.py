@@ -40,7 +40,6 @@ from tasksim.config import RankingConfig
 from tasksim.metrics import catalog
 from tasksim.profile import SourceProfile
 
-BENCHES = ("images", "tabular", "text")
 # the default's transferability weights (kNN, LDA probe, LogME, GBC, LEEP, regularised H-score)
 _EVIDENCE = {m: w for m, w in catalog.DEFAULT_WEIGHTS.items()
              if m in catalog.CATALOG and catalog.CATALOG[m].family == "transferability" and w > 0}
@@ -110,10 +109,15 @@ def bagged_composite(measures: Mapping[str, Mapping[str, float]],
 Row = Callable[[suite.TargetRun, str], dict[str, float]]
 
 
+def _benches(runs: Sequence[suite.TargetRun]) -> list[str]:
+    """The suite's benchmarks these runs hold, in the suite's order."""
+    return [b for b in suite.BENCHMARKS if any(r.benchmark == b for r in runs)]
+
+
 def _means(runs: Sequence[suite.TargetRun], rows: Mapping[str, Row], gt: str) -> dict[str, list[float]]:
     table = suite.tau_table(runs, rows, gt=gt, seed=0)
-    per_bench = {b: suite.bench_mean(table, runs, b) for b in BENCHES}
-    return {name: [per_bench[b][name] for b in BENCHES] for name in rows}
+    per_bench = {b: suite.bench_mean(table, runs, b) for b in _benches(runs)}
+    return {name: [per_bench[b][name] for b in _benches(runs)] for name in rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default = RankingConfig()
     rows["default, bagged"] = lambda run, key: bagged_composite(run.measures[key], run.rounds.get(key), default)
     for gt in ("lp", "ft"):
-        print(f"\n| {gt}: row | " + " | ".join(BENCHES) + " |\n|---|---|---|---|")
+        print(f"\n| {gt}: row | " + " | ".join(_benches(runs)) + " |\n" + "|---" * (len(_benches(runs)) + 1) + "|")
         for name, values in _means(runs, rows, gt).items():
             print(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in values) + " |")
 
@@ -145,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pair[name + " BAGGED"] = lambda run, key, c=config: bagged_composite(run.measures[key], run.rounds.get(key), c)
             means = _means(runs, pair, gt)
             diff = np.array([[b - p for b, p in zip(means[n + " BAGGED"], means[n])] for n in family])
-            print(f"\n{gt}: bagged minus plain over the {len(family)} configurations, per benchmark ({', '.join(BENCHES)}): "
+            print(f"\n{gt}: bagged minus plain over the {len(family)} configurations, per benchmark ({', '.join(_benches(runs))}): "
                   f"mean {np.round(diff.mean(0), 4).tolist()}, min {np.round(diff.min(0), 4).tolist()}, "
                   f"max {np.round(diff.max(0), 4).tolist()}, bagged better in {(diff > 0).sum(0).tolist()}")
     return 0

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BenchSource", "BenchTarget", "Benchmark", "build_images", "build_tabular", "build_text"]
+__all__ = ["BenchSource", "BenchTarget", "Benchmark", "build_images", "build_satellite", "build_tabular",
+           "build_text"]
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -378,6 +379,31 @@ def _mlp_top(d: int, hidden: int, width: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, width), nn.ReLU())
 
 
+# one MLP source: (name, rows, labels, hidden units, width, column map from the target's columns, description)
+MlpSpec = tuple[str, np.ndarray, np.ndarray, int, int, Callable[[np.ndarray], np.ndarray], str]
+
+
+def _mlp_sources(specs: Sequence[MlpSpec], d: int, std: nn.Module, seed: int) -> list[BenchSource]:
+    """Train one MLP per spec on its standardised rows (given in the source's own columns: the column
+    map takes a target's rows there), each with its dataset kept as 400 rows in the shared space."""
+    sources: list[BenchSource] = []
+    for i, (name, xs, ys, hidden, width, colmap, desc) in enumerate(specs):
+        torch.manual_seed(seed + i)
+        top = nn.Sequential(_mlp_top(d, hidden, width))
+        head = nn.Linear(width, len(set(ys.tolist())))
+        xt = std(torch.from_numpy(np.ascontiguousarray(xs)))  # xs: already in the source's own columns
+        _train(nn.Identity(), top, head, xt, ys, 40 if len(ys) > 1000 else 150, seed + i, lr=3e-3, batch=64)
+
+        def pre(v: torch.Tensor, cm: Callable[[np.ndarray], np.ndarray] = colmap) -> torch.Tensor:
+            return std(torch.from_numpy(np.ascontiguousarray(cm(v.numpy()))))
+        keep = np.random.default_rng(seed + i).permutation(len(ys))[:400]
+        with torch.no_grad():
+            shared = std(torch.from_numpy(np.ascontiguousarray(xs[keep])))
+        sources.append(BenchSource(name, "dataset+model", pre, top.eval(), head.eval(), shared,
+                                   [str(v) for v in ys[keep]], _n_params(top, head), len(ys), desc))
+    return sources
+
+
 def build_tabular(mode: str = "full", seed: int = 0, log: Callable[[str], None] = print) -> Benchmark:
     started = time.perf_counter()
     quick = mode == "quick"
@@ -417,20 +443,7 @@ def build_tabular(mode: str = "full", seed: int = 0, log: Callable[[str], None] 
     cu = b[np.isin(y[b], list("CGOQSU"))]
     specs.append(("mlp-round-letters", x[cu], y[cu], 64, 32, ident, "C G O Q S U"))
 
-    sources: list[BenchSource] = []
-    for i, (name, xs, ys, hidden, width, colmap, desc) in enumerate(specs):
-        torch.manual_seed(seed + i)
-        top = nn.Sequential(_mlp_top(x.shape[1], hidden, width))
-        head = nn.Linear(width, len(set(ys.tolist())))
-        xt = std(torch.from_numpy(np.ascontiguousarray(xs)))
-        _train(nn.Identity(), top, head, xt, ys, 40 if len(ys) > 1000 else 150, seed + i, lr=3e-3, batch=64)
-
-        def pre(v: torch.Tensor, cm: Callable[[np.ndarray], np.ndarray] = colmap) -> torch.Tensor:
-            return std(torch.from_numpy(np.ascontiguousarray(cm(v.numpy()))))
-        keep = np.random.default_rng(seed + i).permutation(len(ys))[:400]
-        sources.append(BenchSource(name, "dataset+model", pre, top.eval(), head.eval(),
-                                   shared(np.ascontiguousarray(xs[keep])), [str(v) for v in ys[keep]],
-                                   _n_params(top, head), len(ys), desc))
+    sources = _mlp_sources(specs, x.shape[1], std, seed)
     torch.manual_seed(seed + 99)
     top, head = _mlp_top(x.shape[1], 64, 32), nn.Linear(32, 26)
     sources.append(BenchSource("mlp-untrained", "model", lambda v: std(v), top.eval(), head.eval(), None, None,
@@ -455,6 +468,101 @@ def build_tabular(mode: str = "full", seed: int = 0, log: Callable[[str], None] 
                                    np.arange(len(pool), len(keep)), gt, windows if not quick else (10,), "named",
                                    f"UCI Letter, {' '.join(classes) if len(classes) < 26 else 'all 26 letters'}"))
     return Benchmark("tabular", "standardised raw columns", targets, sources, {"build": time.perf_counter() - started})
+
+
+# ---------------------------------------------------------------------------------------------
+# satellite (a second tabular benchmark)
+# ---------------------------------------------------------------------------------------------
+
+SATELLITE = Path("/usr/lib/R/site-library/mlbench/data/Satellite.rda")
+SOILS = ("red soil", "grey soil", "damp grey soil", "very damp grey soil")
+GREYS = ("grey soil", "damp grey soil", "very damp grey soil")
+VEGETATION = ("cotton crop", "vegetation stubble")
+CENTRE_PIXEL = np.arange(16, 20)  # x.17-x.20: the 4 spectral bands of the 3 x 3 neighbourhood's centre
+
+
+def load_satellite() -> tuple[np.ndarray, np.ndarray]:
+    """mlbench's Satellite (Statlog Landsat: 6,435 rows, 36 columns = 4 bands x 3 x 3 pixels, 6 named
+    classes) through PyPI ``rdata``, a bench-only dependency (Debian ``r-cran-mlbench`` ships the file)."""
+    import warnings
+
+    import rdata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata: "Unknown encoding. Assumed ASCII." (the names are ASCII)
+        frame = rdata.conversion.convert(rdata.parser.parse_file(SATELLITE))["Satellite"]
+    return frame.drop(columns=["classes"]).to_numpy(np.float32), frame["classes"].astype(str).to_numpy()
+
+
+def build_satellite(mode: str = "full", seed: int = 0, log: Callable[[str], None] = print) -> Benchmark:
+    """Landsat pixels: MLP sources trained on one half of the rows (other label sets, coarse or
+    shuffled labels, permuted or noisy columns, only the centre pixel, a narrow net, 300 rows, an
+    untrained net), targets from the other half. The shared space is the standardised columns."""
+    started = time.perf_counter()
+    quick = mode == "quick"
+    x_all, y_all = load_satellite()
+    order = np.random.default_rng(seed + 7).permutation(len(y_all))
+    half = len(order) // 2
+    x, y = x_all[order[:half]], y_all[order[:half]]  # the sources' half
+    mean, scale = torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)) + 1e-6
+    std = _Standardise(mean, scale)
+    rng = np.random.default_rng(seed)
+    ident = lambda v: v
+    specs: list[MlpSpec] = []
+    specs.append(("mlp-sat-all", x, y, 64, 32, ident, "all 6 land covers"))
+    soil = np.isin(y, SOILS)
+    specs.append(("mlp-sat-soils", x[soil], y[soil], 64, 32, ident, "the 4 soils"))
+    grey = np.isin(y, GREYS)
+    specs.append(("mlp-sat-greys", x[grey], y[grey], 64, 32, ident, "the 3 grey soils (fine-grained)"))
+    veg = np.isin(y, VEGETATION + ("red soil",))
+    specs.append(("mlp-sat-crops-red", x[veg], y[veg], 64, 32, ident, "cotton, stubble and red soil"))
+    specs.append(("mlp-sat-coarse", x, np.where(np.isin(y, VEGETATION), "vegetation", "soil"), 64, 32, ident,
+                  "2 classes: vegetation vs soil"))
+    specs.append(("mlp-sat-randlabels", x, rng.permutation(y), 64, 32, ident, "6 classes, labels shuffled"))
+    perm_cols = rng.permutation(x.shape[1])
+    specs.append(("mlp-sat-permuted-columns", x[:, perm_cols], y, 64, 32, lambda v: v[:, perm_cols],
+                  "all 6 classes, trained with its columns in another order"))
+    noisy = x + rng.normal(0, 1.0, x.shape).astype(np.float32) * x.std(0)
+    specs.append(("mlp-sat-noisy-columns", noisy, y, 64, 32, ident, "all 6 classes, columns with noise of 1 sd"))
+
+    def centre_only(v: np.ndarray) -> np.ndarray:
+        out = np.broadcast_to(x.mean(0), v.shape).copy()  # the neighbours at their mean: standardised 0
+        out[:, CENTRE_PIXEL] = v[:, CENTRE_PIXEL]
+        return out
+    specs.append(("mlp-sat-centre-pixel", centre_only(x), y, 64, 32, centre_only,
+                  "all 6 classes from the centre pixel's 4 bands only"))
+    specs.append(("mlp-sat-narrow", x, y, 8, 8, ident, "all 6 classes, 8 hidden units"))
+    small = rng.permutation(len(y))[:300]
+    specs.append(("mlp-sat-300rows", x[small], y[small], 64, 32, ident, "all 6 classes, 300 rows"))
+    if quick:
+        specs = specs[:6] + specs[9:]
+    sources = _mlp_sources(specs, x.shape[1], std, seed)
+    torch.manual_seed(seed + 99)
+    top, head = _mlp_top(x.shape[1], 64, 32), nn.Linear(32, 6)
+    sources.append(BenchSource("mlp-sat-untrained", "model", lambda v: std(v), top.eval(), head.eval(), None,
+                               None, _n_params(top, head), 0, "an MLP at its random initialisation, no dataset"))
+    log(f"  satellite: {len(sources)} sources trained ({time.perf_counter() - started:.0f}s)")
+
+    tx, ty = x_all[order[half:]], y_all[order[half:]]
+    groups = [("sat-all", sorted(set(y_all.tolist())), (10, 100)), ("sat-greys", GREYS, (10, 100)),
+              ("sat-crops-red", VEGETATION + ("red soil",), (10, 100)),
+              ("sat-crops-damp", VEGETATION + ("damp grey soil",), (10,)),
+              ("sat-red-vs-very-damp", ("red soil", "very damp grey soil"), (10, 100))]
+    if quick:
+        groups = groups[:3]
+    targets: list[BenchTarget] = []
+    for i, (name, classes, windows) in enumerate(groups):
+        gt, tpc = (60, 60) if quick else (150, 150)
+        pool, test = _split_target(ty, classes, gt, tpc, seed + 50 + i)
+        keep = np.concatenate([pool, test])
+        xt = torch.from_numpy(np.ascontiguousarray(tx[keep]))
+        with torch.no_grad():
+            shared = std(xt)
+        targets.append(BenchTarget(name, xt, ty[keep], shared, np.arange(len(pool)), np.arange(len(pool), len(keep)),
+                                   gt, windows if not quick else (10,), "named",
+                                   f"Landsat (mlbench Satellite), {', '.join(classes)}"))
+    return Benchmark("satellite", "standardised raw columns", targets, sources,
+                     {"build": time.perf_counter() - started})
 
 
 # ---------------------------------------------------------------------------------------------

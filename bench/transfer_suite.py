@@ -948,17 +948,25 @@ def _save(path: Path, runs: Sequence[TargetRun], info: Mapping[str, object]) -> 
     os.replace(tmp, path)
 
 
-def compute(args: argparse.Namespace, p: Protocol, path: Path | None = None) -> tuple[list[TargetRun], dict]:
-    from suite_sources import build_images, build_tabular, build_text
+BENCHMARKS = ("images", "tabular", "satellite", "text")
 
+
+def builders() -> dict[str, Callable[..., object]]:
+    """Benchmark name -> its builder (``suite_sources``; imported late: it loads data and models)."""
+    from suite_sources import build_images, build_satellite, build_tabular, build_text
+
+    return {"images": build_images, "tabular": build_tabular, "satellite": build_satellite, "text": build_text}
+
+
+def compute(args: argparse.Namespace, p: Protocol, path: Path | None = None) -> tuple[list[TargetRun], dict]:
     mode = "quick" if args.quick else "full"
-    builders = {"images": build_images, "tabular": build_tabular, "text": build_text}
+    build = builders()
     runs: list[TargetRun] = []
     info: dict[str, object] = {"mode": mode, "seconds": {}}
     t0 = time.perf_counter()
-    for name in args.only or list(builders):
+    for name in args.only or list(build):
         b0, c0 = time.perf_counter(), time.process_time()
-        bench = builders[name](mode, log=lambda s: print(s, flush=True))
+        bench = build[name](mode, log=lambda s: print(s, flush=True))
         info["seconds"][f"{name} build"] = time.perf_counter() - b0
         info["seconds"][f"{name} build cpu"] = time.process_time() - c0
         print(f"[{time.perf_counter() - t0:6.0f}s] {name}: {len(bench.targets)} targets x {len(bench.sources)} "
@@ -984,7 +992,7 @@ def compute(args: argparse.Namespace, p: Protocol, path: Path | None = None) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", nargs="+", choices=["images", "tabular", "text"])
+    ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
     ap.add_argument("--json", type=Path, default=None, help="save every raw number here")
     ap.add_argument("--from-json", type=Path, nargs="+", default=None, help="evaluate saved raw numbers only")
     ap.add_argument("--markdown", type=Path, default=None, help="write the report here (docs/transfer_benchmark.md)")
@@ -1006,10 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("--add-measures needs one --from-json file and --json")
         runs, info = _load(args.from_json[0])
         name = runs[0].benchmark
-        from suite_sources import build_images, build_tabular, build_text
-
-        builders = {"images": build_images, "tabular": build_tabular, "text": build_text}
-        bench = builders[name]("quick" if args.quick else "full", log=print)
+        bench = builders()[name]("quick" if args.quick else "full", log=print)
         runs = add_measures(bench, runs, args.add_measures, p, print)
         _save(args.json, runs, {k: v for k, v in info.items() if k != "machine"})
         print(f"raw numbers saved to {args.json}")
