@@ -1,4 +1,4 @@
-"""Targets and candidate sources of the three benchmarks of ``bench/transfer_suite.py``.
+"""Targets and candidate sources of the four benchmarks of ``bench/transfer_suite.py``.
 
 Every benchmark is real packaged data seen through real models trained or shipped here:
 
@@ -13,6 +13,10 @@ Every benchmark is real packaged data seen through real models trained or shippe
   named classes). Sources are MLPs trained on other rows: other letter subsets, coarse labels,
   random labels, permuted or noisy columns, a narrow net, 300 rows, an untrained net (model only).
   The shared space is the standardised raw columns.
+- ``satellite``: mlbench's Landsat (Debian ``r-cran-mlbench``'s Satellite.rda, read with PyPI
+  ``rdata``; 36 columns, 6 named land covers). MLP sources trained on one half of the rows (other
+  label sets, coarse or shuffled labels, permuted or noisy columns, the centre pixel only, a narrow
+  net, 300 rows, an untrained net), targets from the other half; shared space as for ``tabular``.
 - ``text``: the corpora of ``bench/transfer_data.py`` through the packaged all-MiniLM-L6-v2 with
   one fitted head per source (``tasksim.heads.fit_source_head``); shared space MiniLM.
 

