@@ -124,8 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="the suite's saved runs (--json of transfer_suite.py)")
     ap.add_argument("--no-family", action="store_true", help="skip bagging over the 16-configuration family (slow)")
+    ap.add_argument("--versus", metavar="CONFIGURATION", default=None,
+                    help="only the two-level bootstrap of the default against one configuration of the family "
+                         "(its name as in docs/transfer_benchmark.md, e.g. 'five + LDA probe, no guard; robust_z')")
     args = ap.parse_args(argv)
     runs = [r for path in args.runs for r in suite._load(path)[0]]
+    if args.versus:
+        other = suite.config_family()[args.versus]
+        pair: dict[str, Row] = {
+            suite.DEFAULT_ROW: lambda run, key: suite.product_composite(run.measures[key], run.rounds.get(key)),
+            args.versus: lambda run, key: suite.product_composite(run.measures[key], run.rounds.get(key), other)}
+        for b in _benches(runs):
+            got = suite.two_level_bootstrap([r for r in runs if r.benchmark == b], pair, suite.DEFAULT_ROW)[b][args.versus]
+            print(f"{b}: {args.versus} {got['mean']:+.3f}; P(default better) {got['p_reference_better']:.3f}; "
+                  f"5-95% of (default - it) {got['diff_p05']:+.3f} .. {got['diff_p95']:+.3f}")
+        return 0
 
     rows: dict[str, Row] = {}
     for name, weights in GUARD_SETS.items():

@@ -1288,9 +1288,12 @@ def _timing_table(runs: Sequence[TargetRun], seconds: Mapping[str, float]) -> st
     return "\n".join(lines)
 
 
-RAW_NUMBERS = """This page's raw numbers: `docs/cpu/transfer_suite_{images,tabular,text}_2026-12-08.json.gz` (also
-`--from-json`): one cold full run of each benchmark (`python bench/transfer_suite.py --only <benchmark> --json
-...`, one at a time, `nice -n 5`, no `bench/.cache`). Against the 2026-12-07 runs
+RAW_NUMBERS = """This page's raw numbers: `docs/cpu/transfer_suite_four_2026-12-06.json.gz` (also `--from-json`):
+one cold run of all four benchmarks in one command (`python bench/transfer_suite.py --json ...`, no
+`bench/.cache`, session 13). Its images, tabular and text runs are bit-identical to the cold runs of
+2026-12-08 (`docs/cpu/transfer_suite_{images,tabular,text}_2026-12-08.json.gz`: every measure and
+every ground truth equal), and its satellite run to the first satellite run, made before anything
+was chosen or changed with satellite in view. Against the 2026-12-07 runs
 (`..._2026-12-07.json.gz`): the text test split is 150 rows a class instead of 300 (a seeded subset
 of the same 300: every pool, window and source is unchanged, see `SIZES["suite"]` in
 `bench/transfer_data.py`; on the 2026-12-07 text run, keeping only those test rows moves the
@@ -1306,29 +1309,16 @@ with the reference's on 57% of the rows, the reference's with its own on the mov
 much as transfer; the seed noise ceiling below includes it. The LDA probe's batched Woodbury solve is a Cholesky solve (MKL's
 batched LU had failed on 2 threads, "Parameter 6 was incorrect on entry to DLASWP", and sent the
 EfficientNet sources through the one-by-one fallback). Each source's window-independent measures
-are computed once per benchmark, as a cycle's source memo does (measures equal to 2e-12 relative).
-The Fashion-MNIST LeNet sources' measures differ from the 2026-12-07 run's (e.g. LogME of
-lenet-fashion10 on fashion-tops -0.4149 then, -0.4156 now; the shuffled-label net most) though
-their training code did not change and two runs of today's code agree exactly; the MNIST, OpenCV and
-EfficientNet sources agree with 2026-12-07 (not explained: some of the images rows move by more than
-the text change alone)."""
-TIMING_NOTE = """**The whole suite ran cold in 930 s wall (894 CPU s) on this shared 2-core VM**, within the
-20-minute budget even with other sessions running (1-minute load average at the start and end of
-each run: images 4.0 and 2.2, tabular 2.2 and 2.7, text 3.2 and 4.1). On a quiet 2-core machine the wall time lies between CPU / 2 and the CPU time:
-at most about 894 s (an estimate from the CPU seconds, not a quiet run). The 2026-12-07 runs took
-2938 s wall / 2356 CPU s. What changed: the EfficientNet heads' fine-tunes as one stacked model per
-source (1.5-1.7x less CPU than one model at a time, measured in one run by `bench/transfer_suite_speed.py`,
-`docs/cpu/transfer_suite_speed_2026-12-08.json`), the LDA probe's batched solve (above), each source's
-window-independent measures once per benchmark (1.03x on one images window: small), and the text test
-split (10,240 texts embedded cold instead of 14,206). Much of the drop is the machine, not the code:
-on this VM a stage's CPU seconds grow with the load (the unchanged images build took 153 CPU s on
-2026-12-07 and 64 today; a run of today's code at load 6-7, `..._2026-12-08_load7.json.gz`, took
-images 465 s wall / 402 CPU s and tabular 77 / 75 with the same results), so compare stages within
-one run, not across days. What costs now: the
-cold MiniLM embedding (about 200 CPU s), the product's own measures (`profile_arrays`, unchanged: half
-of a text window is the confidence bootstrap's eigendecompositions), the images probes on the
-1280-wide EfficientNet features (batched L-BFGS, about 250 evaluations) and the fine-tunes."""
-
+are computed once per benchmark, as a cycle's source memo does (measures equal to 2e-12 relative)."""
+TIMING_NOTE = """**The whole suite, four benchmarks, ran cold in 907 s wall in the script (16 min 1 s under
+`/usr/bin/time`, imports and the report included; 914 s user + 82 s system CPU; peak RSS 1.6 GiB)
+on this 2-CPU VM**, within the 20-minute budget (946 CPU s in the script); 1-minute load average
+0.5 at the start, then 2.8, 2.2, 2.1 and 3.9 at the end of each benchmark (a helper's benchmark ran
+beside it). Satellite adds 49 s (its 12 MLP sources train in 18 s). The three other benchmarks took 907 - 49 = 858 s against 930 s on 2026-12-08 (load 2-4
+then): the same code, so that difference is the machine's load. What costs: the cold MiniLM
+embedding (175 s here), the product's own measures (`profile_arrays`: half of a text window is the
+confidence bootstrap's eigendecompositions), the images probes on the 1280-wide EfficientNet
+features (batched L-BFGS) and the fine-tunes."""
 TEMPLATE = """# Transfer benchmark suite: does tasksim rank sources the way real transfer ranks them?
 
 `bench/transfer_suite.py` (data and models: `bench/suite_sources.py`) scores every candidate source
