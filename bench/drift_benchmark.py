@@ -223,6 +223,20 @@ class Stream:
         self.ref_idx, self.pool = order[:REFERENCE], order[REFERENCE:]
         self.by_class = {c: self.pool[data.y[self.pool] == c] for c in np.unique(data.y)}
         self.scale = data.x[self.ref_idx].std(axis=0) + 1e-12
+        # columns whose reference values are all whole numbers (Letter's 16 features, Landsat's pixels)
+        self.whole = np.all(data.x[self.ref_idx] == np.round(data.x[self.ref_idx]), axis=0)
+
+    def on_grid(self, x: np.ndarray) -> np.ndarray:
+        """Shifted values of whole-number columns back to whole numbers by stochastic rounding
+        (up with probability equal to the fractional part: the shift's mean is kept). Without it,
+        any move of a tied integer column, 0.001 sd included, is visible to a rank test at once,
+        and a ramp would measure the ties instead of its size."""
+        cols = np.flatnonzero(self.whole)
+        if len(cols):
+            v = x[:, cols]
+            low = np.floor(v)
+            x[:, cols] = low + (self.rng.random(v.shape) < v - low)
+        return x
 
     def window(self, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if weights is None:
@@ -273,14 +287,14 @@ def _columns_up(columns: np.ndarray, sd: float):
     def shift(s: Stream, k: float):
         x, y = s.window()
         x[:, columns] += sd * k * s.scale[columns]
-        return x, y, True
+        return s.on_grid(x), y, True
     return shift
 
 
 def _all_columns_up(sd: float):
     def shift(s: Stream, k: float):
         x, y = s.window()
-        return x + sd * k * s.scale, y, True
+        return s.on_grid(x + sd * k * s.scale), y, True
     return shift
 
 
