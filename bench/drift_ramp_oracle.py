@@ -1,0 +1,434 @@
+"""How early could ANY detector find each gradual ramp of ``bench/drift_benchmark.py``? An oracle bound.
+
+    python bench/drift_ramp_oracle.py                        # Landsat, MNIST, Fashion-MNIST, Letter
+    python bench/drift_ramp_oracle.py --quick                # fewer windows (< 2 minutes here)
+    python bench/drift_ramp_oracle.py --only landsat --streams 4000 --json out.json
+
+Issue 13 asks for at most 1% false alarms per 100-row window and every shift found within 2
+windows of its onset. The benchmark's gradual ramps have strength k/10 in their k-th shifted
+window: delays 0, 1, 2 see strengths 0.1, 0.2, 0.3.
+
+Why this is an upper bound. A detector with false-alarm rate ``alpha`` per window alarms
+somewhere in 3 quiet windows with probability at most ``3 alpha`` (union bound). Its event
+"alarm in one of the windows at delays 0..2" is then a test of level ``3 alpha`` on those three
+windows, so by Neyman-Pearson its chance of finding the ramp by delay 2 is at most the power of
+the likelihood-ratio test of level ``3 alpha``: the sum of the three windows' log-likelihood
+ratios (strengths 0.1, 0.2, 0.3 against no shift), thresholded at its null's upper ``3 alpha``
+quantile (randomised at ties: the label statistics are discrete). Likewise "by delay 1" (2
+windows, level ``2 alpha``) and "at delay 0" (level ``alpha``). The oracle knows everything the
+detector does not: the population (the pool the windows are drawn from) instead of a 1,000-row
+reference, the onset, the ramp's strengths and the kind of shift.
+
+Per-row log-likelihood ratios (rows of a window taken as independent: windows draw 100 of
+1,435-58,000 pool rows without replacement, a finite-population effect of at most 7%, on Landsat,
+on the variance):
+
+- label prior with labels (exact): ``log q_s(y) / p(y)``; the ramp multiplies the heavy classes'
+  pool frequencies by ``1 + 4 s``;
+- label prior without labels, BBSE (exact for a detector that sees only the reference model's
+  predicted label): ``log sum_y P(y | yhat) q_s(y) / p(y)``, with tasksim's own reference model
+  (``DriftReference.fit`` on the benchmark's 1,000 reference rows) and its confusion on the pool
+  (the population's); also the same with the model's probabilities instead of its argmax ("soft");
+- concept (approximate): a share ``s`` of the rows draws a flip, which swaps the label of a row of
+  a swapped pair; ``log((1 - s) + s p(swap(y) | x) / p(y | x))`` with ``p(b | x, y in {a, b})`` from
+  a classifier of each pair cross-fitted over the data (5 folds: a row is scored by a model that
+  never saw it; logistic regression on pixels, gradient boosting on tabular columns);
+- subpopulation (exact): a share ``share * s`` of the rows is redrawn from its class's upper half
+  by mean value, so given ``y`` the density ratio is ``(1 - s') + s' (n_y / u_y) 1[x in the upper
+  half]``;
+- input columns moved by ``s delta`` (approximate: a Gaussian model): the projection of the
+  window's rows, centred on their class's pool mean, on ``Sigma_w^-1 delta`` (pooled within-class
+  pool covariance; the windows are labelled); also without the labels (``Sigma^-1 delta``).
+
+Where a ratio is approximate the statistic is still a fixed function of the window, and both its
+null and its power are simulated on the benchmark's own windows: the level is right, and the power
+is a lower estimate of the oracle's (a better model of ``p(y | x)`` or of the columns could only
+raise it). Noise, blur and the domain changes are left out (tasksim finds noise and blur at once).
+
+Windows are drawn by the benchmark's own ``Stream`` and ``scenarios()`` on a proxy of the data
+whose single column holds the row's id (the mean value, for the subpopulation ramps), with the
+split of ``ramp_delays`` (generator ``[seed, 7]``): null: ``3 x --null`` quiet windows (the sums
+pair them at random), power: ``--streams`` realisations of each ramp's first three windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one BLAS thread on the shared 2-core VM (see drift_benchmark)
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import drift_benchmark as db
+
+STRENGTHS = (0.1, 0.2, 0.3)  # delays 0, 1, 2 of a 10-window ramp
+ALPHAS = (0.01, 0.005)  # the goal, and what the default spends (its shares sum to half the budget)
+TASKSIM_RECORDS = ("drift_benchmark_margin_landsat_2026-12-07.json", "drift_benchmark_margin_mnist_2026-12-07.json",
+                   "drift_benchmark_margin_notext_2026-12-07.json")
+DOCS_CPU = Path(__file__).resolve().parents[1] / "docs" / "cpu"
+
+
+# -- the per-row log-likelihood ratios ---------------------------------------------------------------
+def prior_ratio(freq: np.ndarray, heavy: dict[int, float], s: float) -> np.ndarray:
+    """q_s(y) / p(y) per class: the ramp multiplies the heavy classes' pool frequencies by 1 + (w - 1) s."""
+    w = np.ones(len(freq))
+    for c, weight in heavy.items():
+        w[c] = 1.0 + (weight - 1.0) * s
+    return w / float(w @ freq)
+
+
+def mixture_prior_llr(posterior: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """log q_s(o) / p(o) of what the detector observes, o: ``posterior`` rows are P(y | o) under no
+    shift (one-hot: the label itself; P(y | yhat): BBSE; p(y | x): the inputs), so
+    q_s(o) / p(o) = sum_y P(y | o) q_s(y) / p(y)."""
+    return np.log(posterior @ ratio)
+
+
+def concept_llr(odds: np.ndarray, s: float) -> np.ndarray:
+    """log q_s(y | x) / p(y | x) when a share s of the rows of a swapped pair has its label swapped:
+    ``odds`` = p(swap(y) | x) / p(y | x) (0 for a row outside every pair: its label never moves)."""
+    return np.log((1.0 - s) + s * odds)
+
+
+def subpopulation_llr(upper_ratio: np.ndarray, in_upper: np.ndarray, replaced: float) -> np.ndarray:
+    """log of the density ratio given y when a share ``replaced`` of the rows is redrawn from its class's
+    upper half: (1 - s') + s' (n_y / u_y) 1[x in the upper half]; ``upper_ratio`` = n_y / u_y per row."""
+    return np.log((1.0 - replaced) + replaced * upper_ratio * in_upper)
+
+
+def np_power(null: np.ndarray, alt: np.ndarray, level: float, decimals: int = 9) -> tuple[float, float]:
+    """Power of the randomised Neyman-Pearson test of exactly ``level`` on the empirical ``null``:
+    reject above the cut, and with probability gamma at it (discrete statistics tie). Statistics are
+    rounded to ``decimals`` so that sums of the same per-row values in another order tie. Returns
+    (power, the cut)."""
+    null, alt = np.round(null, decimals), np.round(alt, decimals)
+    values = np.sort(null)[::-1]
+    k = int(np.floor(level * len(values)))
+    cut = values[min(k, len(values) - 1)]
+    above = float(np.mean(null > cut))
+    at = float(np.mean(null == cut))
+    gamma = (level - above) / at if at > 0 else 0.0
+    gamma = min(max(gamma, 0.0), 1.0)
+    return float(np.mean(alt > cut) + gamma * np.mean(alt == cut)), float(cut)
+
+
+def gaussian_direction(x: np.ndarray, y: np.ndarray | None, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v, per-row centre) of the Gaussian LLR of a mean shift ``delta``: v = Sigma^-1 delta with the
+    pooled within-class covariance when ``y`` is given (centre: the row's class mean), else the
+    total covariance (centre: the mean). The LLR of a row shifted by s delta is s v.(x - centre) - s^2 v.delta / 2."""
+    if y is None:
+        centre = np.broadcast_to(x.mean(axis=0), x.shape)
+    else:
+        means = {c: x[y == c].mean(axis=0) for c in np.unique(y)}
+        centre = np.stack([means[c] for c in y])
+    resid = x - centre
+    cov = resid.T @ resid / max(len(x) - (1 if y is None else len(np.unique(y))), 1)
+    cov += 1e-9 * np.trace(cov) / len(cov) * np.eye(len(cov))  # constant columns would make it singular
+    return np.linalg.solve(cov, delta), centre
+
+
+# -- the data's ramps ---------------------------------------------------------------------------------
+@dataclass
+class Ramp:
+    """One ramp: ``score(values, y, s)`` -> one LLR sum per window at strength s, from the windows'
+    proxy values (row ids, or mean values for the subpopulation ramps) and observed labels;
+    ``draw(stream, s)`` -> one window of the ramp from ``stream`` (the benchmark's transform)."""
+    name: str
+    method: str  # what the oracle's ratio is, and whether it is exact
+    score: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+    draw: Callable[[Any, float], tuple[np.ndarray, np.ndarray, bool]] | None  # None: a quiet window, shifted
+    stream: db.Stream
+    values: np.ndarray  # row id -> the proxy's value (how a quiet window's ids are scored)
+    shift: Callable[[float], float] | None = None  # input ramps: the statistic's move at strength s
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _proxy(data: db.Data, column: np.ndarray) -> db.Data:
+    """The data with one column (row ids, or mean values): the benchmark's windows, cheaply."""
+    return replace(data, x=column.astype(np.float64)[:, None])
+
+
+def _definition(make: Callable[..., Any], name: str) -> Any:
+    """A variable of a benchmark transform's closure (its heavy classes, swapped pairs, share,
+    columns, sd): the oracle reads the ramp's definition instead of repeating it."""
+    return inspect.getclosurevars(make).nonlocals[name]
+
+
+def _cross_fitted_pair_probability(data: db.Data, a: int, b: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """P(y = b | x, y in {a, b}) for every row of classes a and b, each from a model fitted on the
+    other 4 folds (logistic regression on pixels, gradient boosting on tabular columns). Returns
+    (rows, probability, out-of-fold log loss)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.flatnonzero((data.y == a) | (data.y == b))
+    target = (data.y[rows] == b).astype(int)
+    folds = np.random.default_rng([seed, 31, a, b]).permutation(len(rows)) % 5
+    prob = np.empty(len(rows))
+    for f in range(5):
+        model = (LogisticRegression(C=1.0, max_iter=2000) if data.image
+                 else HistGradientBoostingClassifier(random_state=0))
+        model.fit(data.x[rows[folds != f]], target[folds != f])
+        prob[folds == f] = model.predict_proba(data.x[rows[folds == f]])[:, 1]
+    prob = np.clip(prob, 1e-9, 1 - 1e-9)  # a finite odds for an over-confident model (the statistic stays valid)
+    loss = float(-np.mean(target * np.log(prob) + (1 - target) * np.log(1 - prob)))
+    return rows, prob, loss
+
+
+def _reference_model_posteriors(data: db.Data, ref_idx: np.ndarray, pool: np.ndarray, seed: int) -> np.ndarray:
+    """p(y | x) of every pool row under tasksim's reference model (fitted as the benchmark's verdict
+    fits it, on the 1,000 reference rows), each row from one of its 5 cross-fitting models drawn once."""
+    import pandas as pd
+
+    from tasksim.drift import DriftReference
+
+    def frame(x: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(x, columns=[f"c{j:02d}" for j in range(x.shape[1])])
+
+    x_ref = data.x[ref_idx]
+    ref = DriftReference.fit(None if data.vector else frame(x_ref), x_ref if data.vector else None,
+                             [str(v) for v in data.y[ref_idx]], db.TASKSIM_CONFIG)
+    order = np.array([int(c) for c in ref.classes])  # the model's class order (strings sorted) -> codes
+    out = np.zeros((len(data.y), int(data.y.max()) + 1))
+    rng = np.random.default_rng([seed, 41])
+    for start in range(0, len(pool), 4000):
+        rows = pool[start:start + 4000]
+        x = data.x[rows]
+        _, _, clf_x = ref.project(None if data.vector else frame(x), x if data.vector else None)
+        out[rows[:, None], order[None, :]] = ref.predict_proba(clf_x, rng)
+    return out
+
+
+def build_ramps(data: db.Data, seed: int, notes: dict[str, Any]) -> list[Ramp]:
+    """The oracle of every ramp of ``data`` this script covers (label prior with and without labels,
+    concept, subpopulation, column shifts), on ``ramp_delays``' split of reference and pool."""
+    row_ids = np.arange(len(data.y))
+    ids = _proxy(data, row_ids)
+    stream = db.Stream(ids, np.random.default_rng([seed, 7]))
+    pool, k = stream.pool, int(data.y.max()) + 1
+    freq = np.bincount(data.y[pool], minlength=k) / len(pool)
+    made = {name: make for name, (_, make) in db.scenarios(ids, stream).items()}
+    heavy = _definition(made["label prior (labels)"], "heavy")
+    log_ratio = {s: np.log(prior_ratio(freq, heavy, s)) for s in STRENGTHS}
+    ramps = [Ramp("label prior (labels)", "exact: log q_s(y) / p(y)",
+                  lambda v, y, s: log_ratio[s][y].sum(axis=1), made["label prior (labels)"], stream, row_ids)]
+
+    post = _reference_model_posteriors(data, stream.ref_idx, pool, seed)
+    yhat = post.argmax(axis=1)
+    joint = np.zeros((k, k))  # (y, yhat) counts on the pool: the population's confusion
+    np.add.at(joint, (data.y[pool], yhat[pool]), 1.0)
+    y_given_yhat = (joint / np.maximum(joint.sum(axis=0, keepdims=True), 1.0)).T  # row yhat: P(y | yhat)
+    notes["reference_model_pool_accuracy"] = float(np.mean(yhat[pool] == data.y[pool]))
+    bbse = {s: mixture_prior_llr(y_given_yhat, prior_ratio(freq, heavy, s)) for s in STRENGTHS}  # per yhat
+    ramps.append(Ramp("label prior (no labels: BBSE)", "exact given the reference model's predicted labels "
+                      "(tasksim's model; its confusion on the pool)",
+                      lambda v, y, s: bbse[s][yhat[v.astype(np.int64)]].sum(axis=1),
+                      made["label prior (no labels: BBSE)"], stream, row_ids))
+    ramps.append(Ramp("label prior (no labels: BBSE), soft", "approximate: log sum_y p(y|x) q_s(y) / p(y), the "
+                      "reference model's p(y|x)",
+                      lambda v, y, s: mixture_prior_llr(post[v.astype(np.int64)], prior_ratio(freq, heavy, s)).sum(axis=1),
+                      made["label prior (no labels: BBSE)"], stream, row_ids))
+
+    pairs = _definition(made["concept: labels swapped"], "pairs")
+    odds_if = np.ones((len(data.y), k))  # odds_if[row, observed y] = p(swap(y) | x) / p(y | x); 1 outside the pairs
+    losses = {}
+    for a, b in pairs:
+        rows, p_b, loss = _cross_fitted_pair_probability(data, int(a), int(b), seed)
+        odds_if[rows, a] = p_b / (1 - p_b)
+        odds_if[rows, b] = (1 - p_b) / p_b
+        losses[f"{a}<->{b}"] = loss
+    notes["concept_pair_log_loss"] = losses
+
+    def concept_score(v: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
+        # a row outside every pair has odds 1: log((1 - s) + s) = 0, its label never moves
+        return concept_llr(odds_if[v.astype(np.int64), y], s).sum(axis=1)
+    ramps.append(Ramp("concept: labels swapped", "approximate: p(y|x) from a cross-fitted classifier of each pair",
+                      concept_score, made["concept: labels swapped"], stream, row_ids))
+
+    brightness = data.x.mean(axis=1)  # the expression subpopulation() ranks rows by
+    bright = _proxy(data, brightness)
+    bright_stream = db.Stream(bright, np.random.default_rng([seed, 7]))
+    for name, (_, make) in db.scenarios(bright, bright_stream).items():
+        if not name.startswith("subpopulation"):
+            continue
+        share = float(_definition(make, "share"))
+        upper = _definition(make, "upper")  # class -> pool rows of its upper half, as the ramp draws them
+        cut = np.full(k, np.inf)
+        ratio = np.ones(k)
+        for c, rows in bright_stream.by_class.items():
+            cut[c] = brightness[upper[c]].min() if len(upper[c]) else np.inf
+            ratio[c] = len(rows) / max(len(upper[c]), 1)
+            if not np.array_equal(np.sort(rows[brightness[rows] >= cut[c]]), np.sort(upper[c])):
+                raise RuntimeError(f"{name}: class {c}'s upper half is not the rows at or above {cut[c]}")
+
+        def sub_score(v: np.ndarray, y: np.ndarray, s: float, share: float = share, cut=cut, ratio=ratio) -> np.ndarray:
+            return subpopulation_llr(ratio[y], v >= cut[y], share * s).sum(axis=1)
+        ramps.append(Ramp(name, f"exact: density ratio given y ({share:g} x strength of the rows replaced)",
+                          sub_score, make, bright_stream, brightness))
+
+    scale = data.x[stream.ref_idx].std(axis=0) + 1e-12  # Stream.scale, on the real columns
+    x_pool, y_pool = data.x[pool], data.y[pool]
+    for name, make in made.items():
+        if not name.startswith("input: ") or data.image:
+            continue  # noise, blur and the domain changes: not covered
+        nonlocal_vars = inspect.getclosurevars(make).nonlocals
+        cols = nonlocal_vars.get("columns", np.arange(data.x.shape[1]))
+        delta = np.zeros(data.x.shape[1])
+        delta[cols] = float(nonlocal_vars["sd"]) * scale[cols]
+        for labelled in (True, False):
+            v, centre = gaussian_direction(x_pool, y_pool if labelled else None, delta)
+            proj = np.zeros(len(data.y))
+            proj[pool] = (x_pool - centre) @ v
+            moved = float(v @ delta)  # each row's projection moves by s v.delta at strength s
+
+            def input_score(vals: np.ndarray, y: np.ndarray, s: float, proj=proj) -> np.ndarray:
+                return s * proj[vals.astype(np.int64)].sum(axis=1)
+            ramps.append(Ramp(name + ("" if labelled else ", no labels"), "approximate: Gaussian LLR, " + (
+                "pooled within-class covariance (labels)" if labelled else "total covariance (no labels)"),
+                input_score, None, stream, row_ids, shift=lambda s, m=moved: s * s * m * db.WINDOW,
+                extra={"mahalanobis_delta": float(np.sqrt(moved))}))
+    return ramps
+
+
+# -- null and power -----------------------------------------------------------------------------------
+def quiet_windows(stream: db.Stream, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` quiet windows as the benchmark draws them (row ids, labels)."""
+    stream.rng = rng
+    ids, ys = np.empty((count, db.WINDOW), dtype=np.int64), np.empty((count, db.WINDOW), dtype=np.int64)
+    for i in range(count):
+        x, y = stream.window()
+        ids[i], ys[i] = x[:, 0].astype(np.int64), y
+    return ids, ys
+
+
+def ramp_windows(ramp: Ramp, realisations: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first three windows of ``realisations`` ramps (strengths 0.1, 0.2, 0.3), one entry per delay:
+    (proxy values, observed labels), each windows x rows."""
+    ramp.stream.rng = rng
+    out = []
+    for s in STRENGTHS:
+        values = np.empty((realisations, db.WINDOW))
+        ys = np.empty((realisations, db.WINDOW), dtype=np.int64)
+        for i in range(realisations):
+            if ramp.draw is None:  # an input ramp: its quiet window (the shift is added to the statistic)
+                x, y = ramp.stream.window()
+            else:
+                x, y, _ = ramp.draw(ramp.stream, s)
+            values[i], ys[i] = x[:, 0], y
+        out.append((values, ys))
+    return out
+
+
+def oracle_powers(ramp: Ramp, null_ids: np.ndarray, null_y: np.ndarray, realisations: int,
+                  rng: np.random.Generator) -> dict[str, Any]:
+    """Oracle power at delay 0, by delay 1 and by delay 2, for each alpha (levels alpha, 2 alpha, 3 alpha):
+    the null sums pair the quiet windows in thirds (position d of a sum: the d-th third)."""
+    n = len(null_ids) // 3
+    null = [ramp.score(ramp.values[null_ids[d * n:(d + 1) * n]], null_y[d * n:(d + 1) * n], s)
+            for d, s in enumerate(STRENGTHS)]
+    alt = []
+    for s, (values, y) in zip(STRENGTHS, ramp_windows(ramp, realisations, rng), strict=True):
+        alt.append(ramp.score(values, y, s) + (ramp.shift(s) if ramp.shift is not None else 0.0))
+    out: dict[str, Any] = {"method": ramp.method, **ramp.extra, "power": {}, "cut": {}}
+    for alpha in ALPHAS:
+        key = f"{alpha:g}"
+        out["power"][key], out["cut"][key] = [], []
+        for d in range(3):
+            power, cut = np_power(sum(null[: d + 1]), sum(alt[: d + 1]), (d + 1) * alpha)
+            out["power"][key].append(power)
+            out["cut"][key].append(cut)
+    return out
+
+
+def tasksim_within_two(paths: list[Path]) -> dict[str, dict[str, list[int | None]]]:
+    out: dict[str, dict[str, list[int | None]]] = {}
+    for p in paths:
+        if p.exists():
+            for name, ramps in json.loads(p.read_text())["ramp_delays"].items():
+                out.setdefault(name, {}).update(ramps)
+    return out
+
+
+def run(data: db.Data, *, null_count: int, realisations: int, seed: int) -> dict[str, Any]:
+    t0 = time.process_time()
+    notes: dict[str, Any] = {}
+    ramps = build_ramps(data, seed, notes)
+    setup = time.process_time() - t0
+    null_ids, null_y = quiet_windows(ramps[0].stream, 3 * null_count, np.random.default_rng([seed, 11]))
+    out = {"dataset": data.name, "null_sums": null_count, "realisations": realisations, "notes": notes,
+           "setup_cpu_seconds": setup, "ramps": {}}
+    for i, ramp in enumerate(ramps):
+        out["ramps"][ramp.name] = oracle_powers(ramp, null_ids, null_y, realisations,
+                                                np.random.default_rng([seed, 13, i]))
+    out["cpu_seconds"] = time.process_time() - t0
+    return out
+
+
+def table(results: list[dict[str, Any]], tasksim: dict[str, dict[str, list[int | None]]]) -> str:
+    lines = ["| data | ramp | oracle | 1%: delay 0 / by 1 / by 2 | 0.5%: delay 0 / by 1 / by 2 | tasksim within 2 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        for name, res in r["ramps"].items():
+            base = name.split(", soft")[0].split(", no labels")[0]
+            delays = tasksim.get(r["dataset"], {}).get(base)
+            within = f"{sum(d is not None and d <= 2 for d in delays)}/{len(delays)}" if delays else "n/a"
+            exact = "exact" if res["method"].startswith("exact") else "approx."
+            cells = [" / ".join(f"{p:.2f}" for p in res["power"][f"{a:g}"]) for a in ALPHAS]
+            lines.append(f"| {r['dataset']} | {name} | {exact} | {cells[0]} | {cells[1]} | {within} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["landsat", "mnist", "fashion-mnist", "letter"], default=None)
+    ap.add_argument("--streams", type=int, default=None, help="ramp realisations per ramp (default 2000; quick 400)")
+    ap.add_argument("--null", type=int, default=None, help="null sums of 3 quiet windows (default 20000; quick 4000)")
+    ap.add_argument("--quick", action="store_true", help="fewer windows (< 2 minutes on the 2-core VM)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--tasksim", type=Path, nargs="*", default=[DOCS_CPU / n for n in TASKSIM_RECORDS],
+                    help="drift_benchmark --ramp-repeats records to read tasksim's delays from")
+    args = ap.parse_args(argv)
+    realisations = args.streams or (400 if args.quick else 2000)
+    null_count = args.null or (4000 if args.quick else 20000)
+    names = [args.only] if args.only else ["landsat", "mnist", "fashion-mnist", "letter"]
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    results = []
+    for name in names:
+        try:
+            data = db.PIXEL_AND_TABULAR_LOADERS[name]()
+        except db.Unavailable as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        results.append(run(data, null_count=null_count, realisations=realisations, seed=args.seed))
+        print(f"{name}: {results[-1]['cpu_seconds']:.0f} s CPU", file=sys.stderr)
+    load1 = os.getloadavg()
+    tasksim = tasksim_within_two(args.tasksim)
+    print(f"## Oracle power on the gradual ramps ({platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{time.perf_counter() - t0:.0f} s, load {load0[0]:.1f} -> {load1[0]:.1f}; {null_count} null sums, "
+          f"{realisations} ramps each)\n")
+    print(table(results, tasksim))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "alphas": ALPHAS, "strengths": STRENGTHS,
+                                         "seed": args.seed, "load_start": load0, "load_end": load1,
+                                         "wall_seconds": time.perf_counter() - t0,
+                                         "command": " ".join(sys.argv)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
