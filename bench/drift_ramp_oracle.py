@@ -158,8 +158,10 @@ class Ramp:
 
 
 def _proxy(data: db.Data, column: np.ndarray) -> db.Data:
-    """The data with one column (row ids, or mean values): the benchmark's windows, cheaply."""
-    return replace(data, x=column.astype(np.float64)[:, None])
+    """The data with one column (row ids, or mean values): the benchmark's windows, cheaply. The other
+    domain's rows (MNIST: OpenCV digits) get the ids after the data's own (``len(y) + j``)."""
+    domain = None if data.domain is None else (len(data.y) + np.arange(len(data.domain)))[:, None].astype(np.float64)
+    return replace(data, x=column.astype(np.float64)[:, None], domain=domain)
 
 
 def _definition(make: Callable[..., Any], name: str) -> Any:
@@ -187,6 +189,25 @@ def _cross_fitted_pair_probability(data: db.Data, a: int, b: int, seed: int) -> 
     prob = np.clip(prob, 1e-9, 1 - 1e-9)  # a finite odds for an over-confident model (the statistic stays valid)
     loss = float(-np.mean(target * np.log(prob) + (1 - target) * np.log(1 - prob)))
     return rows, prob, loss
+
+
+def _cross_fitted_domain_odds(data: db.Data, seed: int) -> tuple[np.ndarray, float]:
+    """p(x | other domain) / p(x | this data) for every row of both (ids: the data's rows, then the
+    other domain's), from a logistic regression on pixels cross-fitted over both (5 folds), its odds
+    rescaled by the two sizes. Returns (ratio, out-of-fold log loss)."""
+    from sklearn.linear_model import LogisticRegression
+
+    assert data.domain is not None
+    x = np.concatenate([data.x, data.domain])
+    target = np.r_[np.zeros(len(data.x)), np.ones(len(data.domain))].astype(int)
+    folds = np.random.default_rng([seed, 37]).permutation(len(x)) % 5
+    prob = np.empty(len(x))
+    for f in range(5):
+        model = LogisticRegression(C=1.0, max_iter=2000).fit(x[folds != f], target[folds != f])
+        prob[folds == f] = model.predict_proba(x[folds == f])[:, 1]
+    prob = np.clip(prob, 1e-9, 1 - 1e-9)
+    loss = float(-np.mean(target * np.log(prob) + (1 - target) * np.log(1 - prob)))
+    return prob / (1 - prob) * (len(data.x) / len(data.domain)), loss
 
 
 def _reference_model_posteriors(data: db.Data, ref_idx: np.ndarray, pool: np.ndarray, seed: int) -> np.ndarray:
@@ -280,6 +301,21 @@ def build_ramps(data: db.Data, seed: int, notes: dict[str, Any]) -> list[Ramp]:
         ramps.append(Ramp(name, f"exact: density ratio given y ({share:g} x strength of the rows replaced)",
                           sub_score, make, bright_stream, brightness))
 
+    if data.name == "mnist" and data.domain is not None:
+        name = "input: half the rows from OpenCV digits"
+        ratio_other, loss = _cross_fitted_domain_odds(data, seed)
+        notes["domain_log_loss"] = loss
+        all_ids = np.arange(len(data.y) + len(data.domain))
+
+        def domain_score(v: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
+            # the ramp replaces round(0.5 s 100) rows by the same digit from OpenCV; taken here as each
+            # row replaced independently with that probability (the benchmark replaces the window's
+            # first rows: a detector told the positions could do better)
+            share = round(0.5 * s * db.WINDOW) / db.WINDOW
+            return np.log((1 - share) + share * ratio_other[v.astype(np.int64)]).sum(axis=1)
+        ramps.append(Ramp(name, "approximate: a cross-fitted MNIST-vs-OpenCV classifier's density ratio, rows "
+                          "taken as exchangeable", domain_score, made[name], stream, all_ids))
+
     scale = data.x[stream.ref_idx].std(axis=0) + 1e-12  # Stream.scale, on the real columns
     x_pool, y_pool = data.x[pool], data.y[pool]
     for name, make in made.items():
@@ -343,14 +379,41 @@ def oracle_powers(ramp: Ramp, null_ids: np.ndarray, null_y: np.ndarray, realisat
     alt = []
     for s, (values, y) in zip(STRENGTHS, ramp_windows(ramp, realisations, rng), strict=True):
         alt.append(ramp.score(values, y, s) + (ramp.shift(s) if ramp.shift is not None else 0.0))
-    out: dict[str, Any] = {"method": ramp.method, **ramp.extra, "power": {}, "cut": {}}
+    out: dict[str, Any] = {"method": ramp.method, **ramp.extra, "power": {}, "power_se": {}, "cut": {}}
     for alpha in ALPHAS:
         key = f"{alpha:g}"
         out["power"][key], out["cut"][key] = [], []
         for d in range(3):
             power, cut = np_power(sum(null[: d + 1]), sum(alt[: d + 1]), (d + 1) * alpha)
             out["power"][key].append(power)
+            out["power_se"].setdefault(key, []).append(float(np.sqrt(power * (1 - power) / realisations)))
             out["cut"][key].append(cut)
+    return out
+
+
+def tie_check(data: db.Data, *, sds: tuple[float, ...] = (0.0, 0.001), windows: int = 20,
+              seed: int = 0) -> dict[str, Any]:
+    """tasksim's verdict (defaults) on ``windows`` quiet windows with every column moved by ``sd``
+    reference sds: on integer-valued columns with few values (Letter: 0-15) any non-integer move
+    makes the window's values tie with no reference value, which a KS test sees at once whatever
+    the move's size. Returns, per sd, the windows flagged and the tests that fired."""
+    import torch
+
+    torch.set_num_threads(1)
+    stream = db.Stream(data, np.random.default_rng([seed, 7]))
+    methods = db.Methods(data, stream, db.TASKSIM_CONFIG)
+    out: dict[str, Any] = {"dataset": data.name, "windows": windows, "distinct_values_per_column":
+                           int(np.median([len(np.unique(c)) for c in data.x.T]))}
+    for sd in sds:
+        stream.rng = np.random.default_rng([seed, 99])
+        flagged, fired = 0, {}
+        for _ in range(windows):
+            x, y = stream.window()
+            verdict, _ = methods.tasksim(x + sd * stream.scale, y, True, None)  # a fresh state: one window alone
+            flagged += verdict.drifted
+            for t in verdict.tests:
+                fired[t.name] = fired.get(t.name, 0) + int(t.fired)
+        out[f"{sd:g}"] = {"flagged": flagged, "fired": {k: v for k, v in fired.items() if v}}
     return out
 
 
@@ -402,12 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--tasksim", type=Path, nargs="*", default=[DOCS_CPU / n for n in TASKSIM_RECORDS],
                     help="drift_benchmark --ramp-repeats records to read tasksim's delays from")
+    ap.add_argument("--tie-check", action="store_true",
+                    help="also tasksim's verdict on quiet Landsat / Letter windows moved by 0.001 sd in every column")
     args = ap.parse_args(argv)
     realisations = args.streams or (400 if args.quick else 2000)
     null_count = args.null or (4000 if args.quick else 20000)
     names = [args.only] if args.only else ["landsat", "mnist", "fashion-mnist", "letter"]
     t0, load0 = time.perf_counter(), os.getloadavg()
-    results = []
+    results, ties = [], []
     for name in names:
         try:
             data = db.PIXEL_AND_TABULAR_LOADERS[name]()
@@ -416,14 +481,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(run(data, null_count=null_count, realisations=realisations, seed=args.seed))
         print(f"{name}: {results[-1]['cpu_seconds']:.0f} s CPU", file=sys.stderr)
+        if args.tie_check and not data.image:
+            ties.append(tie_check(data, seed=args.seed))
     load1 = os.getloadavg()
     tasksim = tasksim_within_two(args.tasksim)
     print(f"## Oracle power on the gradual ramps ({platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.perf_counter() - t0:.0f} s, load {load0[0]:.1f} -> {load1[0]:.1f}; {null_count} null sums, "
           f"{realisations} ramps each)\n")
     print(table(results, tasksim))
+    for t in ties:
+        print(f"\n{t['dataset']} ({t['distinct_values_per_column']} distinct values per column, median): tasksim "
+              f"flags " + "; ".join(f"{t[k]['flagged']} of {t['windows']} quiet windows moved by {k} sd "
+                                     f"({', '.join(f'{n} {c}' for n, c in t[k]['fired'].items()) or 'no test'})"
+                                     for k in t if k not in ("dataset", "windows", "distinct_values_per_column")))
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "alphas": ALPHAS, "strengths": STRENGTHS,
+        args.json.write_text(json.dumps({"results": results, "tie_check": ties, "alphas": ALPHAS, "strengths": STRENGTHS,
                                          "seed": args.seed, "load_start": load0, "load_end": load1,
                                          "wall_seconds": time.perf_counter() - t0,
                                          "command": " ".join(sys.argv)}, indent=1))

@@ -137,3 +137,24 @@ def test_the_proxy_windows_are_the_benchmarks_windows() -> None:
     sub = ramps["subpopulation: all rows from the brighter half of each class"]
     ids = sub.stream.pool[:100][None, :]
     assert np.all(sub.score(sub.values[ids], data.y[ids], 0.0) == 0.0)
+
+
+def test_the_other_domains_rows_keep_their_ids_in_the_proxy() -> None:
+    # a small "mnist": 64 pixels, 10 digits, an "OpenCV" domain of 200 rows with the same labels
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(10), 150)
+    x = np.clip(rng.normal(0.3, 0.2, size=(1500, 64)) + 0.05 * y[:, None], 0, 1)
+    domain_y = np.repeat(np.arange(10), 20)
+    domain = np.clip(rng.normal(0.5, 0.2, size=(200, 64)), 0, 1)
+    data = db.Data("mnist", x, y, image=True, vector=True, domain=domain, domain_y=domain_y)
+    real = db.Stream(data, np.random.default_rng([0, 7]))
+    make = {n: m for n, (_, m) in db.scenarios(data, real).items()}["input: half the rows from OpenCV digits"]
+    ramp = {r.name: r for r in oracle.build_ramps(data, 0, {})}["input: half the rows from OpenCV digits"]
+    both = np.concatenate([x, domain])
+    real.rng, ramp.stream.rng = np.random.default_rng(3), np.random.default_rng(3)
+    for s in oracle.STRENGTHS:
+        xr, yr, _ = make(real, s)
+        ids, yp, _ = ramp.draw(ramp.stream, s)
+        np.testing.assert_array_equal(both[ids[:, 0].astype(int)], xr)
+        np.testing.assert_array_equal(yp, yr)
+        assert int((ids[:, 0] >= len(x)).sum()) == round(0.5 * s * 100)  # the replaced rows: the other domain's ids
