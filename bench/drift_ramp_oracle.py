@@ -381,8 +381,9 @@ def oracle_powers(ramp: Ramp, null_ids: np.ndarray, null_y: np.ndarray, realisat
     for s, (values, y) in zip(STRENGTHS, ramp_windows(ramp, realisations, rng), strict=True):
         alt.append(ramp.score(values, y, s) + (ramp.shift(s) if ramp.shift is not None else 0.0))
     out: dict[str, Any] = {"method": ramp.method, **ramp.extra, "power": {}, "power_se": {}, "cut": {}}
-    for alpha in ALPHAS:
-        key = f"{alpha:g}"
+    out["family"], family = family_rate(ramp.name)
+    out["family_rate"] = family
+    for alpha, key in [(a, f"{a:g}") for a in ALPHAS] + [(family, "family")]:
         out["power"][key], out["cut"][key] = [], []
         for d in range(3):
             power, cut = np_power(sum(null[: d + 1]), sum(alt[: d + 1]), (d + 1) * alpha)
@@ -390,6 +391,19 @@ def oracle_powers(ramp: Ramp, null_ids: np.ndarray, null_y: np.ndarray, realisat
             out["power_se"].setdefault(key, []).append(float(np.sqrt(power * (1 - power) / realisations)))
             out["cut"][key].append(cut)
     return out
+
+
+def family_rate(ramp_name: str) -> tuple[str, float]:
+    """(families, per-window rate) the default configuration spends on the tests meant for this kind of
+    ramp: the label tests (per window and accumulated) for a prior shift, the concept test for swapped
+    labels, the input tests (per window and accumulated) for everything else; shares of
+    ``DriftConfig().false_alarm_rate`` from ``tasksim.drift.verdict.ALPHA_SHARES``."""
+    from tasksim.config import DriftConfig
+    from tasksim.drift.verdict import ALPHA_SHARES
+
+    families = (("label_prior", "label_cusum") if ramp_name.startswith("label prior") else
+                ("concept",) if ramp_name.startswith("concept") else ("input", "cusum"))
+    return " + ".join(families), sum(ALPHA_SHARES[f] for f in families) * DriftConfig().false_alarm_rate
 
 
 def tie_check(data: db.Data, *, sds: tuple[float, ...] = (0.0, 0.001), windows: int = 20,
@@ -443,8 +457,14 @@ def run(data: db.Data, *, null_count: int, realisations: int, seed: int) -> dict
 
 
 def table(results: list[dict[str, Any]], tasksim: dict[str, dict[str, list[int | None]]]) -> str:
-    lines = ["| data | ramp | oracle | 1%: delay 0 / by 1 / by 2 | 0.5%: delay 0 / by 1 / by 2 | tasksim within 2 |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """The Markdown table, and per alpha the oracle's expected count within 2 windows over tasksim's
+    streams of the same ramps (the main variant of each: labels for the column ramps, argmax BBSE)."""
+    expected = {f"{a:g}": 0.0 for a in ALPHAS}
+    found = streams = 0
+    header = ("| data | ramp | oracle | 1%: delay 0 / by 1 / by 2 | 0.5%: delay 0 / by 1 / by 2 | "
+              "by 2 at the family's rate | tasksim within 2 |")
+    lines = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
+    expected["family"] = 0.0
     for r in results:
         for name, res in r["ramps"].items():
             base = name.split(", soft")[0].split(", no labels")[0]
@@ -452,7 +472,17 @@ def table(results: list[dict[str, Any]], tasksim: dict[str, dict[str, list[int |
             within = f"{sum(d is not None and d <= 2 for d in delays)}/{len(delays)}" if delays else "n/a"
             exact = "exact" if res["method"].startswith("exact") else "approx."
             cells = [" / ".join(f"{p:.2f}" for p in res["power"][f"{a:g}"]) for a in ALPHAS]
-            lines.append(f"| {r['dataset']} | {name} | {exact} | {cells[0]} | {cells[1]} | {within} |")
+            fam = f"{res['power']['family'][2]:.2f} ({res['family_rate']:.3%})"
+            lines.append(f"| {r['dataset']} | {name} | {exact} | {cells[0]} | {cells[1]} | {fam} | {within} |")
+            if delays and base == name:
+                streams += len(delays)
+                found += sum(d is not None and d <= 2 for d in delays)
+                for key in expected:
+                    expected[key] += len(delays) * res["power"][key][2]
+    lines.append("")
+    lines.append(f"Over tasksim's {streams} streams of these ramps: tasksim within 2 windows {found}; the oracle's "
+                 "expected count " + ", ".join(f"{v:.1f} at {'alpha ' + k if k != 'family' else 'the family rates'}"
+                                               for k, v in expected.items()) + ".")
     return "\n".join(lines)
 
 
