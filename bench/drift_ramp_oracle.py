@@ -311,6 +311,18 @@ def build_ramps(data: db.Data, seed: int, notes: dict[str, Any], input_classifie
         return concept_llr(odds_if[v.astype(np.int64), y], s).sum(axis=1)
     ramps.append(Ramp("concept: labels swapped", "approximate: p(y|x) from a cross-fitted classifier of each pair",
                       concept_score, made["concept: labels swapped"], stream, row_ids))
+    # the same ratio through tasksim's reference model (its 1,000 reference rows): what a detector
+    # that knows the swapped pairs but reads p(y | x) only from that model could reach
+    ref_odds = np.ones((len(data.y), k))
+    clipped = np.clip(post, 1e-9, None)
+    for a, b in pairs:
+        rows = pool[np.isin(data.y[pool], (a, b))]
+        ref_odds[rows, a] = clipped[rows, b] / clipped[rows, a]
+        ref_odds[rows, b] = clipped[rows, a] / clipped[rows, b]
+    ramps.append(Ramp("concept: labels swapped, reference model", "approximate: p(y|x) from tasksim's reference "
+                      "model (1,000 rows)",
+                      lambda v, y, s: concept_llr(ref_odds[v.astype(np.int64), y], s).sum(axis=1),
+                      made["concept: labels swapped"], stream, row_ids))
 
     brightness = data.x.mean(axis=1)  # the expression subpopulation() ranks rows by
     bright = _proxy(data, brightness)

@@ -236,6 +236,8 @@ def evaluate(refs: list[dict[str, Any]], policy: dict[str, Any]) -> dict[str, An
             # share, else at the largest recorded rate below it (stricter: fewer alarms than at the share)
             recorded = d["cusum_given_reference"]
             rates = [float(k.split(":")[0]) for k in recorded if k.endswith(f":{delta:g}")]
+            if not rates:
+                raise KeyError(f"no accumulated input thresholds recorded at delta {delta:g}")
             below = [r for r in rates if r <= alpha * shares["cusum"] * (1 + 1e-9)]
             ez, em = recorded[f"{max(below) if below else min(rates):g}:{delta:g}"]
         elif "shares" in policy:
@@ -350,7 +352,11 @@ def summarise(refs: list[dict[str, Any]], policies: dict[str, dict[str, Any]]) -
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, pol in policies.items():
-        r = evaluate(refs, pol)
+        try:
+            r = evaluate(refs, pol)
+        except KeyError as exc:  # a policy this record has no thresholds for: say so, evaluate the rest
+            lines.append(f"| {name} | not evaluated: {exc.args[0]} | | | | | |")
+            continue
         lines.append(
             f"| {name} | {r['total']} / {r['windows']} | {100 * r['mean']:.2f}% | {r['over_1pct']} / {len(refs)} | "
             f"{100 * r['p90']:.2f}% | {', '.join(map(str, r['per_reference']))} | "
@@ -418,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         # a record of the verdict with its label p-values already bounded: re-thresholding them
         # would bound them twice, so only the verdicts as run are summarised
         policies = {"as run": POLICIES["as run"]}
-    elif all("cusum_given_reference" in d for d in refs):
+    elif all(d.get("cusum_given_reference") for d in refs):  # recorded (non-empty) for every reference
         policies.update(GIVEN_POLICIES)
     print(summarise(refs, policies))
     return 0

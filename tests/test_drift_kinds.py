@@ -485,6 +485,22 @@ def test_concept_loss_test_is_valid_and_finds_a_shift_in_one_class():
     assert int(np.argmin(class_p)) == 2 and joint <= 0.002 and joint < overall
 
 
+def test_corruption_llr_is_the_label_noise_likelihood_ratio():
+    from tasksim.drift.checks import corruption_llr
+
+    p = np.array([1.0, 0.9, 0.5, 0.1, 1e-3, 1e-9])
+    got = corruption_llr(p, classes=5, share=0.1)
+    # by hand: q(y | x) = 0.9 p + 0.1 (1 - p) / 4 against p(y | x) = p (p clipped at 1e-6)
+    q = 0.9 * np.clip(p, 1e-6, 1) + 0.1 * (1 - np.clip(p, 1e-6, 1)) / 4
+    np.testing.assert_allclose(got, np.log(q / np.clip(p, 1e-6, 1)), rtol=1e-12)
+    assert np.all(np.diff(got) > 0)  # the less plausible the label, the more evidence
+    assert got[0] == pytest.approx(np.log(0.9))  # a certain label: only the share's cost
+    # an implausible label: the log-loss (p clipped at 1e-6), less a constant, log((classes - 1) / share)
+    assert got[5] == pytest.approx(-np.log(1e-6) + np.log(0.1 / 4), abs=1e-3)
+    # a plausible label moves the statistic far less than it moves the log-loss
+    assert abs(got[1] - got[2]) < 0.2 * abs(np.log(0.9) - np.log(0.5))
+
+
 def test_sparse_embeddings_monitor_their_share_of_zeros():
     from tasksim.drift.reference import ZERO_SHARE
 
