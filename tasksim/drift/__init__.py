@@ -19,8 +19,9 @@ The drift policy lives here (``tasksim.cycle`` only calls :class:`DriftMonitor`)
   evidence accumulated over windows (``cusum``: EWMAs of the columns' mean normal scores and of the
   MMD's mean embedding, whose null includes the shared reference's own sampling error,
   :mod:`tasksim.drift.sequential`; gradual shifts); the label marginal (labels, else predicted
-  labels: BBSE); the concept test (the reference model's log-loss on labelled rows against the
-  reference's rows of the same classes, overall and per class, by within-class permutations; and
+  labels: BBSE); the concept test (the reference model's label-noise likelihood ratio on labelled
+  rows, :func:`tasksim.drift.checks.corruption_llr`, against the reference's rows of the same
+  classes, overall and per class, by within-class permutations; and
   whether p(predicted label | label) moved); and the label evidence accumulated over windows
   (``label_cusum``). Label tests predict each window row with one of the reference's 5
   cross-fitting models, so window and reference predictions are exchangeable, and their G tests
