@@ -10,11 +10,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import tasksim.drift.sequential as sequential
 from tasksim.config import DriftConfig
+from tasksim.drift import DriftReference, calibrate, check_window, sequential
 from tasksim.drift.sequential import EWMA_LAMBDA, EWMA_LAMBDA_FAST, ewma_step, prior_statistic, upper_ranks
 
-from .test_drift_kinds import CFG, draw, fitted, run  # noqa: F401  (fitted: the module's fixture)
+from .test_drift_kinds import CFG, draw, run
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """test_drift_kinds' reference: three Gaussian classes in 10 dimensions, 600 rows."""
+    x, y = draw(np.random.default_rng(0), 600)
+    ref = DriftReference.fit(x, None, y, CFG, seed=0)
+    return ref, calibrate(ref, 100, CFG, seed=0)
 
 
 def _stream(rng: np.random.Generator, p: np.ndarray, n: int, m: int, windows: list[np.ndarray]):
@@ -124,8 +132,6 @@ def test_the_fast_scale_is_optional_and_validated(fitted):
     rng = np.random.default_rng(134)
     x, y = draw(rng, 100)
     ref, cal = fitted
-    from tasksim.drift import check_window
-
     verdict, state = check_window(ref, cal, x, None, y, DriftConfig(label_fast_lambda=None), seed=1)
     assert "prior_fast" not in state and "min-p" not in verdict.test("label_cusum").detail
     assert CFG.label_fast_lambda == EWMA_LAMBDA_FAST
