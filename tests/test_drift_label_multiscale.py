@@ -14,7 +14,14 @@ from tasksim.config import DriftConfig
 from tasksim.drift import DriftReference, calibrate, check_window, sequential
 from tasksim.drift.sequential import EWMA_LAMBDA, EWMA_LAMBDA_FAST, ewma_step, prior_statistic, upper_ranks
 
-from .test_drift_kinds import CFG, draw, run
+from .test_drift_kinds import CFG, draw
+
+TWO_SCALES = DriftConfig(label_fast_lambda=EWMA_LAMBDA_FAST)
+
+
+def run(fitted, x, y, state=None, config=TWO_SCALES):
+    ref, cal = fitted
+    return check_window(ref, cal, x, None, y, config, cusum_state=state, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +139,14 @@ def test_the_fast_scale_is_optional_and_validated(fitted):
     rng = np.random.default_rng(134)
     x, y = draw(rng, 100)
     ref, cal = fitted
-    verdict, state = check_window(ref, cal, x, None, y, DriftConfig(label_fast_lambda=None), seed=1)
+    verdict, state = check_window(ref, cal, x, None, y, CFG, seed=1)  # the default: one scale
+    assert CFG.label_fast_lambda is None
     assert "prior_fast" not in state and "min-p" not in verdict.test("label_cusum").detail
-    assert CFG.label_fast_lambda == EWMA_LAMBDA_FAST
+    verdict, state = check_window(ref, cal, x, None, y, TWO_SCALES, seed=1)
+    assert state["prior_fast"]["lam"] == EWMA_LAMBDA_FAST and "min-p" in verdict.test("label_cusum").detail
+    # without labels the fast scale follows the predicted labels (BBSE)
+    _, state = check_window(ref, cal, x, None, None, TWO_SCALES, seed=1)
+    assert state["bbse_fast"]["t"] == 1 and "prior_fast" not in state
     for bad in (0.3, 0.1, 1.5):
         with pytest.raises(ValidationError):
             DriftConfig(label_fast_lambda=bad)

@@ -28,8 +28,8 @@ thresholds, which are for ``e_t / sqrt(c_t)``, do not change. Quantities:
   thresholds come from a Gaussian simulation with the reference rows' covariance
   (:func:`ewma_thresholds`), at half the accumulated input share each;
 - labels: the class frequencies (labels, or the reference model's predictions: BBSE), Pearson's
-  form with a simulated null, at two scales (``EWMA_LAMBDA`` and ``EWMA_LAMBDA_FAST``, combined by
-  min-p on the same null draws: :func:`prior_statistic`); and the reference model's
+  form with a simulated null (:func:`prior_statistic`; with ``DriftConfig.label_fast_lambda`` at
+  two scales, ``EWMA_LAMBDA`` and the fast one, combined by min-p on the same null draws); and the reference model's
   loss on labelled rows minus its class-stratified null mean (one-sided normal, each class's
   variance bounded by :func:`loss_variance`, not read off its few reference rows).
 """
@@ -43,9 +43,10 @@ import numpy as np
 #: EWMA weight of the newest window (effective memory (2 - lam) / lam, about 6 windows).
 EWMA_LAMBDA = 0.3
 
-#: EWMA weight of the accumulated class-frequency test's fast scale (labels and BBSE): a ramp's
-#: first windows weigh more, the quiet windows before its onset less (docs/benchmarks.md, "A
-#: multi-scale accumulated label test"; ``bench/drift_label_multiscale_power.py``).
+#: EWMA weight chosen for the accumulated class-frequency test's optional fast scale (labels and
+#: BBSE; ``DriftConfig.label_fast_lambda``, off by default): a ramp's first windows weigh more, the
+#: quiet windows before its onset less (docs/benchmarks.md, "A multi-scale accumulated label
+#: test"; ``bench/drift_label_multiscale_power.py``).
 EWMA_LAMBDA_FAST = 0.6
 
 #: Gaussian draws that set the accumulated input thresholds.
