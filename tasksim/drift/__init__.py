@@ -90,7 +90,7 @@ from tasksim.drift.columns import (
 )
 from tasksim.drift.monitor import _REFERENCES, DriftMonitor, StateStore  # noqa: F401  (_REFERENCES: the cache)
 from tasksim.drift.reference import DriftReference
-from tasksim.drift.sequential import EWMA_LAMBDA
+from tasksim.drift.sequential import EWMA_LAMBDA, EWMA_LAMBDA_FAST
 from tasksim.drift.verdict import (
     ALPHA_SHARES,
     DRIFT_KINDS,
@@ -106,6 +106,7 @@ __all__ = [
     "DISTANCE_METHODS",
     "DRIFT_KINDS",
     "EWMA_LAMBDA",
+    "EWMA_LAMBDA_FAST",
     "P_VALUE_METHODS",
     "REFERENCE_MARGIN",
     "Calibration",

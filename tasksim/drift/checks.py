@@ -40,6 +40,7 @@ from tasksim.drift.given_reference import (
 from tasksim.drift.reference import DriftReference
 from tasksim.drift.sequential import (
     EWMA_LAMBDA,
+    AccumulatedPrior,
     ReferenceScores,
     concept_statistic,
     concept_step,
@@ -51,6 +52,7 @@ from tasksim.drift.sequential import (
     mc_pvalue,
     prior_statistic,
     to_json,
+    upper_ranks,
 )
 from tasksim.drift.verdict import (
     _Z_CLIP,
@@ -491,15 +493,6 @@ def corruption_llr(p_label: np.ndarray, classes: int, share: float = CONCEPT_DES
     return np.log((1.0 - share) + share * (1.0 - p) / (max(int(classes) - 1, 1) * p))
 
 
-def _upper_ranks(values: np.ndarray) -> np.ndarray:
-    """Per column, each entry's share of the column at or above it (``values``: draws x columns)."""
-    ordered = np.sort(values, axis=0)
-    out = np.empty_like(values)
-    for j in range(values.shape[1]):
-        out[:, j] = len(values) - np.searchsorted(ordered[:, j], values[:, j] - 1e-12, side="left")
-    return out / len(values)
-
-
 def _loss_test(ref: DriftReference, codes: np.ndarray, loss: np.ndarray, rng: np.random.Generator
                ) -> tuple[float, float, np.ndarray]:
     """(joint p-value, overall p-value, per-class p-values) of "the reference model's log-loss on
@@ -545,12 +538,12 @@ def _loss_test(ref: DriftReference, codes: np.ndarray, loss: np.ndarray, rng: np
         excess = sums - centre
         z = np.where(spread > 0, excess / np.where(spread > 0, spread, 1.0), 0.0)
         overall = excess.sum(axis=1) / max(float(np.sqrt((spread ** 2).sum())), 1e-12)
-        ranks = _upper_ranks(np.stack([overall, z.max(axis=1)], axis=1))
+        ranks = upper_ranks(np.stack([overall, z.max(axis=1)], axis=1))
         min_p = ranks.min(axis=1)
         joint = float(np.mean(min_p <= min_p[0] + 1e-12))
         if joint > 0.02:
             break
-    per_class = _upper_ranks(z)[0]
+    per_class = upper_ranks(z)[0]
     for j, stratum in enumerate(strata):
         class_p[stratum[0]] = per_class[j]
     return joint, float(ranks[0, 0]), class_p
@@ -602,15 +595,27 @@ def _explained_by_prior(ref: DriftReference, cal: Calibration, prior_pi: np.ndar
 
 
 def _prior_given_reference(state: dict[str, Any], reference_counts: np.ndarray, window_rows: int,
-                           rng: np.random.Generator, benign: float, delta: float | None) -> tuple[float, float]:
-    """The accumulated class-frequency test (:func:`tasksim.drift.sequential.prior_statistic`), its
-    p-value bounded given the reference: the reference's (and a benign offset's) share of the
-    EWMA's variance, ``W^2 (1 / n + benign) / c_t``, is a fixed offset for one stream."""
-    stat, p = prior_statistic(state, reference_counts, window_rows, rng, benign)
+                           rng: np.random.Generator, benign: float, delta: float | None,
+                           fast: dict[str, Any] | None = None) -> AccumulatedPrior:
+    """The accumulated class-frequency test (:func:`tasksim.drift.sequential.prior_statistic`; with
+    ``fast``, its two scales by min-p), its p-value bounded given the reference: the reference's
+    (and a benign offset's) share of the EWMA's variance, ``W^2 (1 / n + benign) / c_t``, is a fixed
+    offset for one stream. With two scales the larger share (the slow scale's) bounds the joint
+    p-value: an approximation on the safe side, the min-p has no chi-square law of its own."""
+    result = prior_statistic(state, reference_counts, window_rows, rng, benign, fast=fast)
     n = max(1.0, float(np.sum(reference_counts)))
-    w2 = float(state["w"]) ** 2
-    rho = reference_share(float(state["s2"]), w2 * (1 / n + benign))
-    return stat, pvalue_given_reference(p, rho, dof=max(1, int(np.count_nonzero(reference_counts)) - 1), delta=delta)
+    rho = max(reference_share(float(st["s2"]), float(st["w"]) ** 2 * (1 / n + benign))
+              for st in ([state] if fast is None else [state, fast]))
+    p = pvalue_given_reference(result.p_value, rho, dof=max(1, int(np.count_nonzero(reference_counts)) - 1),
+                               delta=delta)
+    return result._replace(p_value=p)
+
+
+def _scales_note(result: AccumulatedPrior) -> str:
+    """The per-scale p-values of a two-scale accumulated class-frequency test, for the detail."""
+    if len(result.scales) < 2:
+        return ""
+    return " (" + ", ".join(f"weight {lam:g} p {p:.3g}" for lam, _, p in result.scales) + ", min-p)"
 
 
 def _concept_given_reference(state: dict[str, Any], delta: float | None) -> tuple[float, float]:
@@ -715,6 +720,7 @@ def check_window(
     prior_pi: np.ndarray | None = None
     a_label, a_concept = alpha * ALPHA_SHARES["label_prior"], alpha * ALPHA_SHARES["concept"]
     accumulated: list[tuple[str, float, float]] = []  # (what, statistic, p-value) of the label evidence over windows
+    scales_note = ""  # the class frequencies' per-scale p-values (two scales: config.label_fast_lambda)
     if ref.clf_w is None:
         why = f"not testable: {ref.label_note or 'no reference model'}"
         tests += [DriftTest("label_prior", "label_prior", False, not_testable=why),
@@ -753,10 +759,17 @@ def check_window(
             if counts.sum():
                 prior_pi = counts / counts.sum()
                 if config.cusum:
-                    state["prior"] = to_json(ewma_step(prev.get("prior"), prior_pi - ref_counts / ref_counts.sum(),
-                                                       int(counts.sum())))
-                    accumulated.append(("label_prior", *_prior_given_reference(
-                        state["prior"], ref_counts, int(counts.sum()), rng, benign, delta)))
+                    diff = prior_pi - ref_counts / ref_counts.sum()
+                    state["prior"] = to_json(ewma_step(prev.get("prior"), diff, int(counts.sum())))
+                    if config.label_fast_lambda is not None:
+                        # a missing (older state) or other-weight fast EWMA restarts here
+                        state["prior_fast"] = to_json(ewma_step(prev.get("prior_fast"), diff, int(counts.sum()),
+                                                                config.label_fast_lambda))
+                    result = _prior_given_reference(state["prior"], ref_counts, int(counts.sum()), rng, benign,
+                                                    delta, state.get("prior_fast") if config.label_fast_lambda
+                                                    is not None else None)
+                    accumulated.append(("label_prior", result.statistic, result.p_value))
+                    scales_note = _scales_note(result)
             # concept: the reference model's loss on labelled rows (null stratified by class), and
             # whether p(predicted label | label) moved; Bonferroni over the two
             rows = [known[i] for i in range(len(known)) if codes[i] >= 0]
@@ -819,10 +832,15 @@ def check_window(
                                           + (f"; permutation p {p_raw:.3g}, given the reference {p:.3g})"
                                              if delta is not None else ")")))
             if config.cusum:
-                ref_freq = ref_pred_counts / ref_pred_counts.sum()
-                state["bbse"] = to_json(ewma_step(prev.get("bbse"), pred_counts / pred_counts.sum() - ref_freq, m))
-                accumulated.append(("label_prior", *_prior_given_reference(state["bbse"], ref_pred_counts, m, rng,
-                                                                           benign, delta)))
+                diff = pred_counts / pred_counts.sum() - ref_pred_counts / ref_pred_counts.sum()
+                state["bbse"] = to_json(ewma_step(prev.get("bbse"), diff, m))
+                if config.label_fast_lambda is not None:
+                    state["bbse_fast"] = to_json(ewma_step(prev.get("bbse_fast"), diff, m, config.label_fast_lambda))
+                result = _prior_given_reference(state["bbse"], ref_pred_counts, m, rng, benign, delta,
+                                                state.get("bbse_fast") if config.label_fast_lambda is not None
+                                                else None)
+                accumulated.append(("label_prior", result.statistic, result.p_value))
+                scales_note = _scales_note(result)
             tests.append(DriftTest("concept", "concept", False, not_testable=(
                 "not testable: no labelled rows in the window" if labelled_rows == 0 else
                 f"not testable: {labelled_rows} labelled rows (< {config.min_labelled_rows})")))
@@ -837,7 +855,9 @@ def check_window(
         tests.append(DriftTest("label_cusum", over[0] if over else best[0], bool(over), statistic=best[1],
                                threshold=a_lc, p_value=best[2], evidence=over,
                                detail="evidence over windows (EWMA, weight "
-                                      f"{EWMA_LAMBDA}): " + "; ".join(f"{w} p {p:.3g}" for w, _, p in accumulated)))
+                                      f"{EWMA_LAMBDA}): " + "; ".join(f"{w} p {p:.3g}" + (scales_note if w ==
+                                                                                       "label_prior" else "")
+                                                                   for w, _, p in accumulated)))
 
     # -- the kind -----------------------------------------------------------------------------------
     fired = {t.name for t in tests if t.fired}

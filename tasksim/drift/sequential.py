@@ -28,34 +28,44 @@ thresholds, which are for ``e_t / sqrt(c_t)``, do not change. Quantities:
   thresholds come from a Gaussian simulation with the reference rows' covariance
   (:func:`ewma_thresholds`), at half the accumulated input share each;
 - labels: the class frequencies (labels, or the reference model's predictions: BBSE), Pearson's
-  form with a simulated null (:func:`prior_statistic`); and the reference model's
+  form with a simulated null (:func:`prior_statistic`; with ``DriftConfig.label_fast_lambda`` at
+  two scales, ``EWMA_LAMBDA`` and the fast one, combined by min-p on the same null draws); and the reference model's
   loss on labelled rows minus its class-stratified null mean (one-sided normal, each class's
   variance bounded by :func:`loss_variance`, not read off its few reference rows).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 #: EWMA weight of the newest window (effective memory (2 - lam) / lam, about 6 windows).
 EWMA_LAMBDA = 0.3
 
+#: EWMA weight chosen for the accumulated class-frequency test's optional fast scale (labels and
+#: BBSE; ``DriftConfig.label_fast_lambda``, off by default): a ramp's first windows weigh more, the
+#: quiet windows before its onset less (docs/benchmarks.md, "A multi-scale accumulated label
+#: test"; ``bench/drift_label_multiscale_power.py``).
+EWMA_LAMBDA_FAST = 0.6
+
 #: Gaussian draws that set the accumulated input thresholds.
 EWMA_DRAWS = 20000
 
 
-def ewma_step(state: dict[str, Any] | None, diff: np.ndarray, rows: int) -> dict[str, Any]:
-    """One EWMA update of ``diff`` (window minus reference) over a window of ``rows`` rows."""
-    lam = EWMA_LAMBDA
+def ewma_step(state: dict[str, Any] | None, diff: np.ndarray, rows: int, lam: float = EWMA_LAMBDA
+              ) -> dict[str, Any]:
+    """One EWMA update of ``diff`` (window minus reference) over a window of ``rows`` rows, with
+    weight ``lam`` on the newest window. A state of another length or another weight (an older
+    state, without ``"lam"``, has ``EWMA_LAMBDA``) starts afresh."""
     diff = np.asarray(diff, dtype=np.float64)
-    if state is None or len(state.get("e", ())) != len(diff):
+    if (state is None or len(state.get("e", ())) != len(diff)
+            or float(state.get("lam", EWMA_LAMBDA)) != float(lam)):
         state = {"e": np.zeros(len(diff)), "w": 0.0, "s2": 0.0}
     return {"e": (1 - lam) * np.asarray(state["e"], dtype=np.float64) + lam * diff,
             "w": (1 - lam) * float(state["w"]) + lam,
             "s2": (1 - lam) ** 2 * float(state["s2"]) + lam * lam / max(int(rows), 1),
-            "t": int(state.get("t", 0)) + 1}
+            "t": int(state.get("t", 0)) + 1, "lam": float(lam)}
 
 
 def ewma_scale(state: dict[str, Any], reference_rows: int, benign: float = 0.0) -> float:
@@ -161,39 +171,98 @@ def _smoothed(counts: np.ndarray) -> np.ndarray:
     return (counts + 0.5) / (counts.sum(axis=-1, keepdims=True) + 0.5 * counts.shape[-1])
 
 
+#: Null draws of the two-scale class-frequency test (:func:`prior_statistic` with ``fast``): a
+#: first batch, and ``PRIOR_DRAWS`` fresh ones when the first batch's joint p-value is at most
+#: ``PRIOR_FIRST_CUT`` (any valid p-value of the last batch run is valid: a window reported from
+#: the first batch has p above the cut, far above any level used here).
+PRIOR_FIRST_DRAWS = 999
+PRIOR_FIRST_CUT = 0.02
+
+
+class AccumulatedPrior(NamedTuple):
+    """The accumulated class-frequency test: ``statistic`` and ``p_value`` (the decision's; with two
+    scales the joint min-p p-value), and each scale's statistic and own p-value (slow first)."""
+
+    statistic: float
+    p_value: float
+    scales: tuple[tuple[float, float, float], ...]  # (lambda, statistic, p-value) per scale
+
+
+def upper_ranks(values: np.ndarray) -> np.ndarray:
+    """Per column, each entry's share of the column at or above it (``values``: draws x columns):
+    the rank p-values of every draw among all of them."""
+    ordered = np.sort(values, axis=0)
+    out = np.empty_like(values, dtype=np.float64)
+    for j in range(values.shape[1]):
+        out[:, j] = len(values) - np.searchsorted(ordered[:, j], values[:, j] - 1e-12, side="left")
+    return out / len(values)
+
+
+def _scale_weights(states: list[dict[str, Any]], steps: int) -> np.ndarray:
+    """[scale, window] EWMA weights of the last ``steps`` windows, newest first; a scale younger
+    than ``steps`` windows (restarted from an older state) weighs only its own windows."""
+    out = np.zeros((len(states), steps))
+    for i, st in enumerate(states):
+        lam = float(st.get("lam", EWMA_LAMBDA))
+        age = min(int(st.get("t", 1)), steps)
+        out[i, :age] = lam * (1 - lam) ** np.arange(age)
+    return out
+
+
 def prior_statistic(state: dict[str, Any], reference_counts: np.ndarray, window_rows: int,
-                    rng: np.random.Generator, benign: float = 0.0) -> tuple[float, float]:
-    """(statistic, Monte-Carlo p-value) of the accumulated class-frequency difference
-    ``sum_k e_k^2 / p_k / c_t`` (Pearson's form; ``p`` the reference's smoothed frequencies). Its
-    null is simulated, not read from a chi-square: with tens of classes and 100-row windows the
-    chi-square approximation gave 5x too many small p-values. Each draw redraws the reference and
-    the last windows (``window_rows`` each, EWMA weights of the state's age) from the reference's
-    frequencies, and (``benign`` > 0) a persistent offset of the windows' frequencies with ``benign``
-    times one row's multinomial covariance (:func:`ewma_scale`)."""
+                    rng: np.random.Generator, benign: float = 0.0,
+                    fast: dict[str, Any] | None = None) -> AccumulatedPrior:
+    """The accumulated class-frequency difference ``sum_k e_k^2 / p_k / c_t`` (Pearson's form;
+    ``p`` the reference's smoothed frequencies) and its Monte-Carlo p-value. Its null is simulated,
+    not read from a chi-square: with tens of classes and 100-row windows the chi-square
+    approximation gave 5x too many small p-values. Each draw redraws the reference and the last
+    windows (``window_rows`` each) from the reference's frequencies, and (``benign`` > 0) a
+    persistent offset of the windows' frequencies with ``benign`` times one row's multinomial
+    covariance (:func:`ewma_scale`).
+
+    ``fast``: a second EWMA of the same windows with a larger weight (``EWMA_LAMBDA_FAST``). Each
+    simulated history then gives both statistics (the same reference, windows and offset: their
+    correlation is kept), and the p-value is the min-p combination of the two: the observed
+    smaller per-scale p-value ranked among the draws' smaller ones, the observed window counted
+    as one draw (as the concept test's two statistics, ``checks._loss_test``). The slow scale
+    finds a weak persistent shift, the fast one a ramp whose first windows the slow one dilutes
+    with the quiet windows before its onset."""
     ref_counts = np.asarray(reference_counts, dtype=np.float64)
     n = int(ref_counts.sum())
+    states = [state] if fast is None else [state, fast]
+    lams = [float(st.get("lam", EWMA_LAMBDA)) for st in states]
     if n == 0 or np.count_nonzero(ref_counts) < 2:
-        return 0.0, 1.0
-    c = ewma_scale(state, n, benign)
-    e = np.asarray(state["e"], dtype=np.float64)
-    stat = float((e * e / _smoothed(ref_counts)).sum() / c)
-    lam = EWMA_LAMBDA
-    steps = min(int(state.get("t", 1)), PRIOR_HISTORY)
-    weights = lam * (1 - lam) ** np.arange(steps)  # newest first
+        return AccumulatedPrior(0.0, 1.0, tuple((lam, 0.0, 1.0) for lam in lams))
+    smoothed = _smoothed(ref_counts)
+    observed = np.array([float((np.asarray(st["e"], dtype=np.float64) ** 2 / smoothed).sum()
+                               / ewma_scale(st, n, benign)) for st in states])
+    steps = min(max(int(st.get("t", 1)) for st in states), PRIOR_HISTORY)
+    weights = _scale_weights(states, steps)  # [scale, window], newest first
     p = ref_counts / n
     m = max(int(window_rows), 1)
-    c_star = float((weights ** 2).sum() / m + weights.sum() ** 2 * (1 / n + benign))
+    c_star = (weights ** 2).sum(axis=1) / m + weights.sum(axis=1) ** 2 * (1 / n + benign)
 
-    def draw(size: int) -> np.ndarray:
+    def draw(size: int) -> np.ndarray:  # [draw, scale]
         ref_star = rng.multinomial(n, p, size=size)
         win_star = rng.multinomial(m, p, size=(size, steps)) / m
-        e_star = np.einsum("s,dsk->dk", weights, win_star) - weights.sum() * ref_star / n
+        e_star = np.einsum("cs,dsk->dck", weights, win_star) - weights.sum(axis=1)[None, :, None] * (ref_star / n)[:, None]
         if benign > 0:  # the offset: Gaussian with covariance benign (diag(p) - p p^T)
             g = np.sqrt(p) * rng.standard_normal((size, len(p)))
-            e_star += weights.sum() * np.sqrt(benign) * (g - np.outer(g.sum(axis=1), p))
-        return (e_star * e_star / _smoothed(ref_star)).sum(axis=1) / c_star
+            e_star += weights.sum(axis=1)[None, :, None] * (np.sqrt(benign) * (g - np.outer(g.sum(axis=1), p)))[:, None]
+        return (e_star * e_star / _smoothed(ref_star)[:, None]).sum(axis=2) / c_star
 
-    return stat, mc_pvalue(stat, draw, PRIOR_DRAWS)
+    if fast is None:
+        pval = mc_pvalue(float(observed[0]), lambda size: draw(size)[:, 0], PRIOR_DRAWS)
+        return AccumulatedPrior(float(observed[0]), pval, ((lams[0], float(observed[0]), pval),))
+    for size in (PRIOR_FIRST_DRAWS, PRIOR_DRAWS):
+        values = np.concatenate([observed[None, :], draw(size)])
+        ranks = upper_ranks(values)
+        min_p = ranks.min(axis=1)
+        joint = float(np.mean(min_p <= min_p[0] + 1e-12))
+        if joint > PRIOR_FIRST_CUT:
+            break
+    scales = tuple((lam, float(observed[i]), float(ranks[0, i])) for i, lam in enumerate(lams))
+    return AccumulatedPrior(float(observed[0]), joint, scales)
 
 
 #: Pseudo-rows of the reference's overall mean loss added to each class's mean in
