@@ -504,23 +504,26 @@ def ramp_delays(data: Data, *, repeats: int, pre: int, post: int, seed: int) -> 
     out: dict[str, list[int | None]] = {}
     for r_i, (name, (_, make)) in enumerate(scenarios(data, stream).items()):
         labelled = name != "label prior (no labels: BBSE)"
-        delays: list[int | None] = []
-        for s_i in range(repeats):
-            stream.rng = np.random.default_rng([seed, 7, r_i, s_i])
-            state = None
-            for _ in range(pre):
-                x, y = stream.window()
-                _, state = methods.tasksim(x, y, labelled, state)
-            found = None
-            for t in range(post):
-                x, y, lab = make(stream, (t + 1) / post)
-                verdict, state = methods.tasksim(x, y, lab, state)
-                if verdict.drifted:
-                    found = t
-                    break
-            delays.append(found)
-        out[name] = delays
+        out[name] = [stream_delay(methods, stream, make, labelled, np.random.default_rng([seed, 7, r_i, s_i]),
+                                  pre=pre, post=post) for s_i in range(repeats)]
     return out
+
+
+def stream_delay(methods: Methods, stream: Stream, make: Any, labelled: bool, rng: np.random.Generator, *,
+                 pre: int, post: int) -> int | None:
+    """One ramp stream from its own generator: ``pre`` quiet windows, then the ramp at strength
+    k / ``post`` until the first detection; the delay (None: not found in ``post`` windows)."""
+    stream.rng = rng
+    state = None
+    for _ in range(pre):
+        x, y = stream.window()
+        _, state = methods.tasksim(x, y, labelled, state)
+    for t in range(post):
+        x, y, lab = make(stream, (t + 1) / post)
+        verdict, state = methods.tasksim(x, y, lab, state)
+        if verdict.drifted:
+            return t
+    return None
 
 
 def delay(flags: list[bool]) -> int | None:

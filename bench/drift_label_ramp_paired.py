@@ -56,21 +56,9 @@ def main() -> int:
         labelled = name != "label prior (no labels: BBSE)"
         for key, config in configs.items():
             methods.config = config
-            delays: list[int | None] = []
-            for s_i in range(args.streams):
-                stream.rng = np.random.default_rng([args.seed, 7, r_i, s_i])
-                state = None
-                for _ in range(pre):
-                    x, y = stream.window()
-                    _, state = methods.tasksim(x, y, labelled, state)
-                found = None
-                for t in range(post):
-                    x, y, lab = make(stream, (t + 1) / post)
-                    verdict, state = methods.tasksim(x, y, lab, state)
-                    if verdict.drifted:
-                        found = t
-                        break
-                delays.append(found)
+            delays = [db.stream_delay(methods, stream, make, labelled,
+                                      np.random.default_rng([args.seed, 7, r_i, s_i]), pre=pre, post=post)
+                      for s_i in range(args.streams)]
             out[key][name] = delays
             within = sum(d is not None and d <= 2 for d in delays)
             print(f"{data.name} | {name} | {key} scale(s) | within 2: {within}/{args.streams} | {delays}", flush=True)
