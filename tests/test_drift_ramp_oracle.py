@@ -164,3 +164,23 @@ def test_the_other_domains_rows_keep_their_ids_in_the_proxy() -> None:
         np.testing.assert_array_equal(both[ids[:, 0].astype(int)], xr)
         np.testing.assert_array_equal(yp, yr)
         assert int((ids[:, 0] >= len(x)).sum()) == round(0.5 * s * 100)  # the replaced rows: the other domain's ids
+
+
+def test_direction_blind_label_bound_against_a_multinomial_simulation() -> None:
+    blind = pytest.importorskip("drift_label_blind_bound")
+    freq = np.full(6, 1 / 6)
+    rate = 0.01
+    # no shift (heavy weight 1): the power is the level
+    assert blind.blind_power(freq, {0: 1.0}, rate, np.ones(3)) == pytest.approx(3 * rate, rel=1e-9)
+    # a ramp: the chi-square's power against the same statistic on simulated multinomial windows
+    heavy, weights = {0: 3.0, 1: 3.0}, np.array(oracle.STRENGTHS)  # power near 0.55: where an error would show
+    a = weights / np.linalg.norm(weights)
+    rng = np.random.default_rng(3)
+
+    def statistic(strengths: tuple[float, ...], size: int) -> np.ndarray:
+        d = sum(ai * (rng.multinomial(db.WINDOW, freq * oracle.prior_ratio(freq, heavy, s), size=size) / db.WINDOW
+                      - freq) for ai, s in zip(a, strengths))
+        return db.WINDOW * (d ** 2 / freq).sum(axis=1)
+    cut = np.quantile(statistic((0.0, 0.0, 0.0), 40000), 1 - 3 * rate)
+    simulated = float(np.mean(statistic(oracle.STRENGTHS, 20000) > cut))
+    assert blind.blind_power(freq, heavy, rate, weights) == pytest.approx(simulated, abs=0.02)
