@@ -1,6 +1,6 @@
 """The label-prior ramps of ``bench/drift_benchmark.py`` over more streams, the accumulated label test
-with one scale (``drift.label_fast_lambda: null``, main's test before 2026-12-06) and with two (the
-default), on the same windows in one process.
+with one scale (``drift.label_fast_lambda: null``, the default) and with two (the opt-in, weight
+``EWMA_LAMBDA_FAST``), on the same windows in one process.
 
     python bench/drift_label_ramp_paired.py --only mnist --streams 24 --json out.json
     python bench/drift_ramp_compare.py out_one.json out_two.json   # (--split writes the two records)
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import drift_benchmark as db
 
 from tasksim.config import DriftConfig
+from tasksim.drift import EWMA_LAMBDA_FAST
 
 RAMPS = ("label prior (labels)", "label prior (no labels: BBSE)")
 LOADERS = {"fashion-mnist": db.load_fashion, "letter": db.load_letter, "landsat": db.load_landsat,
@@ -48,7 +49,7 @@ def main() -> int:
     pre, post = 5, 10
     stream = db.Stream(data, np.random.default_rng([args.seed, 7]))
     methods = db.Methods(data, stream, DriftConfig())
-    configs = {"one": DriftConfig(label_fast_lambda=None), "two": DriftConfig()}
+    configs = {"one": DriftConfig(), "two": DriftConfig(label_fast_lambda=EWMA_LAMBDA_FAST)}
     out: dict[str, dict[str, list[int | None]]] = {k: {} for k in configs}
     for r_i, (name, (_, make)) in enumerate(db.scenarios(data, stream).items()):
         if name not in RAMPS:
