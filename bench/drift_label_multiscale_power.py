@@ -40,10 +40,11 @@ def _smoothed(counts: np.ndarray) -> np.ndarray:
 
 
 def simulate(p: np.ndarray, shifted: list[np.ndarray], lams: list[float], streams: int, benign: float,
-             rng: np.random.Generator) -> np.ndarray:
-    """Statistics [stream, step after the quiet windows, lambda] of ``streams`` histories whose
-    windows after the quiet ones come from ``shifted`` (one frequency vector per step)."""
-    n, m, k = REFERENCE, WINDOW, len(p)
+             rng: np.random.Generator, *, reference: int = REFERENCE, quiet: int = QUIET) -> np.ndarray:
+    """Statistics [stream, step after the ``quiet`` windows, lambda] of ``streams`` histories (each
+    against its own ``reference``-row reference) whose windows after the quiet ones come from
+    ``shifted`` (one frequency vector per step)."""
+    n, m, k = reference, WINDOW, len(p)
     ref = rng.multinomial(n, p, size=streams).astype(float)
     ref_freq, smooth = ref / n, _smoothed(ref)
     offset = np.zeros((streams, k))
@@ -54,15 +55,15 @@ def simulate(p: np.ndarray, shifted: list[np.ndarray], lams: list[float], stream
     w = np.zeros(len(lams))
     s2 = np.zeros(len(lams))
     out = np.empty((streams, len(shifted), len(lams)))
-    for step, q in enumerate([p] * QUIET + shifted):
+    for step, q in enumerate([p] * quiet + shifted):
         win = rng.multinomial(m, q, size=streams) / m + offset
         for i, lam in enumerate(lams):
             e[i] = (1 - lam) * e[i] + lam * (win - ref_freq)
             w[i] = (1 - lam) * w[i] + lam
             s2[i] = (1 - lam) ** 2 * s2[i] + lam * lam / m
-            if step >= QUIET:
+            if step >= quiet:
                 c = s2[i] + w[i] ** 2 * (1 / n + benign)
-                out[:, step - QUIET, i] = (e[i] ** 2 / smooth).sum(axis=1) / c
+                out[:, step - quiet, i] = (e[i] ** 2 / smooth).sum(axis=1) / c
     return out
 
 

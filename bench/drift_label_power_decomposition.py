@@ -40,10 +40,9 @@ def moved(factor: float) -> np.ndarray:
 def power(rng: np.random.Generator, *, level: float, benign: float, reference: int, quiet: int,
           null_draws: int, streams: int) -> float:
     """Power by delay 2 of the one-scale test on the ramp (an alarm at delay 0, 1 or 2)."""
-    sim.REFERENCE, sim.QUIET = reference, quiet
     ramp = [moved(1 + 4 * s) for s in (0.1, 0.2, 0.3)]
-    null = sim.simulate(P, [P] * 3, [0.3], null_draws, benign, rng)
-    alt = sim.simulate(P, ramp, [0.3], streams, benign, rng)
+    null = sim.simulate(P, [P] * 3, [0.3], null_draws, benign, rng, reference=reference, quiet=quiet)
+    alt = sim.simulate(P, ramp, [0.3], streams, benign, rng, reference=reference, quiet=quiet)
     hits = np.stack([sim.upper_p(null[:, t, 0], alt[:, t, 0]) <= level for t in range(3)], axis=1)
     return float(hits.any(axis=1).mean())
 
