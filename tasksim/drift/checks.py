@@ -611,6 +611,22 @@ def _prior_given_reference(state: dict[str, Any], reference_counts: np.ndarray, 
     return result._replace(p_value=p)
 
 
+def _accumulate_prior(state: dict[str, Any], prev: dict[str, Any], key: str, diff: np.ndarray,
+                      reference_counts: np.ndarray, window_rows: int, rng: np.random.Generator,
+                      config: DriftConfig) -> AccumulatedPrior:
+    """One window of the accumulated class-frequency test under ``state[key]`` (``"prior"``: labels,
+    ``"bbse"``: predicted labels): its EWMA, with ``drift.label_fast_lambda`` the fast one as well
+    (``state[key + "_fast"]``; a missing (older state) or other-weight fast EWMA restarts here), and
+    the test's result bounded as :func:`_prior_given_reference` bounds it."""
+    state[key] = to_json(ewma_step(prev.get(key), diff, window_rows))
+    fast = None
+    if config.label_fast_lambda is not None:
+        fast = state[key + "_fast"] = to_json(ewma_step(prev.get(key + "_fast"), diff, window_rows,
+                                                        config.label_fast_lambda))
+    return _prior_given_reference(state[key], reference_counts, window_rows, rng, config.benign_offset_sd ** 2,
+                                  config.reference_delta, fast)
+
+
 def _scales_note(result: AccumulatedPrior) -> str:
     """The per-scale p-values of a two-scale accumulated class-frequency test, for the detail."""
     if len(result.scales) < 2:
@@ -759,15 +775,8 @@ def check_window(
             if counts.sum():
                 prior_pi = counts / counts.sum()
                 if config.cusum:
-                    diff = prior_pi - ref_counts / ref_counts.sum()
-                    state["prior"] = to_json(ewma_step(prev.get("prior"), diff, int(counts.sum())))
-                    if config.label_fast_lambda is not None:
-                        # a missing (older state) or other-weight fast EWMA restarts here
-                        state["prior_fast"] = to_json(ewma_step(prev.get("prior_fast"), diff, int(counts.sum()),
-                                                                config.label_fast_lambda))
-                    result = _prior_given_reference(state["prior"], ref_counts, int(counts.sum()), rng, benign,
-                                                    delta, state.get("prior_fast") if config.label_fast_lambda
-                                                    is not None else None)
+                    result = _accumulate_prior(state, prev, "prior", prior_pi - ref_counts / ref_counts.sum(),
+                                               ref_counts, int(counts.sum()), rng, config)
                     accumulated.append(("label_prior", result.statistic, result.p_value))
                     scales_note = _scales_note(result)
             # concept: the reference model's loss on labelled rows (null stratified by class), and
@@ -832,13 +841,9 @@ def check_window(
                                           + (f"; permutation p {p_raw:.3g}, given the reference {p:.3g})"
                                              if delta is not None else ")")))
             if config.cusum:
-                diff = pred_counts / pred_counts.sum() - ref_pred_counts / ref_pred_counts.sum()
-                state["bbse"] = to_json(ewma_step(prev.get("bbse"), diff, m))
-                if config.label_fast_lambda is not None:
-                    state["bbse_fast"] = to_json(ewma_step(prev.get("bbse_fast"), diff, m, config.label_fast_lambda))
-                result = _prior_given_reference(state["bbse"], ref_pred_counts, m, rng, benign, delta,
-                                                state.get("bbse_fast") if config.label_fast_lambda is not None
-                                                else None)
+                result = _accumulate_prior(state, prev, "bbse",
+                                           pred_counts / pred_counts.sum() - ref_pred_counts / ref_pred_counts.sum(),
+                                           ref_pred_counts, m, rng, config)
                 accumulated.append(("label_prior", result.statistic, result.p_value))
                 scales_note = _scales_note(result)
             tests.append(DriftTest("concept", "concept", False, not_testable=(
