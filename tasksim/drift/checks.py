@@ -811,7 +811,7 @@ def check_window(
                                        threshold=a_concept, p_value=p,
                                        evidence=tuple(f"class {ref.classes[i]!r} (p {class_p[i]:.2g})" for i in worst)
                                        if p <= a_concept else (),
-                                       detail=f"log-loss of the reference model on {len(rows)} rows against "
+                                       detail=f"label-noise likelihood ratio of the reference model on {len(rows)} rows against "
                                               f"the reference's rows of the same classes (within-class "
                                               f"permutations: overall p {p_overall:.3g}, with the largest "
                                               f"per-class excess p {p_loss:.3g}; mean 1 - p(label) {observed:.3f}, "
