@@ -493,6 +493,25 @@ def corruption_llr(p_label: np.ndarray, classes: int, share: float = CONCEPT_DES
     return np.log((1.0 - share) + share * (1.0 - p) / (max(int(classes) - 1, 1) * p))
 
 
+#: Below this reference-model probability of its label a row counts as fully implausible in the
+#: accumulated concept test (:func:`implausibility`).
+IMPLAUSIBLE_P = 1e-3
+
+
+def implausibility(p_label: np.ndarray, classes: int, share: float = CONCEPT_DESIGN_SHARE,
+                   floor: float = IMPLAUSIBLE_P) -> np.ndarray:
+    """:func:`corruption_llr` with ``p`` floored at ``floor`` and rescaled to [0, 1]: 0 for a label
+    the model is sure of, 1 for one it gives at most ``floor``. The accumulated concept test's row
+    statistic: the label-noise likelihood ratio's ordering of rows (a plausible label adds almost
+    nothing, unlike ``1 - p(label)``, which moves with the model's confidence on every row), kept in
+    [0, 1] so that :func:`tasksim.drift.sequential.loss_variance`'s bound applies, and capped so
+    that one confident mistake of the reference cannot dominate a window's sum."""
+    low = np.log1p(-share)
+    high = float(corruption_llr(np.array([floor]), classes, share)[0])
+    p = np.clip(np.asarray(p_label, dtype=np.float64), floor, 1.0)
+    return np.clip((corruption_llr(p, classes, share) - low) / (high - low), 0.0, 1.0)
+
+
 def _loss_test(ref: DriftReference, codes: np.ndarray, loss: np.ndarray, rng: np.random.Generator
                ) -> tuple[float, float, np.ndarray]:
     """(joint p-value, overall p-value, per-class p-values) of "the reference model's log-loss on
@@ -785,15 +804,19 @@ def check_window(
             if len(rows) >= config.min_labelled_rows:
                 row_codes = codes[codes >= 0]
                 loss = 1.0 - proba[rows][np.arange(len(rows)), row_codes]
-                observed = float(loss.mean())
+                # the accumulated excess sums each row's implausibility of its label (bounded
+                # label-noise likelihood ratio), against the reference's cross-fitted rows
+                implausible = implausibility(1.0 - loss, k)
+                observed = float(implausible.mean())
                 null_mean = window_var = reference_var = 0.0
                 finite = np.isfinite(ref.cv_loss) & (ref.ref_label_codes >= 0)
-                overall = float(ref.cv_loss[finite].mean())
+                ref_implausible = np.where(finite, implausibility(1.0 - np.nan_to_num(ref.cv_loss, nan=0.0), k), np.nan)
+                overall = float(ref_implausible[finite].mean())
                 for cls_i in range(k):
                     n_c = int(counts[cls_i])
                     if n_c == 0:
                         continue
-                    pool = ref.cv_loss[(ref.ref_label_codes == cls_i) & finite]
+                    pool = ref_implausible[(ref.ref_label_codes == cls_i) & finite]
                     var_c = loss_variance(pool, overall)  # not the plug-in: see loss_variance
                     null_mean += n_c * float(pool.mean())
                     window_var += n_c * var_c
@@ -814,7 +837,7 @@ def check_window(
                                        detail=f"label-noise likelihood ratio of the reference model on {len(rows)} rows against "
                                               f"the reference's rows of the same classes (within-class "
                                               f"permutations: overall p {p_overall:.3g}, with the largest "
-                                              f"per-class excess p {p_loss:.3g}; mean 1 - p(label) {observed:.3f}, "
+                                              f"per-class excess p {p_loss:.3g}; mean implausibility of the labels {observed:.3f}, "
                                               f"null {null_mean / len(rows):.3f}) and p(predicted | label) "
                                               f"(G {g_conf:.1f}, p {p_conf:.3g}); Bonferroni over the two"
                                               + (", bounded given the reference" if delta is not None else "")))
