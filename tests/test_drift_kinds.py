@@ -561,3 +561,21 @@ def test_a_small_reference_of_wide_embeddings_gives_no_false_alarms_on_its_compo
     assert len(alarms) <= 1, alarms  # P(>= 2 of 20 | 1%) = 1.7%; in-sample scores gave about 10
     (ref,) = [r for path, r in _REFERENCES.items() if path.startswith(str(tmp_path))]
     assert ref.fold_pc_rotation is not None and ref.fold_pc_rotation.shape[1:] == (ref.pc_count, ref.pc_count)
+
+
+def test_implausibility_is_the_label_noise_ratio_floored_and_rescaled():
+    from tasksim.drift.checks import IMPLAUSIBLE_P, corruption_llr, implausibility
+
+    p = np.array([1.0, 0.9, 0.5, 0.1, 0.01, IMPLAUSIBLE_P, 1e-6, 0.0])
+    got = implausibility(p, classes=10, share=0.1)
+    # by hand: the ratio at p floored at IMPLAUSIBLE_P, mapped affinely so that p = 1 -> 0 and p = floor -> 1
+    llr = np.log(0.9 + 0.1 * (1 - np.maximum(p, IMPLAUSIBLE_P)) / (9 * np.maximum(p, IMPLAUSIBLE_P)))
+    top = np.log(0.9 + 0.1 * (1 - IMPLAUSIBLE_P) / (9 * IMPLAUSIBLE_P))
+    np.testing.assert_allclose(got, (llr - np.log(0.9)) / (top - np.log(0.9)), rtol=1e-12, atol=1e-15)
+    assert got[0] == pytest.approx(0.0, abs=1e-12) and got[5] == pytest.approx(1.0) and np.all(got[5:] == got[5])
+    assert np.all((got >= 0) & (got <= 1)) and np.all(np.diff(got) >= 0)
+    # the same order of rows as the unbounded ratio above the floor
+    above = p >= IMPLAUSIBLE_P
+    assert np.all(np.argsort(got[above], kind="stable") == np.argsort(corruption_llr(p[above], 10), kind="stable"))
+    # a plausible label (p 0.5 of 10 classes) adds almost nothing; a confident miss adds one unit
+    assert got[2] < 0.01 and got[4] > 0.25
