@@ -1,7 +1,7 @@
 """A noise estimate for the probe criteria of the composite (issue 12), tried on the suite's saved runs.
 
     python bench/composite_probe_noise.py docs/cpu/transfer_suite_four_2026-12-06.json.gz \
-        --rows bench/.cache/probe_rows            # rebuilds each benchmark's views once (about 8 min)
+        --rows bench/.cache/probe_rows            # rebuilds each benchmark's views once (2 minutes here)
 
 The composite's reliability weighting (``tasksim.rank``, ``mcda.reliability``) scales each
 criterion's weight by the share of its spread across sources that is not sampling noise. The
