@@ -52,6 +52,19 @@ GUARD_SETS: dict[str, dict[str, float]] = {
                                                      "domain_separability": 0.5, "frechet": 0.5},
 }
 
+# session 14: one factor of the default's weights at a time (robust_z), added to the suite's family
+# for a leave-one-benchmark-out over four benchmarks (--lobo)
+_DEFAULT_EVIDENCE = {**_EVIDENCE, "mmd2": 0.5}
+SINGLE_FACTOR_SETS: dict[str, dict[str, float]] = {
+    "LEEP 2": {**_DEFAULT_EVIDENCE, "leep": 2.0},
+    "LEEP 2, no guard": {**_EVIDENCE, "leep": 2.0},
+    "+ NCE 1": {**_DEFAULT_EVIDENCE, "nce": 1.0},
+    "LogME 2": {**_DEFAULT_EVIDENCE, "logme": 2.0},
+    "kNN 0.5": {**_DEFAULT_EVIDENCE, "knn_accuracy": 0.5},
+    "GBC 0.5": {**_DEFAULT_EVIDENCE, "gbc": 0.5},
+    "regularised H-score 2": {**_DEFAULT_EVIDENCE, "hscore_regularized": 2.0},
+}
+
 
 def guard_agreement_weights(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
                             ) -> dict[str, float]:
@@ -127,8 +140,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--versus", metavar="CONFIGURATION", default=None,
                     help="only the two-level bootstrap of the default against one configuration of the family "
                          "(its name as in docs/transfer_benchmark.md, e.g. 'five + LDA probe, no guard; robust_z')")
+    ap.add_argument("--lobo", action="store_true",
+                    help="only the leave-one-benchmark-out over the suite's family plus SINGLE_FACTOR_SETS (robust_z)")
     args = ap.parse_args(argv)
     runs = [r for path in args.runs for r in suite._load(path)[0]]
+    if args.lobo:
+        got = suite.config_lobo(runs, {**suite.CONFIG_CANDIDATES, **SINGLE_FACTOR_SETS}, normalizations=("robust_z",))
+        for b in _benches(runs):
+            held = got["held_out"][b]
+            print(f"{b}: chosen on the others {held['chosen']!r} (their mean {held['train_wtau']:.3f}); "
+                  f"held out {held['held_out_wtau']:.3f}")
+        print("\n| configuration | " + " | ".join(_benches(runs)) + " | mean |\n" + "|---" * (len(_benches(runs)) + 2) + "|")
+        means = got["means"]
+        for name in sorted(means, key=lambda n: -float(np.mean(list(means[n].values())))):
+            print(f"| {name} | " + " | ".join(f"{means[name][b]:.3f}" for b in _benches(runs))
+                  + f" | {float(np.mean(list(means[name].values()))):.3f} |")
+        return 0
     if args.versus:
         other = suite.config_family()[args.versus]
         pair: dict[str, Row] = {
