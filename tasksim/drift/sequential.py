@@ -271,7 +271,9 @@ LOSS_VARIANCE_PRIOR_ROWS = 5
 
 
 def loss_variance(class_losses: np.ndarray, overall_mean: float) -> float:
-    """A variance for one class's losses ``1 - p(label)`` (values in [0, 1]) that does not shrink
+    """A variance for one class's row statistics in [0, 1] (the accumulated concept test's
+    :func:`tasksim.drift.checks.implausibility` of the labels; until 2026-12-06 the loss
+    ``1 - p(label)``, which the evidence below is about) that does not shrink
     when the reference's few rows of the class happen to be easy: the Bernoulli bound
     ``mu (1 - mu)`` (the largest variance of any law on [0, 1] with mean ``mu``, never below the
     plug-in variance), at the class mean and at that mean shrunk toward ``overall_mean`` by
@@ -296,7 +298,8 @@ def loss_variance(class_losses: np.ndarray, overall_mean: float) -> float:
 
 def concept_step(state: dict[str, Any] | None, excess: float, window_var: float, reference_var: float,
                  benign_var: float = 0.0) -> dict[str, Any]:
-    """EWMA of the window's mean loss minus its class-stratified null mean; ``window_var``: that
+    """EWMA of the window's mean row statistic (the labels' implausibility) minus its
+    class-stratified null mean; ``window_var``: that
     difference's variance from the window's rows, ``reference_var``: from the reference's null means,
     ``benign_var``: a benign persistent offset's (one row's loss variance times ``benign``, see
     :func:`ewma_scale`)."""
