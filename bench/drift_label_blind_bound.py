@@ -1,7 +1,7 @@
 """What can a test that does NOT know which classes a label-prior ramp favours reach? A
 direction-blind bound beside the oracle's (``bench/drift_ramp_oracle.py``).
 
-    python bench/drift_label_blind_bound.py --json out.json
+    python bench/drift_label_blind_bound.py --json out.json [--with-text]
 
 The oracle knows the heavy classes; a real test watches every direction of the class marginal
 and pays for it in degrees of freedom. Here the test still knows the onset and the ramp's
@@ -49,14 +49,18 @@ def blind_power(freq: np.ndarray, heavy: dict[int, float], rate: float, weights:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--with-text", action="store_true", help="also Reuters R8 through MiniLM (embeddings cached)")
     args = ap.parse_args(argv)
     family = (ALPHA_SHARES["label_prior"] + ALPHA_SHARES["label_cusum"]) * DriftConfig().false_alarm_rate
     rates = {"1%": 0.01, "0.5%": 0.005, f"family {family:.3%}": family}
     out = []
     print("| data | classes (heavy) | weights | " + " | ".join(f"by delay 2 at {r}" for r in rates) + " |")
     print("| --- | --- | --- |" + " --- |" * len(rates))
-    for name in ("landsat", "mnist", "fashion-mnist", "letter"):
-        data = db.PIXEL_AND_TABULAR_LOADERS[name]()
+    loaders = dict(db.PIXEL_AND_TABULAR_LOADERS)
+    names = ["landsat", "mnist", "fashion-mnist", "letter"] + (["reuters-r8"] if args.with_text else [])
+    loaders["reuters-r8"] = db.load_reuters_minilm
+    for name in names:
+        data = loaders[name]()
         ids = oracle._proxy(data, np.arange(len(data.y)))
         stream = db.Stream(ids, np.random.default_rng([0, 7]))
         k = int(data.y.max()) + 1
