@@ -50,6 +50,7 @@ from tasksim.drift.sequential import (
     ewma_thresholds,
     loss_variance,
     mc_pvalue,
+    min_p_ranks,
     prior_statistic,
     to_json,
     upper_ranks,
@@ -557,9 +558,7 @@ def _loss_test(ref: DriftReference, codes: np.ndarray, loss: np.ndarray, rng: np
         excess = sums - centre
         z = np.where(spread > 0, excess / np.where(spread > 0, spread, 1.0), 0.0)
         overall = excess.sum(axis=1) / max(float(np.sqrt((spread ** 2).sum())), 1e-12)
-        ranks = upper_ranks(np.stack([overall, z.max(axis=1)], axis=1))
-        min_p = ranks.min(axis=1)
-        joint = float(np.mean(min_p <= min_p[0] + 1e-12))
+        ranks, joint = min_p_ranks(np.stack([overall, z.max(axis=1)], axis=1))
         if joint > 0.02:
             break
     per_class = upper_ranks(z)[0]

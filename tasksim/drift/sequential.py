@@ -198,6 +198,15 @@ def upper_ranks(values: np.ndarray) -> np.ndarray:
     return out / len(values)
 
 
+def min_p_ranks(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """(every draw's rank p-value per statistic, the joint min-p p-value of draw 0) for ``values``
+    (draws x statistics, the observed window as draw 0): the observed smaller per-statistic p-value
+    ranked among the draws' smaller ones, the observed window counted as one draw."""
+    ranks = upper_ranks(values)
+    min_p = ranks.min(axis=1)
+    return ranks, float(np.mean(min_p <= min_p[0] + 1e-12))
+
+
 def _scale_weights(states: list[dict[str, Any]], steps: int) -> np.ndarray:
     """[scale, window] EWMA weights of the last ``steps`` windows, newest first; a scale younger
     than ``steps`` windows (restarted from an older state) weighs only its own windows."""
@@ -256,9 +265,7 @@ def prior_statistic(state: dict[str, Any], reference_counts: np.ndarray, window_
         return AccumulatedPrior(float(observed[0]), pval, ((lams[0], float(observed[0]), pval),))
     for size in (PRIOR_FIRST_DRAWS, PRIOR_DRAWS):
         values = np.concatenate([observed[None, :], draw(size)])
-        ranks = upper_ranks(values)
-        min_p = ranks.min(axis=1)
-        joint = float(np.mean(min_p <= min_p[0] + 1e-12))
+        ranks, joint = min_p_ranks(values)
         if joint > PRIOR_FIRST_CUT:
             break
     scales = tuple((lam, float(observed[i]), float(ranks[0, i])) for i, lam in enumerate(lams))
