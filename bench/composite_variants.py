@@ -17,6 +17,18 @@ fine-tune accuracy) and, for bagging, across the suite's whole family of product
   top-1 probabilities), instead of the composite of the full-sample measures.
 
 Neither was adopted: ``docs/decisions.md`` section 2 has the numbers and the reasons.
+
+Session 15 added two more (``--factor``, ``--feasibility``), also not adopted:
+
+- **One-factor weights**: each transferability criterion's weight is scaled, per target window, by
+  ``l / (1 - l^2)``, ``l`` its loading on the single factor that best explains the Spearman
+  correlations between the criteria across the sources (the spectral meta-learner's idea: under
+  errors independent given the true order, corr(a, b) = l_a l_b, and the best linear combination
+  weighs each by ``l / (1 - l^2)``). It needs no benchmark to fit.
+- **In-sample feasibility**: does *any* weight set, fitted on all four benchmarks at once (the
+  thing leave-one-benchmark-out forbids), beat every single measure on every benchmark? A seeded
+  random family of weight sets over the transferability measures and the MMD² guard, then
+  coordinate ascent from the two best on the smallest margin over the best single measure.
 """
 
 from __future__ import annotations
@@ -119,6 +131,47 @@ def bagged_composite(measures: Mapping[str, Mapping[str, float]],
     return {s: float(np.mean([sc[s] for sc in scores])) for s in plain}
 
 
+def one_factor_loadings(correlation: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Loadings of the one-factor model ``R_ab = l_a l_b`` (a != b), by principal-axis iteration:
+    the diagonal replaced by the communalities ``l^2`` until they settle (clipped below 0.98)."""
+    communality = np.full(correlation.shape[0], 0.5)
+    loadings = np.zeros(correlation.shape[0])
+    for _ in range(iterations):
+        reduced = correlation.copy()
+        np.fill_diagonal(reduced, communality)
+        values, vectors = np.linalg.eigh(reduced)
+        loadings = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+        loadings = -loadings if loadings.sum() < 0 else loadings
+        communality = np.clip(loadings ** 2, 0.0, 0.98)
+    return loadings
+
+
+def one_factor_weights(measures: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
+                       ) -> dict[str, float]:
+    """``weights`` with every transferability criterion's weight times ``l / (1 - l^2)``, ``l`` its
+    one-factor loading (clipped to [0, 0.95]) over the sources that have them all (unchanged with
+    fewer than five such sources)."""
+    family = {c: m.family for c, m in catalog.CATALOG.items()}
+    evidence = [c for c, w in weights.items() if w > 0 and family.get(c) == "transferability"]
+    sources = [s for s, v in measures.items() if all(c in v and np.isfinite(v[c]) for c in evidence)]
+    out = dict(weights)
+    if len(sources) < 5 or len(evidence) < 3:
+        return out
+    table = np.array([[measures[s][c] for c in evidence] for s in sources])
+    correlation = np.nan_to_num(np.atleast_2d(spearmanr(table).statistic))  # a constant column: no agreement
+    loadings = np.clip(one_factor_loadings(correlation), 0.0, 0.95)
+    for c, loading in zip(evidence, loadings):
+        out[c] = weights[c] * loading / (1.0 - loading ** 2)
+    return out
+
+
+def one_factor_composite(measures: Mapping[str, Mapping[str, float]],
+                         rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
+                         config: RankingConfig) -> dict[str, float]:
+    weights = one_factor_weights(measures, {**rank_module.DEFAULT_WEIGHTS, **config.weights})
+    return suite.product_composite(measures, rounds, config.model_copy(update={"weights": weights}))
+
+
 Row = Callable[[suite.TargetRun, str], dict[str, float]]
 
 
@@ -133,6 +186,53 @@ def _means(runs: Sequence[suite.TargetRun], rows: Mapping[str, Row], gt: str) ->
     return {name: [per_bench[b][name] for b in _benches(runs)] for name in rows}
 
 
+# the weight sets --feasibility searches: the transferability measures and the guard
+_SEARCHED = ("knn_accuracy", "lda_probe_accuracy", "logme", "gbc", "leep", "hscore_regularized", "nce", "mmd2")
+
+
+def feasibility(runs: Sequence[suite.TargetRun], random_sets: int = 80, seed: int = 0) -> None:
+    """Print the weight sets with the largest smallest margin over the best single measure of each
+    benchmark, fitted in-sample on all of them (see the module's docstring)."""
+    benches = _benches(runs)
+    singles = _means(runs, {m: r for m, r in suite.base_rows(suite.measured(runs)).items()
+                            if m in suite.SINGLE_MEASURES}, "lp")
+    best_single = np.array([max(v[i] for v in singles.values()) for i in range(len(benches))])
+    print("best single measure per benchmark (" + ", ".join(benches) + "): " + ", ".join(
+        f"{max(singles, key=lambda m, i=i: singles[m][i])} {best_single[i]:.3f}" for i in range(len(benches))))
+    scored: dict[tuple[float, ...], np.ndarray] = {}
+
+    def score(weights: tuple[float, ...]) -> np.ndarray:
+        if weights not in scored:
+            config = suite.candidate_config({m: w for m, w in zip(_SEARCHED, weights) if w > 0})
+            row = {"x": lambda run, key: suite.product_composite(run.measures[key], run.rounds.get(key), config)}
+            scored[weights] = np.array(_means(runs, row, "lp")["x"])
+        return scored[weights]
+
+    def margin(weights: tuple[float, ...]) -> float:
+        return float((score(weights) - best_single).min())
+
+    rng = np.random.default_rng(seed)
+    levels = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    while len(scored) < random_sets:
+        weights = tuple(float(rng.choice(levels[:-1])) if m != "mmd2" else float(rng.choice((0.0, 0.5)))
+                        for m in _SEARCHED)
+        if sum(w > 0 for w in weights[:-1]) >= 2:
+            score(weights)
+    for start in sorted(scored, key=margin, reverse=True)[:2]:
+        current, best, improved = start, margin(start), True
+        while improved:  # coordinate ascent on the smallest margin
+            improved = False
+            for i in range(len(_SEARCHED)):
+                for level in levels:
+                    trial = current[:i] + (level,) + current[i + 1:]
+                    if trial != current and margin(trial) > best + 1e-4:
+                        current, best, improved = trial, margin(trial), True
+        print(f"from {dict(zip(_SEARCHED, start))}: best {dict(zip(_SEARCHED, current))} -> "
+              + " / ".join(f"{v:.3f}" for v in score(current)) + f"; smallest margin {best:+.3f}")
+    feasible = [w for w in scored if margin(w) > 0]
+    print(f"{len(feasible)} of {len(scored)} weight sets scored beat every single measure on every benchmark, in-sample")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="the suite's saved runs (--json of transfer_suite.py)")
@@ -142,8 +242,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(its name as in docs/transfer_benchmark.md, e.g. 'five + LDA probe, no guard; robust_z')")
     ap.add_argument("--lobo", action="store_true",
                     help="only the leave-one-benchmark-out over the suite's family plus SINGLE_FACTOR_SETS (robust_z)")
+    ap.add_argument("--factor", action="store_true", help="only the one-factor weights against the default")
+    ap.add_argument("--feasibility", action="store_true",
+                    help="only the in-sample search for weights above every single measure everywhere (~5 min)")
     args = ap.parse_args(argv)
     runs = [r for path in args.runs for r in suite._load(path)[0]]
+    if args.feasibility:
+        feasibility(runs)
+        return 0
+    if args.factor:
+        plus_nce = suite.candidate_config({**_DEFAULT_EVIDENCE, "nce": 1.0})
+        rows: dict[str, Row] = {
+            "default": lambda run, key: suite.product_composite(run.measures[key], run.rounds.get(key)),
+            "one-factor weights": lambda run, key: one_factor_composite(run.measures[key], run.rounds.get(key),
+                                                                         RankingConfig()),
+            "one-factor weights, NCE added": lambda run, key: one_factor_composite(
+                run.measures[key], run.rounds.get(key), plus_nce)}
+        print("| row | " + " | ".join(_benches(runs)) + " |\n" + "|---" * (len(_benches(runs)) + 1) + "|")
+        for name, values in _means(runs, rows, "lp").items():
+            print(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in values) + " |")
+        return 0
     if args.lobo:
         got = suite.config_lobo(runs, {**suite.CONFIG_CANDIDATES, **SINGLE_FACTOR_SETS}, normalizations=("robust_z",))
         for b in _benches(runs):
