@@ -1,4 +1,4 @@
-"""bench/composite_variants.py: the guard-agreement weights and the bagged composite (issue 12's
+"""bench/composite_variants.py: the guard-agreement weights, the bagged composite and the one-factor weights (issue 12's
 tried-and-not-adopted variants) do what their docstrings say."""
 
 from __future__ import annotations
@@ -70,3 +70,24 @@ def test_the_bagged_composite_scores_every_source_and_identical_rounds_give_the_
     # a round that equals the full sample for every source gives back the plain composite
     same = {s: [{"logme": v["logme"], "leep": v["leep"]}] * 3 for s, v in measures.items()}
     assert cv.bagged_composite(measures, same, config) == pytest.approx(cv.suite.product_composite(measures, same, config))
+
+
+def test_one_factor_loadings_recover_an_exact_one_factor_correlation() -> None:
+    loadings = np.array([0.9, 0.7, 0.5, 0.3, 0.8])
+    correlation = np.outer(loadings, loadings)
+    np.fill_diagonal(correlation, 1.0)
+    assert cv.one_factor_loadings(correlation, iterations=500) == pytest.approx(loadings, abs=1e-4)
+
+
+def test_one_factor_weights_favour_the_criteria_that_share_the_common_order() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=14)
+    measures = {f"s{i}": {"logme": truth[i] + 0.2 * rng.normal(), "leep": truth[i] + 0.3 * rng.normal(),
+                          "gbc": truth[i] + 0.3 * rng.normal(), "nce": float(rng.normal()), "mmd2": float(rng.normal())}
+                for i in range(14)}
+    weights = {"logme": 1.0, "leep": 1.0, "gbc": 1.0, "nce": 1.0, "mmd2": 0.5}
+    out = cv.one_factor_weights(measures, weights)
+    assert min(out["logme"], out["leep"], out["gbc"]) > 3 * out["nce"]  # noise loads near 0
+    assert out["mmd2"] == 0.5  # distances are not re-weighted
+    few = {s: v for s, v in list(measures.items())[:4]}
+    assert cv.one_factor_weights(few, weights) == weights  # too few sources: unchanged
