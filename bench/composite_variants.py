@@ -106,11 +106,22 @@ def guard_agreement_weights(measures: Mapping[str, Mapping[str, float]], weights
     return out
 
 
+Reweight = Callable[[Mapping[str, Mapping[str, float]], Mapping[str, float]], dict[str, float]]
+
+
+def reweighted_composite(reweight: Reweight, measures: Mapping[str, Mapping[str, float]],
+                         rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
+                         config: RankingConfig) -> dict[str, float]:
+    """The product composite with ``config``'s weights (over the defaults) re-weighted for this
+    window by ``reweight(measures, weights)``."""
+    weights = reweight(measures, {**rank_module.DEFAULT_WEIGHTS, **config.weights})
+    return suite.product_composite(measures, rounds, config.model_copy(update={"weights": weights}))
+
+
 def guard_agreement_composite(measures: Mapping[str, Mapping[str, float]],
                               rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
                               config: RankingConfig) -> dict[str, float]:
-    weights = guard_agreement_weights(measures, {**rank_module.DEFAULT_WEIGHTS, **config.weights})
-    return suite.product_composite(measures, rounds, config.model_copy(update={"weights": weights}))
+    return reweighted_composite(guard_agreement_weights, measures, rounds, config)
 
 
 def bagged_composite(measures: Mapping[str, Mapping[str, float]],
@@ -163,13 +174,6 @@ def one_factor_weights(measures: Mapping[str, Mapping[str, float]], weights: Map
     for c, loading in zip(evidence, loadings):
         out[c] = weights[c] * loading / (1.0 - loading ** 2)
     return out
-
-
-def one_factor_composite(measures: Mapping[str, Mapping[str, float]],
-                         rounds: Mapping[str, Sequence[Mapping[str, float]]] | None,
-                         config: RankingConfig) -> dict[str, float]:
-    weights = one_factor_weights(measures, {**rank_module.DEFAULT_WEIGHTS, **config.weights})
-    return suite.product_composite(measures, rounds, config.model_copy(update={"weights": weights}))
 
 
 Row = Callable[[suite.TargetRun, str], dict[str, float]]
@@ -254,10 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plus_nce = suite.candidate_config({**_DEFAULT_EVIDENCE, "nce": 1.0})
         rows: dict[str, Row] = {
             "default": lambda run, key: suite.product_composite(run.measures[key], run.rounds.get(key)),
-            "one-factor weights": lambda run, key: one_factor_composite(run.measures[key], run.rounds.get(key),
-                                                                         RankingConfig()),
-            "one-factor weights, NCE added": lambda run, key: one_factor_composite(
-                run.measures[key], run.rounds.get(key), plus_nce)}
+            "one-factor weights": lambda run, key: reweighted_composite(one_factor_weights, run.measures[key],
+                                                                         run.rounds.get(key), RankingConfig()),
+            "one-factor weights, NCE added": lambda run, key: reweighted_composite(
+                one_factor_weights, run.measures[key], run.rounds.get(key), plus_nce)}
         print("| row | " + " | ".join(_benches(runs)) + " |\n" + "|---" * (len(_benches(runs)) + 1) + "|")
         for name, values in _means(runs, rows, "lp").items():
             print(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in values) + " |")
