@@ -31,7 +31,7 @@ from typing import Any
 
 from tasksim.config import Config
 from tasksim.errors import TasksimError
-from tasksim.export import build_registry, start_metrics_server
+from tasksim.export import StoreCollector, registry_for, start_metrics_server
 from tasksim.store import Store
 from tasksim.worker import EXECUTOR_THREAD as WARM_EXECUTOR_THREAD
 
@@ -48,6 +48,9 @@ WATCHDOG_SECONDS = 5.0
 MAX_SERVER_RESTARTS = 3
 # On SIGTERM, how long a cycle in flight may take to finish before its run is marked Cancelled.
 STOP_GRACE_SECONDS = 30.0
+# ``--cycles N``: how long the metrics endpoint stays up after the last cycle for a scraper that is
+# watching to read it (one of Prometheus's default 15 s intervals fits; with no scraper, no wait).
+FINAL_SCRAPE_WAIT_SECONDS = 20.0
 
 
 class DaemonLock:
@@ -286,8 +289,10 @@ def _watching(name: str, watch: Callable[[threading.Event], None], grace: float 
 
 @contextmanager
 def _stop_after_cycles(config: Config, cycles: int | None,
-                       tracked: Callable[[], set[Any]] = set) -> Iterator[None]:
-    """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store."""
+                       tracked: Callable[[], set[Any]] = set,
+                       scraped: Callable[[], int | None] = lambda: None) -> Iterator[None]:
+    """For ``demo --cycles N``: SIGTERM ourselves once N more cycles are in the store (after the
+    run in flight reports its state, and a scraper that is watching reads the last cycle)."""
     if not cycles:
         yield
         return
@@ -297,9 +302,11 @@ def _stop_after_cycles(config: Config, cycles: int | None,
     def watch(done: threading.Event) -> None:
         with Store(config.state_dir, readonly=True) as watcher:
             while not done.wait(1.0):
-                if sum(watcher.snapshot().cycles_by_status.values()) - baseline >= cycles:
+                recorded = sum(watcher.snapshot().cycles_by_status.values())
+                if recorded - baseline >= cycles:
                     log.info("%d cycles done, stopping", cycles)
                     _wait_for_flow_runs_to_finish(timeout=60.0, tracked=tracked)
+                    _wait_for_final_scrape(recorded, scraped, timeout=FINAL_SCRAPE_WAIT_SECONDS)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
@@ -376,6 +383,23 @@ def _quiet_prefect_console() -> None:
             handler.addFilter(_PrefectInfoFilter())
 
 
+def _wait_for_final_scrape(recorded: int, scraped: Callable[[], int | None], timeout: float,
+                           poll: float = 0.2) -> bool:
+    """Before stopping on purpose: when something scrapes ``/metrics`` (a scrape has been served),
+    keep the endpoint up until a scrape has read the ``recorded`` cycles, at most ``timeout``
+    seconds; otherwise Prometheus may never see the last cycle of a ``--cycles N`` run. True when
+    the last cycle was scraped or nothing scrapes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = scraped()
+        if seen is None or seen >= recorded:
+            return True
+        if time.monotonic() >= deadline:
+            log.info("stopping before a scrape read the last cycle (%d of %d cycles scraped)", seen, recorded)
+            return False
+        time.sleep(poll)
+
+
 def _wait_for_flow_runs_to_finish(timeout: float, tracked: Callable[[], set[Any]]) -> None:
     """Before stopping on purpose: let the flow run in flight now (the one that wrote the last cycle)
     report its final state to Prefect; the store is written a moment before the flow returns. A run
@@ -434,12 +458,14 @@ def _serve_locked(config: Config, *, cycles: int | None, run_now: bool, stop_whe
     # SIGTERM must unwind through the finally below even before the runner installs its handler
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        registry = build_registry(config.state_dir, sources=[s.name for s in config.sources],
-                                  schedule_interval_seconds=config.schedule.longest_gap().total_seconds())
-        metrics_server = start_metrics_server(registry, host=config.metrics.host, port=config.metrics.port)
+        collector = StoreCollector(config.state_dir, sources=[s.name for s in config.sources],
+                                   schedule_interval_seconds=config.schedule.longest_gap().total_seconds())
+        metrics_server = start_metrics_server(registry_for(collector), host=config.metrics.host,
+                                              port=config.metrics.port)
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, config.metrics.port)
         with _echo_cycles(config, stop_when_exhausted=stop_when_exhausted):
-            _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now)
+            _run_deployment_loop(config, api_url, info_path, cycles=cycles, run_now=run_now,
+                                 scraped=lambda: collector.scraped_cycles)
     except KeyboardInterrupt:
         log.info("interrupted, shutting down")
     finally:
@@ -469,7 +495,7 @@ def schedule_kwargs(config: Config) -> dict[str, Any]:
 
 
 def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycles: int | None,
-                         run_now: bool) -> None:
+                         run_now: bool, scraped: Callable[[], int | None] = lambda: None) -> None:
     import asyncio
 
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -524,7 +550,7 @@ def _run_deployment_loop(config: Config, api_url: str, info_path: Path, *, cycle
     if run_now:
         threading.Thread(target=_trigger_when_ready, args=(name,), daemon=True).start()
     try:
-        with _stop_after_cycles(config, cycles, tracked=worker.in_flight), \
+        with _stop_after_cycles(config, cycles, tracked=worker.in_flight, scraped=scraped), \
                 _auto_experiments(config, f"{EXPERIMENT_FLOW}/{config.name}"):
             asyncio.run(runner.start())
     finally:

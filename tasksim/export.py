@@ -22,7 +22,7 @@ from tasksim import __version__
 from tasksim.drift import DRIFT_KINDS, DriftVerdict
 from tasksim.store import CYCLE_STATUSES, Snapshot, Store
 
-__all__ = ["METRIC_NAMES", "StoreCollector", "build_registry", "start_metrics_server"]
+__all__ = ["METRIC_NAMES", "StoreCollector", "build_registry", "registry_for", "start_metrics_server"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class StoreCollector(Collector):
         self.state_dir = Path(state_dir)
         self.sources = list(sources or [])
         self.schedule_interval_seconds = schedule_interval_seconds
+        # cycles in the store (every status) as last served to a scrape; None until one is served
+        self.scraped_cycles: int | None = None
 
     def describe(self) -> list[Metric]:  # avoid a store read at registration time
         return []
@@ -111,6 +113,7 @@ class StoreCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from self._from_snapshot(snap)
+        self.scraped_cycles = sum(snap.cycles_by_status.values())
 
     def _from_snapshot(self, snap: Snapshot) -> Iterator[Metric]:
         cycles = _family("tasksim_cycles_total", ["status"])
@@ -233,8 +236,14 @@ def _drift_families(verdict: DriftVerdict) -> Iterator[Metric]:
 def build_registry(state_dir: str | Path, *, sources: list[str] | None = None,
                    schedule_interval_seconds: float | None = None) -> CollectorRegistry:
     """A fresh registry (no process/GC collectors) holding only the store collector."""
+    return registry_for(StoreCollector(state_dir, sources=sources, schedule_interval_seconds=schedule_interval_seconds))
+
+
+def registry_for(collector: StoreCollector) -> CollectorRegistry:
+    """A fresh registry (no process/GC collectors) holding only ``collector`` (the daemon keeps the
+    collector to see what the last scrape read)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(state_dir, sources=sources, schedule_interval_seconds=schedule_interval_seconds))
+    registry.register(collector)
     return registry
 
 

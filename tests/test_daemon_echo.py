@@ -115,3 +115,17 @@ def test_console_filter_keeps_one_line_per_cycle() -> None:
     assert keep(record("tasksim.profile", logging.WARNING, EXECUTOR_THREAD))
     assert not keep(record("prefect.task_runs", logging.WARNING, EXECUTOR_THREAD,
                            "Timeout of %s seconds configured for this task, but the task is running in a worker thread"))
+
+
+def test_a_stop_waits_for_a_watching_scraper_to_read_the_last_cycle() -> None:
+    # nothing has scraped: no wait at all
+    started = time.monotonic()
+    assert daemon._wait_for_final_scrape(2, lambda: None, timeout=5.0)
+    assert time.monotonic() - started < 1.0
+    # a scraper that read cycle 1 reads cycle 2 on its next scrape: the stop waits for it
+    seen = iter([1, 1, 1, 2])
+    assert daemon._wait_for_final_scrape(2, lambda: next(seen), timeout=5.0, poll=0.01)
+    # a scraper that has gone away: the stop gives up after the timeout, and says so
+    started = time.monotonic()
+    assert not daemon._wait_for_final_scrape(2, lambda: 1, timeout=0.2, poll=0.01)
+    assert time.monotonic() - started >= 0.2

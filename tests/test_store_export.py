@@ -173,3 +173,20 @@ def test_cron_schedule_longest_gap() -> None:
     assert ScheduleConfig(interval="5m").longest_gap() == timedelta(minutes=5)
     assert ScheduleConfig(cron="*/10 * * * *").longest_gap() == timedelta(minutes=10)
     assert ScheduleConfig(cron="0 9 * * 1-5").longest_gap() == timedelta(days=3)  # Friday to Monday
+
+
+def test_the_collector_remembers_how_many_cycles_the_last_scrape_read(tmp_path: Path) -> None:
+    from tasksim.export import StoreCollector, registry_for
+
+    collector = StoreCollector(tmp_path)
+    registry = registry_for(collector)
+    assert collector.scraped_cycles is None  # nothing served yet
+    with Store(tmp_path) as store:
+        _populate(store)
+    generate_latest(registry)
+    assert collector.scraped_cycles == 2  # a success and a no_data cycle
+    with Store(tmp_path) as store:
+        store.record_cycle(CycleRecord(started_at=300.0, finished_at=301.0, status="no_data", config_hash="abc"))
+    assert collector.scraped_cycles == 2  # the store alone does not move it: a scrape does
+    generate_latest(registry)
+    assert collector.scraped_cycles == 3
