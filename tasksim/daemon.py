@@ -297,12 +297,12 @@ def _stop_after_cycles(config: Config, cycles: int | None,
         yield
         return
     with Store(config.state_dir, readonly=True) as store:
-        baseline = sum(store.snapshot().cycles_by_status.values())
+        baseline = store.snapshot().cycles_recorded
 
     def watch(done: threading.Event) -> None:
         with Store(config.state_dir, readonly=True) as watcher:
             while not done.wait(1.0):
-                recorded = sum(watcher.snapshot().cycles_by_status.values())
+                recorded = watcher.snapshot().cycles_recorded
                 if recorded - baseline >= cycles:
                     log.info("%d cycles done, stopping", cycles)
                     _wait_for_flow_runs_to_finish(timeout=60.0, tracked=tracked)

@@ -113,7 +113,7 @@ class StoreCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from self._from_snapshot(snap)
-        self.scraped_cycles = sum(snap.cycles_by_status.values())
+        self.scraped_cycles = snap.cycles_recorded
 
     def _from_snapshot(self, snap: Snapshot) -> Iterator[Metric]:
         cycles = _family("tasksim_cycles_total", ["status"])

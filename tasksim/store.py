@@ -270,6 +270,12 @@ class Snapshot:
     files_skipped_total: int = 0
     last_experiment: dict[str, Any] | None = None  # the newest finished experiment (``Store.experiment``)
 
+    @property
+    def cycles_recorded(self) -> int:
+        """Every cycle ever recorded, whatever its status (the monotone counters: retention does
+        not lower it)."""
+        return sum(self.cycles_by_status.values())
+
 
 class Store:
     """SQLite state store in ``state_dir``. Cheap to open; one connection per instance.
